@@ -1,0 +1,234 @@
+//! CallTap's XDP program: classify every frame on the mirror port and copy the interesting ones
+//! (SIP, RTP/RTCP of known calls, fragments) into the ring of the worker that owns them.
+//!
+//! Steering happens here, in the kernel: a call's RTP is written straight into the ring of the
+//! media worker that owns the call, whichever CPU the NIC queue interrupted. The alternative
+//! (per-receiving-CPU rings plus a crossbeam hand-off between workers) costs one more copy and a
+//! cross-core cache miss per packet in userspace; BPF ring buffers are multi-producer safe, so
+//! writing to the owner's ring costs the same as writing to our own. `cargo xtask bench` measures
+//! both sides of that trade.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, ArrayOfMaps, HashMap, PerCpuArray, RingBuf},
+    helpers::generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use calltap_common::{
+    classify::{classify, counter_for, Frame, Tables, MAX_HEADER_OFFSET, TARGET_NONE},
+    counter, flags, MediaKey, MediaValue, PacketMeta, XdpConfig, COUNTERS, MEDIA_MAP_ENTRIES,
+    RING_BYTES, RING_COUNT, SCRATCH_BYTES, SIP_PORT_WORDS, SNAP_MAX,
+};
+
+const RING: usize = RING_BYTES as usize;
+
+type Ring = RingBuf<u8, RING>;
+
+/// Ring `i` (`i < MAX_WORKERS`) feeds media worker `i`; ring `SIGNALLING_RING` the SIP worker.
+/// Userspace puts the fds of the static rings below into this array at start.
+#[btf_map]
+static RINGS: ArrayOfMaps<Ring, { RING_COUNT as usize }> = ArrayOfMaps::new();
+
+// The rings themselves. Map-in-map needs every inner map to match the template above exactly,
+// so they are declared statically with the same size.
+#[btf_map]
+static RING_0: Ring = RingBuf::new();
+#[btf_map]
+static RING_1: Ring = RingBuf::new();
+#[btf_map]
+static RING_2: Ring = RingBuf::new();
+#[btf_map]
+static RING_3: Ring = RingBuf::new();
+#[btf_map]
+static RING_4: Ring = RingBuf::new();
+#[btf_map]
+static RING_5: Ring = RingBuf::new();
+#[btf_map]
+static RING_6: Ring = RingBuf::new();
+#[btf_map]
+static RING_7: Ring = RingBuf::new();
+#[btf_map]
+static RING_SIG: Ring = RingBuf::new();
+
+/// RTP/RTCP endpoints of active calls -> owning worker. Filled by the SIP worker from SDP.
+#[btf_map]
+static MEDIA: HashMap<MediaKey, MediaValue, { MEDIA_MAP_ENTRIES as usize }> = HashMap::new();
+
+/// Bitmap of configured SIP ports (bit `p` of the 65536).
+#[btf_map]
+static SIP_PORTS: Array<u64, { SIP_PORT_WORDS as usize }> = Array::new();
+
+#[btf_map]
+static CONFIG: Array<XdpConfig, 1> = Array::new();
+
+/// Per-CPU counters, indexed by `calltap_common::counter`.
+#[btf_map]
+static COUNTERS_MAP: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new();
+
+/// Where a record is assembled before it is copied into a ring.
+#[btf_map]
+static SCRATCH: PerCpuArray<[u8; SCRATCH_BYTES], 1> = PerCpuArray::new();
+
+struct Packet<'a> {
+    ctx: &'a XdpContext,
+}
+
+impl Frame for Packet<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        if off > MAX_HEADER_OFFSET {
+            return None;
+        }
+        let start = self.ctx.data();
+        let end = self.ctx.data_end();
+        if start + off + N > end {
+            return None;
+        }
+        // SAFETY: [start + off, start + off + N) was just checked to lie inside the frame.
+        Some(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn widen(&self, off: usize) -> usize {
+        // SAFETY: reading a local through a valid pointer. The volatile load makes the value
+        // unknown to both the compiler and the verifier; the mask bounds it again.
+        let v = unsafe { core::ptr::read_volatile(&off) };
+        v & 0x3ff
+    }
+}
+
+struct Maps;
+
+impl Tables for Maps {
+    #[inline(always)]
+    fn media(&self, key: &MediaKey) -> Option<MediaValue> {
+        // SAFETY: MediaValue is Copy and read at once; a concurrent update can at worst give us
+        // the previous owner, which is what a lookup a moment earlier would have returned.
+        unsafe { MEDIA.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn is_sip_port(&self, port: u16) -> bool {
+        match SIP_PORTS.get((port >> 6) as u32) {
+            Some(word) => *word & (1u64 << (port & 63)) != 0,
+            None => false,
+        }
+    }
+
+    #[inline(always)]
+    fn config(&self) -> XdpConfig {
+        match CONFIG.get(0) {
+            Some(c) => *c,
+            None => XdpConfig::default(),
+        }
+    }
+}
+
+#[inline(always)]
+fn count(index: u32, by: u64) {
+    if let Some(c) = COUNTERS_MAP.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *c += by };
+    }
+}
+
+#[xdp]
+pub fn calltap_xdp(ctx: XdpContext) -> u32 {
+    let maps = Maps;
+    let cfg = maps.config();
+    let pass_or_drop = if cfg.drop_after_capture != 0 {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    };
+    let wire_len = (ctx.data_end() - ctx.data()) as u32;
+    count(counter::SEEN, 1);
+    count(counter::BYTES, wire_len as u64);
+
+    let v = classify(&Packet { ctx: &ctx }, &maps);
+    count(counter_for(v.class), 1);
+    if v.flags & flags::ENCAP != 0 {
+        count(counter::ENCAP, 1);
+    }
+    if v.target == TARGET_NONE {
+        return pass_or_drop;
+    }
+    deliver(&ctx, &v, wire_len);
+    pass_or_drop
+}
+
+#[inline(always)]
+fn deliver(ctx: &XdpContext, v: &calltap_common::classify::Verdict, wire_len: u32) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let mut cap = wire_len;
+    if cap > SNAP_MAX {
+        cap = SNAP_MAX;
+        count(counter::TRUNCATED, 1);
+    }
+    // The compiler knows cap <= SNAP_MAX and would drop a plain mask, leaving the verifier with
+    // an unbounded length. Reading it back through a volatile load hides that knowledge, so the
+    // AND survives and the verifier sees 0 <= cap <= SNAP_MAX.
+    let cap64 = cap as u64;
+    // SAFETY: reading a local through a valid pointer.
+    let cap64 = unsafe { core::ptr::read_volatile(&cap64) } & SNAP_MAX as u64;
+    if cap64 == 0 {
+        return;
+    }
+    let cap = cap64 as u32;
+    let meta = PacketMeta {
+        // SAFETY: plain helpers without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ifindex: ctx.ingress_ifindex() as u32,
+        rx_queue: ctx.rx_queue_index(),
+        wire_len,
+        cap_len: cap,
+        target: v.target,
+        cpu: unsafe { bpf_get_smp_processor_id() } as u16,
+        l3_off: v.l3_off,
+        l4_off: v.l4_off,
+        payload_off: v.payload_off,
+        class: v.class,
+        flags: v.flags | if cap < wire_len { flags::TRUNCATED } else { 0 },
+        _pad: [0; 2],
+    };
+    let buf = scratch.cast::<u8>();
+    // SAFETY: scratch is SCRATCH_BYTES long: the header, then up to 4096 frame bytes.
+    unsafe {
+        core::ptr::write_unaligned(buf.cast::<PacketMeta>(), meta);
+        if bpf_xdp_load_bytes(
+            ctx.ctx,
+            0,
+            buf.add(PacketMeta::SIZE).cast(),
+            cap64 as u32,
+        ) != 0
+        {
+            count(counter::PARSE_ERRORS, 1);
+            return;
+        }
+    }
+    let Some(ring) = RINGS.get(v.target) else {
+        count(counter::RING_FULL, 1);
+        return;
+    };
+    let len = PacketMeta::SIZE + cap64 as usize;
+    // SAFETY: len <= SCRATCH_BYTES by the mask above.
+    let record = unsafe { core::slice::from_raw_parts(buf, len) };
+    if ring.output_untyped::<[u8]>(record, 0).is_err() {
+        count(counter::RING_FULL, 1);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

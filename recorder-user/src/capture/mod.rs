@@ -1,0 +1,58 @@
+//! Capture sources. Each produces records of the same shape (a [`PacketMeta`] header followed by
+//! the frame) so the rest of the pipeline cannot tell XDP, AF_PACKET and pcap replay apart.
+
+pub mod af_packet;
+pub mod pcap;
+pub mod xdp;
+
+use calltap_common::PacketMeta;
+
+/// One captured frame with the classifier's verdict.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    pub meta: PacketMeta,
+    /// The captured bytes (`meta.cap_len` of them), starting at the Ethernet header.
+    pub frame: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// Splits a ring record (header + frame). `None` for a record shorter than its header says.
+    #[inline]
+    pub fn from_ring(bytes: &'a [u8]) -> Option<Record<'a>> {
+        let meta = PacketMeta::read(bytes)?;
+        let frame = bytes.get(PacketMeta::SIZE..PacketMeta::SIZE + meta.cap_len as usize)?;
+        Some(Record { meta, frame })
+    }
+
+    /// The UDP/TCP payload (empty when the offsets say there is none).
+    #[inline]
+    pub fn payload(&self) -> &'a [u8] {
+        let off = self.meta.payload_off as usize;
+        if off == 0 {
+            return &[];
+        }
+        self.frame.get(off..).unwrap_or(&[])
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("this calltap was built without the XDP program (CALLTAP_SKIP_EBPF); use --source af_packet")]
+    NoXdpObject,
+    #[error("loading the XDP program: {0}")]
+    Load(String),
+    #[error("the kernel's verifier rejected the XDP program: {0}")]
+    Verifier(String),
+    #[error("attaching XDP to {interface}: {reason}")]
+    Attach { interface: String, reason: String },
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{path}: at byte offset {offset}: {reason}")]
+    BadFile {
+        path: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error("AF_PACKET on {interface}: {reason}")]
+    AfPacket { interface: String, reason: String },
+}

@@ -1,0 +1,275 @@
+//! Loads the XDP program, wires its rings and tables, and attaches it to the capture interfaces.
+
+use std::{os::fd::AsFd as _, time::Duration};
+
+use aya::{
+    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use calltap_common::{
+    MediaKey, MediaValue, XdpConfig, COUNTERS, MAX_WORKERS, RING_COUNT, SIGNALLING_RING,
+    SIP_PORT_WORDS,
+};
+
+use super::CaptureError;
+use crate::pipeline::MediaTable;
+
+/// The XDP object built by build.rs (empty when built with `CALLTAP_SKIP_EBPF=1`).
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/calltap-xdp.o"));
+
+const PROGRAM: &str = "calltap_xdp";
+
+/// Where the program ended up running on an interface.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub interface: String,
+    /// "driver" (native) or "skb" (generic).
+    pub mode: &'static str,
+}
+
+/// A loaded XDP program with its rings taken out for the workers.
+pub struct XdpCapture {
+    ebpf: Ebpf,
+    /// `rings[i]` feeds media worker `i`; `None` once handed to the worker.
+    rings: Vec<Option<RingBuf<MapData>>>,
+    signalling: Option<RingBuf<MapData>>,
+    pub attachments: Vec<Attachment>,
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps against it (pre-5.11).
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("setrlimit(RLIMIT_MEMLOCK) failed; fine on kernels with memcg accounting");
+    }
+}
+
+/// Whether this binary carries an XDP program.
+pub fn available() -> bool {
+    !OBJECT.is_empty()
+}
+
+impl XdpCapture {
+    /// Loads the program and configures it; nothing is attached yet.
+    pub fn load(cfg: &XdpConfig, sip_ports: &[u16]) -> Result<XdpCapture, CaptureError> {
+        if OBJECT.is_empty() {
+            return Err(CaptureError::NoXdpObject);
+        }
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(|e| CaptureError::Load(e.to_string()))?;
+
+        let mut ring_maps = Vec::with_capacity(RING_COUNT as usize);
+        for i in 0..RING_COUNT {
+            let name = if i == SIGNALLING_RING {
+                "RING_SIG".to_string()
+            } else {
+                format!("RING_{i}")
+            };
+            let map = ebpf
+                .take_map(&name)
+                .ok_or_else(|| CaptureError::Load(format!("map {name} missing")))?;
+            let ring = RingBuf::try_from(map).map_err(|e| CaptureError::Load(e.to_string()))?;
+            ring_maps.push(ring);
+        }
+        {
+            let outer = ebpf
+                .map_mut("RINGS")
+                .ok_or_else(|| CaptureError::Load("map RINGS missing".into()))?;
+            let mut outer: ArrayOfMaps<&mut MapData, RingBuf<MapData>> =
+                ArrayOfMaps::try_from(outer).map_err(|e| CaptureError::Load(e.to_string()))?;
+            for (i, ring) in ring_maps.iter().enumerate() {
+                outer
+                    .set(i as u32, ring, 0)
+                    .map_err(|e| CaptureError::Load(format!("RINGS[{i}]: {e}")))?;
+            }
+        }
+        {
+            let map = ebpf
+                .map_mut("CONFIG")
+                .ok_or_else(|| CaptureError::Load("map CONFIG missing".into()))?;
+            let mut config: Array<&mut MapData, XdpConfig> =
+                Array::try_from(map).map_err(|e| CaptureError::Load(e.to_string()))?;
+            config
+                .set(0, *cfg, 0)
+                .map_err(|e| CaptureError::Load(e.to_string()))?;
+        }
+        {
+            let map = ebpf
+                .map_mut("SIP_PORTS")
+                .ok_or_else(|| CaptureError::Load("map SIP_PORTS missing".into()))?;
+            let mut bitmap: Array<&mut MapData, u64> =
+                Array::try_from(map).map_err(|e| CaptureError::Load(e.to_string()))?;
+            let mut words = vec![0u64; SIP_PORT_WORDS as usize];
+            for &p in sip_ports {
+                words[(p >> 6) as usize] |= 1 << (p & 63);
+            }
+            for (i, w) in words.iter().enumerate() {
+                if *w != 0 {
+                    bitmap
+                        .set(i as u32, *w, 0)
+                        .map_err(|e| CaptureError::Load(e.to_string()))?;
+                }
+            }
+        }
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| CaptureError::Load(format!("program {PROGRAM} missing")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| CaptureError::Load(e.to_string()))?;
+        program.load().map_err(|e| CaptureError::Verifier(format!("{e:#}")))?;
+
+        let signalling = ring_maps.pop();
+        Ok(XdpCapture {
+            ebpf,
+            rings: ring_maps.into_iter().map(Some).collect(),
+            signalling,
+            attachments: Vec::new(),
+        })
+    }
+
+    /// Attaches to `interface` in native (driver) mode, falling back to generic (SKB) mode.
+    pub fn attach(&mut self, interface: &str) -> Result<&Attachment, CaptureError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| CaptureError::Load(format!("program {PROGRAM} missing")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| CaptureError::Load(e.to_string()))?;
+        let mode = match program.attach(interface, XdpMode::Driver) {
+            Ok(_) => "driver",
+            Err(native) => {
+                log::warn!(
+                    "{interface}: native XDP unavailable ({native}); falling back to SKB (generic) mode"
+                );
+                program
+                    .attach(interface, XdpMode::Skb)
+                    .map_err(|e| CaptureError::Attach {
+                        interface: interface.to_string(),
+                        reason: format!("native: {native}; skb: {e}"),
+                    })?;
+                "skb"
+            }
+        };
+        log::info!("{interface}: XDP attached in {mode} mode");
+        self.attachments.push(Attachment {
+            interface: interface.to_string(),
+            mode,
+        });
+        Ok(self.attachments.last().expect("just pushed"))
+    }
+
+    /// Runs the loaded program once on `frame` through `BPF_PROG_TEST_RUN` (nothing needs to be
+    /// attached) and returns the XDP action. Records it produces land in the rings as usual.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), CaptureError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM)
+            .ok_or_else(|| CaptureError::Load(format!("program {PROGRAM} missing")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| CaptureError::Load(e.to_string()))?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: repeat.max(1),
+            ..TestRunOptions::default()
+        };
+        let r = program
+            .test_run(opts)
+            .map_err(|e| CaptureError::Load(format!("BPF_PROG_TEST_RUN: {e}")))?;
+        Ok((r.return_value, r.duration))
+    }
+
+    /// The ring of media worker `worker`; each can be taken once.
+    pub fn take_media_ring(&mut self, worker: u32) -> Option<RingBuf<MapData>> {
+        if worker >= MAX_WORKERS {
+            return None;
+        }
+        self.rings.get_mut(worker as usize)?.take()
+    }
+
+    pub fn take_signalling_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.signalling.take()
+    }
+
+    /// The kernel's media endpoint table, for the signalling worker.
+    pub fn take_media_table(&mut self) -> Result<BpfMediaTable, CaptureError> {
+        let map = self
+            .ebpf
+            .take_map("MEDIA")
+            .ok_or_else(|| CaptureError::Load("map MEDIA missing".into()))?;
+        let map = HashMap::try_from(map).map_err(|e| CaptureError::Load(e.to_string()))?;
+        Ok(BpfMediaTable { map })
+    }
+
+    /// The per-CPU counters, for stats and metrics.
+    pub fn take_counters(&mut self) -> Result<XdpCounters, CaptureError> {
+        let map = self
+            .ebpf
+            .take_map("COUNTERS_MAP")
+            .ok_or_else(|| CaptureError::Load("map COUNTERS_MAP missing".into()))?;
+        let map = PerCpuArray::try_from(map).map_err(|e| CaptureError::Load(e.to_string()))?;
+        Ok(XdpCounters { map })
+    }
+}
+
+/// The media map in the kernel.
+pub struct BpfMediaTable {
+    map: HashMap<MapData, MediaKey, MediaValue>,
+}
+
+impl MediaTable for BpfMediaTable {
+    fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String> {
+        self.map.insert(key, owner, 0).map_err(|e| e.to_string())
+    }
+
+    fn remove(&mut self, key: &MediaKey) {
+        // Already gone is fine: two calls may have advertised the same endpoint.
+        let _ = self.map.remove(key);
+    }
+}
+
+/// Reads the XDP program's per-CPU counters.
+pub struct XdpCounters {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl XdpCounters {
+    /// Totals over all CPUs, indexed by `calltap_common::counter`.
+    pub fn totals(&self) -> [u64; COUNTERS as usize] {
+        let mut out = [0u64; COUNTERS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.map.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Per CPU values of one counter.
+    pub fn per_cpu(&self, index: u32) -> Vec<u64> {
+        self.map
+            .get(&index, 0)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Waits until `ring` has data or `timeout` passes. Workers block here instead of spinning.
+pub fn wait_readable(ring: &RingBuf<MapData>, timeout: Duration) {
+    let fd = ring.as_fd();
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}

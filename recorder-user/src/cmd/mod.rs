@@ -1,0 +1,4 @@
+//! One module per `calltap` subcommand.
+
+pub mod replay;
+pub mod run;

@@ -1,0 +1,154 @@
+//! `calltap replay`: capture files through the same classifier and workers as live capture,
+//! run inline on one thread so results are deterministic.
+
+use std::path::PathBuf;
+
+use calltap_common::{classify::counter_for, counter, flags, COUNTERS, SIGNALLING_RING};
+use serde::Serialize;
+
+use crate::{
+    capture::{pcap::read_file, CaptureError, Record},
+    classify::{classify_frame, SharedMediaTable, UserTables},
+    config::Config,
+    pipeline::{
+        media::{MediaConfig, MediaWorker, WorkerStats},
+        signalling::{SignallingStats, SignallingWorker},
+        Control,
+    },
+    store::cdr::Cdr,
+};
+
+/// Totals of a replay.
+#[derive(Debug, Serialize)]
+pub struct ReplaySummary {
+    pub packets: u64,
+    pub skipped_link_types: u64,
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+    pub signalling: SignallingStats,
+    pub workers: Vec<WorkerStats>,
+    pub calls: usize,
+    /// Files that could not be read to the end, with the reason (file and byte offset).
+    pub errors: Vec<String>,
+}
+
+pub fn tracker_config(cfg: &Config) -> calltap_sip::dialog::TrackerConfig {
+    calltap_sip::dialog::TrackerConfig {
+        correlation_header: cfg.correlation_header.clone(),
+        max_call_duration_ns: cfg.max_duration_s.saturating_mul(1_000_000_000),
+        unanswered_timeout_ns: cfg.unanswered_timeout_s.saturating_mul(1_000_000_000),
+        ..calltap_sip::dialog::TrackerConfig::default()
+    }
+}
+
+pub fn media_config(cfg: &Config) -> MediaConfig {
+    MediaConfig {
+        recordings_dir: cfg.recordings_dir(),
+        path_template: cfg.path_template.clone(),
+        flush_interval_ns: cfg.flush_interval_ms.saturating_mul(1_000_000),
+        media_timeout_ns: cfg.media_timeout_s.saturating_mul(1_000_000_000),
+        max_call_secs: cfg.max_duration_s.max(1),
+    }
+}
+
+/// Replays `files` in order; every finished call is passed to `on_cdr`.
+pub fn replay(
+    cfg: &Config,
+    files: &[PathBuf],
+    mut on_cdr: impl FnMut(&Cdr),
+) -> ReplaySummary {
+    let table = SharedMediaTable::default();
+    let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
+    let n = cfg.worker_count();
+    let mut sig = SignallingWorker::new(table, n, tracker_config(cfg), 0);
+    let mcfg = media_config(cfg);
+    let mut workers: Vec<MediaWorker> = (0..n).map(|i| MediaWorker::new(i, mcfg.clone())).collect();
+    let mut queue: Vec<(u32, Control)> = Vec::new();
+    let mut done: Vec<Cdr> = Vec::new();
+    let mut timeouts = Vec::new();
+    let mut counters = [0u64; COUNTERS as usize];
+    let mut calls = 0usize;
+    let mut last_tick = 0u64;
+    let mut last_ts = 0u64;
+    let mut packets = 0u64;
+    let mut skipped = 0u64;
+    let mut errors = Vec::new();
+
+    let mut deliver = |queue: &mut Vec<(u32, Control)>, workers: &mut Vec<MediaWorker>, done: &mut Vec<Cdr>| {
+        for (w, msg) in queue.drain(..) {
+            if let Some(worker) = workers.get_mut(w as usize) {
+                worker.control(msg, done);
+            }
+        }
+    };
+
+    for file in files {
+        let result = read_file(file, |pkt| {
+            let (v, meta) = classify_frame(pkt.frame, &tables, pkt.ts_ns, pkt.wire_len, 0);
+            counters[counter::SEEN as usize] += 1;
+            counters[counter::BYTES as usize] += pkt.wire_len as u64;
+            counters[counter_for(v.class) as usize] += 1;
+            if v.flags & flags::ENCAP != 0 {
+                counters[counter::ENCAP as usize] += 1;
+            }
+            let ts = pkt.ts_ns;
+            last_ts = last_ts.max(ts);
+            let rec = Record {
+                meta,
+                frame: pkt.frame,
+            };
+            if v.target == SIGNALLING_RING {
+                sig.handle(&rec, &mut queue);
+                deliver(&mut queue, &mut workers, &mut done);
+            } else if let Some(w) = workers.get_mut(v.target as usize) {
+                if !w.packet(&rec) {
+                    w.unknown();
+                }
+            }
+            if last_ts.saturating_sub(last_tick) >= 1_000_000_000 {
+                last_tick = last_ts;
+                sig.tick(last_ts, &mut queue);
+                deliver(&mut queue, &mut workers, &mut done);
+                for w in workers.iter_mut() {
+                    w.tick(last_ts, &mut timeouts);
+                }
+                for t in timeouts.drain(..) {
+                    sig.media_timeout(t.call, t.ts_ns, &mut queue);
+                }
+                deliver(&mut queue, &mut workers, &mut done);
+            }
+            for cdr in done.drain(..) {
+                calls += 1;
+                on_cdr(&cdr);
+            }
+        });
+        match result {
+            Ok(s) => {
+                packets += s.packets;
+                skipped += s.skipped;
+            }
+            Err(e @ CaptureError::BadFile { .. }) | Err(e @ CaptureError::File { .. }) => {
+                errors.push(e.to_string())
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    sig.finish(last_ts, "capture_end", &mut queue);
+    deliver(&mut queue, &mut workers, &mut done);
+    for cdr in done.drain(..) {
+        calls += 1;
+        on_cdr(&cdr);
+    }
+    ReplaySummary {
+        packets,
+        skipped_link_types: skipped,
+        counters: counter::NAMES
+            .iter()
+            .zip(counters.iter())
+            .map(|(n, v)| (*n, *v))
+            .collect(),
+        signalling: sig.stats.clone(),
+        workers: workers.iter().map(|w| w.stats.clone()).collect(),
+        calls,
+        errors,
+    }
+}

@@ -1,0 +1,482 @@
+//! `calltap run`: live capture. One pinned thread per media worker, one signalling thread, one
+//! thread writing CDRs; the main thread waits for SIGINT/SIGTERM.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context as _};
+use aya::maps::{MapData, RingBuf};
+use calltap_common::counter;
+use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
+use serde::Serialize;
+
+use super::replay::{media_config, tracker_config};
+use crate::{
+    capture::{
+        af_packet::AfPacketCapture,
+        xdp::{wait_readable, XdpCapture, XdpCounters},
+        Record,
+    },
+    classify::{SharedMediaTable, UserTables},
+    config::{Config, SourceKind},
+    pipeline::{
+        media::{MediaWorker, WorkerStats},
+        signalling::{SignallingStats, SignallingWorker},
+        Control, ControlSink, MediaTable, MediaTimeout,
+    },
+    store::cdr::{Cdr, JsonlSink},
+};
+
+/// Records a worker takes from its input before it looks at control messages again.
+const BATCH: usize = 4096;
+
+/// Offset that turns CLOCK_MONOTONIC (what XDP stamps) into nanoseconds since the epoch.
+fn monotonic_to_realtime() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    now_ns().saturating_sub(mono)
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Where a worker's records come from.
+enum Input {
+    /// A BPF ring filled by the XDP program; timestamps are CLOCK_MONOTONIC.
+    Ring(RingBuf<MapData>, u64),
+    /// Records built by the AF_PACKET thread.
+    Channel(Receiver<Vec<u8>>),
+}
+
+impl Input {
+    /// Feeds up to `max` records to `f`; returns how many there were.
+    fn drain(&mut self, max: usize, mut f: impl FnMut(&Record<'_>)) -> usize {
+        let mut n = 0;
+        match self {
+            Input::Ring(ring, offset) => {
+                while n < max {
+                    let Some(item) = ring.next() else { break };
+                    if let Some(mut rec) = Record::from_ring(&item) {
+                        rec.meta.ts_ns = rec.meta.ts_ns.wrapping_add(*offset);
+                        f(&rec);
+                    }
+                    n += 1;
+                }
+            }
+            Input::Channel(rx) => {
+                while n < max {
+                    let Ok(bytes) = rx.try_recv() else { break };
+                    if let Some(rec) = Record::from_ring(&bytes) {
+                        f(&rec);
+                    }
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    fn wait(&self, timeout: Duration) {
+        match self {
+            Input::Ring(ring, _) => wait_readable(ring, timeout),
+            Input::Channel(rx) => {
+                // Peek without consuming: block until something arrives or time passes.
+                let deadline = Instant::now() + timeout;
+                while rx.is_empty() && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+}
+
+struct Senders(Vec<Sender<Control>>);
+
+impl ControlSink for Senders {
+    fn send(&mut self, worker: u32, msg: Control) {
+        if let Some(tx) = self.0.get(worker as usize) {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+/// Shared shutdown state.
+struct Shutdown {
+    stop: Arc<AtomicBool>,
+    /// Media workers that have emptied their input after `stop`.
+    drained: AtomicU32,
+}
+
+#[derive(Serialize)]
+struct CallLine {
+    call_id: String,
+    worker: u32,
+    caller: u64,
+    callee: u64,
+    rtcp: u64,
+    end_reason: String,
+}
+
+#[derive(Serialize)]
+struct RunSummary {
+    source: String,
+    attachments: Vec<(String, String)>,
+    counters: BTreeMap<&'static str, u64>,
+    ring_full_per_cpu: Vec<u64>,
+    signalling: SignallingStats,
+    workers: Vec<WorkerStats>,
+    calls: Vec<CallLine>,
+}
+
+fn media_thread(
+    mut worker: MediaWorker,
+    mut input: Input,
+    ctl: Receiver<Control>,
+    cdrs: Sender<Cdr>,
+    timeouts: Sender<MediaTimeout>,
+    shutdown: Arc<Shutdown>,
+) -> WorkerStats {
+    let mut done = Vec::new();
+    let mut expired = Vec::new();
+    let mut last_tick = Instant::now();
+    let mut drained_reported = false;
+    let apply = |worker: &mut MediaWorker, done: &mut Vec<Cdr>| -> bool {
+        loop {
+            match ctl.try_recv() {
+                Ok(msg) => worker.control(msg, done),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    };
+    loop {
+        let open = apply(&mut worker, &mut done);
+        let n = input.drain(BATCH, |rec| {
+            if !worker.packet(rec) {
+                // The control message for a new endpoint may still be in flight.
+                apply(&mut worker, &mut done);
+                if !worker.packet(rec) {
+                    worker.unknown();
+                }
+            }
+        });
+        for cdr in done.drain(..) {
+            let _ = cdrs.send(cdr);
+        }
+        if last_tick.elapsed() >= Duration::from_millis(200) {
+            last_tick = Instant::now();
+            worker.tick(now_ns(), &mut expired);
+            for t in expired.drain(..) {
+                let _ = timeouts.send(t);
+            }
+        }
+        if shutdown.stop.load(Ordering::Acquire) {
+            if n == 0 && !drained_reported {
+                drained_reported = true;
+                shutdown.drained.fetch_add(1, Ordering::AcqRel);
+            }
+            if !open {
+                // Signalling has ended every call and hung up.
+                apply(&mut worker, &mut done);
+                for cdr in done.drain(..) {
+                    let _ = cdrs.send(cdr);
+                }
+                return worker.stats;
+            }
+        }
+        if n == 0 {
+            input.wait(Duration::from_millis(20));
+        }
+    }
+}
+
+fn signalling_thread<T: MediaTable>(
+    mut sig: SignallingWorker<T>,
+    mut input: Input,
+    mut sink: Senders,
+    timeouts: Receiver<MediaTimeout>,
+    shutdown: Arc<Shutdown>,
+    workers: u32,
+) -> SignallingStats {
+    let mut last_tick = Instant::now();
+    loop {
+        let n = input.drain(BATCH, |rec| sig.handle(rec, &mut sink));
+        while let Ok(t) = timeouts.try_recv() {
+            sig.media_timeout(t.call, t.ts_ns, &mut sink);
+        }
+        if last_tick.elapsed() >= Duration::from_millis(200) {
+            last_tick = Instant::now();
+            sig.tick(now_ns(), &mut sink);
+        }
+        if shutdown.stop.load(Ordering::Acquire) && n == 0 {
+            // Let the media workers empty their rings first so no audio in flight is lost,
+            // then close every call still open.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while shutdown.drained.load(Ordering::Acquire) < workers && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            input.drain(usize::MAX, |rec| sig.handle(rec, &mut sink));
+            sig.finish(now_ns(), "recorder_stop", &mut sink);
+            return sig.stats.clone();
+        }
+        if n == 0 {
+            input.wait(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    if cfg.interfaces.is_empty() {
+        bail!("no capture interface: give --interface IF or set [capture] interfaces");
+    }
+    fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let n = cfg.worker_count();
+    let shutdown = Arc::new(Shutdown {
+        stop: Arc::new(AtomicBool::new(false)),
+        drained: AtomicU32::new(0),
+    });
+    install_signal_handlers(&shutdown)?;
+
+    // Pick and start the capture source.
+    let mut xdp = None;
+    let mut af = None;
+    let mut source = String::new();
+    if matches!(cfg.source, SourceKind::Auto | SourceKind::Xdp) {
+        let attempt = (|| {
+            let mut x = XdpCapture::load(&cfg.xdp(), &cfg.sip_ports)?;
+            for iface in &cfg.interfaces {
+                x.attach(iface)?;
+            }
+            Ok::<_, crate::capture::CaptureError>(x)
+        })();
+        match attempt {
+            Ok(x) => {
+                source = "xdp".into();
+                xdp = Some(x);
+            }
+            Err(e) if cfg.source == SourceKind::Auto => {
+                log::warn!("XDP capture unavailable ({e}); falling back to AF_PACKET");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let table = SharedMediaTable::default();
+    let mut inputs: Vec<Input> = Vec::new();
+    let sig_input;
+    let mut counters: Option<XdpCounters> = None;
+    let mut bpf_table = None;
+    let mut attachments = Vec::new();
+    if let Some(x) = xdp.as_mut() {
+        let offset = monotonic_to_realtime();
+        for i in 0..n {
+            let ring = x
+                .take_media_ring(i)
+                .with_context(|| format!("ring of worker {i}"))?;
+            inputs.push(Input::Ring(ring, offset));
+        }
+        sig_input = Input::Ring(
+            x.take_signalling_ring().context("signalling ring")?,
+            offset,
+        );
+        counters = Some(x.take_counters()?);
+        bpf_table = Some(x.take_media_table()?);
+        attachments = x
+            .attachments
+            .iter()
+            .map(|a| (a.interface.clone(), a.mode.to_string()))
+            .collect();
+    } else {
+        source = "af_packet".into();
+        let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
+        let (capture, worker_rx, sig_rx) =
+            AfPacketCapture::start(&cfg.interfaces, tables, n, shutdown.stop.clone())?;
+        inputs = worker_rx.into_iter().map(Input::Channel).collect();
+        sig_input = Input::Channel(sig_rx);
+        attachments = cfg
+            .interfaces
+            .iter()
+            .map(|i| (i.clone(), "af_packet".to_string()))
+            .collect();
+        af = Some(capture);
+    }
+
+    // Channels and threads.
+    let (cdr_tx, cdr_rx) = unbounded::<Cdr>();
+    let (to_tx, to_rx) = unbounded::<MediaTimeout>();
+    let mut ctl_txs = Vec::new();
+    let mut media_handles = Vec::new();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mcfg = media_config(&cfg);
+    for (i, input) in inputs.into_iter().enumerate() {
+        let (tx, rx) = unbounded::<Control>();
+        ctl_txs.push(tx);
+        let worker = MediaWorker::new(i as u32, mcfg.clone());
+        let (cdrs, timeouts, sd) = (cdr_tx.clone(), to_tx.clone(), shutdown.clone());
+        let core = cores.get(i % cores.len().max(1)).copied();
+        media_handles.push(
+            thread::Builder::new()
+                .name(format!("media-{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            log::warn!("media worker {i}: could not pin to core {core:?}");
+                        }
+                    }
+                    media_thread(worker, input, rx, cdrs, timeouts, sd)
+                })?,
+        );
+    }
+    drop((cdr_tx, to_tx));
+    let sink = Senders(ctl_txs);
+    let tcfg = tracker_config(&cfg);
+    let sd = shutdown.clone();
+    let sig_handle = match bpf_table {
+        Some(t) => thread::Builder::new().name("signalling".into()).spawn(move || {
+            signalling_thread(SignallingWorker::new(t, n, tcfg, 0), sig_input, sink, to_rx, sd, n)
+        })?,
+        None => {
+            let t = table.clone();
+            thread::Builder::new().name("signalling".into()).spawn(move || {
+                signalling_thread(SignallingWorker::new(t, n, tcfg, 0), sig_input, sink, to_rx, sd, n)
+            })?
+        }
+    };
+    let jsonl = cfg.data_dir.join("calls.jsonl");
+    let cdr_handle = thread::Builder::new().name("cdr".into()).spawn(move || {
+        let mut sink = match JsonlSink::open(&jsonl) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("{}: {e}; CDRs are only logged", jsonl.display());
+                None
+            }
+        };
+        let mut lines = Vec::new();
+        for cdr in cdr_rx.iter() {
+            log::info!(
+                "call {} ended ({}): {} ms, packets caller {} callee {}, recording {}",
+                cdr.call_id,
+                cdr.end_reason,
+                cdr.duration_ms,
+                cdr.packets.caller,
+                cdr.packets.callee,
+                cdr.recording
+                    .as_ref()
+                    .map_or("none".to_string(), |r| r.path.display().to_string())
+            );
+            if let Some(s) = sink.as_mut() {
+                if let Err(e) = s.write(&cdr) {
+                    log::error!("{}: {e}", s.path().display());
+                }
+            }
+            lines.push(CallLine {
+                call_id: cdr.call_id.clone(),
+                worker: cdr.worker,
+                caller: cdr.packets.caller,
+                callee: cdr.packets.callee,
+                rtcp: cdr.packets.rtcp,
+                end_reason: cdr.end_reason.clone(),
+            });
+        }
+        lines
+    })?;
+
+    let ready = cfg.data_dir.join("calltap.ready");
+    fs::write(&ready, format!("{source}\n"))?;
+    log::info!(
+        "capturing on {} ({source}), {n} media workers, data in {}",
+        cfg.interfaces.join(","),
+        cfg.data_dir.display()
+    );
+    while !shutdown.stop.load(Ordering::Acquire) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    log::info!("stopping: draining rings and closing open calls");
+    let signalling = sig_handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("signalling thread panicked"))?;
+    let mut workers = Vec::new();
+    for h in media_handles {
+        workers.push(h.join().map_err(|_| anyhow::anyhow!("media thread panicked"))?);
+    }
+    let calls = cdr_handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("cdr thread panicked"))?;
+    let totals = match (&counters, &af) {
+        (Some(c), _) => c.totals(),
+        (None, Some(a)) => a.totals(),
+        _ => [0; calltap_common::COUNTERS as usize],
+    };
+    let summary = RunSummary {
+        source,
+        attachments,
+        counters: counter::NAMES.iter().copied().zip(totals).collect(),
+        ring_full_per_cpu: counters
+            .as_ref()
+            .map(|c| c.per_cpu(counter::RING_FULL))
+            .unwrap_or_default(),
+        signalling,
+        workers,
+        calls,
+    };
+    write_summary(&cfg.data_dir.join("run-summary.json"), &summary)?;
+    let _ = fs::remove_file(&ready);
+    drop(xdp);
+    drop(af);
+    Ok(())
+}
+
+fn write_summary(path: &Path, summary: &RunSummary) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(summary)?;
+    fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "calltap: {} calls; counters {}; summary in {}",
+        summary.calls.len(),
+        serde_json::to_string(&summary.counters)?,
+        path.display()
+    );
+    Ok(())
+}
+
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::Release);
+}
+
+fn install_signal_handlers(shutdown: &Arc<Shutdown>) -> anyhow::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let prev = unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+        if prev == libc::SIG_ERR {
+            bail!("cannot install handler for signal {sig}");
+        }
+    }
+    let s = shutdown.clone();
+    thread::Builder::new().name("signals".into()).spawn(move || {
+        while !STOP_REQUESTED.load(Ordering::Acquire) {
+            thread::sleep(Duration::from_millis(50));
+        }
+        s.stop.store(true, Ordering::Release);
+    })?;
+    Ok(())
+}
+

@@ -1,0 +1,317 @@
+//! Configuration: built-in defaults, then the INI file, then `CALLTAP_<SECTION>_<KEY>`
+//! environment variables, then command-line flags. Every key is documented in
+//! `packaging/calltap.ini`.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use calltap_common::{XdpConfig, MAX_WORKERS};
+
+/// Every key CallTap understands, with its default, by section.
+pub const KEYS: &[(&str, &str, &str)] = &[
+    ("capture", "interfaces", ""),
+    ("capture", "source", "auto"),
+    ("capture", "workers", "0"),
+    ("capture", "sip_ports", "5060,5080"),
+    ("capture", "sniff_sip", "true"),
+    ("capture", "heuristic_rtp", "false"),
+    ("capture", "heuristic_worker", "0"),
+    ("capture", "drop_after_capture", "true"),
+    ("capture", "vxlan_port", "4789"),
+    ("storage", "data_dir", "/var/lib/calltap"),
+    (
+        "storage",
+        "path_template",
+        "{yyyy}/{mm}/{dd}/{hhmmss}_{from}_{to}_{uuid}.wav",
+    ),
+    ("storage", "flush_interval_ms", "1000"),
+    ("calls", "media_timeout_s", "300"),
+    ("calls", "max_duration_s", "14400"),
+    ("calls", "unanswered_timeout_s", "180"),
+    ("calls", "correlation_header", ""),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {reason}")]
+    File { file: String, reason: String },
+    #[error("{origin}: [{section}] {key} = {value:?}: expected {expected}")]
+    Value {
+        origin: String,
+        section: String,
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{origin}: unknown key [{section}] {key} (known keys: see packaging/calltap.ini)")]
+    UnknownKey {
+        origin: String,
+        section: String,
+        key: String,
+    },
+}
+
+/// Which capture source `calltap run` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// XDP, falling back to AF_PACKET when the program cannot load or attach.
+    Auto,
+    Xdp,
+    AfPacket,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub interfaces: Vec<String>,
+    pub source: SourceKind,
+    /// Media workers (0: one per CPU, at most MAX_WORKERS).
+    pub workers: u32,
+    pub sip_ports: Vec<u16>,
+    pub sniff_sip: bool,
+    pub heuristic_rtp: bool,
+    pub heuristic_worker: u32,
+    pub drop_after_capture: bool,
+    pub vxlan_port: u16,
+    pub data_dir: PathBuf,
+    pub path_template: String,
+    pub flush_interval_ms: u64,
+    pub media_timeout_s: u64,
+    pub max_duration_s: u64,
+    pub unanswered_timeout_s: u64,
+    pub correlation_header: Option<String>,
+}
+
+/// Raw values with where each came from, for error messages.
+struct Raw {
+    values: BTreeMap<(String, String), (String, String)>,
+}
+
+impl Raw {
+    fn get(&self, section: &str, key: &str) -> (&str, &str) {
+        match self.values.get(&(section.to_string(), key.to_string())) {
+            Some((v, origin)) => (v.as_str(), origin.as_str()),
+            None => ("", "default"),
+        }
+    }
+}
+
+fn bad(origin: &str, section: &str, key: &str, value: &str, expected: &'static str) -> ConfigError {
+    ConfigError::Value {
+        origin: origin.to_string(),
+        section: section.to_string(),
+        key: key.to_string(),
+        value: value.to_string(),
+        expected,
+    }
+}
+
+fn parse_bool(raw: &Raw, section: &str, key: &str) -> Result<bool, ConfigError> {
+    let (v, o) = raw.get(section, key);
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(bad(o, section, key, v, "true or false")),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    raw: &Raw,
+    section: &str,
+    key: &str,
+    expected: &'static str,
+) -> Result<T, ConfigError> {
+    let (v, o) = raw.get(section, key);
+    v.trim().parse().map_err(|_| bad(o, section, key, v, expected))
+}
+
+impl Config {
+    /// Defaults, overlaid by `file` (if any) and the environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(file, &env)
+    }
+
+    pub fn load_with_env(
+        file: Option<&std::path::Path>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut raw = Raw {
+            values: BTreeMap::new(),
+        };
+        for (s, k, v) in KEYS {
+            raw.values.insert(
+                (s.to_string(), k.to_string()),
+                (v.to_string(), "default".to_string()),
+            );
+        }
+        if let Some(path) = file {
+            let origin = path.display().to_string();
+            let ini = ini::Ini::load_from_file(path).map_err(|e| ConfigError::File {
+                file: origin.clone(),
+                reason: e.to_string(),
+            })?;
+            for (section, props) in ini.iter() {
+                let section = section.unwrap_or("").to_ascii_lowercase();
+                for (key, value) in props.iter() {
+                    let key = key.to_ascii_lowercase();
+                    if !KEYS.iter().any(|(s, k, _)| *s == section && *k == key) {
+                        return Err(ConfigError::UnknownKey {
+                            origin,
+                            section,
+                            key,
+                        });
+                    }
+                    raw.values
+                        .insert((section.clone(), key), (value.to_string(), origin.clone()));
+                }
+            }
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("CALLTAP_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            for (s, k, _) in KEYS {
+                if rest == format!("{s}_{k}") {
+                    raw.values.insert(
+                        (s.to_string(), k.to_string()),
+                        (value.clone(), format!("environment {name}")),
+                    );
+                }
+            }
+        }
+        Self::from_raw(&raw)
+    }
+
+    fn from_raw(raw: &Raw) -> Result<Config, ConfigError> {
+        let (ifs, _) = raw.get("capture", "interfaces");
+        let interfaces = ifs
+            .split([',', ' '])
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        let (src, o) = raw.get("capture", "source");
+        let source = match src.trim() {
+            "auto" => SourceKind::Auto,
+            "xdp" => SourceKind::Xdp,
+            "af_packet" => SourceKind::AfPacket,
+            _ => return Err(bad(o, "capture", "source", src, "auto, xdp or af_packet")),
+        };
+        let workers: u32 = parse_num(raw, "capture", "workers", "a number of workers (0 = one per CPU)")?;
+        if workers > MAX_WORKERS {
+            let (v, o) = raw.get("capture", "workers");
+            return Err(bad(o, "capture", "workers", v, "at most 8 workers"));
+        }
+        let (ports, o) = raw.get("capture", "sip_ports");
+        let mut sip_ports = Vec::new();
+        for p in ports.split([',', ' ']).filter(|s| !s.is_empty()) {
+            match p.parse::<u16>() {
+                Ok(p) if p != 0 => sip_ports.push(p),
+                _ => return Err(bad(o, "capture", "sip_ports", ports, "comma-separated ports 1-65535")),
+            }
+        }
+        let heuristic_worker: u32 =
+            parse_num(raw, "capture", "heuristic_worker", "a worker index")?;
+        if heuristic_worker >= MAX_WORKERS {
+            let (v, o) = raw.get("capture", "heuristic_worker");
+            return Err(bad(o, "capture", "heuristic_worker", v, "a worker index below 8"));
+        }
+        let (dd, _) = raw.get("storage", "data_dir");
+        let (tpl, o) = raw.get("storage", "path_template");
+        if tpl.trim().is_empty() || !tpl.contains("{uuid}") && !tpl.contains("{callid}") {
+            return Err(bad(
+                o,
+                "storage",
+                "path_template",
+                tpl,
+                "a template containing {uuid} or {callid} so every call gets its own file",
+            ));
+        }
+        let flush_interval_ms: u64 =
+            parse_num(raw, "storage", "flush_interval_ms", "milliseconds")?;
+        if flush_interval_ms == 0 {
+            return Err(bad(o, "storage", "flush_interval_ms", "0", "at least 1 ms"));
+        }
+        let (corr, _) = raw.get("calls", "correlation_header");
+        Ok(Config {
+            interfaces,
+            source,
+            workers,
+            sip_ports,
+            sniff_sip: parse_bool(raw, "capture", "sniff_sip")?,
+            heuristic_rtp: parse_bool(raw, "capture", "heuristic_rtp")?,
+            heuristic_worker,
+            drop_after_capture: parse_bool(raw, "capture", "drop_after_capture")?,
+            vxlan_port: parse_num(raw, "capture", "vxlan_port", "a UDP port (0 disables)")?,
+            data_dir: PathBuf::from(dd),
+            path_template: tpl.to_string(),
+            flush_interval_ms,
+            media_timeout_s: parse_num(raw, "calls", "media_timeout_s", "seconds")?,
+            max_duration_s: parse_num(raw, "calls", "max_duration_s", "seconds")?,
+            unanswered_timeout_s: parse_num(raw, "calls", "unanswered_timeout_s", "seconds")?,
+            correlation_header: Some(corr.trim().to_string()).filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// Media workers to run: the configured number, or one per online CPU.
+    pub fn worker_count(&self) -> u32 {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        cpus.clamp(1, MAX_WORKERS)
+    }
+
+    pub fn xdp(&self) -> XdpConfig {
+        XdpConfig {
+            drop_after_capture: self.drop_after_capture as u32,
+            sniff_sip: self.sniff_sip as u32,
+            heuristic_rtp: self.heuristic_rtp as u32,
+            heuristic_worker: self.heuristic_worker,
+            vxlan_port: self.vxlan_port,
+            _pad: 0,
+        }
+    }
+
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.data_dir.join("recordings")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_without_a_file() {
+        let c = Config::load_with_env(None, &[]).expect("defaults");
+        assert_eq!(c.sip_ports, vec![5060, 5080]);
+        assert_eq!(c.source, SourceKind::Auto);
+        assert!(c.drop_after_capture);
+    }
+
+    #[test]
+    fn environment_overrides_and_errors_name_the_origin() {
+        let env = vec![
+            ("CALLTAP_CAPTURE_SIP_PORTS".to_string(), "5060,6060".to_string()),
+            ("CALLTAP_STORAGE_DATA_DIR".to_string(), "/tmp/x".to_string()),
+        ];
+        let c = Config::load_with_env(None, &env).expect("env");
+        assert_eq!(c.sip_ports, vec![5060, 6060]);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        let env = vec![("CALLTAP_CAPTURE_WORKERS".to_string(), "many".to_string())];
+        let err = Config::load_with_env(None, &env).expect_err("bad value").to_string();
+        assert!(err.contains("CALLTAP_CAPTURE_WORKERS") && err.contains("workers"), "{err}");
+    }
+
+    #[test]
+    fn ini_file_unknown_key_is_an_error() {
+        let path = std::env::temp_dir().join(format!("calltap-cfg-{}.ini", std::process::id()));
+        std::fs::write(&path, "[capture]\nworkerz = 2\n").expect("write");
+        let err = Config::load_with_env(Some(&path), &[]).expect_err("unknown");
+        assert!(err.to_string().contains("workerz"));
+        std::fs::write(&path, "[capture]\nworkers = 2\nsip_ports = 5060\n").expect("write");
+        let c = Config::load_with_env(Some(&path), &[]).expect("ok");
+        assert_eq!((c.workers, c.sip_ports.clone()), (2, vec![5060]));
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -1,0 +1,11 @@
+//! CallTap: a passive call recorder. Data flows one way:
+//!
+//! `capture` (XDP rings, AF_PACKET, pcap replay) -> `classify` -> `pipeline` (signalling worker:
+//! SIP dialogs; media workers: RTP -> audio) -> `store` (WAV recordings, CDRs).
+
+pub mod capture;
+pub mod classify;
+pub mod cmd;
+pub mod config;
+pub mod pipeline;
+pub mod store;

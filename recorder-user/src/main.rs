@@ -1,0 +1,166 @@
+//! The `calltap` binary: command-line parsing and error reporting; the work is in the library.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use calltap::{
+    cmd::{replay, run},
+    config::{Config, SourceKind},
+};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "calltap", version, about = "Passive SIP/RTP call recorder")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Source {
+    Auto,
+    Xdp,
+    AfPacket,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// INI configuration file (every key can also come from CALLTAP_<SECTION>_<KEY>).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Where CallTap writes everything: recordings, CDR journal, state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture live from mirror-port interfaces and record every call.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Capture interface (repeatable).
+        #[arg(long = "interface", short = 'i')]
+        interfaces: Vec<String>,
+        /// Capture source; auto tries XDP and falls back to AF_PACKET.
+        #[arg(long, value_enum)]
+        source: Option<Source>,
+        /// Media workers (default: one per CPU).
+        #[arg(long)]
+        workers: Option<u32>,
+    },
+    /// Record the calls in pcap/pcapng files through the same pipeline as live capture.
+    Replay {
+        #[command(flatten)]
+        common: Common,
+        /// Print one JSON line per finished call (the CDR) on stdout.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Validate the configuration and exit.
+    CheckConfig {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn load(common: &Common) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(common.config.as_deref())?;
+    if let Some(d) = &common.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("calltap: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            common,
+            interfaces,
+            source,
+            workers,
+        } => {
+            let mut cfg = load(&common)?;
+            if !interfaces.is_empty() {
+                cfg.interfaces = interfaces;
+            }
+            if let Some(s) = source {
+                cfg.source = match s {
+                    Source::Auto => SourceKind::Auto,
+                    Source::Xdp => SourceKind::Xdp,
+                    Source::AfPacket => SourceKind::AfPacket,
+                };
+            }
+            if let Some(w) = workers {
+                cfg.workers = w.clamp(1, calltap_common::MAX_WORKERS);
+            }
+            run::run(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            common,
+            json,
+            files,
+        } => {
+            let cfg = load(&common)?;
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+            let mut journal = calltap::store::cdr::JsonlSink::open(&cfg.data_dir.join("calls.jsonl"))
+                .context("opening the CDR journal")?;
+            let mut failed = None;
+            let summary = replay::replay(&cfg, &files, |cdr| {
+                if json {
+                    match serde_json::to_string(cdr) {
+                        Ok(line) => println!("{line}"),
+                        Err(e) => failed = Some(e.to_string()),
+                    }
+                }
+                if let Err(e) = journal.write(cdr) {
+                    failed = Some(e.to_string());
+                }
+            });
+            if let Some(e) = failed {
+                anyhow::bail!("writing CDRs: {e}");
+            }
+            eprintln!(
+                "calltap replay: {} packets, {} calls; counters {}",
+                summary.packets,
+                summary.calls,
+                serde_json::to_string(&summary.counters)?
+            );
+            for e in &summary.errors {
+                eprintln!("calltap replay: error: {e}");
+            }
+            Ok(if summary.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::CheckConfig { common } => {
+            let cfg = load(&common)?;
+            println!(
+                "configuration OK: interfaces [{}], {} media workers, SIP ports {:?}, data dir {}",
+                cfg.interfaces.join(","),
+                cfg.worker_count(),
+                cfg.sip_ports,
+                cfg.data_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

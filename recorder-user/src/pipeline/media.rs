@@ -1,0 +1,732 @@
+//! A media worker: owns a set of calls, turns their RTP into a stereo WAV (channel 0 = caller,
+//! channel 1 = callee), their RTCP into quality figures, and each finished call into a CDR.
+//!
+//! The per-packet path does hash lookups, decoding into a preallocated buffer and stores into
+//! the file's memory map: no locks, no allocation, no system calls.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs::File,
+    io::BufWriter,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use calltap_common::{flags, Class, MediaKey};
+use calltap_media::{
+    codec::{dtmf::DtmfDetector, g711, g722::G722Decoder, CodecKind},
+    quality::{mos_from_r, r_factor, JitterEstimator},
+    rtcp::{parse_compound, RtcpPacket},
+    rtp::RtpPacket,
+    stream::{Placement, StreamTimeline},
+};
+use calltap_sip::{
+    dialog::{CallRef, Side},
+    sdp::{Direction, RtpMap},
+    NameAddr,
+};
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use serde::Serialize;
+
+use super::{media_key, CallSetup, Control, MediaTimeout};
+use crate::{
+    capture::Record,
+    store::{
+        cdr::{rfc3339, Cdr, Dtmf, PacketCounts, Party, Recording, StreamQuality},
+        paths::{expand, PathFields},
+        wav::WavWriter,
+    },
+};
+
+/// Settings of a media worker.
+#[derive(Clone, Debug)]
+pub struct MediaConfig {
+    pub recordings_dir: PathBuf,
+    /// See [`crate::store::paths::expand`].
+    pub path_template: String,
+    pub flush_interval_ns: u64,
+    /// End a call after this long without RTP (unless it is on hold).
+    pub media_timeout_ns: u64,
+    pub max_call_secs: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            recordings_dir: PathBuf::from("recordings"),
+            path_template: "{yyyy}/{mm}/{dd}/{hhmmss}_{from}_{to}_{uuid}.wav".into(),
+            flush_interval_ns: 1_000_000_000,
+            media_timeout_ns: 300_000_000_000,
+            max_call_secs: 4 * 3600,
+        }
+    }
+}
+
+/// Counters of one media worker.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WorkerStats {
+    pub id: u32,
+    pub records: u64,
+    pub rtp: u64,
+    pub rtcp: u64,
+    /// RTP/RTCP for an endpoint this worker does not (or no longer) know.
+    pub unknown_endpoint: u64,
+    pub bad_rtp: u64,
+    pub calls_started: u64,
+    pub calls_ended: u64,
+    pub write_errors: u64,
+}
+
+#[derive(Default)]
+struct SideMedia {
+    rtp: Option<SocketAddr>,
+    rtcp: Option<SocketAddr>,
+    codecs: Vec<RtpMap>,
+    direction: Option<Direction>,
+}
+
+/// State of one audio direction (0 = from the caller, 1 = from the callee).
+#[derive(Default)]
+struct DirState {
+    timeline: Option<StreamTimeline>,
+    timeline_clock: u32,
+    ssrc: Option<u32>,
+    jitter: Option<JitterEstimator>,
+    g722: Option<G722Decoder>,
+    dtmf: DtmfDetector,
+    packets: u64,
+    bytes: u64,
+    codec: Option<String>,
+    kind: Option<CodecKind>,
+    rtcp_packets: u64,
+    rtcp_fraction_lost: Option<f64>,
+    rtcp_jitter_ms: Option<f64>,
+}
+
+struct ActiveCall {
+    setup: CallSetup,
+    ringing_ns: Option<u64>,
+    answer_ns: Option<u64>,
+    sides: [SideMedia; 2],
+    dirs: [DirState; 2],
+    wav: Option<WavWriter>,
+    wav_path: PathBuf,
+    raw: Option<PcapWriter<BufWriter<File>>>,
+    raw_path: PathBuf,
+    unsupported: BTreeSet<String>,
+    dtmf: Vec<Dtmf>,
+    last_media_ns: u64,
+    timed_out: bool,
+}
+
+impl ActiveCall {
+    fn on_hold(&self) -> bool {
+        self.sides.iter().any(|s| {
+            matches!(
+                s.direction,
+                Some(Direction::SendOnly | Direction::RecvOnly | Direction::Inactive)
+            ) || (s.direction.is_some() && s.rtp.is_none())
+        })
+    }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Caller => 0,
+        Side::Callee => 1,
+    }
+}
+
+fn side_name(i: usize) -> &'static str {
+    if i == 0 {
+        "caller"
+    } else {
+        "callee"
+    }
+}
+
+fn party(n: &NameAddr) -> Party {
+    Party {
+        user: n.user.clone(),
+        display: n.display.clone(),
+        host: n.host.clone(),
+        uri: n.uri.clone(),
+    }
+}
+
+/// Source and destination of the record's innermost IP/UDP headers.
+fn endpoints(rec: &Record<'_>) -> Option<(SocketAddr, SocketAddr)> {
+    let m = &rec.meta;
+    let l3 = m.l3_off as usize;
+    let (src, dst): (IpAddr, IpAddr) = if m.flags & flags::IPV6 != 0 {
+        let h = rec.frame.get(l3..l3 + 40)?;
+        let s: [u8; 16] = h[8..24].try_into().ok()?;
+        let d: [u8; 16] = h[24..40].try_into().ok()?;
+        (Ipv6Addr::from(s).into(), Ipv6Addr::from(d).into())
+    } else {
+        let h = rec.frame.get(l3..l3 + 20)?;
+        let s: [u8; 4] = h[12..16].try_into().ok()?;
+        let d: [u8; 4] = h[16..20].try_into().ok()?;
+        (Ipv4Addr::from(s).into(), Ipv4Addr::from(d).into())
+    };
+    let l4 = m.l4_off as usize;
+    let p = rec.frame.get(l4..l4 + 4)?;
+    Some((
+        SocketAddr::new(src, u16::from_be_bytes([p[0], p[1]])),
+        SocketAddr::new(dst, u16::from_be_bytes([p[2], p[3]])),
+    ))
+}
+
+/// Largest decoded packet we handle: 120 ms of 16 kHz audio, doubled for resampling.
+const PCM_MAX: usize = 16_000 * 120 / 1000 * 2;
+
+pub struct MediaWorker {
+    pub id: u32,
+    cfg: MediaConfig,
+    calls: HashMap<CallRef, Box<ActiveCall>>,
+    endpoints: HashMap<MediaKey, (CallRef, Side)>,
+    pcm: Box<[i16; PCM_MAX]>,
+    resampled: Box<[i16; PCM_MAX]>,
+    last_flush_ns: u64,
+    pub stats: WorkerStats,
+}
+
+impl MediaWorker {
+    pub fn new(id: u32, cfg: MediaConfig) -> MediaWorker {
+        MediaWorker {
+            id,
+            cfg,
+            calls: HashMap::with_capacity(1024),
+            endpoints: HashMap::with_capacity(4096),
+            pcm: Box::new([0; PCM_MAX]),
+            resampled: Box::new([0; PCM_MAX]),
+            last_flush_ns: 0,
+            stats: WorkerStats {
+                id,
+                ..WorkerStats::default()
+            },
+        }
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Applies a control message; a finished call's CDR is pushed to `done`.
+    pub fn control(&mut self, msg: Control, done: &mut Vec<Cdr>) {
+        match msg {
+            Control::Start(setup) => {
+                self.stats.calls_started += 1;
+                let start_secs = setup.start_ns / 1_000_000_000;
+                let wav_path = expand(
+                    &self.cfg.recordings_dir,
+                    &self.cfg.path_template,
+                    &PathFields {
+                        start_secs,
+                        call_id: &setup.call_id,
+                        from_user: setup.from.user.as_deref().unwrap_or(""),
+                        to_user: setup.to.user.as_deref().unwrap_or(""),
+                        uuid: &setup.uuid,
+                    },
+                );
+                let raw_path = wav_path.with_extension("rtp.pcap");
+                let start = setup.start_ns;
+                self.calls.insert(
+                    setup.call,
+                    Box::new(ActiveCall {
+                        setup: *setup,
+                        ringing_ns: None,
+                        answer_ns: None,
+                        sides: [SideMedia::default(), SideMedia::default()],
+                        dirs: [DirState::default(), DirState::default()],
+                        wav: None,
+                        wav_path,
+                        raw: None,
+                        raw_path,
+                        unsupported: BTreeSet::new(),
+                        dtmf: Vec::new(),
+                        last_media_ns: start,
+                        timed_out: false,
+                    }),
+                );
+            }
+            Control::Media {
+                call,
+                side,
+                rtp,
+                rtcp,
+                codecs,
+                direction,
+                ts_ns,
+            } => {
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                let s = &mut c.sides[side_index(side)];
+                for old in s.rtp.iter().chain(s.rtcp.iter()) {
+                    let k = media_key(*old);
+                    if self.endpoints.get(&k).map(|e| e.0) == Some(call) {
+                        self.endpoints.remove(&k);
+                    }
+                }
+                for new in rtp.iter().chain(rtcp.iter()) {
+                    self.endpoints.insert(media_key(*new), (call, side));
+                }
+                s.rtp = rtp;
+                s.rtcp = rtcp;
+                if !codecs.is_empty() {
+                    s.codecs = codecs;
+                }
+                s.direction = Some(direction);
+                // Leaving hold restarts the inactivity clock.
+                c.last_media_ns = c.last_media_ns.max(ts_ns);
+            }
+            Control::Ringing { call, ts_ns } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.ringing_ns.get_or_insert(ts_ns);
+                }
+            }
+            Control::Answered { call, ts_ns } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.answer_ns.get_or_insert(ts_ns);
+                    c.last_media_ns = c.last_media_ns.max(ts_ns);
+                }
+            }
+            Control::Dtmf {
+                call,
+                side,
+                digit,
+                duration_ms,
+                ts_ns,
+            } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.dtmf.push(Dtmf {
+                        side: side_name(side_index(side)),
+                        digit,
+                        at_ms: ts_ns.saturating_sub(c.setup.start_ns) / 1_000_000,
+                        duration_ms,
+                        source: "sip_info",
+                    });
+                }
+            }
+            Control::End {
+                call,
+                reason,
+                ts_ns,
+            } => {
+                if let Some(c) = self.calls.remove(&call) {
+                    self.endpoints.retain(|_, (owner, _)| *owner != call);
+                    self.stats.calls_ended += 1;
+                    done.push(self.finish(c, reason, ts_ns));
+                }
+            }
+        }
+    }
+
+    /// Counts a record whose endpoint no call of this worker has.
+    pub fn unknown(&mut self) {
+        self.stats.unknown_endpoint += 1;
+    }
+
+    /// Handles one RTP/RTCP record from this worker's ring. Returns `false` (and does nothing)
+    /// when no call of this worker has the record's endpoint: the driver then applies pending
+    /// control messages and retries, or counts it with [`MediaWorker::unknown`].
+    pub fn packet(&mut self, rec: &Record<'_>) -> bool {
+        let Some((src, dst)) = endpoints(rec) else {
+            self.stats.records += 1;
+            self.stats.bad_rtp += 1;
+            return true;
+        };
+        // Audio sent *to* a side's endpoint comes from the other side; audio *from* it, from
+        // that side.
+        let (call, sender) = if let Some(&(call, side)) = self.endpoints.get(&media_key(dst)) {
+            (
+                call,
+                match side {
+                    Side::Caller => 1,
+                    Side::Callee => 0,
+                },
+            )
+        } else if let Some(&(call, side)) = self.endpoints.get(&media_key(src)) {
+            (call, side_index(side))
+        } else {
+            return false;
+        };
+        let Some(c) = self.calls.get_mut(&call) else {
+            return false;
+        };
+        self.stats.records += 1;
+        self.record(call, sender, rec);
+        true
+    }
+
+    fn record(&mut self, call: CallRef, sender: usize, rec: &Record<'_>) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let now = rec.meta.ts_ns;
+        c.last_media_ns = c.last_media_ns.max(now);
+        c.timed_out = false;
+        let payload = rec.payload();
+        if Class::from_u8(rec.meta.class) == Class::Rtcp {
+            self.stats.rtcp += 1;
+            rtcp(c, sender, payload);
+            return;
+        }
+        self.stats.rtp += 1;
+        let Ok(rtp) = RtpPacket::parse(payload) else {
+            self.stats.bad_rtp += 1;
+            return;
+        };
+        let receiver = 1 - sender;
+        let kind_map = codec_of(c, receiver, sender, rtp.payload_type);
+        let d = &mut c.dirs[sender];
+        d.packets += 1;
+        d.bytes += rtp.payload.len() as u64;
+        d.ssrc = Some(rtp.ssrc);
+        let (kind, name, clock) = kind_map;
+        match kind {
+            CodecKind::TelephoneEvent => {
+                if let Some(digit) = d.dtmf.push(rtp.timestamp, rtp.payload) {
+                    let at_ms = now.saturating_sub(c.setup.start_ns) / 1_000_000;
+                    c.dtmf.push(Dtmf {
+                        side: side_name(sender),
+                        digit: digit.digit,
+                        at_ms,
+                        duration_ms: Some(digit.duration / (clock.max(1) / 1000).max(1)),
+                        source: "rfc4733",
+                    });
+                }
+                return;
+            }
+            CodecKind::ComfortNoise => return,
+            CodecKind::Unsupported => {
+                c.unsupported.insert(name);
+                raw_rtp(c, rec, &mut self.stats);
+                return;
+            }
+            _ => {}
+        }
+        if d.codec.as_deref() != Some(name.as_str()) {
+            d.codec = Some(name);
+        }
+        d.kind = Some(kind);
+        let jitter = d.jitter.get_or_insert_with(|| JitterEstimator::new(clock));
+        jitter.update(rtp.timestamp, now);
+
+        // Decode.
+        let n = match kind {
+            CodecKind::Pcmu => {
+                let n = rtp.payload.len().min(PCM_MAX);
+                g711::decode_ulaw(&rtp.payload[..n], &mut self.pcm[..n]);
+                n
+            }
+            CodecKind::Pcma => {
+                let n = rtp.payload.len().min(PCM_MAX);
+                g711::decode_alaw(&rtp.payload[..n], &mut self.pcm[..n]);
+                n
+            }
+            CodecKind::G722 => {
+                let n = rtp.payload.len().min(PCM_MAX / 2);
+                d.g722
+                    .get_or_insert_with(G722Decoder::new)
+                    .decode(&rtp.payload[..n], &mut self.pcm[..])
+            }
+            _ => 0,
+        };
+        let codec_rate = kind.output_rate();
+        let wav_rate = match &c.wav {
+            Some(w) => w.rate(),
+            None => codec_rate,
+        };
+        if d.timeline.is_none() || d.timeline_clock != clock {
+            d.timeline = Some(StreamTimeline::new(clock, wav_rate));
+            d.timeline_clock = clock;
+        }
+        let arrival = now.saturating_sub(c.setup.start_ns) as u128 * wav_rate as u128
+            / 1_000_000_000;
+        let Some(timeline) = d.timeline.as_mut() else {
+            return;
+        };
+        let Placement::Write { pos } =
+            timeline.place(rtp.ssrc, rtp.sequence, rtp.timestamp, arrival as u64)
+        else {
+            return;
+        };
+        let samples: &[i16] = if codec_rate == wav_rate {
+            &self.pcm[..n]
+        } else if codec_rate * 2 == wav_rate {
+            // 8 kHz audio in a 16 kHz recording: sample-and-hold doubling.
+            let n = n.min(PCM_MAX / 2);
+            for i in 0..n {
+                self.resampled[2 * i] = self.pcm[i];
+                self.resampled[2 * i + 1] = self.pcm[i];
+            }
+            &self.resampled[..2 * n]
+        } else {
+            // 16 kHz audio in an 8 kHz recording: average pairs.
+            let n2 = n / 2;
+            for i in 0..n2 {
+                self.resampled[i] =
+                    ((self.pcm[2 * i] as i32 + self.pcm[2 * i + 1] as i32) / 2) as i16;
+            }
+            &self.resampled[..n2]
+        };
+        if c.wav.is_none() {
+            match WavWriter::create(&c.wav_path, wav_rate, self.cfg.max_call_secs) {
+                Ok(w) => c.wav = Some(w),
+                Err(e) => {
+                    self.stats.write_errors += 1;
+                    log::error!("{}: cannot create recording: {e}", c.wav_path.display());
+                    return;
+                }
+            }
+        }
+        if let Some(w) = c.wav.as_mut() {
+            if w.write(sender, pos, samples).is_err() {
+                self.stats.write_errors += 1;
+            }
+        }
+    }
+
+    /// Periodic work: flush recordings, report calls that went quiet.
+    pub fn tick(&mut self, now: u64, timeouts: &mut Vec<MediaTimeout>) {
+        if now.saturating_sub(self.last_flush_ns) >= self.cfg.flush_interval_ns {
+            self.last_flush_ns = now;
+            for c in self.calls.values_mut() {
+                if let Some(w) = c.wav.as_mut() {
+                    if w.flush().is_err() {
+                        self.stats.write_errors += 1;
+                    }
+                }
+            }
+        }
+        for (call, c) in self.calls.iter_mut() {
+            if !c.timed_out
+                && !c.on_hold()
+                && now.saturating_sub(c.last_media_ns) > self.cfg.media_timeout_ns
+            {
+                c.timed_out = true;
+                timeouts.push(MediaTimeout {
+                    call: *call,
+                    ts_ns: now,
+                });
+            }
+        }
+    }
+
+    fn finish(&mut self, mut c: Box<ActiveCall>, reason: String, end_ns: u64) -> Cdr {
+        let start = c.setup.start_ns;
+        let end_ns = end_ns.max(start);
+        let any_audio = c.dirs.iter().any(|d| d.packets > 0);
+        // Answered calls always get a recording of the call's full length, silence where no
+        // audio came; unanswered attempts only when early media arrived.
+        if c.wav.is_none() && (c.answer_ns.is_some() || any_audio) {
+            match WavWriter::create(&c.wav_path, 8000, self.cfg.max_call_secs) {
+                Ok(w) => c.wav = Some(w),
+                Err(e) => {
+                    self.stats.write_errors += 1;
+                    log::error!("{}: cannot create recording: {e}", c.wav_path.display());
+                }
+            }
+        }
+        let raw_rtp_pcap = c.raw.take().map(|w| {
+            drop(w);
+            c.raw_path.clone()
+        });
+        let recording = c.wav.take().and_then(|mut w| {
+            let frames = (end_ns - start) as u128 * w.rate() as u128 / 1_000_000_000;
+            if w.extend_to(frames as u64).is_err() {
+                self.stats.write_errors += 1;
+            }
+            match w.finish() {
+                Ok(f) => Some(Recording {
+                    duration_ms: f.frames * 1000 / f.rate.max(1) as u64,
+                    path: f.path,
+                    bytes: f.bytes,
+                    sha256: f.sha256,
+                    sample_rate: f.rate,
+                    channels: 2,
+                    raw_rtp_pcap: raw_rtp_pcap.clone(),
+                }),
+                Err(e) => {
+                    self.stats.write_errors += 1;
+                    log::error!("{}: cannot finish recording: {e}", c.wav_path.display());
+                    None
+                }
+            }
+        });
+        let mut codecs: Vec<String> = Vec::new();
+        for d in &c.dirs {
+            if let Some(name) = &d.codec {
+                if !codecs.contains(name) {
+                    codecs.push(name.clone());
+                }
+            }
+        }
+        for name in &c.unsupported {
+            if !codecs.contains(name) {
+                codecs.push(name.clone());
+            }
+        }
+        let streams: Vec<StreamQuality> = c
+            .dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| quality(i, d))
+            .collect();
+        let missing_directions = c
+            .dirs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.packets == 0)
+            .map(|(i, _)| side_name(i))
+            .collect();
+        let s = &c.setup;
+        Cdr {
+            uuid: s.uuid.clone(),
+            call_id: s.call_id.clone(),
+            interaction_id: s.interaction.clone(),
+            from: party(&s.from),
+            to: party(&s.to),
+            src_ip: s.caller_ip.to_string(),
+            dst_ip: s.callee_ip.to_string(),
+            start: rfc3339(start),
+            answer: c.answer_ns.map(rfc3339),
+            end: rfc3339(end_ns),
+            start_ns: start,
+            answer_ns: c.answer_ns,
+            end_ns,
+            duration_ms: (end_ns - start) / 1_000_000,
+            talk_ms: c
+                .answer_ns
+                .map_or(0, |a| end_ns.saturating_sub(a) / 1_000_000),
+            end_reason: reason,
+            codecs,
+            unsupported_codecs: c.unsupported.iter().cloned().collect(),
+            missing_directions,
+            packets: PacketCounts {
+                caller: c.dirs[0].packets,
+                callee: c.dirs[1].packets,
+                rtcp: c.dirs[0].rtcp_packets + c.dirs[1].rtcp_packets,
+            },
+            streams,
+            dtmf: std::mem::take(&mut c.dtmf),
+            recording,
+            worker: self.id,
+        }
+    }
+}
+
+/// Codec of payload type `pt` sent by `sender`: the receiver's SDP defines what it expects
+/// (dynamic types are the answerer's numbering), the sender's is the fallback, then the static
+/// assignments.
+fn codec_of(c: &ActiveCall, receiver: usize, sender: usize, pt: u8) -> (CodecKind, String, u32) {
+    for side in [receiver, sender] {
+        if let Some(m) = c.sides[side].codecs.iter().find(|m| m.pt == pt) {
+            let kind = CodecKind::from_rtpmap(&m.encoding, m.clock_rate);
+            return (kind, m.encoding.to_ascii_uppercase(), m.clock_rate.max(1));
+        }
+    }
+    let kind = CodecKind::from_static_pt(pt);
+    let name = match kind {
+        CodecKind::Pcmu => "PCMU".to_string(),
+        CodecKind::Pcma => "PCMA".to_string(),
+        CodecKind::G722 => "G722".to_string(),
+        CodecKind::ComfortNoise => "CN".to_string(),
+        _ => format!("PT{pt}"),
+    };
+    (kind, name, kind.rtp_clock().max(1))
+}
+
+fn rtcp(c: &mut ActiveCall, sender: usize, payload: &[u8]) {
+    c.dirs[sender].rtcp_packets += 1;
+    // A report from `sender` describes the audio it receives: the other direction's.
+    let about = 1 - sender;
+    for pkt in parse_compound(payload).flatten() {
+        let blocks = match &pkt {
+            RtcpPacket::SenderReport { reports, .. } => reports,
+            RtcpPacket::ReceiverReport { reports, .. } => reports,
+            _ => continue,
+        };
+        if let Some(b) = blocks.iter().next() {
+            let d = &mut c.dirs[about];
+            d.rtcp_fraction_lost = Some(b.fraction_lost as f64 / 256.0);
+            let clock = if d.timeline_clock == 0 {
+                8000
+            } else {
+                d.timeline_clock
+            };
+            d.rtcp_jitter_ms = Some(b.jitter as f64 * 1000.0 / clock as f64);
+        }
+    }
+}
+
+/// Keeps RTP CallTap cannot decode in a pcap beside the recording, so nothing is lost.
+fn raw_rtp(c: &mut ActiveCall, rec: &Record<'_>, stats: &mut WorkerStats) {
+    if c.raw.is_none() {
+        if let Some(dir) = c.raw_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let file = match File::create(&c.raw_path) {
+            Ok(f) => f,
+            Err(e) => {
+                stats.write_errors += 1;
+                log::error!("{}: {e}", c.raw_path.display());
+                return;
+            }
+        };
+        match PcapWriter::with_header(BufWriter::new(file), PcapHeader::default()) {
+            Ok(w) => c.raw = Some(w),
+            Err(_) => {
+                stats.write_errors += 1;
+                return;
+            }
+        }
+    }
+    if let Some(w) = c.raw.as_mut() {
+        let ts = Duration::from_nanos(rec.meta.ts_ns);
+        if w
+            .write_packet(&PcapPacket::new(ts, rec.meta.wire_len, rec.frame))
+            .is_err()
+        {
+            stats.write_errors += 1;
+        }
+    }
+}
+
+fn quality(i: usize, d: &DirState) -> StreamQuality {
+    let (lost, duplicates, late, expected) = match &d.timeline {
+        Some(t) => {
+            let s = t.stats();
+            (t.lost(), s.duplicates, s.too_old, t.expected())
+        }
+        None => (0, 0, 0, 0),
+    };
+    let jitter_ms = d.jitter.as_ref().map_or(0.0, |j| j.jitter_ms());
+    let mos = d.kind.filter(|_| d.packets > 0).map(|kind| {
+        let loss_pct = if expected > 0 {
+            lost as f64 * 100.0 / expected as f64
+        } else {
+            0.0
+        };
+        let r = r_factor(kind, loss_pct, jitter_ms, 0.0);
+        (mos_from_r(r) * 100.0).round() / 100.0
+    });
+    StreamQuality {
+        direction: side_name(i),
+        ssrc: d.ssrc.map(|s| format!("0x{s:08x}")),
+        codec: d.codec.clone(),
+        packets: d.packets,
+        bytes: d.bytes,
+        lost,
+        duplicates,
+        late,
+        jitter_ms: (jitter_ms * 100.0).round() / 100.0,
+        mos,
+        rtcp_packets: d.rtcp_packets,
+        rtcp_fraction_lost: d.rtcp_fraction_lost,
+        rtcp_jitter_ms: d.rtcp_jitter_ms,
+    }
+}

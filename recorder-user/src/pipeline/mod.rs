@@ -1,0 +1,109 @@
+//! The stages after capture: the signalling worker follows SIP and tells media workers about
+//! calls; media workers turn each call's RTP into a recording and a CDR.
+//!
+//! Threading is the driver's business (`cmd/run.rs` pins one thread per worker, `cmd/replay.rs`
+//! runs them inline for deterministic offline results); the workers themselves are plain
+//! structs fed one record at a time.
+
+pub mod media;
+pub mod signalling;
+
+use std::net::SocketAddr;
+
+use calltap_common::{MediaKey, MediaValue};
+use calltap_sip::{
+    dialog::{CallRef, Side},
+    sdp::{Direction, RtpMap},
+    NameAddr,
+};
+
+/// The table the classifier consults to steer RTP: a BPF map for XDP, a shared hash map for
+/// userspace sources. Only the signalling worker writes it.
+pub trait MediaTable: Send {
+    fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String>;
+    fn remove(&mut self, key: &MediaKey);
+}
+
+/// What a media worker needs to know to start recording a call.
+#[derive(Clone, Debug)]
+pub struct CallSetup {
+    pub call: CallRef,
+    pub uuid: String,
+    pub call_id: String,
+    pub interaction: String,
+    pub from: NameAddr,
+    pub to: NameAddr,
+    pub caller_ip: std::net::IpAddr,
+    pub callee_ip: std::net::IpAddr,
+    pub start_ns: u64,
+}
+
+/// Signalling -> media worker.
+#[derive(Clone, Debug)]
+pub enum Control {
+    Start(Box<CallSetup>),
+    Media {
+        call: CallRef,
+        side: Side,
+        rtp: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+        codecs: Vec<RtpMap>,
+        direction: Direction,
+        ts_ns: u64,
+    },
+    Ringing {
+        call: CallRef,
+        ts_ns: u64,
+    },
+    Answered {
+        call: CallRef,
+        ts_ns: u64,
+    },
+    Dtmf {
+        call: CallRef,
+        side: Side,
+        digit: char,
+        duration_ms: Option<u32>,
+        ts_ns: u64,
+    },
+    End {
+        call: CallRef,
+        reason: String,
+        ts_ns: u64,
+    },
+}
+
+/// Where the signalling worker sends control messages.
+pub trait ControlSink {
+    fn send(&mut self, worker: u32, msg: Control);
+}
+
+/// Queue used by inline drivers: the driver drains it into the workers after each record.
+impl ControlSink for Vec<(u32, Control)> {
+    fn send(&mut self, worker: u32, msg: Control) {
+        self.push((worker, msg));
+    }
+}
+
+/// Media worker -> signalling: a call went quiet for longer than the media timeout.
+#[derive(Clone, Copy, Debug)]
+pub struct MediaTimeout {
+    pub call: CallRef,
+    pub ts_ns: u64,
+}
+
+/// The media map key of a socket address (IPv4 stored IPv4-mapped, as the classifier does).
+pub fn media_key(addr: SocketAddr) -> MediaKey {
+    match addr {
+        SocketAddr::V4(a) => MediaKey::v4(a.ip().octets(), a.port()),
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => MediaKey::v4(v4.octets(), a.port()),
+            None => MediaKey::v6(a.ip().octets(), a.port()),
+        },
+    }
+}
+
+/// Counter-based unique ids for calls: time-ordered, unique per recorder process run.
+pub fn call_uuid(start_ns: u64, call: CallRef, node: u32) -> String {
+    format!("{start_ns:016x}-{node:04x}-{:012x}", call.0)
+}

@@ -1,0 +1,428 @@
+//! The signalling worker: reassembles fragments and TCP streams, parses SIP, follows dialogs,
+//! assigns each call to a media worker and publishes the call's media endpoints to the
+//! classifier's table, so RTP reaches the owner directly from then on.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use calltap_common::{flags, Class, MediaKey, MediaValue, PacketMeta};
+use calltap_net::{
+    ipfrag::{fragment_of, udp_ports, ReassemblyConfig, Reassembler},
+    tcp::{parse_tcp, resync_sip, FlowKey, TcpConfig, TcpReassembler},
+};
+use calltap_sip::{
+    dialog::{CallEvent, CallRef, Side, Tracker, TrackerConfig},
+    parse, parse_datagram, Message, ParseError,
+};
+use serde::Serialize;
+
+use super::{call_uuid, media_key, CallSetup, Control, ControlSink, MediaTable};
+use crate::capture::Record;
+
+/// Counters of the signalling worker.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SignallingStats {
+    pub records: u64,
+    pub sip_packets: u64,
+    pub sip_messages: u64,
+    pub malformed_sip: u64,
+    pub fragments: u64,
+    pub reassembled: u64,
+    pub tcp_segments: u64,
+    pub calls_started: u64,
+    pub calls_ended: u64,
+    pub media_table_errors: u64,
+}
+
+struct Route {
+    worker: u32,
+    /// Media keys per side (caller, callee).
+    keys: [Vec<MediaKey>; 2],
+}
+
+pub struct SignallingWorker<T: MediaTable> {
+    tracker: Tracker,
+    frags: Reassembler,
+    tcp: TcpReassembler,
+    table: T,
+    workers: u32,
+    load: Vec<u32>,
+    routes: HashMap<CallRef, Route>,
+    /// Which call currently owns a media key in the table (two calls may reuse an endpoint).
+    owners: HashMap<MediaKey, CallRef>,
+    events: Vec<CallEvent>,
+    node: u32,
+    pub stats: SignallingStats,
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Caller => 0,
+        Side::Callee => 1,
+    }
+}
+
+/// Source and destination addresses of the (innermost) IP header at `l3_off`.
+fn ip_addrs(frame: &[u8], l3_off: usize, v6: bool) -> Option<(IpAddr, IpAddr)> {
+    if v6 {
+        let h = frame.get(l3_off..l3_off + 40)?;
+        let src: [u8; 16] = h[8..24].try_into().ok()?;
+        let dst: [u8; 16] = h[24..40].try_into().ok()?;
+        Some((Ipv6Addr::from(src).into(), Ipv6Addr::from(dst).into()))
+    } else {
+        let h = frame.get(l3_off..l3_off + 20)?;
+        let src: [u8; 4] = h[12..16].try_into().ok()?;
+        let dst: [u8; 4] = h[16..20].try_into().ok()?;
+        Some((Ipv4Addr::from(src).into(), Ipv4Addr::from(dst).into()))
+    }
+}
+
+fn ports(frame: &[u8], l4_off: usize) -> Option<(u16, u16)> {
+    let h = frame.get(l4_off..l4_off + 4)?;
+    Some((u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]])))
+}
+
+impl<T: MediaTable> SignallingWorker<T> {
+    pub fn new(table: T, workers: u32, tracker: TrackerConfig, node: u32) -> Self {
+        let workers = workers.max(1);
+        SignallingWorker {
+            tracker: Tracker::new(tracker),
+            frags: Reassembler::new(ReassemblyConfig::default()),
+            tcp: TcpReassembler::new(TcpConfig::default()),
+            table,
+            workers,
+            load: vec![0; workers as usize],
+            routes: HashMap::new(),
+            owners: HashMap::new(),
+            events: Vec::new(),
+            node,
+            stats: SignallingStats::default(),
+        }
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Handles one record from the signalling ring.
+    pub fn handle(&mut self, rec: &Record<'_>, sink: &mut dyn ControlSink) {
+        self.stats.records += 1;
+        let m = &rec.meta;
+        let now = m.ts_ns;
+        match Class::from_u8(m.class) {
+            Class::Fragment => self.fragment(rec, sink),
+            Class::Sip => {
+                self.stats.sip_packets += 1;
+                let v6 = m.flags & flags::IPV6 != 0;
+                let Some((src_ip, dst_ip)) = ip_addrs(rec.frame, m.l3_off as usize, v6) else {
+                    self.stats.malformed_sip += 1;
+                    return;
+                };
+                let Some((sport, dport)) = ports(rec.frame, m.l4_off as usize) else {
+                    self.stats.malformed_sip += 1;
+                    return;
+                };
+                let src = SocketAddr::new(src_ip, sport);
+                let dst = SocketAddr::new(dst_ip, dport);
+                if m.flags & flags::TCP != 0 {
+                    self.tcp_segment(rec.frame, m, src, dst, sink);
+                } else {
+                    self.datagram(rec.payload(), src, dst, now, sink);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn fragment(&mut self, rec: &Record<'_>, sink: &mut dyn ControlSink) {
+        self.stats.fragments += 1;
+        let now = rec.meta.ts_ns;
+        let Some(ip) = rec.frame.get(rec.meta.l3_off as usize..) else {
+            return;
+        };
+        let Ok(Some(frag)) = fragment_of(ip) else {
+            return;
+        };
+        let Ok(Some(whole)) = self.frags.push(frag, now) else {
+            return;
+        };
+        self.stats.reassembled += 1;
+        if whole.key.protocol != 17 {
+            // SIP over TCP is segmented by TCP, not fragmented by IP; nothing to do.
+            return;
+        }
+        let Some((sport, dport, payload)) = udp_ports(&whole.data) else {
+            return;
+        };
+        let src = SocketAddr::new(whole.key.src, sport);
+        let dst = SocketAddr::new(whole.key.dst, dport);
+        // Reassembled datagrams may be RTP of a known call too, but RTP is never fragmented in
+        // practice; only SIP is looked for here.
+        let payload = payload.to_vec();
+        self.datagram(&payload, src, dst, now, sink);
+    }
+
+    fn datagram(
+        &mut self,
+        payload: &[u8],
+        src: SocketAddr,
+        dst: SocketAddr,
+        now: u64,
+        sink: &mut dyn ControlSink,
+    ) {
+        match parse_datagram(payload) {
+            Ok(msg) => self.message(&msg, src, dst, now, sink),
+            Err(_) => self.stats.malformed_sip += 1,
+        }
+    }
+
+    fn tcp_segment(
+        &mut self,
+        frame: &[u8],
+        m: &PacketMeta,
+        src: SocketAddr,
+        dst: SocketAddr,
+        sink: &mut dyn ControlSink,
+    ) {
+        self.stats.tcp_segments += 1;
+        let Some(tcp) = frame.get(m.l4_off as usize..) else {
+            return;
+        };
+        let Ok((_, _, seg)) = parse_tcp(tcp) else {
+            self.stats.malformed_sip += 1;
+            return;
+        };
+        let flow = FlowKey { src, dst };
+        let data = self.tcp.push(flow, seg, m.ts_ns);
+        // Frame as many messages as the stream holds; keep the rest for the next segment.
+        let mut used = 0usize;
+        let mut messages = Vec::new();
+        let mut malformed = 0u64;
+        while used < data.len() {
+            match parse(&data[used..]) {
+                Ok((msg, n)) => {
+                    messages.push(msg);
+                    used += n.max(1);
+                }
+                Err(ParseError::Incomplete) => break,
+                Err(_) => {
+                    malformed += 1;
+                    // Skip to the next thing that looks like a SIP start line.
+                    match resync_sip(&data[used + 1..]) {
+                        Some(skip) => used += 1 + skip,
+                        None => used = data.len(),
+                    }
+                }
+            }
+        }
+        self.stats.malformed_sip += malformed;
+        self.tcp.consume(&flow, used);
+        for msg in messages {
+            self.message(&msg, src, dst, m.ts_ns, sink);
+        }
+    }
+
+    fn message(
+        &mut self,
+        msg: &Message,
+        src: SocketAddr,
+        dst: SocketAddr,
+        now: u64,
+        sink: &mut dyn ControlSink,
+    ) {
+        self.stats.sip_messages += 1;
+        let mut events = std::mem::take(&mut self.events);
+        self.tracker.on_message(msg, src, dst, now, &mut events);
+        self.route(&mut events, sink);
+        self.events = events;
+    }
+
+    /// Periodic work: dialog timeouts, expiring half-reassembled data.
+    pub fn tick(&mut self, now: u64, sink: &mut dyn ControlSink) {
+        let mut events = std::mem::take(&mut self.events);
+        self.tracker.on_tick(now, &mut events);
+        self.route(&mut events, sink);
+        self.events = events;
+        self.frags.expire(now);
+        self.tcp.expire(now);
+    }
+
+    /// A media worker saw no RTP for too long.
+    pub fn media_timeout(&mut self, call: CallRef, now: u64, sink: &mut dyn ControlSink) {
+        let mut events = std::mem::take(&mut self.events);
+        self.tracker.end_call(
+            call,
+            calltap_sip::dialog::EndReason::MediaTimeout,
+            now,
+            &mut events,
+        );
+        self.route(&mut events, sink);
+        self.events = events;
+    }
+
+    /// Ends every call still open (end of a capture file, or shutdown) with `reason`.
+    pub fn finish(&mut self, now: u64, reason: &str, sink: &mut dyn ControlSink) {
+        let calls: Vec<CallRef> = self.routes.keys().copied().collect();
+        for call in calls {
+            self.end(call, reason.to_string(), now, sink);
+        }
+    }
+
+    fn end(&mut self, call: CallRef, reason: String, ts_ns: u64, sink: &mut dyn ControlSink) {
+        let Some(route) = self.routes.remove(&call) else {
+            return;
+        };
+        self.stats.calls_ended += 1;
+        if let Some(l) = self.load.get_mut(route.worker as usize) {
+            *l = l.saturating_sub(1);
+        }
+        sink.send(
+            route.worker,
+            Control::End {
+                call,
+                reason,
+                ts_ns,
+            },
+        );
+        for key in route.keys.iter().flatten() {
+            self.release(key, call);
+        }
+    }
+
+    fn release(&mut self, key: &MediaKey, call: CallRef) {
+        if self.owners.get(key) == Some(&call) {
+            self.owners.remove(key);
+            self.table.remove(key);
+        }
+    }
+
+    fn route(&mut self, events: &mut Vec<CallEvent>, sink: &mut dyn ControlSink) {
+        for ev in events.drain(..) {
+            match ev {
+                CallEvent::Started {
+                    call,
+                    call_id,
+                    interaction,
+                    from,
+                    to,
+                    caller_ip,
+                    callee_ip,
+                    ts_ns,
+                } => {
+                    // Least-loaded worker; ties go to the lowest index.
+                    let worker = (0..self.workers)
+                        .min_by_key(|w| self.load[*w as usize])
+                        .unwrap_or(0);
+                    self.load[worker as usize] += 1;
+                    self.stats.calls_started += 1;
+                    self.routes.insert(
+                        call,
+                        Route {
+                            worker,
+                            keys: [Vec::new(), Vec::new()],
+                        },
+                    );
+                    let uuid = call_uuid(ts_ns, call, self.node);
+                    sink.send(
+                        worker,
+                        Control::Start(Box::new(CallSetup {
+                            call,
+                            uuid,
+                            call_id,
+                            interaction,
+                            from,
+                            to,
+                            caller_ip,
+                            callee_ip,
+                            start_ns: ts_ns,
+                        })),
+                    );
+                }
+                CallEvent::Media {
+                    call,
+                    side,
+                    rtp,
+                    rtcp,
+                    codecs,
+                    direction,
+                    ts_ns,
+                } => {
+                    let Some(route) = self.routes.get_mut(&call) else {
+                        continue;
+                    };
+                    let worker = route.worker;
+                    let new_keys: Vec<MediaKey> =
+                        rtp.iter().chain(rtcp.iter()).map(|a| media_key(*a)).collect();
+                    let old = std::mem::replace(
+                        &mut route.keys[side_index(side)],
+                        new_keys.clone(),
+                    );
+                    // The worker learns the endpoints before the kernel starts steering them to
+                    // it, so no packet arrives for an endpoint it does not know.
+                    sink.send(
+                        worker,
+                        Control::Media {
+                            call,
+                            side,
+                            rtp,
+                            rtcp,
+                            codecs,
+                            direction,
+                            ts_ns,
+                        },
+                    );
+                    for key in old.iter().filter(|k| !new_keys.contains(k)) {
+                        self.release(key, call);
+                    }
+                    for key in new_keys {
+                        self.owners.insert(key, call);
+                        if self
+                            .table
+                            .insert(key, MediaValue { worker, flags: 0 })
+                            .is_err()
+                        {
+                            self.stats.media_table_errors += 1;
+                        }
+                    }
+                }
+                CallEvent::Ringing { call, ts_ns } => {
+                    if let Some(r) = self.routes.get(&call) {
+                        sink.send(r.worker, Control::Ringing { call, ts_ns });
+                    }
+                }
+                CallEvent::Answered { call, ts_ns } => {
+                    if let Some(r) = self.routes.get(&call) {
+                        sink.send(r.worker, Control::Answered { call, ts_ns });
+                    }
+                }
+                CallEvent::Dtmf {
+                    call,
+                    side,
+                    digit,
+                    duration_ms,
+                    ts_ns,
+                } => {
+                    if let Some(r) = self.routes.get(&call) {
+                        sink.send(
+                            r.worker,
+                            Control::Dtmf {
+                                call,
+                                side,
+                                digit,
+                                duration_ms,
+                                ts_ns,
+                            },
+                        );
+                    }
+                }
+                CallEvent::Ended {
+                    call,
+                    reason,
+                    ts_ns,
+                } => self.end(call, reason.as_str(), ts_ns, sink),
+            }
+        }
+    }
+}

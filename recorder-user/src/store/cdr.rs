@@ -1,0 +1,151 @@
+//! Call detail records: what happened on a call, one JSON object per call.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+/// A SIP party as the CDR shows it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Party {
+    pub user: Option<String>,
+    pub display: Option<String>,
+    pub host: String,
+    pub uri: String,
+}
+
+/// Quality of one audio direction.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StreamQuality {
+    /// "caller" (caller's audio, WAV channel 0) or "callee" (channel 1).
+    pub direction: &'static str,
+    pub ssrc: Option<String>,
+    pub codec: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub late: u64,
+    pub jitter_ms: f64,
+    pub mos: Option<f64>,
+    pub rtcp_packets: u64,
+    /// Loss the far end reported in RTCP receiver reports (fraction, 0..1), if any.
+    pub rtcp_fraction_lost: Option<f64>,
+    pub rtcp_jitter_ms: Option<f64>,
+}
+
+/// A DTMF digit.
+#[derive(Clone, Debug, Serialize)]
+pub struct Dtmf {
+    pub side: &'static str,
+    pub digit: char,
+    /// Milliseconds from call start.
+    pub at_ms: u64,
+    pub duration_ms: Option<u32>,
+    /// "rfc4733" (in RTP) or "sip_info".
+    pub source: &'static str,
+}
+
+/// The recording file of a call.
+#[derive(Clone, Debug, Serialize)]
+pub struct Recording {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub duration_ms: u64,
+    /// Raw RTP of payload types CallTap cannot decode, kept beside the WAV.
+    pub raw_rtp_pcap: Option<PathBuf>,
+}
+
+/// One call.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cdr {
+    pub uuid: String,
+    pub call_id: String,
+    pub interaction_id: String,
+    pub from: Party,
+    pub to: Party,
+    pub src_ip: String,
+    pub dst_ip: String,
+    /// RFC 3339 UTC.
+    pub start: String,
+    pub answer: Option<String>,
+    pub end: String,
+    pub start_ns: u64,
+    pub answer_ns: Option<u64>,
+    pub end_ns: u64,
+    pub duration_ms: u64,
+    pub talk_ms: u64,
+    pub end_reason: String,
+    pub codecs: Vec<String>,
+    pub unsupported_codecs: Vec<String>,
+    /// Directions that carried no audio at all ("caller", "callee").
+    pub missing_directions: Vec<&'static str>,
+    /// Packets per direction, the quick check.
+    pub packets: PacketCounts,
+    pub streams: Vec<StreamQuality>,
+    pub dtmf: Vec<Dtmf>,
+    pub recording: Option<Recording>,
+    pub worker: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct PacketCounts {
+    pub caller: u64,
+    pub callee: u64,
+    pub rtcp: u64,
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let ms = (ns / 1_000_000) % 1000;
+    let (y, mo, d, h, mi, s) = super::paths::civil(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+}
+
+/// Appends CDRs to `calls.jsonl`, one line per call, fsync'd per call: the local record of every
+/// call even when nothing else is configured.
+pub struct JsonlSink {
+    path: PathBuf,
+    file: File,
+}
+
+impl JsonlSink {
+    pub fn open(path: &Path) -> io::Result<JsonlSink> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(JsonlSink {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write(&mut self, cdr: &Cdr) -> io::Result<()> {
+        let mut line = serde_json::to_vec(cdr).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(1_700_000_000_123_000_000), "2023-11-14T22:13:20.123Z");
+    }
+}

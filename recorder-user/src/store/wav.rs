@@ -1,0 +1,242 @@
+//! Stereo 16-bit PCM WAV files written through a memory map.
+//!
+//! Audio is placed at absolute sample positions (the RTP timestamp says where), so the file is
+//! random access: late packets land where they belong and gaps stay zero, i.e. silence. The file
+//! grows in preallocated chunks (remapped as it grows), the header is rewritten on every flush so
+//! the file is a valid WAV at every moment, and a crash loses at most one flush interval.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Read as _},
+    path::{Path, PathBuf},
+};
+
+use memmap2::MmapMut;
+use sha2::{Digest as _, Sha256};
+
+const HEADER: u64 = 44;
+/// Bytes added to the file each time it runs out (about 16 s of 16 kHz stereo).
+const GROW: u64 = 1 << 20;
+const CHANNELS: u64 = 2;
+const BYTES_PER_FRAME: u64 = 2 * CHANNELS;
+
+/// An open recording.
+pub struct WavWriter {
+    path: PathBuf,
+    file: File,
+    map: MmapMut,
+    rate: u32,
+    /// Frames the mapping can hold.
+    capacity: u64,
+    /// Frames written so far (highest written frame + 1, or as extended).
+    frames: u64,
+    /// Longest recording we accept, in frames; beyond it samples are dropped (and counted).
+    max_frames: u64,
+    pub dropped_samples: u64,
+}
+
+/// A closed recording.
+#[derive(Clone, Debug)]
+pub struct FinishedWav {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+    pub frames: u64,
+    pub rate: u32,
+}
+
+impl WavWriter {
+    /// Creates (or truncates) `path`, creating parent directories.
+    pub fn create(path: &Path, rate: u32, max_seconds: u64) -> io::Result<WavWriter> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.set_len(HEADER + GROW)?;
+        // SAFETY: we own the file; nobody else maps or truncates it while we write.
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        let mut w = WavWriter {
+            path: path.to_path_buf(),
+            file,
+            map,
+            rate,
+            capacity: GROW / BYTES_PER_FRAME,
+            frames: 0,
+            max_frames: max_seconds.saturating_mul(rate as u64),
+            dropped_samples: 0,
+        };
+        w.write_header();
+        Ok(w)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    fn ensure(&mut self, frames: u64) -> io::Result<()> {
+        if frames <= self.capacity {
+            return Ok(());
+        }
+        let want = frames.div_ceil(GROW / BYTES_PER_FRAME) * GROW;
+        self.file.set_len(HEADER + want)?;
+        // SAFETY: as in create; the old mapping is dropped by the assignment.
+        self.map = unsafe { MmapMut::map_mut(&self.file)? };
+        self.capacity = want / BYTES_PER_FRAME;
+        Ok(())
+    }
+
+    /// Writes `samples` into `channel` (0 or 1) starting at frame `pos`.
+    pub fn write(&mut self, channel: usize, pos: u64, samples: &[i16]) -> io::Result<()> {
+        let channel = (channel as u64).min(CHANNELS - 1);
+        let mut n = samples.len() as u64;
+        if pos >= self.max_frames {
+            self.dropped_samples += n;
+            return Ok(());
+        }
+        if pos + n > self.max_frames {
+            self.dropped_samples += pos + n - self.max_frames;
+            n = self.max_frames - pos;
+        }
+        let end = pos + n;
+        self.ensure(end)?;
+        let base = (HEADER + pos * BYTES_PER_FRAME + channel * 2) as usize;
+        let stride = BYTES_PER_FRAME as usize;
+        let dst = &mut self.map[base..base + (n as usize - 1) * stride + 2];
+        for (i, s) in samples[..n as usize].iter().enumerate() {
+            let at = i * stride;
+            dst[at..at + 2].copy_from_slice(&s.to_le_bytes());
+        }
+        self.frames = self.frames.max(end);
+        Ok(())
+    }
+
+    /// Makes the recording at least `frames` long (silence after the last audio).
+    pub fn extend_to(&mut self, frames: u64) -> io::Result<()> {
+        let frames = frames.min(self.max_frames);
+        self.ensure(frames)?;
+        self.frames = self.frames.max(frames);
+        Ok(())
+    }
+
+    fn write_header(&mut self) {
+        let data = self.frames * BYTES_PER_FRAME;
+        let riff = (36 + data).min(u32::MAX as u64) as u32;
+        let data = data.min(u32::MAX as u64 - 36) as u32;
+        let byte_rate = self.rate * BYTES_PER_FRAME as u32;
+        let h = &mut self.map[..HEADER as usize];
+        h[0..4].copy_from_slice(b"RIFF");
+        h[4..8].copy_from_slice(&riff.to_le_bytes());
+        h[8..12].copy_from_slice(b"WAVE");
+        h[12..16].copy_from_slice(b"fmt ");
+        h[16..20].copy_from_slice(&16u32.to_le_bytes());
+        h[20..22].copy_from_slice(&1u16.to_le_bytes()); // PCM
+        h[22..24].copy_from_slice(&(CHANNELS as u16).to_le_bytes());
+        h[24..28].copy_from_slice(&self.rate.to_le_bytes());
+        h[28..32].copy_from_slice(&byte_rate.to_le_bytes());
+        h[32..34].copy_from_slice(&(BYTES_PER_FRAME as u16).to_le_bytes());
+        h[34..36].copy_from_slice(&16u16.to_le_bytes());
+        h[36..40].copy_from_slice(b"data");
+        h[40..44].copy_from_slice(&data.to_le_bytes());
+    }
+
+    /// Rewrites the header and starts writeback of dirty pages. After this returns, a crash of
+    /// the process loses nothing and a crash of the machine loses at most what the kernel had
+    /// not yet written.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.write_header();
+        self.map.flush_async()
+    }
+
+    /// Final header, exact file length, fsync, and the file's size and sha256.
+    pub fn finish(mut self) -> io::Result<FinishedWav> {
+        self.write_header();
+        self.map.flush()?;
+        let bytes = HEADER + self.frames * BYTES_PER_FRAME;
+        let WavWriter {
+            path, file, map, ..
+        } = self;
+        drop(map);
+        file.set_len(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        let sha256 = sha256_file(&path)?;
+        Ok(FinishedWav {
+            path,
+            bytes,
+            sha256,
+            frames: self.frames,
+            rate: self.rate,
+        })
+    }
+}
+
+/// Hex sha256 of a file's contents.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_land_at_their_positions_and_gaps_are_silence() {
+        let dir = std::env::temp_dir().join(format!("calltap-wav-{}", std::process::id()));
+        let path = dir.join("a/b/test.wav");
+        let mut w = WavWriter::create(&path, 8000, 3600).expect("create");
+        w.write(0, 10, &[1, 2, 3]).expect("write");
+        w.write(1, 0, &[-5; 4]).expect("write");
+        // Beyond the first preallocated chunk: forces a remap.
+        w.write(1, 300_000, &[7]).expect("write");
+        w.flush().expect("flush");
+        // Valid at a flush point.
+        let r = hound::WavReader::open(&path).expect("valid after flush");
+        assert_eq!(r.len(), 300_001 * 2);
+        let done = w.finish().expect("finish");
+        assert_eq!(done.bytes, 44 + 300_001 * 4);
+        let mut r = hound::WavReader::open(&path).expect("open");
+        let spec = r.spec();
+        assert_eq!((spec.channels, spec.sample_rate, spec.bits_per_sample), (2, 8000, 16));
+        let s: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
+        assert_eq!(&s[0..8], &[0, -5, 0, -5, 0, -5, 0, -5]);
+        assert_eq!(&s[20..26], &[1, 0, 2, 0, 3, 0]);
+        assert_eq!(s[300_000 * 2 + 1], 7);
+        assert!(s[30..300_000 * 2].iter().all(|&x| x == 0));
+        assert_eq!(done.sha256, sha256_file(&path).expect("hash"));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn max_length_caps_the_file() {
+        let path = std::env::temp_dir().join(format!("calltap-wav-cap-{}.wav", std::process::id()));
+        let mut w = WavWriter::create(&path, 8000, 1).expect("create");
+        w.write(0, 7990, &[1; 20]).expect("write");
+        assert_eq!(w.dropped_samples, 10);
+        let done = w.finish().expect("finish");
+        assert_eq!(done.frames, 8000);
+        let _ = fs::remove_file(path);
+    }
+}
