@@ -1,0 +1,202 @@
+//! Following INVITE dialogs from observed messages.
+//!
+//! The [`Tracker`] sees each SIP message once (as captured, in capture order) and emits
+//! [`CallEvent`]s: a call starts, a side announces where it receives media, the call rings, is
+//! answered, carries DTMF, ends. It never sends anything and must cope with missing,
+//! duplicated and reordered messages, so every transition is idempotent.
+
+mod body;
+mod tracker;
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use crate::sdp::{Direction, RtpMap};
+use crate::NameAddr;
+
+pub use tracker::Tracker;
+
+/// Identity of one call inside a tracker (unique for the tracker's lifetime, never reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct CallRef(pub u64);
+
+/// A party of the call: the caller sent the initial INVITE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Caller,
+    Callee,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Caller => Side::Callee,
+            Side::Callee => Side::Caller,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Caller => "caller",
+            Side::Callee => "callee",
+        }
+    }
+}
+
+/// Why a call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// BYE sent by that side.
+    Bye(Side),
+    /// The caller cancelled before an answer.
+    Cancel,
+    /// Final non-2xx response to the initial INVITE.
+    Failure(u16),
+    /// Longer than the configured maximum call duration.
+    MaxDuration,
+    /// No final response within the unanswered timeout.
+    Unanswered,
+    /// The media workers saw no RTP for too long (reported by the daemon).
+    MediaTimeout,
+    /// The recorder stopped while the call was up.
+    RecorderRestart,
+}
+
+impl EndReason {
+    /// Stable name for CDRs, e.g. `bye_caller`, `failure_486`.
+    pub fn as_str(&self) -> String {
+        match self {
+            EndReason::Bye(side) => format!("bye_{}", side.as_str()),
+            EndReason::Cancel => "cancel".to_string(),
+            EndReason::Failure(code) => format!("failure_{code}"),
+            EndReason::MaxDuration => "max_duration".to_string(),
+            EndReason::Unanswered => "unanswered".to_string(),
+            EndReason::MediaTimeout => "media_timeout".to_string(),
+            EndReason::RecorderRestart => "recorder_restart".to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+/// What the tracker learned from a message or a tick.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CallEvent {
+    /// An initial INVITE was seen. Always the first event of a call.
+    Started {
+        call: CallRef,
+        call_id: String,
+        /// Value of the correlation header if configured and present, else the Call-ID.
+        interaction: String,
+        from: NameAddr,
+        to: NameAddr,
+        /// Source of the initial INVITE.
+        caller_ip: IpAddr,
+        /// Destination of the initial INVITE (the next hop, as seen on the wire).
+        callee_ip: IpAddr,
+        ts_ns: u64,
+    },
+    /// Where `side` receives media changed (from that side's own SDP). `rtp` is `None` when
+    /// the stream is disabled or held with the unspecified address.
+    Media {
+        call: CallRef,
+        side: Side,
+        rtp: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+        codecs: Vec<RtpMap>,
+        direction: Direction,
+        ts_ns: u64,
+    },
+    /// First 180/183 for the initial INVITE.
+    Ringing { call: CallRef, ts_ns: u64 },
+    /// First 2xx for the initial INVITE.
+    Answered { call: CallRef, ts_ns: u64 },
+    /// A digit signalled with SIP INFO by `side`.
+    Dtmf {
+        call: CallRef,
+        side: Side,
+        digit: char,
+        duration_ms: Option<u32>,
+        ts_ns: u64,
+    },
+    /// The call is over; no further events follow for it.
+    Ended {
+        call: CallRef,
+        reason: EndReason,
+        ts_ns: u64,
+    },
+}
+
+impl CallEvent {
+    pub fn call(&self) -> CallRef {
+        match self {
+            CallEvent::Started { call, .. }
+            | CallEvent::Media { call, .. }
+            | CallEvent::Ringing { call, .. }
+            | CallEvent::Answered { call, .. }
+            | CallEvent::Dtmf { call, .. }
+            | CallEvent::Ended { call, .. } => *call,
+        }
+    }
+}
+
+/// Tracker limits and timeouts. Zero durations disable the corresponding timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// Header whose value identifies the interaction across legs (e.g. `X-CID`).
+    pub correlation_header: Option<String>,
+    /// Calls longer than this are ended with [`EndReason::MaxDuration`].
+    pub max_call_duration_ns: u64,
+    /// Calls without a final response after this long are ended with
+    /// [`EndReason::Unanswered`] (or the failure a fork already reported).
+    pub unanswered_timeout_ns: u64,
+    /// Most calls followed at once; further INVITEs are counted and ignored.
+    pub max_calls: usize,
+    /// How long an ended call is remembered, so retransmitted BYEs, 200 OKs and ACKs do not
+    /// look like new traffic. 32 s is SIP's transaction timeout (64*T1).
+    pub linger_ns: u64,
+    /// After a CANCEL, how long to wait for the 487 (or a racing 200) before ending the call
+    /// as cancelled anyway.
+    pub cancel_grace_ns: u64,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            correlation_header: None,
+            max_call_duration_ns: 4 * 3600 * 1_000_000_000,
+            unanswered_timeout_ns: 180 * 1_000_000_000,
+            max_calls: 100_000,
+            linger_ns: 32 * 1_000_000_000,
+            cancel_grace_ns: 4 * 1_000_000_000,
+        }
+    }
+}
+
+/// Counters of a tracker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TrackerStats {
+    pub messages: u64,
+    pub calls_started: u64,
+    pub calls_ended: u64,
+    /// Calls currently followed (not yet ended).
+    pub active_calls: u64,
+    /// Ended calls still remembered for retransmissions.
+    pub lingering_calls: u64,
+    /// INVITEs ignored because `max_calls` were already followed.
+    pub calls_dropped: u64,
+    /// INVITE retransmissions (and spirals) recognised as such.
+    pub retransmissions: u64,
+    /// Messages of dialogs the tracker does not know (started before capture, or not INVITE).
+    pub orphans: u64,
+    /// Messages without a usable Call-ID, CSeq or From.
+    pub unusable: u64,
+    /// SDP bodies that could not be parsed.
+    pub bad_sdp: u64,
+}

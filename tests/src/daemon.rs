@@ -1,0 +1,158 @@
+//! Runs the real `calltap` binary in the recorder namespace and reads what it wrote.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+use crate::netns::{ns_command, MIRROR_IF, NS_REC};
+
+/// The calltap binary under test: `CALLTAP_BIN`, else the workspace's debug build.
+pub fn calltap_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CALLTAP_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug/calltap")
+}
+
+/// A `calltap run` process capturing on the lab mirror port.
+pub struct Daemon {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `calltap run` on `m0` with `extra` arguments and waits until it reports ready.
+    pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let bin = calltap_bin();
+        if !bin.exists() {
+            bail!(
+                "{} not built: run `cargo build -p calltap` (cargo xtask test does)",
+                bin.display()
+            );
+        }
+        let _ = std::fs::remove_dir_all(data_dir);
+        std::fs::create_dir_all(data_dir)?;
+        let mut argv = vec![
+            bin.to_str().context("bin path")?,
+            "run",
+            "--interface",
+            MIRROR_IF,
+            "--data-dir",
+            data_dir.to_str().context("data dir")?,
+        ];
+        argv.extend_from_slice(extra);
+        let mut cmd = ns_command(NS_REC, &argv);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(data_dir.join("stdout.log"))?)
+            .stderr(std::fs::File::create(data_dir.join("stderr.log"))?)
+            .spawn()
+            .context("starting calltap")?;
+        let mut daemon = Self {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+        };
+        let ready = data_dir.join("calltap.ready");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            if let Some(child) = daemon.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("calltap exited early ({status}): {}", daemon.stderr());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("calltap not ready after 30 s: {}", daemon.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(daemon)
+    }
+
+    /// What calltap logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, wait for a clean exit, then return the run summary.
+    pub fn stop(mut self) -> Result<Value> {
+        let mut child = self.child.take().context("already stopped")?;
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = crate::sipp::wait_bounded(&mut child, Duration::from_secs(30))?;
+        match status {
+            Some(s) if s.success() => {}
+            other => bail!(
+                "calltap did not exit cleanly ({other:?}): {}",
+                self.stderr()
+            ),
+        }
+        let text = std::fs::read_to_string(self.data_dir.join("run-summary.json"))
+            .context("run-summary.json")?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// The CDRs written so far (calls.jsonl), one JSON value per call.
+    pub fn cdrs(&self) -> Result<Vec<Value>> {
+        read_jsonl(&self.data_dir.join("calls.jsonl"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = crate::sipp::wait_bounded(child, Duration::from_secs(10));
+        }
+    }
+}
+
+/// Reads a JSON-lines file.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+/// `calltap replay --json FILES` into `data_dir`; returns the CDR lines it printed.
+pub fn replay(data_dir: &Path, files: &[&Path]) -> Result<Vec<Value>> {
+    let _ = std::fs::remove_dir_all(data_dir);
+    std::fs::create_dir_all(data_dir)?;
+    let out = std::process::Command::new(calltap_bin())
+        .args(["replay", "--json", "--data-dir"])
+        .arg(data_dir)
+        .args(files)
+        .stdin(Stdio::null())
+        .output()
+        .context("running calltap replay")?;
+    if !out.status.success() {
+        bail!(
+            "calltap replay failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}

@@ -1,0 +1,21 @@
+//! The CallTap lab: a SPAN port built from network namespaces, real SIP/RTP peers (sipp) and a
+//! real packet counter (tshark), shared by `cargo xtask lab|demo` and the end-to-end tests.
+//!
+//! ```text
+//! ns ct-uac (198.18.0.1)  a0 ══ a1 ┐
+//!                                  ├─ br0 in ns ct-sw ; tc: a1,b1 ingress -> mirred mirror -> m1
+//! ns ct-uas (198.18.0.2+) b0 ══ b1 ┘
+//! ns ct-sw m1 ══ m0 in ns ct-rec   (CallTap attaches XDP to m0)
+//! ```
+//!
+//! Everything here shells out to the real tools (`ip`, `tc`, `sipp`, `tshark`): the point of the
+//! lab is to exercise CallTap against the same kernel paths and peers a site would have.
+
+pub mod daemon;
+pub mod netns;
+pub mod root;
+pub mod rtp_pcap;
+pub mod sipp;
+pub mod tshark;
+
+pub use netns::{Lab, LabGuard};

@@ -1,0 +1,66 @@
+//! `cargo xtask test`: the one command CI (`.ci/run`) and developers run.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Result};
+
+use crate::setup;
+
+pub fn run(extra: &[String]) -> Result<()> {
+    setup::run()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    cargo(
+        &root,
+        &["fmt", "--all", "--", "--check"],
+        "formatting (run `cargo fmt`)",
+    )?;
+    cargo(
+        &root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        "clippy",
+    )?;
+    if !setup::is_root() {
+        eprintln!("xtask test: not root: XDP, lab and namespace tests will SKIP (run `sudo -E cargo xtask test` for all)");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
+    args.extend(extra.iter().cloned());
+    let status = Command::new("cargo")
+        .current_dir(&root)
+        .args(&args)
+        .env("CALLTAP_BIN", target.join("debug/calltap"))
+        .status()?;
+    if setup::is_root() {
+        // The tests share one lab and leave it up for each other; the run ends clean.
+        if let Err(e) = calltap_lab::Lab::down() {
+            eprintln!("xtask test: lab down: {e:#}");
+        }
+    }
+    if !status.success() {
+        bail!("cargo test failed");
+    }
+    println!("xtask test: all tests passed");
+    Ok(())
+}
+
+fn cargo(root: &Path, args: &[&str], what: &str) -> Result<()> {
+    println!("xtask test: cargo {}", args.join(" "));
+    if !Command::new("cargo")
+        .current_dir(root)
+        .args(args)
+        .status()?
+        .success()
+    {
+        bail!("{what} failed");
+    }
+    Ok(())
+}
