@@ -159,7 +159,9 @@ fn fragment_of_v4(ip: &[u8]) -> Result<Option<Fragment>, FragError> {
     }
     let total = usize::from(be16(ip, 2).ok_or(FragError::Truncated)?);
     if total < ihl {
-        return Err(FragError::BadHeader("IPv4 total length below header length"));
+        return Err(FragError::BadHeader(
+            "IPv4 total length below header length",
+        ));
     }
     let flags_off = be16(ip, 6).ok_or(FragError::Truncated)?;
     let more = flags_off & 0x2000 != 0;
@@ -634,10 +636,14 @@ mod tests {
     fn v4_conflicting_overlap_drops() {
         let whole = udp_datagram(&sip_payload(2000));
         let mut r = Reassembler::new(ReassemblyConfig::default());
-        let a = fragment_of(&v4_frag(5, 0, true, &whole[..1200])).unwrap().unwrap();
+        let a = fragment_of(&v4_frag(5, 0, true, &whole[..1200]))
+            .unwrap()
+            .unwrap();
         let mut evil = whole[800..].to_vec();
         evil[10] ^= 0xff;
-        let b = fragment_of(&v4_frag(5, 800, false, &evil)).unwrap().unwrap();
+        let b = fragment_of(&v4_frag(5, 800, false, &evil))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.push(a, 0), Ok(None));
         assert_eq!(r.push(b, 0), Err(FragError::Overlap));
         assert_eq!(r.pending(), 0);
@@ -647,8 +653,12 @@ mod tests {
     #[test]
     fn v4_inconsistent_end_drops() {
         let mut r = Reassembler::new(ReassemblyConfig::default());
-        let a = fragment_of(&v4_frag(6, 8, false, &[1; 16])).unwrap().unwrap();
-        let b = fragment_of(&v4_frag(6, 16, false, &[1; 16])).unwrap().unwrap();
+        let a = fragment_of(&v4_frag(6, 8, false, &[1; 16]))
+            .unwrap()
+            .unwrap();
+        let b = fragment_of(&v4_frag(6, 16, false, &[1; 16]))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.push(a, 0), Ok(None));
         assert_eq!(r.push(b, 0), Err(FragError::Inconsistent));
         assert_eq!(r.pending(), 0);
@@ -706,7 +716,11 @@ mod tests {
     #[test]
     fn v6_fragment_header() {
         let whole = udp_datagram(&sip_payload(3000));
-        let ext = [(IPV6_HOP_BY_HOP, 8), (IPV6_DEST_OPTS, 16), (IPV6_ROUTING, 24)];
+        let ext = [
+            (IPV6_HOP_BY_HOP, 8),
+            (IPV6_DEST_OPTS, 16),
+            (IPV6_ROUTING, 24),
+        ];
         let a = v6_frag(&ext, 0xdead_beef, 0, true, &whole[..1448]);
         let b = v6_frag(&[], 0xdead_beef, 1448, false, &whole[1448..]);
         let fa = fragment_of(&a).unwrap().unwrap();
@@ -758,8 +772,12 @@ mod tests {
     fn stale_key_restarts() {
         let cfg = ReassemblyConfig::default();
         let mut r = Reassembler::new(cfg);
-        let a = fragment_of(&v4_frag(12, 0, true, &[1; 8])).unwrap().unwrap();
-        let b = fragment_of(&v4_frag(12, 8, false, &[2; 8])).unwrap().unwrap();
+        let a = fragment_of(&v4_frag(12, 0, true, &[1; 8]))
+            .unwrap()
+            .unwrap();
+        let b = fragment_of(&v4_frag(12, 8, false, &[2; 8]))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.push(a, 0), Ok(None));
         assert_eq!(r.push(b, cfg.timeout_ns + 1), Ok(None));
         assert_eq!(r.stats().timed_out, 1);
@@ -773,13 +791,17 @@ mod tests {
         };
         let mut r = Reassembler::new(cfg);
         for id in 0..10u16 {
-            let f = fragment_of(&v4_frag(id, 0, true, &[0; 8])).unwrap().unwrap();
+            let f = fragment_of(&v4_frag(id, 0, true, &[0; 8]))
+                .unwrap()
+                .unwrap();
             assert_eq!(r.push(f, u64::from(id)), Ok(None));
             assert!(r.pending() <= 4);
         }
         assert_eq!(r.stats().dropped_limit, 6);
         // The newest datagram survived and can complete.
-        let f = fragment_of(&v4_frag(9, 8, false, &[0; 8])).unwrap().unwrap();
+        let f = fragment_of(&v4_frag(9, 8, false, &[0; 8]))
+            .unwrap()
+            .unwrap();
         assert!(r.push(f, 20).unwrap().is_some());
     }
 
@@ -790,16 +812,24 @@ mod tests {
             ..ReassemblyConfig::default()
         };
         let mut r = Reassembler::new(cfg);
-        let big = fragment_of(&v4_frag(1, 65528, true, &[0; 16])).unwrap().unwrap();
+        let big = fragment_of(&v4_frag(1, 65528, true, &[0; 16]))
+            .unwrap()
+            .unwrap();
         assert!(matches!(r.push(big, 0), Err(FragError::TooLarge { .. })));
-        let a = fragment_of(&v4_frag(2, 0, true, &[0; 2000])).unwrap().unwrap();
+        let a = fragment_of(&v4_frag(2, 0, true, &[0; 2000]))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.push(a, 0), Ok(None));
         // A second datagram needing 2000 bytes evicts the first.
-        let b = fragment_of(&v4_frag(3, 0, true, &[0; 2000])).unwrap().unwrap();
+        let b = fragment_of(&v4_frag(3, 0, true, &[0; 2000]))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.push(b, 1), Ok(None));
         assert_eq!(r.pending(), 1);
         // One datagram alone above the budget is refused.
-        let c = fragment_of(&v4_frag(3, 2000, true, &[0; 1200])).unwrap().unwrap();
+        let c = fragment_of(&v4_frag(3, 2000, true, &[0; 1200]))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.push(c, 2), Err(FragError::LimitExceeded));
         assert_eq!(r.pending(), 0);
         assert_eq!(r.stats().dropped_limit, 3);

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: frame builders and the root/CI gate.
 #![allow(dead_code)]
 
+pub mod calls;
 pub mod frames;
 
 /// Tests that need root (BPF, namespaces) call this first. Without root they skip with a

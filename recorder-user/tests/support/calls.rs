@@ -1,0 +1,155 @@
+//! Synthetic calls written as pcap files: SIP with SDP and G.711 RTP at chosen times, so
+//! scenario tests control exactly what the recorder sees (one-way audio, holds, loss, ...).
+
+use std::{path::Path, time::Duration};
+
+use pcap_file::{
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+    DataLink,
+};
+
+use super::frames::{eth, ipv4, rtp, udp};
+
+pub const CALLER: [u8; 4] = [198, 18, 1, 1];
+pub const CALLEE: [u8; 4] = [198, 18, 2, 1];
+pub const CALLER_RTP: u16 = 40_000;
+pub const CALLEE_RTP: u16 = 50_000;
+
+/// One packet of a scenario: capture time and the Ethernet frame.
+pub struct Packet {
+    pub at_ns: u64,
+    pub frame: Vec<u8>,
+}
+
+/// Builds one call's packets.
+pub struct Call {
+    pub call_id: String,
+    pub packets: Vec<Packet>,
+    cseq: u32,
+}
+
+fn ip(a: [u8; 4]) -> String {
+    format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
+}
+
+pub fn sdp(addr: [u8; 4], port: u16, direction: &str) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {a}\r\ns=-\r\nc=IN IP4 {a}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na={direction}\r\n",
+        a = ip(addr)
+    )
+}
+
+impl Call {
+    pub fn new(call_id: &str) -> Self {
+        Self { call_id: call_id.to_owned(), packets: Vec::new(), cseq: 1 }
+    }
+
+    fn sip(&mut self, at_ms: u64, from_caller: bool, text: String) {
+        let (src, dst) = if from_caller { (CALLER, CALLEE) } else { (CALLEE, CALLER) };
+        let frame = eth(0x0800, &ipv4(17, src, dst, &udp(5060, 5060, text.as_bytes())));
+        self.packets.push(Packet { at_ns: at_ms * 1_000_000, frame });
+    }
+
+    fn headers(&self, method: &str, cseq: u32, to_tag: bool) -> String {
+        format!(
+            "Via: SIP/2.0/UDP {c}:5060;branch=z9hG4bK{cseq}{method}\r\nFrom: \"Alice\" <sip:1001@{c}>;tag=caller1\r\nTo: <sip:2002@{d}>{tt}\r\nCall-ID: {id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n",
+            c = ip(CALLER),
+            d = ip(CALLEE),
+            tt = if to_tag { ";tag=callee1" } else { "" },
+            id = self.call_id,
+        )
+    }
+
+    /// Caller's (re-)INVITE with SDP in the given direction.
+    pub fn invite(&mut self, at_ms: u64, direction: &str, reinvite: bool) -> &mut Self {
+        let cseq = self.cseq;
+        self.cseq += 1;
+        let body = sdp(CALLER, CALLER_RTP, direction);
+        let text = format!(
+            "INVITE sip:2002@{d} SIP/2.0\r\n{h}Contact: <sip:1001@{c}>\r\nContent-Type: application/sdp\r\nContent-Length: {l}\r\n\r\n{body}",
+            d = ip(CALLEE),
+            c = ip(CALLER),
+            h = self.headers("INVITE", cseq, reinvite),
+            l = body.len()
+        );
+        self.sip(at_ms, true, text);
+        self
+    }
+
+    /// Callee's response to the last INVITE, with SDP when `direction` is given.
+    pub fn respond(&mut self, at_ms: u64, code: u16, reason: &str, direction: Option<&str>) -> &mut Self {
+        let cseq = self.cseq - 1;
+        let body = direction.map(|d| sdp(CALLEE, CALLEE_RTP, d)).unwrap_or_default();
+        let ctype = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
+        let text = format!(
+            "SIP/2.0 {code} {reason}\r\n{h}Contact: <sip:2002@{d}>\r\n{ctype}Content-Length: {l}\r\n\r\n{body}",
+            h = self.headers("INVITE", cseq, code != 100),
+            d = ip(CALLEE),
+            l = body.len()
+        );
+        self.sip(at_ms, false, text);
+        self
+    }
+
+    pub fn ack(&mut self, at_ms: u64) -> &mut Self {
+        let cseq = self.cseq - 1;
+        let text = format!("ACK sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n", ip(CALLEE), self.headers("ACK", cseq, true));
+        self.sip(at_ms, true, text);
+        self
+    }
+
+    /// BYE from the caller and the callee's 200.
+    pub fn bye(&mut self, at_ms: u64) -> &mut Self {
+        let cseq = self.cseq;
+        self.cseq += 1;
+        let text = format!("BYE sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n", ip(CALLEE), self.headers("BYE", cseq, true));
+        self.sip(at_ms, true, text);
+        let ok = format!("SIP/2.0 200 OK\r\n{}Content-Length: 0\r\n\r\n", self.headers("BYE", cseq, true));
+        self.sip(at_ms + 5, false, ok);
+        self
+    }
+
+    /// RTP from one side: `count` packets of 20 ms starting at `at_ms`, RTP timestamps and
+    /// sequence numbers continuing from `first_index` (so a resumed stream keeps its clock).
+    /// `payload(i)` gives packet i's 160 mu-law bytes; `skip(i)` drops packet i (loss).
+    pub fn rtp(
+        &mut self,
+        from_caller: bool,
+        at_ms: u64,
+        first_index: u32,
+        count: u32,
+        payload: impl Fn(u32) -> Vec<u8>,
+        skip: impl Fn(u32) -> bool,
+    ) -> &mut Self {
+        let (src, dst, sport, dport, ssrc) =
+            if from_caller { (CALLER, CALLEE, CALLER_RTP, CALLEE_RTP, 0xA1A1_0001) } else { (CALLEE, CALLER, CALLEE_RTP, CALLER_RTP, 0xB2B2_0002) };
+        for k in 0..count {
+            let i = first_index + k;
+            if skip(i) {
+                continue;
+            }
+            let body = rtp(0, i as u16, i.wrapping_mul(160), ssrc, &payload(i));
+            let frame = eth(0x0800, &ipv4(17, src, dst, &udp(sport, dport, &body)));
+            self.packets.push(Packet { at_ns: (at_ms + u64::from(k) * 20) * 1_000_000, frame });
+        }
+        self
+    }
+}
+
+/// Writes the packets of several calls, merged in time order, as one pcap.
+pub fn write_pcap(path: &Path, calls: &[&Call]) {
+    let mut all: Vec<&Packet> = calls.iter().flat_map(|c| c.packets.iter()).collect();
+    all.sort_by_key(|p| p.at_ns);
+    let file = std::fs::File::create(path).expect("create pcap");
+    let mut w = PcapWriter::with_header(file, PcapHeader { datalink: DataLink::ETHERNET, ..PcapHeader::default() }).expect("pcap header");
+    let base = 1_700_000_000_000_000_000u64;
+    for p in all {
+        let ts = Duration::from_nanos(base + p.at_ns);
+        w.write_packet(&PcapPacket::new(ts, p.frame.len() as u32, &p.frame)).expect("write packet");
+    }
+}
+
+/// A packet's worth of a constant mu-law byte: easy to find in the decoded WAV.
+pub fn constant(byte: u8) -> impl Fn(u32) -> Vec<u8> {
+    move |_| vec![byte; 160]
+}
