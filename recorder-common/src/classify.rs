@@ -435,7 +435,11 @@ pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, t: &T) -> Verdict 
             m.flags = vflags;
             return m;
         }
-        (be16([tcp[0], tcp[1]]), be16([tcp[2], tcp[3]]), ip.l4_off + doff)
+        (
+            be16([tcp[0], tcp[1]]),
+            be16([tcp[2], tcp[3]]),
+            ip.l4_off + doff,
+        )
     };
     let payload_off = f.widen(payload_off);
     v.l4_off = ip.l4_off as u16;

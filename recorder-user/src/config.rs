@@ -120,7 +120,9 @@ fn parse_num<T: std::str::FromStr>(
     expected: &'static str,
 ) -> Result<T, ConfigError> {
     let (v, o) = raw.get(section, key);
-    v.trim().parse().map_err(|_| bad(o, section, key, v, expected))
+    v.trim()
+        .parse()
+        .map_err(|_| bad(o, section, key, v, expected))
 }
 
 impl Config {
@@ -196,7 +198,12 @@ impl Config {
             "af_packet" => SourceKind::AfPacket,
             _ => return Err(bad(o, "capture", "source", src, "auto, xdp or af_packet")),
         };
-        let workers: u32 = parse_num(raw, "capture", "workers", "a number of workers (0 = one per CPU)")?;
+        let workers: u32 = parse_num(
+            raw,
+            "capture",
+            "workers",
+            "a number of workers (0 = one per CPU)",
+        )?;
         if workers > MAX_WORKERS {
             let (v, o) = raw.get("capture", "workers");
             return Err(bad(o, "capture", "workers", v, "at most 8 workers"));
@@ -206,14 +213,28 @@ impl Config {
         for p in ports.split([',', ' ']).filter(|s| !s.is_empty()) {
             match p.parse::<u16>() {
                 Ok(p) if p != 0 => sip_ports.push(p),
-                _ => return Err(bad(o, "capture", "sip_ports", ports, "comma-separated ports 1-65535")),
+                _ => {
+                    return Err(bad(
+                        o,
+                        "capture",
+                        "sip_ports",
+                        ports,
+                        "comma-separated ports 1-65535",
+                    ))
+                }
             }
         }
         let heuristic_worker: u32 =
             parse_num(raw, "capture", "heuristic_worker", "a worker index")?;
         if heuristic_worker >= MAX_WORKERS {
             let (v, o) = raw.get("capture", "heuristic_worker");
-            return Err(bad(o, "capture", "heuristic_worker", v, "a worker index below 8"));
+            return Err(bad(
+                o,
+                "capture",
+                "heuristic_worker",
+                v,
+                "a worker index below 8",
+            ));
         }
         let (dd, _) = raw.get("storage", "data_dir");
         let (tpl, o) = raw.get("storage", "path_template");
@@ -292,15 +313,23 @@ mod tests {
     #[test]
     fn environment_overrides_and_errors_name_the_origin() {
         let env = vec![
-            ("CALLTAP_CAPTURE_SIP_PORTS".to_string(), "5060,6060".to_string()),
+            (
+                "CALLTAP_CAPTURE_SIP_PORTS".to_string(),
+                "5060,6060".to_string(),
+            ),
             ("CALLTAP_STORAGE_DATA_DIR".to_string(), "/tmp/x".to_string()),
         ];
         let c = Config::load_with_env(None, &env).expect("env");
         assert_eq!(c.sip_ports, vec![5060, 6060]);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         let env = vec![("CALLTAP_CAPTURE_WORKERS".to_string(), "many".to_string())];
-        let err = Config::load_with_env(None, &env).expect_err("bad value").to_string();
-        assert!(err.contains("CALLTAP_CAPTURE_WORKERS") && err.contains("workers"), "{err}");
+        let err = Config::load_with_env(None, &env)
+            .expect_err("bad value")
+            .to_string();
+        assert!(
+            err.contains("CALLTAP_CAPTURE_WORKERS") && err.contains("workers"),
+            "{err}"
+        );
     }
 
     #[test]

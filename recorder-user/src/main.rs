@@ -119,8 +119,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let cfg = load(&common)?;
             std::fs::create_dir_all(&cfg.data_dir)
                 .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-            let mut journal = calltap::store::cdr::JsonlSink::open(&cfg.data_dir.join("calls.jsonl"))
-                .context("opening the CDR journal")?;
+            let mut journal =
+                calltap::store::cdr::JsonlSink::open(&cfg.data_dir.join("calls.jsonl"))
+                    .context("opening the CDR journal")?;
             let mut failed = None;
             let summary = replay::replay(&cfg, &files, |cdr| {
                 if json {

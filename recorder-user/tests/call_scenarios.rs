@@ -25,18 +25,29 @@ fn replay(name: &str, calls: &[&Call]) -> Vec<Value> {
     cfg.data_dir = dir.join("data");
     cfg.workers = 2;
     let mut cdrs = Vec::new();
-    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |cdr| cdrs.push(serde_json::to_value(cdr).expect("cdr json")));
+    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |cdr| {
+        cdrs.push(serde_json::to_value(cdr).expect("cdr json"))
+    });
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     cdrs
 }
 
 fn channels(cdr: &Value) -> (u32, Vec<i16>, Vec<i16>) {
-    let path = cdr["recording"]["path"].as_str().unwrap_or_else(|| panic!("no recording: {cdr}"));
+    let path = cdr["recording"]["path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no recording: {cdr}"));
     let mut wav = hound::WavReader::open(Path::new(path)).expect("open wav");
     let rate = wav.spec().sample_rate;
     assert_eq!(wav.spec().channels, 2);
-    let s: Vec<i16> = wav.samples::<i16>().collect::<Result<_, _>>().expect("samples");
-    (rate, s.iter().step_by(2).copied().collect(), s.iter().skip(1).step_by(2).copied().collect())
+    let s: Vec<i16> = wav
+        .samples::<i16>()
+        .collect::<Result<_, _>>()
+        .expect("samples");
+    (
+        rate,
+        s.iter().step_by(2).copied().collect(),
+        s.iter().skip(1).step_by(2).copied().collect(),
+    )
 }
 
 fn nonzero(ch: &[i16]) -> usize {
@@ -58,30 +69,52 @@ fn one_way_call_yields_a_full_length_wav_and_names_the_missing_direction() {
     let cdrs = replay("one-way", &[&c]);
     assert_eq!(cdrs.len(), 1);
     let cdr = &cdrs[0];
-    assert_eq!(cdr["missing_directions"], serde_json::json!(["callee"]), "{cdr}");
+    assert_eq!(
+        cdr["missing_directions"],
+        serde_json::json!(["callee"]),
+        "{cdr}"
+    );
     assert_eq!(cdr["packets"]["caller"], 250);
     assert_eq!(cdr["packets"]["callee"], 0);
     let (rate, left, right) = channels(cdr);
     assert_eq!(rate, 8000);
     // The file covers the whole call (6.5 s from the INVITE), silence where nothing came.
-    assert!((left.len() as i64 - 52_000).abs() <= 80, "{} frames", left.len());
+    assert!(
+        (left.len() as i64 - 52_000).abs() <= 80,
+        "{} frames",
+        left.len()
+    );
     assert_eq!(nonzero(&left), 250 * 160, "caller audio samples");
     assert_eq!(nonzero(&right), 0, "callee channel must be silent");
     // Audio sits where it was sent: 1.02 s into the call.
     let first = left.iter().position(|s| *s != 0).expect("audio");
-    assert!((first as i64 - 8160).abs() <= 16, "audio starts at frame {first}");
+    assert!(
+        (first as i64 - 8160).abs() <= 16,
+        "audio starts at frame {first}"
+    );
 }
 
 #[test]
 fn media_less_call_still_gets_a_silent_wav_of_its_length() {
     let mut c = Call::new("no-media@test");
-    c.invite(0, "sendrecv", false).respond(200, 200, "OK", Some("sendrecv")).ack(210).bye(3000);
+    c.invite(0, "sendrecv", false)
+        .respond(200, 200, "OK", Some("sendrecv"))
+        .ack(210)
+        .bye(3000);
     let cdrs = replay("no-media", &[&c]);
     assert_eq!(cdrs.len(), 1);
     let cdr = &cdrs[0];
-    assert_eq!(cdr["missing_directions"], serde_json::json!(["caller", "callee"]), "{cdr}");
+    assert_eq!(
+        cdr["missing_directions"],
+        serde_json::json!(["caller", "callee"]),
+        "{cdr}"
+    );
     let (_, left, right) = channels(cdr);
-    assert!((left.len() as i64 - 24_000).abs() <= 80, "{} frames", left.len());
+    assert!(
+        (left.len() as i64 - 24_000).abs() <= 80,
+        "{} frames",
+        left.len()
+    );
     assert_eq!(nonzero(&left) + nonzero(&right), 0);
 }
 
@@ -113,7 +146,11 @@ fn sixty_second_hold_and_resume_keeps_recording() {
     let (rate, left, right) = channels(cdr);
     let at = |s: f64| (s * f64::from(rate)) as usize;
     for (name, ch) in [("left", &left), ("right", &right)] {
-        assert_eq!(nonzero(ch), 500 * 160, "{name}: all audio before and after the hold");
+        assert_eq!(
+            nonzero(ch),
+            500 * 160,
+            "{name}: all audio before and after the hold"
+        );
         assert_ne!(ch[at(3.0)], 0, "{name}: audio before the hold");
         assert_eq!(ch[at(30.0)], 0, "{name}: silence during the hold");
         assert_ne!(ch[at(68.0)], 0, "{name}: audio after resuming");
@@ -145,16 +182,33 @@ fn mos_drops_with_loss_and_lost_packets_become_silence() {
     };
     let cdrs = replay("loss", &[&clean, &lossy]);
     assert_eq!(cdrs.len(), 2);
-    let by_id = |id: &str| cdrs.iter().find(|c| c["call_id"] == id).unwrap_or_else(|| panic!("{id} missing"));
-    let caller_stream = |cdr: &Value| -> Value {
-        cdr["streams"].as_array().and_then(|s| s.iter().find(|s| s["direction"] == "caller").cloned()).unwrap_or_else(|| panic!("{cdr}"))
+    let by_id = |id: &str| {
+        cdrs.iter()
+            .find(|c| c["call_id"] == id)
+            .unwrap_or_else(|| panic!("{id} missing"))
     };
-    let (clean_s, lossy_s) = (caller_stream(by_id("clean@test")), caller_stream(by_id("lossy@test")));
+    let caller_stream = |cdr: &Value| -> Value {
+        cdr["streams"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["direction"] == "caller").cloned())
+            .unwrap_or_else(|| panic!("{cdr}"))
+    };
+    let (clean_s, lossy_s) = (
+        caller_stream(by_id("clean@test")),
+        caller_stream(by_id("lossy@test")),
+    );
     assert_eq!(clean_s["lost"], 0);
     assert_eq!(lossy_s["lost"], 12, "{lossy_s}");
-    let (m0, m1) = (clean_s["mos"].as_f64().expect("mos"), lossy_s["mos"].as_f64().expect("mos"));
+    let (m0, m1) = (
+        clean_s["mos"].as_f64().expect("mos"),
+        lossy_s["mos"].as_f64().expect("mos"),
+    );
     assert!(m0 >= 4.0, "clean call MOS {m0}");
     assert!(m1 < m0 - 0.3, "MOS with 4.8% loss {m1} vs clean {m0}");
     let (_, left, _) = channels(by_id("lossy@test"));
-    assert_eq!(nonzero(&left), (250 - 12) * 160, "lost packets are silence, the rest is kept");
+    assert_eq!(
+        nonzero(&left),
+        (250 - 12) * 160,
+        "lost packets are silence, the rest is kept"
+    );
 }

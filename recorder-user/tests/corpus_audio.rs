@@ -19,12 +19,18 @@ fn have(tool: &str) -> bool {
 
 fn tshark_fields(file: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
     let mut cmd = Command::new("tshark");
-    cmd.arg("-r").arg(file).args(["-Y", filter, "-T", "fields", "-E", "occurrence=f"]);
+    cmd.arg("-r")
+        .arg(file)
+        .args(["-Y", filter, "-T", "fields", "-E", "occurrence=f"]);
     for f in fields {
         cmd.args(["-e", f]);
     }
     let out = cmd.output().expect("run tshark");
-    assert!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tshark failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.split('\t').map(str::to_string).collect())
@@ -35,7 +41,10 @@ fn tshark_fields(file: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>>
 fn sox_decode(payload: &[u8], alaw: bool) -> Vec<i16> {
     let dir = std::env::temp_dir();
     let id = format!("{}-{}", std::process::id(), payload.len());
-    let (inp, outp) = (dir.join(format!("ct-in-{id}.raw")), dir.join(format!("ct-out-{id}.raw")));
+    let (inp, outp) = (
+        dir.join(format!("ct-in-{id}.raw")),
+        dir.join(format!("ct-out-{id}.raw")),
+    );
     std::fs::write(&inp, payload).expect("write");
     let enc = if alaw { "a-law" } else { "u-law" };
     let st = Command::new("sox")
@@ -48,7 +57,10 @@ fn sox_decode(payload: &[u8], alaw: bool) -> Vec<i16> {
     assert!(st.success());
     let bytes = std::fs::read(&outp).expect("read");
     let _ = (std::fs::remove_file(inp), std::fs::remove_file(outp));
-    bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+    bytes
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
 }
 
 fn hex_bytes(s: &str) -> Vec<u8> {
@@ -76,7 +88,15 @@ fn sdp_endpoints(file: &Path) -> HashMap<String, (Vec<String>, Vec<String>)> {
     let rows = tshark_fields(
         file,
         "sdp && sip",
-        &["sip.Call-ID", "sip.Request-Line", "sdp.connection_info.address", "sdp.media.port", "ip.src", "sip.from.tag", "sip.CSeq.method"],
+        &[
+            "sip.Call-ID",
+            "sip.Request-Line",
+            "sdp.connection_info.address",
+            "sdp.media.port",
+            "ip.src",
+            "sip.from.tag",
+            "sip.CSeq.method",
+        ],
     );
     // The caller is whoever sent the first INVITE of the Call-ID; later SDP from that address
     // is the caller's, from anywhere else the callee's.
@@ -109,7 +129,9 @@ struct Packet {
 }
 
 fn check_file(name: &str) -> usize {
-    let Some(corpus) = support::corpus() else { return 0 };
+    let Some(corpus) = support::corpus() else {
+        return 0;
+    };
     if !have("tshark") || !have("sox") {
         if std::env::var_os("CI").is_some() {
             panic!("tshark and sox are needed (cargo xtask setup installs them)");
@@ -121,27 +143,66 @@ fn check_file(name: &str) -> usize {
     let (cdrs, dir) = replay_file(&file, name);
 
     // Every call tshark sees (an INVITE without To-tag) has a CDR with the same parties.
-    let invites = tshark_fields(&file, "sip.Method==\"INVITE\" && !sip.to.tag", &["sip.Call-ID", "sip.from.user", "sip.to.user"]);
+    let invites = tshark_fields(
+        &file,
+        "sip.Method==\"INVITE\" && !sip.to.tag",
+        &["sip.Call-ID", "sip.from.user", "sip.to.user"],
+    );
     let mut calls: BTreeMap<String, (String, String)> = BTreeMap::new();
     for r in invites {
-        calls.entry(r[0].clone()).or_insert((r.get(1).cloned().unwrap_or_default(), r.get(2).cloned().unwrap_or_default()));
+        calls.entry(r[0].clone()).or_insert((
+            r.get(1).cloned().unwrap_or_default(),
+            r.get(2).cloned().unwrap_or_default(),
+        ));
     }
     assert!(!calls.is_empty(), "{name}: tshark found no call");
     for (id, (from, to)) in &calls {
-        let cdr = cdrs.iter().find(|c| &c.call_id == id).unwrap_or_else(|| panic!("{name}: no CDR for call {id}; CDRs: {:?}", cdrs.iter().map(|c| &c.call_id).collect::<Vec<_>>()));
-        assert_eq!(cdr.from.user.clone().unwrap_or_default(), *from, "{name} {id}: from");
-        assert_eq!(cdr.to.user.clone().unwrap_or_default(), *to, "{name} {id}: to");
+        let cdr = cdrs.iter().find(|c| &c.call_id == id).unwrap_or_else(|| {
+            panic!(
+                "{name}: no CDR for call {id}; CDRs: {:?}",
+                cdrs.iter().map(|c| &c.call_id).collect::<Vec<_>>()
+            )
+        });
+        assert_eq!(
+            cdr.from.user.clone().unwrap_or_default(),
+            *from,
+            "{name} {id}: from"
+        );
+        assert_eq!(
+            cdr.to.user.clone().unwrap_or_default(),
+            *to,
+            "{name} {id}: to"
+        );
     }
 
     // Audio.
     let endpoints = sdp_endpoints(&file);
-    let rows = tshark_fields(&file, "rtp && (rtp.p_type==0 || rtp.p_type==8)", &["ip.src", "udp.srcport", "ip.dst", "udp.dstport", "rtp.ssrc", "rtp.p_type", "rtp.seq", "rtp.timestamp", "rtp.payload"]);
+    let rows = tshark_fields(
+        &file,
+        "rtp && (rtp.p_type==0 || rtp.p_type==8)",
+        &[
+            "ip.src",
+            "udp.srcport",
+            "ip.dst",
+            "udp.dstport",
+            "rtp.ssrc",
+            "rtp.p_type",
+            "rtp.seq",
+            "rtp.timestamp",
+            "rtp.payload",
+        ],
+    );
     let mut streams: BTreeMap<(String, String, String, u8), Vec<Packet>> = BTreeMap::new();
     for r in rows {
         if r.len() < 9 {
             continue;
         }
-        let key = (format!("{}:{}", r[0], r[1]), format!("{}:{}", r[2], r[3]), r[4].clone(), r[5].parse().unwrap_or(0));
+        let key = (
+            format!("{}:{}", r[0], r[1]),
+            format!("{}:{}", r[2], r[3]),
+            r[4].clone(),
+            r[5].parse().unwrap_or(0),
+        );
         streams.entry(key).or_default().push(Packet {
             seq: r[6].parse().unwrap_or(0),
             ts: r[7].parse().unwrap_or(0),
@@ -166,10 +227,20 @@ fn check_file(name: &str) -> usize {
             eprintln!("{name}: stream {src}->{dst} {ssrc} matches no SDP; not checked");
             continue;
         };
-        let cdr = cdrs.iter().find(|c| c.call_id == call_id).expect("cdr for stream");
+        let cdr = cdrs
+            .iter()
+            .find(|c| c.call_id == call_id)
+            .expect("cdr for stream");
         let codec = if *pt == 8 { "PCMA" } else { "PCMU" };
-        assert!(cdr.codecs.iter().any(|c| c == codec), "{name} {call_id}: codecs {:?} lack {codec}", cdr.codecs);
-        let rec = cdr.recording.as_ref().unwrap_or_else(|| panic!("{name} {call_id}: no recording"));
+        assert!(
+            cdr.codecs.iter().any(|c| c == codec),
+            "{name} {call_id}: codecs {:?} lack {codec}",
+            cdr.codecs
+        );
+        let rec = cdr
+            .recording
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name} {call_id}: no recording"));
         let mut wav = hound::WavReader::open(&rec.path).expect("open wav");
         assert_eq!(wav.spec().channels, 2);
         if wav.spec().sample_rate != 8000 {
@@ -178,22 +249,43 @@ fn check_file(name: &str) -> usize {
         let samples: Vec<i16> = wav.samples::<i16>().map(|s| s.expect("sample")).collect();
         let chan: Vec<i16> = samples.iter().skip(channel).step_by(2).copied().collect();
         // Anchor: the first packet whose audio is not constant, found in the channel.
-        let decoded: Vec<Vec<i16>> = packets.iter().map(|p| sox_decode(&p.payload, *pt == 8)).collect();
-        let Some(anchor) = decoded.iter().position(|d| d.len() >= 80 && d.iter().any(|s| *s != d[0])) else {
+        let decoded: Vec<Vec<i16>> = packets
+            .iter()
+            .map(|p| sox_decode(&p.payload, *pt == 8))
+            .collect();
+        let Some(anchor) = decoded
+            .iter()
+            .position(|d| d.len() >= 80 && d.iter().any(|s| *s != d[0]))
+        else {
             continue;
         };
         let needle = &decoded[anchor];
         let at = chan
             .windows(needle.len())
             .position(|w| w == &needle[..])
-            .unwrap_or_else(|| panic!("{name} {call_id} {ssrc}: packet seq {} not found in channel {channel}", packets[anchor].seq));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name} {call_id} {ssrc}: packet seq {} not found in channel {channel}",
+                    packets[anchor].seq
+                )
+            });
         let base_ts = packets[anchor].ts;
         for (p, d) in packets.iter().zip(&decoded) {
             let off = p.ts.wrapping_sub(base_ts) as i32 as i64;
             let pos = at as i64 + off;
-            assert!(pos >= 0 && pos as usize + d.len() <= chan.len(), "{name} {call_id}: seq {} outside the recording", p.seq);
+            assert!(
+                pos >= 0 && pos as usize + d.len() <= chan.len(),
+                "{name} {call_id}: seq {} outside the recording",
+                p.seq
+            );
             let got = &chan[pos as usize..pos as usize + d.len()];
-            assert_eq!(got, &d[..], "{name} {call_id} {ssrc}: seq {} ts {} differs in channel {channel}", p.seq, p.ts);
+            assert_eq!(
+                got,
+                &d[..],
+                "{name} {call_id} {ssrc}: seq {} ts {} differs in channel {channel}",
+                p.seq,
+                p.ts
+            );
         }
         verified += packets.len();
     }

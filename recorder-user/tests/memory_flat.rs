@@ -52,7 +52,12 @@ fn memory_stays_flat_over_a_long_replay() {
     assert_eq!(readings.len(), 6, "{readings:?}");
     // After warm-up (first 100 calls), 500 more calls may not grow RSS by more than 2 MiB.
     let growth = readings[5] as i64 - readings[1] as i64;
-    eprintln!("RSS readings every 100 calls (KiB): {readings:?}; growth after warm-up {growth} KiB");
-    assert!(growth < 2048, "RSS grew {growth} KiB over 400 calls: {readings:?}");
+    eprintln!(
+        "RSS readings every 100 calls (KiB): {readings:?}; growth after warm-up {growth} KiB"
+    );
+    assert!(
+        growth < 2048,
+        "RSS grew {growth} KiB over 400 calls: {readings:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

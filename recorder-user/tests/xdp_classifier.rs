@@ -39,37 +39,279 @@ fn cases() -> Vec<Case> {
     let rtp_payload = rtp(8, 1, 160, 0x1234, &[0xd5; 160]);
     let mut v = vec![
         case("sip udp", sip_udp.clone(), Class::Sip, SIGNALLING_RING),
-        case("sip udp 5080", eth(0x0800, &ipv4(17, A, B, &udp(40000, 5080, b"SIP/2.0 200 OK\r\n\r\n"))), Class::Sip, SIGNALLING_RING),
-        case("sip tcp", eth(0x0800, &ipv4(6, A, B, &tcp(40001, 5060, 1, INVITE))), Class::Sip, SIGNALLING_RING),
-        case("sip sniffed on odd port", eth(0x0800, &ipv4(17, A, B, &udp(7777, 7778, INVITE))), Class::Sip, SIGNALLING_RING),
-        case("sip sniffed tcp 6060", eth(0x0800, &ipv4(6, A, B, &tcp(6060, 40002, 9, b"SIP/2.0 180 Ringing\r\n"))), Class::Sip, SIGNALLING_RING),
-        case("rtp to known endpoint", eth(0x0800, &ipv4(17, A, B, &udp(30000, 20000, &rtp_payload))), Class::Rtp, 1),
-        case("rtp from known endpoint", eth(0x0800, &ipv4(17, B, A, &udp(20000, 30002, &rtp_payload))), Class::Rtp, 1),
-        case("rtcp to known endpoint", eth(0x0800, &ipv4(17, A, B, &udp(30001, 20001, &rtcp_rr(5)))), Class::Rtcp, 1),
-        case("rtp unknown endpoint", eth(0x0800, &ipv4(17, A, B, &udp(31000, 31002, &rtp_payload))), Class::Unmatched, TARGET_NONE),
-        case("vlan sip", eth_vlan(&[(0x8100, 100)], 0x0800, &ipv4(17, A, B, &udp(5060, 5060, INVITE))), Class::Sip, SIGNALLING_RING),
-        case("qinq sip", eth_vlan(&[(0x88a8, 10), (0x8100, 100)], 0x0800, &ipv4(17, A, B, &udp(5060, 5060, INVITE))), Class::Sip, SIGNALLING_RING),
-        case("qinq rtp", eth_vlan(&[(0x88a8, 10), (0x8100, 100)], 0x0800, &ipv4(17, A, B, &udp(30000, 20000, &rtp_payload))), Class::Rtp, 1),
-        case("ipv4 options sip", eth(0x0800, &ipv4_full(17, A, B, &[0x94, 0x04, 0, 0, 1, 1, 1, 0], 0, 3, &udp(5060, 5060, INVITE))), Class::Sip, SIGNALLING_RING),
-        case("ipv6 sip", eth(0x86dd, &ipv6(17, v6(1), v6(2), &udp(5060, 5060, INVITE))), Class::Sip, SIGNALLING_RING),
-        case("ipv6 rtp known", eth(0x86dd, &ipv6(17, v6(1), v6(2), &udp(30000, 22000, &rtp_payload))), Class::Rtp, 0),
-        case("ipv6 hop-by-hop then sip", eth(0x86dd, &ipv6(0, v6(1), v6(2), &[&[17u8, 0, 1, 4, 0, 0, 0, 0][..], &udp(5060, 5060, INVITE)].concat())), Class::Sip, SIGNALLING_RING),
-        case("ipv4 first fragment", eth(0x0800, &ipv4_full(17, A, B, &[], 0x2000, 77, &udp(5060, 5060, &INVITE[..48]))), Class::Fragment, SIGNALLING_RING),
-        case("ipv4 later fragment", eth(0x0800, &ipv4_full(17, A, B, &[], 7, 77, &INVITE[48..])), Class::Fragment, SIGNALLING_RING),
-        case("ipv6 fragment", eth(0x86dd, &ipv6(44, v6(1), v6(2), &[&[17u8, 0, 0, 1, 0, 0, 0, 5][..], &udp(5060, 5060, &INVITE[..40])].concat())), Class::Fragment, SIGNALLING_RING),
-        case("erspan II sip", eth(0x0800, &ipv4(47, [10, 9, 9, 1], [10, 9, 9, 2], &erspan2(&sip_udp))), Class::Sip, SIGNALLING_RING),
-        case("erspan III rtp", eth(0x0800, &ipv4(47, [10, 9, 9, 1], [10, 9, 9, 2], &erspan3(&eth(0x0800, &ipv4(17, A, B, &udp(30000, 20000, &rtp_payload)))))), Class::Rtp, 1),
-        case("gre teb sip", eth(0x0800, &ipv4(47, [10, 9, 9, 1], [10, 9, 9, 2], &gre(0x6558, None, &sip_udp))), Class::Sip, SIGNALLING_RING),
-        case("vxlan sip", eth(0x0800, &ipv4(17, [10, 9, 9, 1], [10, 9, 9, 2], &udp(50000, 4789, &vxlan(&sip_udp)))), Class::Sip, SIGNALLING_RING),
-        case("ip-in-ip sip", eth(0x0800, &ipv4(4, [10, 9, 9, 1], [10, 9, 9, 2], &ipv4(17, A, B, &udp(5060, 5060, INVITE)))), Class::Sip, SIGNALLING_RING),
+        case(
+            "sip udp 5080",
+            eth(
+                0x0800,
+                &ipv4(17, A, B, &udp(40000, 5080, b"SIP/2.0 200 OK\r\n\r\n")),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "sip tcp",
+            eth(0x0800, &ipv4(6, A, B, &tcp(40001, 5060, 1, INVITE))),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "sip sniffed on odd port",
+            eth(0x0800, &ipv4(17, A, B, &udp(7777, 7778, INVITE))),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "sip sniffed tcp 6060",
+            eth(
+                0x0800,
+                &ipv4(6, A, B, &tcp(6060, 40002, 9, b"SIP/2.0 180 Ringing\r\n")),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "rtp to known endpoint",
+            eth(0x0800, &ipv4(17, A, B, &udp(30000, 20000, &rtp_payload))),
+            Class::Rtp,
+            1,
+        ),
+        case(
+            "rtp from known endpoint",
+            eth(0x0800, &ipv4(17, B, A, &udp(20000, 30002, &rtp_payload))),
+            Class::Rtp,
+            1,
+        ),
+        case(
+            "rtcp to known endpoint",
+            eth(0x0800, &ipv4(17, A, B, &udp(30001, 20001, &rtcp_rr(5)))),
+            Class::Rtcp,
+            1,
+        ),
+        case(
+            "rtp unknown endpoint",
+            eth(0x0800, &ipv4(17, A, B, &udp(31000, 31002, &rtp_payload))),
+            Class::Unmatched,
+            TARGET_NONE,
+        ),
+        case(
+            "vlan sip",
+            eth_vlan(
+                &[(0x8100, 100)],
+                0x0800,
+                &ipv4(17, A, B, &udp(5060, 5060, INVITE)),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "qinq sip",
+            eth_vlan(
+                &[(0x88a8, 10), (0x8100, 100)],
+                0x0800,
+                &ipv4(17, A, B, &udp(5060, 5060, INVITE)),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "qinq rtp",
+            eth_vlan(
+                &[(0x88a8, 10), (0x8100, 100)],
+                0x0800,
+                &ipv4(17, A, B, &udp(30000, 20000, &rtp_payload)),
+            ),
+            Class::Rtp,
+            1,
+        ),
+        case(
+            "ipv4 options sip",
+            eth(
+                0x0800,
+                &ipv4_full(
+                    17,
+                    A,
+                    B,
+                    &[0x94, 0x04, 0, 0, 1, 1, 1, 0],
+                    0,
+                    3,
+                    &udp(5060, 5060, INVITE),
+                ),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "ipv6 sip",
+            eth(0x86dd, &ipv6(17, v6(1), v6(2), &udp(5060, 5060, INVITE))),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "ipv6 rtp known",
+            eth(
+                0x86dd,
+                &ipv6(17, v6(1), v6(2), &udp(30000, 22000, &rtp_payload)),
+            ),
+            Class::Rtp,
+            0,
+        ),
+        case(
+            "ipv6 hop-by-hop then sip",
+            eth(
+                0x86dd,
+                &ipv6(
+                    0,
+                    v6(1),
+                    v6(2),
+                    &[&[17u8, 0, 1, 4, 0, 0, 0, 0][..], &udp(5060, 5060, INVITE)].concat(),
+                ),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "ipv4 first fragment",
+            eth(
+                0x0800,
+                &ipv4_full(17, A, B, &[], 0x2000, 77, &udp(5060, 5060, &INVITE[..48])),
+            ),
+            Class::Fragment,
+            SIGNALLING_RING,
+        ),
+        case(
+            "ipv4 later fragment",
+            eth(0x0800, &ipv4_full(17, A, B, &[], 7, 77, &INVITE[48..])),
+            Class::Fragment,
+            SIGNALLING_RING,
+        ),
+        case(
+            "ipv6 fragment",
+            eth(
+                0x86dd,
+                &ipv6(
+                    44,
+                    v6(1),
+                    v6(2),
+                    &[
+                        &[17u8, 0, 0, 1, 0, 0, 0, 5][..],
+                        &udp(5060, 5060, &INVITE[..40]),
+                    ]
+                    .concat(),
+                ),
+            ),
+            Class::Fragment,
+            SIGNALLING_RING,
+        ),
+        case(
+            "erspan II sip",
+            eth(
+                0x0800,
+                &ipv4(47, [10, 9, 9, 1], [10, 9, 9, 2], &erspan2(&sip_udp)),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "erspan III rtp",
+            eth(
+                0x0800,
+                &ipv4(
+                    47,
+                    [10, 9, 9, 1],
+                    [10, 9, 9, 2],
+                    &erspan3(&eth(
+                        0x0800,
+                        &ipv4(17, A, B, &udp(30000, 20000, &rtp_payload)),
+                    )),
+                ),
+            ),
+            Class::Rtp,
+            1,
+        ),
+        case(
+            "gre teb sip",
+            eth(
+                0x0800,
+                &ipv4(
+                    47,
+                    [10, 9, 9, 1],
+                    [10, 9, 9, 2],
+                    &gre(0x6558, None, &sip_udp),
+                ),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "vxlan sip",
+            eth(
+                0x0800,
+                &ipv4(
+                    17,
+                    [10, 9, 9, 1],
+                    [10, 9, 9, 2],
+                    &udp(50000, 4789, &vxlan(&sip_udp)),
+                ),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "ip-in-ip sip",
+            eth(
+                0x0800,
+                &ipv4(
+                    4,
+                    [10, 9, 9, 1],
+                    [10, 9, 9, 2],
+                    &ipv4(17, A, B, &udp(5060, 5060, INVITE)),
+                ),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
         case("arp", eth(0x0806, &[0u8; 28]), Class::NotIp, TARGET_NONE),
-        case("icmp", eth(0x0800, &ipv4(1, A, B, &[8, 0, 0, 0, 0, 0, 0, 0])), Class::Unmatched, TARGET_NONE),
-        case("bad ip version", eth(0x0800, &[0x55; 40]), Class::Malformed, TARGET_NONE),
-        case("tcp bad data offset", eth(0x0800, &ipv4(6, A, B, &{ let mut t = tcp(1, 5060, 0, b"x"); t[12] = 0x10; t })), Class::Malformed, TARGET_NONE),
+        case(
+            "icmp",
+            eth(0x0800, &ipv4(1, A, B, &[8, 0, 0, 0, 0, 0, 0, 0])),
+            Class::Unmatched,
+            TARGET_NONE,
+        ),
+        case(
+            "bad ip version",
+            eth(0x0800, &[0x55; 40]),
+            Class::Malformed,
+            TARGET_NONE,
+        ),
+        case(
+            "tcp bad data offset",
+            eth(
+                0x0800,
+                &ipv4(6, A, B, &{
+                    let mut t = tcp(1, 5060, 0, b"x");
+                    t[12] = 0x10;
+                    t
+                }),
+            ),
+            Class::Malformed,
+            TARGET_NONE,
+        ),
     ];
     // Truncated at every length from the Ethernet header on: the kernel test runner needs at
     // least an Ethernet header's worth of data.
-    let full = eth_vlan(&[(0x8100, 5)], 0x0800, &ipv4_full(17, A, B, &[1, 1, 1, 1], 0, 1, &udp(30000, 20000, &rtp_payload)));
+    let full = eth_vlan(
+        &[(0x8100, 5)],
+        0x0800,
+        &ipv4_full(
+            17,
+            A,
+            B,
+            &[1, 1, 1, 1],
+            0,
+            1,
+            &udp(30000, 20000, &rtp_payload),
+        ),
+    );
     for len in 14..=full.len().min(14 + 4 + 24 + 8 + 14) {
         v.push(Case {
             name: format!("vlan/ipv4opts/udp/rtp cut at {len}"),
@@ -90,9 +332,27 @@ fn cases() -> Vec<Case> {
 
 fn media_entries() -> Vec<(MediaKey, MediaValue)> {
     vec![
-        (MediaKey::v4(B, 20000), MediaValue { worker: 1, flags: 0 }),
-        (MediaKey::v4(B, 20001), MediaValue { worker: 1, flags: 0 }),
-        (MediaKey::v6(v6(2), 22000), MediaValue { worker: 0, flags: 0 }),
+        (
+            MediaKey::v4(B, 20000),
+            MediaValue {
+                worker: 1,
+                flags: 0,
+            },
+        ),
+        (
+            MediaKey::v4(B, 20001),
+            MediaValue {
+                worker: 1,
+                flags: 0,
+            },
+        ),
+        (
+            MediaKey::v6(v6(2), 22000),
+            MediaValue {
+                worker: 0,
+                flags: 0,
+            },
+        ),
     ]
 }
 
@@ -153,7 +413,12 @@ fn xdp_and_userspace_make_identical_decisions() {
         let after = counters.totals();
         let records = drain(&mut rings);
         let class_counter = counter_for(verdict.class) as usize;
-        assert_eq!(after[counter::SEEN as usize] - before[counter::SEEN as usize], 1, "{}", c.name);
+        assert_eq!(
+            after[counter::SEEN as usize] - before[counter::SEEN as usize],
+            1,
+            "{}",
+            c.name
+        );
         assert_eq!(
             after[class_counter] - before[class_counter],
             1,
@@ -161,18 +426,45 @@ fn xdp_and_userspace_make_identical_decisions() {
             c.name,
             verdict.class()
         );
-        assert_eq!(after[counter::RING_FULL as usize], before[counter::RING_FULL as usize], "{}", c.name);
+        assert_eq!(
+            after[counter::RING_FULL as usize],
+            before[counter::RING_FULL as usize],
+            "{}",
+            c.name
+        );
         if verdict.target == TARGET_NONE {
-            assert!(records.is_empty(), "{}: kernel delivered {records:?}", c.name);
+            assert!(
+                records.is_empty(),
+                "{}: kernel delivered {records:?}",
+                c.name
+            );
         } else {
             assert_eq!(records.len(), 1, "{}: one record expected", c.name);
             let (ring, bytes) = &records[0];
-            assert_eq!(*ring as u32, verdict.target, "{}: delivered to the wrong ring", c.name);
+            assert_eq!(
+                *ring as u32, verdict.target,
+                "{}: delivered to the wrong ring",
+                c.name
+            );
             let rec = Record::from_ring(bytes).expect("record parses");
             let k = rec.meta;
             assert_eq!(
-                (k.class, k.target, k.flags, k.l3_off, k.l4_off, k.payload_off),
-                (meta.class, meta.target, meta.flags, meta.l3_off, meta.l4_off, meta.payload_off),
+                (
+                    k.class,
+                    k.target,
+                    k.flags,
+                    k.l3_off,
+                    k.l4_off,
+                    k.payload_off
+                ),
+                (
+                    meta.class,
+                    meta.target,
+                    meta.flags,
+                    meta.l3_off,
+                    meta.l4_off,
+                    meta.payload_off
+                ),
                 "{}: kernel and userspace headers differ",
                 c.name
             );

@@ -66,9 +66,7 @@ impl JitterEstimator {
 fn impairment(codec: CodecKind) -> (f64, f64) {
     match codec {
         CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => (0.0, 4.3),
-        CodecKind::TelephoneEvent | CodecKind::ComfortNoise | CodecKind::Unsupported => {
-            (0.0, 4.3)
-        }
+        CodecKind::TelephoneEvent | CodecKind::ComfortNoise | CodecKind::Unsupported => (0.0, 4.3),
     }
 }
 
@@ -162,7 +160,12 @@ mod tests {
         assert!(lossy < 3.8, "{lossy}");
         let mut prev = f64::INFINITY;
         for tenth in 0..=200 {
-            let m = mos_from_r(r_factor(CodecKind::G722, f64::from(tenth) / 10.0, 5.0, 40.0));
+            let m = mos_from_r(r_factor(
+                CodecKind::G722,
+                f64::from(tenth) / 10.0,
+                5.0,
+                40.0,
+            ));
             assert!(m <= prev && m >= 1.0, "loss {tenth}/10: {m}");
             prev = m;
         }

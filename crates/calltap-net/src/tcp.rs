@@ -263,12 +263,20 @@ impl Flow {
     fn on_segment(
         &mut self,
         seg: &TcpSegment<'_>,
+        fresh: bool,
         now_ns: u64,
         cfg: &TcpConfig,
         stats: &mut TcpStats,
     ) {
         self.last_ns = now_ns;
-        if seg.flags.syn {
+        if self.ready.len() > cfg.max_buffered_per_flow {
+            // The consumer already saw this data and could not frame it: it is not SIP, or a
+            // message larger than any sane one. Drop it so memory stays bounded (at most about
+            // twice the limit plus one segment); framing resyncs on what follows.
+            stats.bytes_dropped += self.ready.len() as u64;
+            self.ready.clear();
+        }
+        if seg.flags.syn && !fresh {
             let isn_abs = self.abs_of(seg.seq.wrapping_add(1));
             if self.syn_abs.is_none() || isn_abs != self.syn_abs {
                 // A SYN for a different ISN is a new connection on the same 4-tuple.
@@ -337,12 +345,6 @@ impl Flow {
             }
         }
 
-        if self.ready.len() > cfg.max_buffered_per_flow {
-            // The consumer could not frame this much data: it is not SIP, or a message larger
-            // than any sane one. Drop it so memory stays bounded; framing resyncs later.
-            stats.bytes_dropped += self.ready.len() as u64;
-            self.ready.clear();
-        }
         self.check_fin();
     }
 }
@@ -383,7 +385,8 @@ impl TcpReassembler {
     /// then ignores further data until it expires or a new SYN arrives.
     pub fn push(&mut self, flow: FlowKey, seg: TcpSegment<'_>, now_ns: u64) -> &[u8] {
         self.stats.segments += 1;
-        if !self.flows.contains_key(&flow) {
+        let fresh = !self.flows.contains_key(&flow);
+        if fresh {
             // A bare ACK, FIN or RST of an unknown flow says nothing about the stream start.
             if seg.flags.rst || (!seg.flags.syn && seg.payload.is_empty()) {
                 return &[];
@@ -394,7 +397,7 @@ impl TcpReassembler {
         let cfg = self.cfg;
         match self.flows.get_mut(&flow) {
             Some(f) => {
-                f.on_segment(&seg, now_ns, &cfg, &mut self.stats);
+                f.on_segment(&seg, fresh, now_ns, &cfg, &mut self.stats);
                 &f.ready
             }
             None => &[],
@@ -638,7 +641,8 @@ mod tests {
         let (_, _, sg) = parse_tcp(&t).unwrap();
         assert!(sg.flags.fin && sg.flags.syn && sg.flags.rst);
         assert_eq!(parse_tcp(&t[..19]), Err(TcpError::Truncated));
-        let t = raw(1, 2, 3, 0, 4, b"");
+        let mut t = raw(1, 2, 3, 0, 5, b"");
+        t[12] = 4 << 4;
         assert_eq!(parse_tcp(&t), Err(TcpError::BadDataOffset(4)));
         let mut t = raw(1, 2, 3, 0, 5, b"");
         t[12] = 15 << 4;
@@ -706,7 +710,10 @@ mod tests {
             b"abcdefgh"
         );
         assert_eq!(r.push(key(), seg(base, b"ab"), 0), b"abcdefgh");
-        assert_eq!(r.push(key(), seg(6, b"ij"), 0), b"abcdefghij");
+        assert_eq!(
+            r.push(key(), seg(base.wrapping_add(8), b"ij"), 0),
+            b"abcdefghij"
+        );
     }
 
     #[test]
@@ -788,9 +795,12 @@ mod tests {
         };
         let mut r = TcpReassembler::new(cfg);
         assert_eq!(r.push(key(), seg(0, b"0123456789"), 0).len(), 10);
-        assert!(r.push(key(), seg(10, b"a"), 0).is_empty());
-        assert_eq!(r.stats().bytes_dropped, 11);
+        // The consumer gets one more chance to frame data past the limit...
+        assert_eq!(r.push(key(), seg(10, b"a"), 0).len(), 11);
+        // ...then it is dropped.
+        assert_eq!(r.stats().bytes_dropped, 0);
         assert_eq!(r.push(key(), seg(11, b"b"), 0), b"b");
+        assert_eq!(r.stats().bytes_dropped, 11);
     }
 
     #[test]

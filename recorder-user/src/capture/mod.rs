@@ -24,14 +24,43 @@ impl<'a> Record<'a> {
         Some(Record { meta, frame })
     }
 
-    /// The UDP/TCP payload (empty when the offsets say there is none).
+    /// The UDP/TCP payload (empty when the offsets say there is none), without any Ethernet
+    /// padding after the IP packet.
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         let off = self.meta.payload_off as usize;
         if off == 0 {
             return &[];
         }
-        self.frame.get(off..).unwrap_or(&[])
+        self.frame.get(off..self.ip_end()).unwrap_or(&[])
+    }
+
+    /// The transport header and payload (from `l4_off` to the end of the IP packet).
+    #[inline]
+    pub fn transport(&self) -> &'a [u8] {
+        let off = self.meta.l4_off as usize;
+        if off == 0 {
+            return &[];
+        }
+        self.frame.get(off..self.ip_end()).unwrap_or(&[])
+    }
+
+    /// Where the innermost IP packet ends: its length field says so, not the frame, because
+    /// frames shorter than 60 bytes carry Ethernet padding that is not data (a TCP ACK's padding
+    /// taken as stream bytes would corrupt the SIP stream behind it).
+    fn ip_end(&self) -> usize {
+        let l3 = self.meta.l3_off as usize;
+        let v6 = self.meta.flags & calltap_common::flags::IPV6 != 0;
+        let declared = if v6 {
+            self.frame
+                .get(l3 + 4..l3 + 6)
+                .map(|b| l3 + 40 + usize::from(u16::from_be_bytes([b[0], b[1]])))
+        } else {
+            self.frame
+                .get(l3 + 2..l3 + 4)
+                .map(|b| l3 + usize::from(u16::from_be_bytes([b[0], b[1]])))
+        };
+        declared.map_or(self.frame.len(), |end| end.min(self.frame.len()))
     }
 }
 

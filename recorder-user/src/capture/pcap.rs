@@ -7,7 +7,7 @@
 
 use std::{fs::File, path::Path, time::Duration};
 
-use memmap2::Mmap;
+use memmap2::{Advice, Mmap, UncheckedAdvice};
 use pcap_file::{
     pcap::PcapParser,
     pcapng::{blocks::interface_description::InterfaceDescriptionOption, Block, PcapNgParser},
@@ -41,6 +41,22 @@ pub fn read_file(
         path: display.clone(),
         reason: e.to_string(),
     })?;
+    // Read once, front to back: tell the kernel, and hand pages already parsed back (below), so
+    // replaying a 50 GB capture does not grow RSS by 50 GB of page cache mapped into us.
+    let _ = map.advise(Advice::Sequential);
+    let mut released = 0usize;
+    let mut release = |consumed: usize| {
+        const STEP: usize = 256 << 10;
+        if consumed - released >= 2 * STEP {
+            let upto = consumed & !(STEP - 1);
+            // SAFETY: a shared, read-only file mapping: MADV_DONTNEED drops our page table entries
+            // and a later access would re-read the file. The parsers have moved past these bytes.
+            let _ = unsafe {
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, released, upto - released)
+            };
+            released = upto;
+        }
+    };
     let data: &[u8] = &map;
     if data.len() < 4 {
         return Err(CaptureError::BadFile {
@@ -67,6 +83,7 @@ pub fn read_file(
             .collect();
         while !rest.is_empty() {
             let (next, block) = parser.next_block(rest).map_err(|e| bad(rest, e))?;
+            release(data.len() - rest.len());
             rest = next;
             match block {
                 Block::InterfaceDescription(i) => {
@@ -80,11 +97,27 @@ pub fn read_file(
                     };
                     // pcap-file hands back the raw timestamp as if it were nanoseconds.
                     let ts_ns = (p.timestamp.as_nanos() as u64).saturating_mul(unit);
-                    emit(linktype, ts_ns, p.original_len, &p.data, &mut scratch, &mut summary, &mut each);
+                    emit(
+                        linktype,
+                        ts_ns,
+                        p.original_len,
+                        &p.data,
+                        &mut scratch,
+                        &mut summary,
+                        &mut each,
+                    );
                 }
                 Block::SimplePacket(p) => {
                     let linktype = ifaces.first().map_or(1, |i| i.0);
-                    emit(linktype, 0, p.original_len, &p.data, &mut scratch, &mut summary, &mut each);
+                    emit(
+                        linktype,
+                        0,
+                        p.original_len,
+                        &p.data,
+                        &mut scratch,
+                        &mut summary,
+                        &mut each,
+                    );
                 }
                 _ => {}
             }
@@ -94,9 +127,18 @@ pub fn read_file(
         let linktype = u32::from(parser.header().datalink);
         while !rest.is_empty() {
             let (next, p) = parser.next_packet(rest).map_err(|e| bad(rest, e))?;
+            release(data.len() - rest.len());
             rest = next;
             let ts_ns = duration_ns(p.timestamp);
-            emit(linktype, ts_ns, p.orig_len, &p.data, &mut scratch, &mut summary, &mut each);
+            emit(
+                linktype,
+                ts_ns,
+                p.orig_len,
+                &p.data,
+                &mut scratch,
+                &mut summary,
+                &mut each,
+            );
         }
     }
     Ok(summary)
@@ -120,7 +162,9 @@ fn ts_unit_ns(options: &[InterfaceDescriptionOption<'_>]) -> u64 {
         if let InterfaceDescriptionOption::IfTsResol(r) = o {
             return if r & 0x80 == 0 {
                 // 10^-r seconds.
-                10u64.checked_pow(9u32.saturating_sub(u32::from(*r))).unwrap_or(1)
+                10u64
+                    .checked_pow(9u32.saturating_sub(u32::from(*r)))
+                    .unwrap_or(1)
             } else {
                 // 2^-r seconds: approximate with nanoseconds; such files are rare.
                 1
@@ -164,7 +208,9 @@ fn emit(
         LINKTYPE_LINUX_SLL if data.len() >= 16 => {
             Some((u16::from_be_bytes([data[14], data[15]]), 16))
         }
-        LINKTYPE_LINUX_SLL2 if data.len() >= 20 => Some((u16::from_be_bytes([data[0], data[1]]), 20)),
+        LINKTYPE_LINUX_SLL2 if data.len() >= 20 => {
+            Some((u16::from_be_bytes([data[0], data[1]]), 20))
+        }
         LINKTYPE_NULL | LINKTYPE_LOOP if data.len() >= 4 => {
             // The address family, in the byte order of the capturing host (or network order
             // for LOOP); 2 is IPv4 everywhere, 24/28/30 are IPv6 on the BSDs.

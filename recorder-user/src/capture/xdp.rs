@@ -123,7 +123,9 @@ impl XdpCapture {
             .ok_or_else(|| CaptureError::Load(format!("program {PROGRAM} missing")))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| CaptureError::Load(e.to_string()))?;
-        program.load().map_err(|e| CaptureError::Verifier(format!("{e:#}")))?;
+        program
+            .load()
+            .map_err(|e| CaptureError::Verifier(format!("{e:#}")))?;
 
         let signalling = ring_maps.pop();
         Ok(XdpCapture {

@@ -31,7 +31,10 @@ impl SharedMediaTable {
 
 impl MediaTable for SharedMediaTable {
     fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String> {
-        let mut map = self.inner.write().map_err(|_| "media table poisoned".to_string())?;
+        let mut map = self
+            .inner
+            .write()
+            .map_err(|_| "media table poisoned".to_string())?;
         map.insert(key, owner);
         Ok(())
     }

@@ -51,11 +51,7 @@ pub fn media_config(cfg: &Config) -> MediaConfig {
 }
 
 /// Replays `files` in order; every finished call is passed to `on_cdr`.
-pub fn replay(
-    cfg: &Config,
-    files: &[PathBuf],
-    mut on_cdr: impl FnMut(&Cdr),
-) -> ReplaySummary {
+pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> ReplaySummary {
     let table = SharedMediaTable::default();
     let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
     let n = cfg.worker_count();
@@ -73,13 +69,14 @@ pub fn replay(
     let mut skipped = 0u64;
     let mut errors = Vec::new();
 
-    let mut deliver = |queue: &mut Vec<(u32, Control)>, workers: &mut Vec<MediaWorker>, done: &mut Vec<Cdr>| {
-        for (w, msg) in queue.drain(..) {
-            if let Some(worker) = workers.get_mut(w as usize) {
-                worker.control(msg, done);
+    let deliver =
+        |queue: &mut Vec<(u32, Control)>, workers: &mut Vec<MediaWorker>, done: &mut Vec<Cdr>| {
+            for (w, msg) in queue.drain(..) {
+                if let Some(worker) = workers.get_mut(w as usize) {
+                    worker.control(msg, done);
+                }
             }
-        }
-    };
+        };
 
     for file in files {
         let result = read_file(file, |pkt| {

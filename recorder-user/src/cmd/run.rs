@@ -284,7 +284,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let sig_input;
     let mut counters: Option<XdpCounters> = None;
     let mut bpf_table = None;
-    let mut attachments = Vec::new();
+    let attachments;
     if let Some(x) = xdp.as_mut() {
         let offset = monotonic_to_realtime();
         for i in 0..n {
@@ -293,10 +293,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("ring of worker {i}"))?;
             inputs.push(Input::Ring(ring, offset));
         }
-        sig_input = Input::Ring(
-            x.take_signalling_ring().context("signalling ring")?,
-            offset,
-        );
+        sig_input = Input::Ring(x.take_signalling_ring().context("signalling ring")?, offset);
         counters = Some(x.take_counters()?);
         bpf_table = Some(x.take_media_table()?);
         attachments = x
@@ -350,14 +347,32 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let tcfg = tracker_config(&cfg);
     let sd = shutdown.clone();
     let sig_handle = match bpf_table {
-        Some(t) => thread::Builder::new().name("signalling".into()).spawn(move || {
-            signalling_thread(SignallingWorker::new(t, n, tcfg, 0), sig_input, sink, to_rx, sd, n)
-        })?,
+        Some(t) => thread::Builder::new()
+            .name("signalling".into())
+            .spawn(move || {
+                signalling_thread(
+                    SignallingWorker::new(t, n, tcfg, 0),
+                    sig_input,
+                    sink,
+                    to_rx,
+                    sd,
+                    n,
+                )
+            })?,
         None => {
             let t = table.clone();
-            thread::Builder::new().name("signalling".into()).spawn(move || {
-                signalling_thread(SignallingWorker::new(t, n, tcfg, 0), sig_input, sink, to_rx, sd, n)
-            })?
+            thread::Builder::new()
+                .name("signalling".into())
+                .spawn(move || {
+                    signalling_thread(
+                        SignallingWorker::new(t, n, tcfg, 0),
+                        sig_input,
+                        sink,
+                        to_rx,
+                        sd,
+                        n,
+                    )
+                })?
         }
     };
     let jsonl = cfg.data_dir.join("calls.jsonl");
@@ -415,7 +430,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("signalling thread panicked"))?;
     let mut workers = Vec::new();
     for h in media_handles {
-        workers.push(h.join().map_err(|_| anyhow::anyhow!("media thread panicked"))?);
+        workers.push(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("media thread panicked"))?,
+        );
     }
     let calls = cdr_handle
         .join()
@@ -471,12 +489,13 @@ fn install_signal_handlers(shutdown: &Arc<Shutdown>) -> anyhow::Result<()> {
         }
     }
     let s = shutdown.clone();
-    thread::Builder::new().name("signals".into()).spawn(move || {
-        while !STOP_REQUESTED.load(Ordering::Acquire) {
-            thread::sleep(Duration::from_millis(50));
-        }
-        s.stop.store(true, Ordering::Release);
-    })?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while !STOP_REQUESTED.load(Ordering::Acquire) {
+                thread::sleep(Duration::from_millis(50));
+            }
+            s.stop.store(true, Ordering::Release);
+        })?;
     Ok(())
 }
-

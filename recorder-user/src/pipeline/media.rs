@@ -150,7 +150,7 @@ fn party(n: &NameAddr) -> Party {
     Party {
         user: n.user.clone(),
         display: n.display.clone(),
-        host: n.host.clone(),
+        host: n.host.clone().unwrap_or_default(),
         uri: n.uri.clone(),
     }
 }
@@ -353,9 +353,9 @@ impl MediaWorker {
         } else {
             return false;
         };
-        let Some(c) = self.calls.get_mut(&call) else {
+        if !self.calls.contains_key(&call) {
             return false;
-        };
+        }
         self.stats.records += 1;
         self.record(call, sender, rec);
         true
@@ -444,8 +444,8 @@ impl MediaWorker {
             d.timeline = Some(StreamTimeline::new(clock, wav_rate));
             d.timeline_clock = clock;
         }
-        let arrival = now.saturating_sub(c.setup.start_ns) as u128 * wav_rate as u128
-            / 1_000_000_000;
+        let arrival =
+            now.saturating_sub(c.setup.start_ns) as u128 * wav_rate as u128 / 1_000_000_000;
         let Some(timeline) = d.timeline.as_mut() else {
             return;
         };
@@ -687,8 +687,7 @@ fn raw_rtp(c: &mut ActiveCall, rec: &Record<'_>, stats: &mut WorkerStats) {
     }
     if let Some(w) = c.raw.as_mut() {
         let ts = Duration::from_nanos(rec.meta.ts_ns);
-        if w
-            .write_packet(&PcapPacket::new(ts, rec.meta.wire_len, rec.frame))
+        if w.write_packet(&PcapPacket::new(ts, rec.meta.wire_len, rec.frame))
             .is_err()
         {
             stats.write_errors += 1;

@@ -9,7 +9,7 @@ use std::{
 
 use calltap_common::{flags, Class, MediaKey, MediaValue, PacketMeta};
 use calltap_net::{
-    ipfrag::{fragment_of, udp_ports, ReassemblyConfig, Reassembler},
+    ipfrag::{fragment_of, udp_ports, Reassembler, ReassemblyConfig},
     tcp::{parse_tcp, resync_sip, FlowKey, TcpConfig, TcpReassembler},
 };
 use calltap_sip::{
@@ -81,7 +81,10 @@ fn ip_addrs(frame: &[u8], l3_off: usize, v6: bool) -> Option<(IpAddr, IpAddr)> {
 
 fn ports(frame: &[u8], l4_off: usize) -> Option<(u16, u16)> {
     let h = frame.get(l4_off..l4_off + 4)?;
-    Some((u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]])))
+    Some((
+        u16::from_be_bytes([h[0], h[1]]),
+        u16::from_be_bytes([h[2], h[3]]),
+    ))
 }
 
 impl<T: MediaTable> SignallingWorker<T> {
@@ -127,7 +130,7 @@ impl<T: MediaTable> SignallingWorker<T> {
                 let src = SocketAddr::new(src_ip, sport);
                 let dst = SocketAddr::new(dst_ip, dport);
                 if m.flags & flags::TCP != 0 {
-                    self.tcp_segment(rec.frame, m, src, dst, sink);
+                    self.tcp_segment(rec.transport(), m, src, dst, sink);
                 } else {
                     self.datagram(rec.payload(), src, dst, now, sink);
                 }
@@ -180,16 +183,13 @@ impl<T: MediaTable> SignallingWorker<T> {
 
     fn tcp_segment(
         &mut self,
-        frame: &[u8],
+        tcp: &[u8],
         m: &PacketMeta,
         src: SocketAddr,
         dst: SocketAddr,
         sink: &mut dyn ControlSink,
     ) {
         self.stats.tcp_segments += 1;
-        let Some(tcp) = frame.get(m.l4_off as usize..) else {
-            return;
-        };
         let Ok((_, _, seg)) = parse_tcp(tcp) else {
             self.stats.malformed_sip += 1;
             return;
@@ -353,12 +353,13 @@ impl<T: MediaTable> SignallingWorker<T> {
                         continue;
                     };
                     let worker = route.worker;
-                    let new_keys: Vec<MediaKey> =
-                        rtp.iter().chain(rtcp.iter()).map(|a| media_key(*a)).collect();
-                    let old = std::mem::replace(
-                        &mut route.keys[side_index(side)],
-                        new_keys.clone(),
-                    );
+                    let new_keys: Vec<MediaKey> = rtp
+                        .iter()
+                        .chain(rtcp.iter())
+                        .map(|a| media_key(*a))
+                        .collect();
+                    let old =
+                        std::mem::replace(&mut route.keys[side_index(side)], new_keys.clone());
                     // The worker learns the endpoints before the kernel starts steering them to
                     // it, so no packet arrives for an endpoint it does not know.
                     sink.send(

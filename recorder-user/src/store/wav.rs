@@ -219,7 +219,10 @@ mod tests {
         assert_eq!(done.bytes, 44 + 300_001 * 4);
         let mut r = hound::WavReader::open(&path).expect("open");
         let spec = r.spec();
-        assert_eq!((spec.channels, spec.sample_rate, spec.bits_per_sample), (2, 8000, 16));
+        assert_eq!(
+            (spec.channels, spec.sample_rate, spec.bits_per_sample),
+            (2, 8000, 16)
+        );
         let s: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
         assert_eq!(&s[0..8], &[0, -5, 0, -5, 0, -5, 0, -5]);
         assert_eq!(&s[20..26], &[1, 0, 2, 0, 3, 0]);

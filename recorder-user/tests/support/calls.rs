@@ -41,13 +41,27 @@ pub fn sdp(addr: [u8; 4], port: u16, direction: &str) -> String {
 
 impl Call {
     pub fn new(call_id: &str) -> Self {
-        Self { call_id: call_id.to_owned(), packets: Vec::new(), cseq: 1 }
+        Self {
+            call_id: call_id.to_owned(),
+            packets: Vec::new(),
+            cseq: 1,
+        }
     }
 
     fn sip(&mut self, at_ms: u64, from_caller: bool, text: String) {
-        let (src, dst) = if from_caller { (CALLER, CALLEE) } else { (CALLEE, CALLER) };
-        let frame = eth(0x0800, &ipv4(17, src, dst, &udp(5060, 5060, text.as_bytes())));
-        self.packets.push(Packet { at_ns: at_ms * 1_000_000, frame });
+        let (src, dst) = if from_caller {
+            (CALLER, CALLEE)
+        } else {
+            (CALLEE, CALLER)
+        };
+        let frame = eth(
+            0x0800,
+            &ipv4(17, src, dst, &udp(5060, 5060, text.as_bytes())),
+        );
+        self.packets.push(Packet {
+            at_ns: at_ms * 1_000_000,
+            frame,
+        });
     }
 
     fn headers(&self, method: &str, cseq: u32, to_tag: bool) -> String {
@@ -77,10 +91,22 @@ impl Call {
     }
 
     /// Callee's response to the last INVITE, with SDP when `direction` is given.
-    pub fn respond(&mut self, at_ms: u64, code: u16, reason: &str, direction: Option<&str>) -> &mut Self {
+    pub fn respond(
+        &mut self,
+        at_ms: u64,
+        code: u16,
+        reason: &str,
+        direction: Option<&str>,
+    ) -> &mut Self {
         let cseq = self.cseq - 1;
-        let body = direction.map(|d| sdp(CALLEE, CALLEE_RTP, d)).unwrap_or_default();
-        let ctype = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
+        let body = direction
+            .map(|d| sdp(CALLEE, CALLEE_RTP, d))
+            .unwrap_or_default();
+        let ctype = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
         let text = format!(
             "SIP/2.0 {code} {reason}\r\n{h}Contact: <sip:2002@{d}>\r\n{ctype}Content-Length: {l}\r\n\r\n{body}",
             h = self.headers("INVITE", cseq, code != 100),
@@ -93,7 +119,11 @@ impl Call {
 
     pub fn ack(&mut self, at_ms: u64) -> &mut Self {
         let cseq = self.cseq - 1;
-        let text = format!("ACK sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n", ip(CALLEE), self.headers("ACK", cseq, true));
+        let text = format!(
+            "ACK sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+            ip(CALLEE),
+            self.headers("ACK", cseq, true)
+        );
         self.sip(at_ms, true, text);
         self
     }
@@ -102,9 +132,16 @@ impl Call {
     pub fn bye(&mut self, at_ms: u64) -> &mut Self {
         let cseq = self.cseq;
         self.cseq += 1;
-        let text = format!("BYE sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n", ip(CALLEE), self.headers("BYE", cseq, true));
+        let text = format!(
+            "BYE sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+            ip(CALLEE),
+            self.headers("BYE", cseq, true)
+        );
         self.sip(at_ms, true, text);
-        let ok = format!("SIP/2.0 200 OK\r\n{}Content-Length: 0\r\n\r\n", self.headers("BYE", cseq, true));
+        let ok = format!(
+            "SIP/2.0 200 OK\r\n{}Content-Length: 0\r\n\r\n",
+            self.headers("BYE", cseq, true)
+        );
         self.sip(at_ms + 5, false, ok);
         self
     }
@@ -121,8 +158,11 @@ impl Call {
         payload: impl Fn(u32) -> Vec<u8>,
         skip: impl Fn(u32) -> bool,
     ) -> &mut Self {
-        let (src, dst, sport, dport, ssrc) =
-            if from_caller { (CALLER, CALLEE, CALLER_RTP, CALLEE_RTP, 0xA1A1_0001) } else { (CALLEE, CALLER, CALLEE_RTP, CALLER_RTP, 0xB2B2_0002) };
+        let (src, dst, sport, dport, ssrc) = if from_caller {
+            (CALLER, CALLEE, CALLER_RTP, CALLEE_RTP, 0xA1A1_0001)
+        } else {
+            (CALLEE, CALLER, CALLEE_RTP, CALLER_RTP, 0xB2B2_0002)
+        };
         for k in 0..count {
             let i = first_index + k;
             if skip(i) {
@@ -130,7 +170,10 @@ impl Call {
             }
             let body = rtp(0, i as u16, i.wrapping_mul(160), ssrc, &payload(i));
             let frame = eth(0x0800, &ipv4(17, src, dst, &udp(sport, dport, &body)));
-            self.packets.push(Packet { at_ns: (at_ms + u64::from(k) * 20) * 1_000_000, frame });
+            self.packets.push(Packet {
+                at_ns: (at_ms + u64::from(k) * 20) * 1_000_000,
+                frame,
+            });
         }
         self
     }
@@ -141,11 +184,19 @@ pub fn write_pcap(path: &Path, calls: &[&Call]) {
     let mut all: Vec<&Packet> = calls.iter().flat_map(|c| c.packets.iter()).collect();
     all.sort_by_key(|p| p.at_ns);
     let file = std::fs::File::create(path).expect("create pcap");
-    let mut w = PcapWriter::with_header(file, PcapHeader { datalink: DataLink::ETHERNET, ..PcapHeader::default() }).expect("pcap header");
+    let mut w = PcapWriter::with_header(
+        file,
+        PcapHeader {
+            datalink: DataLink::ETHERNET,
+            ..PcapHeader::default()
+        },
+    )
+    .expect("pcap header");
     let base = 1_700_000_000_000_000_000u64;
     for p in all {
         let ts = Duration::from_nanos(base + p.at_ns);
-        w.write_packet(&PcapPacket::new(ts, p.frame.len() as u32, &p.frame)).expect("write packet");
+        w.write_packet(&PcapPacket::new(ts, p.frame.len() as u32, &p.frame))
+            .expect("write packet");
     }
 }
 

@@ -27,7 +27,15 @@ pub fn eth_vlan(tags: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> 
 }
 
 /// IPv4 header (+ options, padded to 4 bytes) and payload; `frag` is the flags/offset field.
-pub fn ipv4_full(proto: u8, src: [u8; 4], dst: [u8; 4], options: &[u8], frag: u16, id: u16, payload: &[u8]) -> Vec<u8> {
+pub fn ipv4_full(
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    options: &[u8],
+    frag: u16,
+    id: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut opts = options.to_vec();
     while opts.len() % 4 != 0 {
         opts.push(0);
@@ -144,7 +152,11 @@ pub fn vxlan(inner_frame: &[u8]) -> Vec<u8> {
 pub fn checksum(b: &[u8]) -> u16 {
     let mut sum = 0u32;
     for c in b.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
         sum += u32::from(w);
     }
     while sum >> 16 != 0 {
@@ -159,5 +171,7 @@ pub const A: [u8; 4] = [198, 18, 0, 1];
 pub const B: [u8; 4] = [198, 18, 0, 2];
 
 pub fn v6(last: u8) -> [u8; 16] {
-    [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last]
+    [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last,
+    ]
 }

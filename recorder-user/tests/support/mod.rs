@@ -25,7 +25,10 @@ pub fn corpus() -> Option<std::path::PathBuf> {
         Some(dir)
     } else {
         if std::env::var_os("CI").is_some() {
-            panic!("corpus missing at {}: CI runs with shared/ beside the repo", dir.display());
+            panic!(
+                "corpus missing at {}: CI runs with shared/ beside the repo",
+                dir.display()
+            );
         }
         eprintln!("SKIP: corpus not found at {}", dir.display());
         None

@@ -132,7 +132,13 @@ mod tests {
     fn digits_with_redundant_end_packets() {
         let mut det = DtmfDetector::default();
         let mut got = Vec::new();
-        for (ts, event) in [(1000u32, 1u8), (3000, 11), (5000, 10), (7000, 15), (9000, 16)] {
+        for (ts, event) in [
+            (1000u32, 1u8),
+            (3000, 11),
+            (5000, 10),
+            (7000, 15),
+            (9000, 16),
+        ] {
             for d in [160u16, 320, 480] {
                 got.extend(det.push(ts, &ev(event, false, d)));
             }
@@ -163,11 +169,20 @@ mod tests {
         // Next event begins: the unfinished '2' is reported with its last known duration.
         let d = det.push(2000, &ev(3, false, 160)).unwrap();
         assert_eq!((d.digit, d.duration), ('2', 320));
-        assert_eq!(det.push(2000, &ev(3, true, 480)).map(|d| d.digit), Some('3'));
+        assert_eq!(
+            det.push(2000, &ev(3, true, 480)).map(|d| d.digit),
+            Some('3')
+        );
         // Unfinished followed directly by a single end packet: both are reported, in order.
         assert_eq!(det.push(4000, &ev(7, false, 160)), None);
-        assert_eq!(det.push(6000, &ev(8, true, 160)).map(|d| d.digit), Some('7'));
-        assert_eq!(det.push(6000, &ev(8, true, 160)).map(|d| d.digit), Some('8'));
+        assert_eq!(
+            det.push(6000, &ev(8, true, 160)).map(|d| d.digit),
+            Some('7')
+        );
+        assert_eq!(
+            det.push(6000, &ev(8, true, 160)).map(|d| d.digit),
+            Some('8')
+        );
         assert_eq!(det.push(6000, &ev(8, true, 160)), None);
         assert_eq!(det.push(8000, &ev(9, false, 160)), None);
         assert_eq!(det.flush().map(|d| d.digit), Some('9'));

@@ -140,8 +140,13 @@ mod tests {
     /// Compares all 256 codes with ffmpeg's expansion when ffmpeg is installed.
     #[test]
     fn matches_ffmpeg() {
-        for (fmt, f) in [("mulaw", ulaw_to_linear as fn(u8) -> i16), ("alaw", alaw_to_linear)] {
-            let Some(pcm) = crate::codec::test_util::ffmpeg_decode(fmt, &(0..=255u8).collect::<Vec<_>>()) else {
+        for (fmt, f) in [
+            ("mulaw", ulaw_to_linear as fn(u8) -> i16),
+            ("alaw", alaw_to_linear),
+        ] {
+            let Some(pcm) =
+                crate::codec::test_util::ffmpeg_decode(fmt, &(0..=255u8).collect::<Vec<_>>())
+            else {
                 eprintln!("ffmpeg not available: skipping G.711 cross-check");
                 return;
             };

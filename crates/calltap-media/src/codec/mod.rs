@@ -127,8 +127,22 @@ pub(crate) mod test_util {
     pub fn ffmpeg_encode_g722(pcm: &[i16]) -> Option<Vec<u8>> {
         let mut child = Command::new("ffmpeg")
             .args([
-                "-hide_banner", "-loglevel", "error", "-f", "s16le", "-ar", "16000", "-ac", "1",
-                "-i", "pipe:0", "-c:a", "g722", "-f", "g722", "pipe:1",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-f",
+                "s16le",
+                "-ar",
+                "16000",
+                "-ac",
+                "1",
+                "-i",
+                "pipe:0",
+                "-c:a",
+                "g722",
+                "-f",
+                "g722",
+                "pipe:1",
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -152,7 +166,10 @@ mod tests {
     fn rtpmap() {
         assert_eq!(CodecKind::from_rtpmap("pcmu", 8000), CodecKind::Pcmu);
         assert_eq!(CodecKind::from_rtpmap("PCMA", 8000), CodecKind::Pcma);
-        assert_eq!(CodecKind::from_rtpmap("PCMA", 16000), CodecKind::Unsupported);
+        assert_eq!(
+            CodecKind::from_rtpmap("PCMA", 16000),
+            CodecKind::Unsupported
+        );
         assert_eq!(CodecKind::from_rtpmap("g722", 8000), CodecKind::G722);
         assert_eq!(
             CodecKind::from_rtpmap("Telephone-Event", 8000),
@@ -163,7 +180,10 @@ mod tests {
             CodecKind::TelephoneEvent
         );
         assert_eq!(CodecKind::from_rtpmap("cn", 8000), CodecKind::ComfortNoise);
-        assert_eq!(CodecKind::from_rtpmap("opus", 48000), CodecKind::Unsupported);
+        assert_eq!(
+            CodecKind::from_rtpmap("opus", 48000),
+            CodecKind::Unsupported
+        );
     }
 
     #[test]
