@@ -346,11 +346,15 @@ fn looks_like_sip<F: Frame + ?Sized>(f: &F, payload_off: usize) -> bool {
 /// RTP version 2 with a payload type outside the RTCP range (RFC 5761 section 4).
 #[inline(always)]
 fn rtp_header<F: Frame + ?Sized>(f: &F, payload_off: usize) -> Option<bool> {
-    let h = f.load::<12>(payload_off)?;
+    let h = f.load::<2>(payload_off)?;
     if h[0] >> 6 != 2 {
         return None;
     }
-    Some((192..=223).contains(&h[1]))
+    if (192..=223).contains(&h[1]) {
+        // RTCP: a receiver report without blocks is only 8 bytes.
+        return f.load::<8>(payload_off).map(|_| true);
+    }
+    f.load::<12>(payload_off).map(|_| false)
 }
 
 /// Classifies one frame.
@@ -480,19 +484,27 @@ pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, t: &T) -> Verdict 
         v.flags = vflags;
         return v;
     }
-    if ip.proto == IPPROTO_UDP
-        && cfg.heuristic_rtp != 0
-        && (sport & 1 == 0 || dport & 1 == 0)
-        && sport >= 1024
-        && dport >= 1024
-        && matches!(rtp_header(f, payload_off), Some(false))
-    {
-        v.class = Class::RtpHeuristic as u8;
-        v.target = if cfg.heuristic_worker < MAX_WORKERS {
-            cfg.heuristic_worker
-        } else {
-            0
-        };
+    if ip.proto == IPPROTO_UDP && sport >= 1024 && dport >= 1024 {
+        match rtp_header(f, payload_off) {
+            // RTP (even port) or RTCP that no SDP has claimed (yet).
+            Some(false) if sport & 1 == 0 || dport & 1 == 0 => {
+                v.class = Class::RtpHeuristic as u8;
+                v.target = if cfg.heuristic_rtp != 0 && cfg.heuristic_worker < MAX_WORKERS {
+                    cfg.heuristic_worker
+                } else {
+                    // A call's first packets can overtake its SDP: the callee starts sending
+                    // the moment it answers, while the 200 OK is still on its way through the
+                    // signalling worker. That worker sees SIP and this packet in capture order,
+                    // so it knows the owner by then and hands the packet on.
+                    SIGNALLING_RING
+                };
+            }
+            Some(true) if cfg.heuristic_rtp == 0 => {
+                v.class = Class::RtpHeuristic as u8;
+                v.target = SIGNALLING_RING;
+            }
+            _ => {}
+        }
     }
     v.flags = vflags;
     v

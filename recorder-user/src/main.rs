@@ -20,6 +20,7 @@ struct Cli {
 enum Source {
     Auto,
     Xdp,
+    #[value(name = "af_packet", alias = "af-packet")]
     AfPacket,
 }
 

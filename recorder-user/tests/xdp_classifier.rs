@@ -87,9 +87,26 @@ fn cases() -> Vec<Case> {
             Class::Rtcp,
             1,
         ),
+        // RTP no SDP has claimed (yet) goes to the signalling worker, which hands it to the
+        // owner if the call's SDP was just seen (the first packets can overtake the 200 OK).
         case(
             "rtp unknown endpoint",
             eth(0x0800, &ipv4(17, A, B, &udp(31000, 31002, &rtp_payload))),
+            Class::RtpHeuristic,
+            SIGNALLING_RING,
+        ),
+        case(
+            "udp unknown, not rtp",
+            eth(
+                0x0800,
+                &ipv4(17, A, B, &udp(31000, 31002, b"\x17hello there, no rtp")),
+            ),
+            Class::Unmatched,
+            TARGET_NONE,
+        ),
+        case(
+            "rtp-like on odd ports",
+            eth(0x0800, &ipv4(17, A, B, &udp(31001, 31003, &rtp_payload))),
             Class::Unmatched,
             TARGET_NONE,
         ),

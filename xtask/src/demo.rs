@@ -20,7 +20,9 @@ use crate::setup;
 pub fn run(pairs: u8, calls: u32, seconds: u32, keep_lab: bool) -> Result<()> {
     setup::require_root("the demo")?;
     setup::run()?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()?;
     println!("demo: building calltap (release)");
     if !Command::new("cargo")
         .current_dir(&root)
@@ -81,10 +83,10 @@ pub fn run(pairs: u8, calls: u32, seconds: u32, keep_lab: bool) -> Result<()> {
                 c["call_id"].as_str().unwrap_or("?"),
                 c["from"]["uri"].as_str().unwrap_or("?"),
                 c["to"]["uri"].as_str().unwrap_or("?"),
-                c["duration_ms"],
-                c["packets"]["caller"],
-                c["packets"]["callee"],
-                c["worker"],
+                c["duration_ms"].as_u64().unwrap_or(0),
+                c["packets"]["caller"].as_u64().unwrap_or(0),
+                c["packets"]["callee"].as_u64().unwrap_or(0),
+                c["worker"].as_u64().unwrap_or(0),
                 c["recording"]["path"].as_str().unwrap_or("-"),
             );
         }

@@ -8,7 +8,9 @@ use crate::setup;
 
 pub fn run(extra: &[String]) -> Result<()> {
     setup::run()?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()?;
     cargo(
         &root,
         &["fmt", "--all", "--", "--check"],

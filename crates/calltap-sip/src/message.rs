@@ -83,7 +83,9 @@ impl Message {
     }
 
     pub fn call_id(&self) -> Option<&str> {
-        self.header("Call-ID").map(str::trim).filter(|s| !s.is_empty())
+        self.header("Call-ID")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
     }
 
     /// `CSeq: 314 INVITE` as `(314, "INVITE")`.

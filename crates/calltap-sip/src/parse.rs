@@ -110,7 +110,9 @@ pub fn parse_datagram(buf: &[u8]) -> Result<Message, ParseError> {
 
 /// Length of the leading CR/LF run.
 fn keepalive_len(buf: &[u8]) -> usize {
-    buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()
+    buf.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
 }
 
 /// Whether a buffer with no complete line yet could still become a start line: its first word
@@ -315,7 +317,10 @@ mod tests {
             m.contact().expect("contact").host.as_deref(),
             Some("2001:db8::10")
         );
-        assert!(m.header("Via").expect("via").contains("[2001:db8::10]:5060"));
+        assert!(m
+            .header("Via")
+            .expect("via")
+            .contains("[2001:db8::10]:5060"));
     }
 
     #[test]
@@ -377,7 +382,10 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        assert_eq!(parse(b"\x16\x03\x01junk\r\n"), Err(ParseError::BadStartLine));
+        assert_eq!(
+            parse(b"\x16\x03\x01junk\r\n"),
+            Err(ParseError::BadStartLine)
+        );
         assert_eq!(
             parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
             Err(ParseError::BadStartLine)

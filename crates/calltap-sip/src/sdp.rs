@@ -384,7 +384,10 @@ mod tests {
         assert_eq!(a.rtp, Some(sa("10.0.0.1:4000")));
         assert_eq!(a.rtcp, Some(sa("10.0.0.1:4001")));
         assert_eq!(
-            a.codecs.iter().map(|c| c.encoding.as_str()).collect::<Vec<_>>(),
+            a.codecs
+                .iter()
+                .map(|c| c.encoding.as_str())
+                .collect::<Vec<_>>(),
             ["PCMU", "PCMA", "telephone-event"]
         );
         assert_eq!(a.direction, Direction::SendRecv);

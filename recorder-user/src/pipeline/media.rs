@@ -216,6 +216,11 @@ impl MediaWorker {
     /// Applies a control message; a finished call's CDR is pushed to `done`.
     pub fn control(&mut self, msg: Control, done: &mut Vec<Cdr>) {
         match msg {
+            Control::Packet(owned) => {
+                if !self.packet(&owned.record()) {
+                    self.unknown();
+                }
+            }
             Control::Start(setup) => {
                 self.stats.calls_started += 1;
                 let start_secs = setup.start_ns / 1_000_000_000;

@@ -71,6 +71,26 @@ pub enum Control {
         reason: String,
         ts_ns: u64,
     },
+    /// RTP/RTCP that reached the signalling worker before its call's endpoints were in the
+    /// classifier's table; the signalling worker hands it to the owner (rare: a call's first
+    /// packets only, so the copy does not matter).
+    Packet(Box<OwnedRecord>),
+}
+
+/// A captured record that owns its bytes.
+#[derive(Clone, Debug)]
+pub struct OwnedRecord {
+    pub meta: calltap_common::PacketMeta,
+    pub frame: Vec<u8>,
+}
+
+impl OwnedRecord {
+    pub fn record(&self) -> crate::capture::Record<'_> {
+        crate::capture::Record {
+            meta: self.meta,
+            frame: &self.frame,
+        }
+    }
 }
 
 /// Where the signalling worker sends control messages.

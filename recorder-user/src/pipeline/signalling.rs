@@ -18,7 +18,7 @@ use calltap_sip::{
 };
 use serde::Serialize;
 
-use super::{call_uuid, media_key, CallSetup, Control, ControlSink, MediaTable};
+use super::{call_uuid, media_key, CallSetup, Control, ControlSink, MediaTable, OwnedRecord};
 use crate::capture::Record;
 
 /// Counters of the signalling worker.
@@ -34,7 +34,16 @@ pub struct SignallingStats {
     pub calls_started: u64,
     pub calls_ended: u64,
     pub media_table_errors: u64,
+    /// RTP/RTCP that overtook its call's SDP and was handed to the owner by this worker.
+    pub early_media_forwarded: u64,
+    /// Unclaimed RTP/RTCP no call claimed within the grace period (streams whose SIP CallTap
+    /// did not see).
+    pub early_media_unclaimed: u64,
 }
+
+/// How long unclaimed RTP waits for SIP that describes it, and how much of it is kept.
+const EARLY_GRACE_NS: u64 = 2_000_000_000;
+const EARLY_MAX: usize = 2048;
 
 struct Route {
     worker: u32,
@@ -54,6 +63,8 @@ pub struct SignallingWorker<T: MediaTable> {
     owners: HashMap<MediaKey, CallRef>,
     events: Vec<CallEvent>,
     node: u32,
+    /// Unclaimed media waiting (bounded, briefly) for the SIP that will claim it.
+    pending: std::collections::VecDeque<OwnedRecord>,
     pub stats: SignallingStats,
 }
 
@@ -101,6 +112,7 @@ impl<T: MediaTable> SignallingWorker<T> {
             owners: HashMap::new(),
             events: Vec::new(),
             node,
+            pending: std::collections::VecDeque::new(),
             stats: SignallingStats::default(),
         }
     }
@@ -116,6 +128,7 @@ impl<T: MediaTable> SignallingWorker<T> {
         let now = m.ts_ns;
         match Class::from_u8(m.class) {
             Class::Fragment => self.fragment(rec, sink),
+            Class::RtpHeuristic => self.unclaimed_media(rec, sink),
             Class::Sip => {
                 self.stats.sip_packets += 1;
                 let v6 = m.flags & flags::IPV6 != 0;
@@ -136,6 +149,83 @@ impl<T: MediaTable> SignallingWorker<T> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Media no table entry claimed when it was captured. If a call has claimed its endpoints
+    /// since (SIP is handled in capture order, so it has if the SDP came first), the packet goes
+    /// to that call's worker; otherwise it waits briefly for SIP that may still come.
+    fn unclaimed_media(&mut self, rec: &Record<'_>, sink: &mut dyn ControlSink) {
+        let owned = OwnedRecord {
+            meta: rec.meta,
+            frame: rec.frame.to_vec(),
+        };
+        if let Some(owned) = self.forward(owned, sink) {
+            if self.pending.len() >= EARLY_MAX {
+                self.pending.pop_front();
+                self.stats.early_media_unclaimed += 1;
+            }
+            self.pending.push_back(owned);
+        }
+    }
+
+    /// Hands an unclaimed packet to its owner; gives it back if no call owns its endpoints.
+    fn forward(
+        &mut self,
+        mut owned: OwnedRecord,
+        sink: &mut dyn ControlSink,
+    ) -> Option<OwnedRecord> {
+        let rec = owned.record();
+        let m = &rec.meta;
+        let v6 = m.flags & flags::IPV6 != 0;
+        let (Some((src_ip, dst_ip)), Some((sport, dport))) = (
+            ip_addrs(rec.frame, m.l3_off as usize, v6),
+            ports(rec.frame, m.l4_off as usize),
+        ) else {
+            self.stats.early_media_unclaimed += 1;
+            return None;
+        };
+        let rtcp = rec
+            .payload()
+            .get(1)
+            .is_some_and(|b| (192..=223).contains(b));
+        let (dst_key, src_key) = (
+            media_key(SocketAddr::new(dst_ip, dport)),
+            media_key(SocketAddr::new(src_ip, sport)),
+        );
+        let (call, matched_dst) = match self.owners.get(&dst_key) {
+            Some(c) => (*c, true),
+            None => match self.owners.get(&src_key) {
+                Some(c) => (*c, false),
+                None => return Some(owned),
+            },
+        };
+        let Some(route) = self.routes.get(&call) else {
+            return Some(owned);
+        };
+        owned.meta.class = if rtcp { Class::Rtcp } else { Class::Rtp } as u8;
+        owned.meta.target = route.worker;
+        if matched_dst {
+            owned.meta.flags |= flags::MATCH_DST;
+        }
+        self.stats.early_media_forwarded += 1;
+        sink.send(route.worker, Control::Packet(Box::new(owned)));
+        None
+    }
+
+    /// Retries waiting media after new endpoints were claimed, and gives up on old entries.
+    fn retry_pending(&mut self, now: u64, sink: &mut dyn ControlSink) {
+        for _ in 0..self.pending.len() {
+            let Some(owned) = self.pending.pop_front() else {
+                break;
+            };
+            if let Some(back) = self.forward(owned, sink) {
+                if now.saturating_sub(back.meta.ts_ns) > EARLY_GRACE_NS {
+                    self.stats.early_media_unclaimed += 1;
+                } else {
+                    self.pending.push_back(back);
+                }
+            }
         }
     }
 
@@ -247,6 +337,9 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.events = events;
         self.frags.expire(now);
         self.tcp.expire(now);
+        if !self.pending.is_empty() {
+            self.retry_pending(now, sink);
+        }
     }
 
     /// A media worker saw no RTP for too long.
@@ -264,6 +357,8 @@ impl<T: MediaTable> SignallingWorker<T> {
 
     /// Ends every call still open (end of a capture file, or shutdown) with `reason`.
     pub fn finish(&mut self, now: u64, reason: &str, sink: &mut dyn ControlSink) {
+        self.stats.early_media_unclaimed += self.pending.len() as u64;
+        self.pending.clear();
         let calls: Vec<CallRef> = self.routes.keys().copied().collect();
         for call in calls {
             self.end(call, reason.to_string(), now, sink);
@@ -299,7 +394,11 @@ impl<T: MediaTable> SignallingWorker<T> {
     }
 
     fn route(&mut self, events: &mut Vec<CallEvent>, sink: &mut dyn ControlSink) {
+        let mut claimed_at = None;
         for ev in events.drain(..) {
+            if let CallEvent::Media { ts_ns, .. } = &ev {
+                claimed_at = Some(*ts_ns);
+            }
             match ev {
                 CallEvent::Started {
                     call,
@@ -423,6 +522,11 @@ impl<T: MediaTable> SignallingWorker<T> {
                     reason,
                     ts_ns,
                 } => self.end(call, reason.as_str(), ts_ns, sink),
+            }
+        }
+        if let Some(ts) = claimed_at {
+            if !self.pending.is_empty() {
+                self.retry_pending(ts, sink);
             }
         }
     }

@@ -75,8 +75,7 @@ fn multipart_sdp<'a>(body: &'a [u8], boundary: &[u8]) -> Option<&'a [u8]> {
 /// A digit from an INFO body: `application/dtmf-relay` (`Signal=5` / `Duration=160`) or
 /// `application/dtmf` (just the digit, sometimes in the relay format too).
 pub(crate) fn info_dtmf(msg: &Message) -> Option<(char, Option<u32>)> {
-    if !(msg.content_type_is("application/dtmf-relay") || msg.content_type_is("application/dtmf"))
-    {
+    if !(msg.content_type_is("application/dtmf-relay") || msg.content_type_is("application/dtmf")) {
         return None;
     }
     let text = std::str::from_utf8(&msg.body).ok()?;

@@ -86,6 +86,10 @@ impl std::fmt::Display for EndReason {
 }
 
 /// What the tracker learned from a message or a tick.
+///
+/// `Started` is larger than the rest (two name-addrs), but events are transient, few (SIP
+/// rate) and destructured by value by the daemon, so boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum CallEvent {
     /// An initial INVITE was seen. Always the first event of a call.
@@ -200,3 +204,6 @@ pub struct TrackerStats {
     /// SDP bodies that could not be parsed.
     pub bad_sdp: u64,
 }
+
+#[cfg(test)]
+mod tests;

@@ -160,8 +160,7 @@ impl Tracker {
         let mut ends: Vec<(CallRef, EndReason, u64)> = Vec::new();
         for call in self.calls.values().filter(|c| !c.ended) {
             let since = |t: u64| now_ns.saturating_sub(t);
-            if cfg.max_call_duration_ns > 0 && since(call.started_ns) >= cfg.max_call_duration_ns
-            {
+            if cfg.max_call_duration_ns > 0 && since(call.started_ns) >= cfg.max_call_duration_ns {
                 ends.push((call.id, EndReason::MaxDuration, now_ns));
             } else if call.answered {
                 continue;
