@@ -39,8 +39,14 @@ fn tshark_fields(file: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>>
 
 /// sox decodes G.711 with the standard tables: the independent reference.
 fn sox_decode(payload: &[u8], alaw: bool) -> Vec<i16> {
+    // Unique per call: tests run in parallel threads of one process.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir();
-    let id = format!("{}-{}", std::process::id(), payload.len());
+    let id = format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let (inp, outp) = (
         dir.join(format!("ct-in-{id}.raw")),
         dir.join(format!("ct-out-{id}.raw")),
@@ -123,6 +129,7 @@ fn sdp_endpoints(file: &Path) -> HashMap<String, (Vec<String>, Vec<String>)> {
 }
 
 struct Packet {
+    at_ns: u64,
     seq: u16,
     ts: u32,
     payload: Vec<u8>,
@@ -190,11 +197,12 @@ fn check_file(name: &str) -> usize {
             "rtp.seq",
             "rtp.timestamp",
             "rtp.payload",
+            "frame.time_epoch",
         ],
     );
     let mut streams: BTreeMap<(String, String, String, u8), Vec<Packet>> = BTreeMap::new();
     for r in rows {
-        if r.len() < 9 {
+        if r.len() < 10 {
             continue;
         }
         let key = (
@@ -203,7 +211,9 @@ fn check_file(name: &str) -> usize {
             r[4].clone(),
             r[5].parse().unwrap_or(0),
         );
+        let at_ns = (r[9].parse::<f64>().unwrap_or(0.0) * 1e9) as u64;
         streams.entry(key).or_default().push(Packet {
+            at_ns,
             seq: r[6].parse().unwrap_or(0),
             ts: r[7].parse().unwrap_or(0),
             payload: hex_bytes(&r[8]),
@@ -211,15 +221,29 @@ fn check_file(name: &str) -> usize {
     }
     let mut verified = 0;
     for ((src, dst, ssrc, pt), packets) in &streams {
-        // Which call and which channel: by the SDP endpoints of each call.
+        // Which call and which channel: by the SDP endpoints of each call; calls that reuse
+        // an endpoint one after another are told apart by time (the call that was up when the
+        // stream started).
+        let first_ns = packets.first().map_or(0, |p| p.at_ns);
         let mut target = None;
         for (id, (caller, callee)) in &endpoints {
-            if caller.contains(dst) || callee.contains(src) {
-                target = Some((id.clone(), 1usize));
+            let candidate = if caller.contains(dst) || callee.contains(src) {
+                Some((id.clone(), 1usize))
             } else if callee.contains(dst) || caller.contains(src) {
-                target = Some((id.clone(), 0usize));
+                Some((id.clone(), 0usize))
+            } else {
+                None
+            };
+            let Some(candidate) = candidate else {
+                continue;
+            };
+            let up = cdrs.iter().any(|c| {
+                &c.call_id == id && c.start_ns <= first_ns + 1_000_000 && first_ns <= c.end_ns
+            });
+            if up || target.is_none() {
+                target = Some(candidate);
             }
-            if target.is_some() {
+            if up {
                 break;
             }
         }
