@@ -95,6 +95,9 @@ const ETH_P_QINQ_OLD: u16 = 0x9100;
 const ETH_P_TEB: u16 = 0x6558;
 const ETH_P_ERSPAN2: u16 = 0x88BE;
 const ETH_P_ERSPAN3: u16 = 0x22EB;
+const ETH_P_PPP_SES: u16 = 0x8864;
+const PPP_IP: u16 = 0x0021;
+const PPP_IPV6: u16 = 0x0057;
 
 const IPPROTO_IPIP: u8 = 4;
 const IPPROTO_TCP: u8 = 6;
@@ -120,6 +123,16 @@ fn l2<F: Frame + ?Sized>(f: &F, off: usize) -> Option<(u16, usize)> {
             ethertype = be16([tag[2], tag[3]]);
             off += 4;
         }
+    }
+    // PPPoE session frames (DSL access links, and mirrors taken on them): PPP carries the IP.
+    if ethertype == ETH_P_PPP_SES {
+        let h: [u8; 8] = f.load(off)?;
+        ethertype = match be16([h[6], h[7]]) {
+            PPP_IP => ETH_P_IPV4,
+            PPP_IPV6 => ETH_P_IPV6,
+            _ => 0,
+        };
+        off += 8;
     }
     Some((ethertype, f.widen(off)))
 }

@@ -111,6 +111,18 @@ fn cases() -> Vec<Case> {
             TARGET_NONE,
         ),
         case(
+            "pppoe sip",
+            pppoe(0x0021, &ipv4(17, A, B, &udp(5060, 5060, INVITE))),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "pppoe lcp (not ip)",
+            pppoe(0xc021, &[1, 1, 0, 4]),
+            Class::NotIp,
+            TARGET_NONE,
+        ),
+        case(
             "vlan sip",
             eth_vlan(
                 &[(0x8100, 100)],

@@ -175,3 +175,12 @@ pub fn v6(last: u8) -> [u8; 16] {
         0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last,
     ]
 }
+
+/// A PPPoE session frame carrying `ip` (PPP protocol 0x0021 IPv4 / 0x0057 IPv6).
+pub fn pppoe(ppp_proto: u16, ip: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x11, 0x00, 0x12, 0x34];
+    p.extend_from_slice(&((ip.len() + 2) as u16).to_be_bytes());
+    p.extend_from_slice(&ppp_proto.to_be_bytes());
+    p.extend_from_slice(ip);
+    eth(0x8864, &p)
+}
