@@ -207,7 +207,12 @@ impl XdpCapture {
             .take_map("MEDIA")
             .ok_or_else(|| CaptureError::Load("map MEDIA missing".into()))?;
         let map = HashMap::try_from(map).map_err(|e| CaptureError::Load(e.to_string()))?;
-        Ok(BpfMediaTable { map })
+        let ports = self
+            .ebpf
+            .take_map("SIP_PORTS")
+            .ok_or_else(|| CaptureError::Load("map SIP_PORTS missing".into()))?;
+        let sip_ports = Array::try_from(ports).map_err(|e| CaptureError::Load(e.to_string()))?;
+        Ok(BpfMediaTable { map, sip_ports })
     }
 
     /// The per-CPU counters, for stats and metrics.
@@ -224,6 +229,7 @@ impl XdpCapture {
 /// The media map in the kernel.
 pub struct BpfMediaTable {
     map: HashMap<MapData, MediaKey, MediaValue>,
+    sip_ports: Array<MapData, u64>,
 }
 
 impl MediaTable for BpfMediaTable {
@@ -234,6 +240,14 @@ impl MediaTable for BpfMediaTable {
     fn remove(&mut self, key: &MediaKey) {
         // Already gone is fine: two calls may have advertised the same endpoint.
         let _ = self.map.remove(key);
+    }
+
+    fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
+        let word = u32::from(port >> 6);
+        let bits = self.sip_ports.get(&word, 0).map_err(|e| e.to_string())?;
+        self.sip_ports
+            .set(word, bits | 1 << (port & 63), 0)
+            .map_err(|e| e.to_string())
     }
 }
 

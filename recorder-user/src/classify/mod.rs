@@ -3,7 +3,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
 };
 
 use calltap_common::{
@@ -13,10 +16,23 @@ use calltap_common::{
 
 use crate::pipeline::MediaTable;
 
-/// Media endpoints, shared by the signalling worker (writer) and the capture thread (reader).
-#[derive(Clone, Default)]
+/// Media endpoints and learned SIP ports, shared by the signalling worker (writer) and the
+/// capture thread (reader).
+#[derive(Clone)]
 pub struct SharedMediaTable {
     inner: Arc<RwLock<HashMap<MediaKey, MediaValue>>>,
+    sip_ports: Arc<[AtomicU64]>,
+}
+
+impl Default for SharedMediaTable {
+    fn default() -> Self {
+        SharedMediaTable {
+            inner: Arc::default(),
+            sip_ports: (0..calltap_common::SIP_PORT_WORDS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
 }
 
 impl SharedMediaTable {
@@ -44,27 +60,31 @@ impl MediaTable for SharedMediaTable {
             map.remove(key);
         }
     }
+
+    fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
+        let word = self
+            .sip_ports
+            .get(usize::from(port >> 6))
+            .ok_or("port bitmap too small")?;
+        word.fetch_or(1 << (port & 63), Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// The classifier's tables in userspace.
 #[derive(Clone)]
 pub struct UserTables {
     pub media: SharedMediaTable,
-    sip_ports: Box<[u64; 1024]>,
     pub config: XdpConfig,
 }
 
 impl UserTables {
-    pub fn new(config: XdpConfig, sip_ports: &[u16], media: SharedMediaTable) -> UserTables {
-        let mut bitmap = Box::new([0u64; 1024]);
+    /// Tables over `media`, with the configured SIP ports added to its port bitmap.
+    pub fn new(config: XdpConfig, sip_ports: &[u16], mut media: SharedMediaTable) -> UserTables {
         for &p in sip_ports {
-            bitmap[(p >> 6) as usize] |= 1 << (p & 63);
+            let _ = media.learn_sip_port(p);
         }
-        UserTables {
-            media,
-            sip_ports: bitmap,
-            config,
-        }
+        UserTables { media, config }
     }
 }
 
@@ -74,7 +94,10 @@ impl Tables for UserTables {
     }
 
     fn is_sip_port(&self, port: u16) -> bool {
-        self.sip_ports[(port >> 6) as usize] & (1 << (port & 63)) != 0
+        self.media
+            .sip_ports
+            .get(usize::from(port >> 6))
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (port & 63)) != 0)
     }
 
     fn config(&self) -> XdpConfig {

@@ -56,6 +56,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
     let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
     let n = cfg.worker_count();
     let mut sig = SignallingWorker::new(table, n, tracker_config(cfg), 0);
+    sig.set_sip_ports(&cfg.sip_ports);
     let mcfg = media_config(cfg);
     let mut workers: Vec<MediaWorker> = (0..n).map(|i| MediaWorker::new(i, mcfg.clone())).collect();
     let mut queue: Vec<(u32, Control)> = Vec::new();

@@ -22,6 +22,10 @@ use calltap_sip::{
 pub trait MediaTable: Send {
     fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String>;
     fn remove(&mut self, key: &MediaKey);
+    /// Treat `port` as a SIP port from now on (SIP found by content sniffing on a port that is
+    /// not configured: on TCP, only segments that start a message can be sniffed, the others
+    /// need the port).
+    fn learn_sip_port(&mut self, port: u16) -> Result<(), String>;
 }
 
 /// What a media worker needs to know to start recording a call.

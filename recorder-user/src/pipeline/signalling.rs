@@ -39,11 +39,16 @@ pub struct SignallingStats {
     /// Unclaimed RTP/RTCP no call claimed within the grace period (streams whose SIP CallTap
     /// did not see).
     pub early_media_unclaimed: u64,
+    /// TCP ports found carrying SIP by content and added to the classifier's SIP ports.
+    pub learned_sip_ports: u64,
 }
 
 /// How long unclaimed RTP waits for SIP that describes it, and how much of it is kept.
 const EARLY_GRACE_NS: u64 = 2_000_000_000;
 const EARLY_MAX: usize = 2048;
+/// Most SIP ports known at once, configured plus learned: hostile traffic that looks like SIP
+/// must not turn every port into a signalling port.
+const MAX_SIP_PORTS: usize = 64;
 
 struct Route {
     worker: u32,
@@ -65,6 +70,7 @@ pub struct SignallingWorker<T: MediaTable> {
     node: u32,
     /// Unclaimed media waiting (bounded, briefly) for the SIP that will claim it.
     pending: std::collections::VecDeque<OwnedRecord>,
+    sip_ports: std::collections::HashSet<u16>,
     pub stats: SignallingStats,
 }
 
@@ -113,6 +119,7 @@ impl<T: MediaTable> SignallingWorker<T> {
             events: Vec::new(),
             node,
             pending: std::collections::VecDeque::new(),
+            sip_ports: std::collections::HashSet::new(),
             stats: SignallingStats::default(),
         }
     }
@@ -284,6 +291,17 @@ impl<T: MediaTable> SignallingWorker<T> {
             self.stats.malformed_sip += 1;
             return;
         };
+        if !self.sip_ports.contains(&src.port()) && !self.sip_ports.contains(&dst.port()) {
+            // Only content sniffing brings TCP on other ports here, so this segment starts a
+            // SIP message. Learn the server side of the connection (where requests go, where
+            // responses come from) now: the message's next segment will not start with SIP.
+            let server = if seg.payload.starts_with(b"SIP/2.0") {
+                src.port()
+            } else {
+                dst.port()
+            };
+            self.learn_sip_port(server);
+        }
         let flow = FlowKey { src, dst };
         let data = self.tcp.push(flow, seg, m.ts_ns);
         // Frame as many messages as the stream holds; keep the rest for the next segment.
@@ -312,6 +330,31 @@ impl<T: MediaTable> SignallingWorker<T> {
         for msg in messages {
             self.message(&msg, src, dst, m.ts_ns, sink);
         }
+    }
+
+    /// SIP seen on a TCP port that is not configured (content sniffing found a message start):
+    /// have the classifier send every segment of that port here, or the segments that do not
+    /// begin a message would never arrive and no stream could be reassembled.
+    fn learn_sip_port(&mut self, port: u16) {
+        if self.sip_ports.contains(&port) || self.sip_ports.len() >= MAX_SIP_PORTS {
+            return;
+        }
+        self.sip_ports.insert(port);
+        match self.table.learn_sip_port(port) {
+            Ok(()) => {
+                self.stats.learned_sip_ports += 1;
+                log::info!("SIP found on TCP port {port}: capturing that port as SIP from now on");
+            }
+            Err(e) => {
+                self.stats.media_table_errors += 1;
+                log::warn!("cannot add SIP port {port} to the classifier: {e}");
+            }
+        }
+    }
+
+    /// The configured SIP ports (learning skips them).
+    pub fn set_sip_ports(&mut self, ports: &[u16]) {
+        self.sip_ports.extend(ports.iter().copied());
     }
 
     fn message(
