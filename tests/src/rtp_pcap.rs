@@ -39,32 +39,106 @@ pub fn tone_payloads(spec: &ToneSpec) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// One RTP packet to put in a capture for sipp.
+#[derive(Clone, Debug)]
+pub struct RtpOut {
+    pub at_ms: u64,
+    pub pt: u8,
+    pub marker: bool,
+    pub seq: u16,
+    pub ts: u32,
+    pub ssrc: u32,
+    pub payload: Vec<u8>,
+}
+
+/// The tone as RTP packets, 20 ms apart from `at_ms`.
+pub fn tone_packets(spec: &ToneSpec, at_ms: u64) -> Vec<RtpOut> {
+    tone_payloads(spec)
+        .into_iter()
+        .enumerate()
+        .map(|(p, payload)| RtpOut {
+            at_ms: at_ms + 20 * p as u64,
+            pt: 0,
+            marker: p == 0,
+            seq: spec.first_seq.wrapping_add(p as u16),
+            ts: spec.first_ts.wrapping_add((p * SAMPLES_PER_PACKET) as u32),
+            ssrc: spec.ssrc,
+            payload,
+        })
+        .collect()
+}
+
+/// RFC 4733 telephone-events (PT 101) for `digits`, each 200 ms long with the usual three
+/// end packets, 100 ms apart, continuing the stream's sequence and timestamp.
+pub fn dtmf_packets(
+    digits: &str,
+    ssrc: u32,
+    at_ms: u64,
+    first_seq: u16,
+    first_ts: u32,
+) -> Vec<RtpOut> {
+    let mut out = Vec::new();
+    let (mut t, mut seq, mut ts) = (at_ms, first_seq, first_ts);
+    for d in digits.chars() {
+        let event = match d {
+            '0'..='9' => d as u8 - b'0',
+            '*' => 10,
+            '#' => 11,
+            'A'..='D' => d as u8 - b'A' + 12,
+            _ => continue,
+        };
+        for k in 0..13u16 {
+            let end = k >= 10;
+            let duration = 160 * (k.min(9) + 1);
+            out.push(RtpOut {
+                at_ms: t,
+                pt: 101,
+                marker: k == 0,
+                seq,
+                ts,
+                ssrc,
+                payload: vec![
+                    event,
+                    if end { 0x80 | 10 } else { 10 },
+                    (duration >> 8) as u8,
+                    duration as u8,
+                ],
+            });
+            seq = seq.wrapping_add(1);
+            t += if k < 10 { 20 } else { 5 };
+        }
+        t += 100;
+        ts = ts.wrapping_add(160 * 10 + 800);
+    }
+    out
+}
+
 /// Writes the RTP pcap sipp replays (Ethernet/IPv4/UDP, port 6000 -> 6000; sipp rewrites
 /// addresses and ports to the call's SDP, and keeps payload, timing and RTP header).
-pub fn write_tone_pcap(path: &Path, spec: &ToneSpec) -> Result<()> {
+pub fn write_rtp_pcap(path: &Path, packets: &[RtpOut]) -> Result<()> {
     let file = File::create(path)?;
     let header = PcapHeader {
         datalink: DataLink::ETHERNET,
         ..PcapHeader::default()
     };
     let mut writer = PcapWriter::with_header(file, header)?;
-    for (p, payload) in tone_payloads(spec).iter().enumerate() {
-        let mut rtp = Vec::with_capacity(12 + payload.len());
-        rtp.extend_from_slice(&[0x80, if p == 0 { 0x80 } else { 0x00 }]);
-        rtp.extend_from_slice(&spec.first_seq.wrapping_add(p as u16).to_be_bytes());
-        rtp.extend_from_slice(
-            &spec
-                .first_ts
-                .wrapping_add((p * SAMPLES_PER_PACKET) as u32)
-                .to_be_bytes(),
-        );
-        rtp.extend_from_slice(&spec.ssrc.to_be_bytes());
-        rtp.extend_from_slice(payload);
+    for p in packets {
+        let mut rtp = Vec::with_capacity(12 + p.payload.len());
+        rtp.extend_from_slice(&[0x80, p.pt | if p.marker { 0x80 } else { 0 }]);
+        rtp.extend_from_slice(&p.seq.to_be_bytes());
+        rtp.extend_from_slice(&p.ts.to_be_bytes());
+        rtp.extend_from_slice(&p.ssrc.to_be_bytes());
+        rtp.extend_from_slice(&p.payload);
         let frame = udp_frame([10, 0, 0, 1], [10, 0, 0, 2], 6000, 6000, &rtp);
-        let ts = Duration::from_millis(20 * p as u64);
+        let ts = Duration::from_millis(p.at_ms);
         writer.write_packet(&PcapPacket::new(ts, frame.len() as u32, &frame))?;
     }
     Ok(())
+}
+
+/// A capture of just the tone.
+pub fn write_tone_pcap(path: &Path, spec: &ToneSpec) -> Result<()> {
+    write_rtp_pcap(path, &tone_packets(spec, 0))
 }
 
 fn udp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {

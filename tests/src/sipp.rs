@@ -3,10 +3,11 @@
 //!
 //! sipp 3.6 sends every call of one instance from the same media port, so calls of one
 //! instance run one after another; concurrency comes from several instance pairs at once, each
-//! with its own addresses and ports.
+//! with its own addresses and ports and its own scenario (plain call, DTMF, hold/resume,
+//! CANCEL, busy, no BYE).
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -15,121 +16,241 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     netns::{ns_command, uas_ip, NS_UAC, NS_UAS, UAC_IP},
-    rtp_pcap::{write_tone_pcap, ToneSpec},
+    rtp_pcap::{dtmf_packets, tone_packets, write_rtp_pcap, ToneSpec, SAMPLES_PER_PACKET},
 };
 
-/// The calling scenario: INVITE with SDP, wait for 200, ACK, play audio, BYE.
-pub const UAC_XML: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="calltap-lab-uac">
-  <send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+/// What the calls of one sipp pair do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Answer, audio both ways, caller hangs up.
+    Basic,
+    /// As Basic, then the caller sends RFC 4733 digits [`DTMF_DIGITS`].
+    Dtmf,
+    /// Audio, caller holds (re-INVITE sendonly) for [`HOLD_MS`], resumes (re-INVITE sendrecv),
+    /// audio again, BYE.
+    Hold,
+    /// The caller cancels while it rings.
+    Cancel,
+    /// The callee answers 486 Busy Here.
+    Busy,
+    /// Answered, audio, and then nobody sends BYE.
+    NoBye,
+}
+
+/// Digits the DTMF scenario sends after its audio.
+pub const DTMF_DIGITS: &str = "15#";
+/// How long the Hold scenario stays on hold.
+pub const HOLD_MS: u64 = 1500;
+
+impl Scenario {
+    /// The end reason CallTap must report.
+    pub fn end_reason(self) -> &'static str {
+        match self {
+            Scenario::Basic | Scenario::Dtmf | Scenario::Hold => "bye_caller",
+            Scenario::Cancel => "cancel",
+            Scenario::Busy => "failure_486",
+            Scenario::NoBye => "media_timeout",
+        }
+    }
+
+    /// True when the call is answered and carries audio.
+    pub fn answered(self) -> bool {
+        !matches!(self, Scenario::Cancel | Scenario::Busy)
+    }
+}
+
+fn sdp(direction: &str) -> String {
+    format!(
+        "v=0\no=lab 53655765 2353687637 IN IP[local_ip_type] [local_ip]\ns=-\nc=IN IP[media_ip_type] [media_ip]\nt=0 0\nm=audio [media_port] RTP/AVP 0 101\na=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16\na={direction}\n"
+    )
+}
+
+/// A request from the caller inside the dialog (or the initial INVITE when `cseq == 1`).
+fn uac_request(method: &str, cseq: u32, body: Option<&str>, retrans: bool) -> String {
+    let to_tag = if method == "INVITE" && cseq == 1 || method == "CANCEL" {
+        ""
+    } else {
+        "[peer_tag_param]"
+    };
+    // INVITE and its CANCEL share a branch (RFC 3261 9.1); other requests get their own.
+    let branch = if method == "CANCEL" || (method == "INVITE" && cseq == 1) {
+        "z9hG4bK[pid]x[call_number]i".to_owned()
+    } else {
+        format!("z9hG4bK[pid]x[call_number]c{cseq}")
+    };
+    let (ctype, body) = match body {
+        Some(b) => ("Content-Type: application/sdp\n", b.to_owned()),
+        None => ("", String::new()),
+    };
+    format!(
+        r#"  <send{retrans}><![CDATA[
+{method} sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch={branch}
 From: "Lab Caller" <sip:caller[call_number]@[local_ip]:[local_port]>;tag=[pid]lab[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
+To: <sip:[service]@[remote_ip]:[remote_port]>{to_tag}
 Call-ID: [call_id]
-CSeq: 1 INVITE
+CSeq: {cseq} {method}
 Contact: <sip:caller@[local_ip]:[local_port]>
 Max-Forwards: 70
-Subject: CallTap lab call
 X-CID: lab-[call_id]
-Content-Type: application/sdp
-Content-Length: [len]
+{ctype}Content-Length: [len]
 
-v=0
-o=caller 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-a=sendrecv
-
+{body}
 ]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rtd="true"/>
-  <send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: "Lab Caller" <sip:caller[call_number]@[local_ip]:[local_port]>;tag=[pid]lab[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Contact: <sip:caller@[local_ip]:[local_port]>
-Max-Forwards: 70
-Content-Length: 0
+"#,
+        retrans = if retrans { r#" retrans="500""# } else { "" },
+    )
+}
 
-]]></send>
-  <nop><action><exec play_pcap_audio="[caller_pcap]"/></action></nop>
-  <pause/>
-  <send retrans="500"><![CDATA[
-BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: "Lab Caller" <sip:caller[call_number]@[local_ip]:[local_port]>;tag=[pid]lab[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Contact: <sip:caller@[local_ip]:[local_port]>
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200" crlf="true"/>
-  <pause milliseconds="300"/>
-</scenario>
-"#;
-
-/// The called scenario: ring, answer with SDP, play audio, wait for BYE.
-pub const UAS_XML: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="calltap-lab-uas">
-  <recv request="INVITE" crlf="true"/>
-  <send><![CDATA[
-SIP/2.0 180 Ringing
+/// A response from the callee to the last request.
+fn uas_response(
+    code: u16,
+    reason: &str,
+    add_tag: bool,
+    cseq: Option<&str>,
+    body: Option<&str>,
+) -> String {
+    let tag = if add_tag {
+        ";tag=[pid]uas[call_number]"
+    } else {
+        ""
+    };
+    let retrans = if code == 200 && body.is_some() {
+        r#" retrans="500""#
+    } else {
+        ""
+    };
+    let cseq = cseq.map_or("[last_CSeq:]".to_owned(), |c| format!("CSeq: {c}"));
+    let (ctype, body) = match body {
+        Some(b) => ("Content-Type: application/sdp\n", b.to_owned()),
+        None => ("", String::new()),
+    };
+    format!(
+        r#"  <send{retrans}><![CDATA[
+SIP/2.0 {code} {reason}
 [last_Via:]
 [last_From:]
-[last_To:];tag=[pid]uas[call_number]
+[last_To:]{tag}
 [last_Call-ID:]
-[last_CSeq:]
+{cseq}
 Contact: <sip:callee@[local_ip]:[local_port]>
-Content-Length: 0
+{ctype}Content-Length: [len]
 
+{body}
 ]]></send>
-  <send retrans="500"><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]uas[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:callee@[local_ip]:[local_port]>
-Content-Type: application/sdp
-Content-Length: [len]
+"#,
+    )
+}
 
-v=0
-o=callee 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-a=sendrecv
+fn play(key: &str) -> String {
+    format!("  <nop><action><exec play_pcap_audio=\"[{key}]\"/></action></nop>\n")
+}
 
-]]></send>
-  <recv request="ACK" rtd="true" crlf="true"/>
-  <nop><action><exec play_pcap_audio="[callee_pcap]"/></action></nop>
-  <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
+fn pause(ms: u64) -> String {
+    format!("  <pause milliseconds=\"{ms}\"/>\n")
+}
 
-]]></send>
-</scenario>
-"#;
+fn wrap(name: &str, body: &str) -> String {
+    format!("<?xml version=\"1.0\" encoding=\"ISO-8859-1\" ?>\n<scenario name=\"{name}\">\n{body}</scenario>\n")
+}
+
+/// The caller's scenario; `audio_ms` is how long its audio file plays.
+pub fn uac_xml(s: Scenario, audio_ms: u64) -> String {
+    let mut x = uac_request("INVITE", 1, Some(&sdp("sendrecv")), true);
+    x += "  <recv response=\"100\" optional=\"true\"/>\n";
+    match s {
+        Scenario::Cancel => {
+            x += "  <recv response=\"180\"/>\n";
+            x += &pause(300);
+            x += &uac_request("CANCEL", 1, None, true);
+            x += "  <recv response=\"200\"/>\n  <recv response=\"487\"/>\n";
+            x += &uac_request("ACK", 1, None, false);
+            return wrap("lab-uac-cancel", &x);
+        }
+        Scenario::Busy => {
+            x += "  <recv response=\"486\"/>\n";
+            x += &uac_request("ACK", 1, None, false);
+            return wrap("lab-uac-busy", &x);
+        }
+        _ => {}
+    }
+    x += "  <recv response=\"180\" optional=\"true\"/>\n  <recv response=\"200\" rtd=\"true\"/>\n";
+    x += &uac_request("ACK", 1, None, false);
+    x += &play("caller_pcap");
+    let mut cseq = 2;
+    match s {
+        Scenario::Hold => {
+            x += &pause(audio_ms + 200);
+            x += &uac_request("INVITE", 2, Some(&sdp("sendonly")), true);
+            x += "  <recv response=\"200\"/>\n";
+            x += &uac_request("ACK", 2, None, false);
+            x += &pause(HOLD_MS);
+            x += &uac_request("INVITE", 3, Some(&sdp("sendrecv")), true);
+            x += "  <recv response=\"200\"/>\n";
+            x += &uac_request("ACK", 3, None, false);
+            x += &play("caller_pcap2");
+            x += &pause(audio_ms + 600);
+            cseq = 4;
+        }
+        Scenario::Dtmf => x += &pause(audio_ms + dtmf_ms() + 600),
+        Scenario::NoBye => {
+            x += &pause(audio_ms + 300);
+            return wrap("lab-uac-nobye", &x);
+        }
+        _ => x += &pause(audio_ms + 600),
+    }
+    x += &uac_request("BYE", cseq, None, true);
+    x += "  <recv response=\"200\" crlf=\"true\"/>\n";
+    x += &pause(200);
+    wrap("lab-uac", &x)
+}
+
+/// The callee's scenario.
+pub fn uas_xml(s: Scenario, audio_ms: u64) -> String {
+    let mut x = "  <recv request=\"INVITE\" crlf=\"true\"/>\n".to_owned();
+    match s {
+        Scenario::Busy => {
+            x += &uas_response(486, "Busy Here", true, None, None);
+            x += "  <recv request=\"ACK\"/>\n";
+            return wrap("lab-uas-busy", &x);
+        }
+        Scenario::Cancel => {
+            x += &uas_response(180, "Ringing", true, None, None);
+            x += "  <recv request=\"CANCEL\"/>\n";
+            x += &uas_response(200, "OK", true, None, None);
+            x += &uas_response(487, "Request Terminated", true, Some("1 INVITE"), None);
+            x += "  <recv request=\"ACK\"/>\n";
+            return wrap("lab-uas-cancel", &x);
+        }
+        _ => {}
+    }
+    x += &uas_response(180, "Ringing", true, None, None);
+    x += &uas_response(200, "OK", true, None, Some(&sdp("sendrecv")));
+    x += "  <recv request=\"ACK\" rtd=\"true\" crlf=\"true\"/>\n";
+    x += &play("callee_pcap");
+    match s {
+        Scenario::Hold => {
+            x += "  <recv request=\"INVITE\"/>\n";
+            x += &uas_response(200, "OK", false, None, Some(&sdp("recvonly")));
+            x += "  <recv request=\"ACK\"/>\n  <recv request=\"INVITE\"/>\n";
+            x += &uas_response(200, "OK", false, None, Some(&sdp("sendrecv")));
+            x += "  <recv request=\"ACK\"/>\n";
+            x += &play("callee_pcap2");
+        }
+        Scenario::NoBye => {
+            x += &pause(audio_ms + 300);
+            return wrap("lab-uas-nobye", &x);
+        }
+        _ => {}
+    }
+    x += "  <recv request=\"BYE\"/>\n";
+    x += &uas_response(200, "OK", false, None, None);
+    wrap("lab-uas", &x)
+}
+
+fn dtmf_ms() -> u64 {
+    DTMF_DIGITS.len() as u64 * 360
+}
 
 /// The caller's tone (left channel of the recording).
 pub fn caller_tone(packets: usize) -> ToneSpec {
@@ -155,7 +276,21 @@ pub fn callee_tone(packets: usize) -> ToneSpec {
     }
 }
 
-/// A batch of lab calls.
+/// The same tones after a hold: the stream goes on (sequence and RTP clock continue as if the
+/// phone's clock ran through the hold), with other audio so the parts can be told apart.
+pub fn after_hold(spec: &ToneSpec, hold_ms: u64) -> ToneSpec {
+    let skipped = spec.packets as u64 + hold_ms / 20;
+    ToneSpec {
+        freq_hz: spec.freq_hz * 1.5,
+        first_seq: spec.first_seq.wrapping_add(skipped as u16),
+        first_ts: spec
+            .first_ts
+            .wrapping_add((skipped * SAMPLES_PER_PACKET as u64) as u32),
+        ..spec.clone()
+    }
+}
+
+/// A batch of plain lab calls.
 #[derive(Clone, Debug)]
 pub struct CallPlan {
     /// Concurrent sipp pairs (at most `UAS_ADDRS`).
@@ -170,6 +305,13 @@ impl CallPlan {
     pub fn total_calls(&self) -> u32 {
         u32::from(self.pairs) * self.calls_per_pair
     }
+}
+
+/// One sipp pair's share of a mixed batch.
+#[derive(Clone, Copy, Debug)]
+pub struct PairPlan {
+    pub scenario: Scenario,
+    pub calls: u32,
 }
 
 /// Where each sipp pair sends from and to.
@@ -198,23 +340,55 @@ pub struct CallReport {
     pub failed: u32,
 }
 
-/// Writes scenarios and tone pcaps into `dir`, runs the plan and waits for every sipp to exit.
+/// Plain calls: every pair runs [`Scenario::Basic`].
 pub fn place_calls(dir: &Path, plan: &CallPlan) -> Result<CallReport> {
+    let pairs: Vec<PairPlan> = (0..plan.pairs)
+        .map(|_| PairPlan {
+            scenario: Scenario::Basic,
+            calls: plan.calls_per_pair,
+        })
+        .collect();
+    place_pairs(dir, &pairs, plan.packets)
+}
+
+/// Runs every pair at once (pair `i` uses [`pair_addrs`]`(i)`) and waits for all to finish.
+/// `packets` is the audio length per direction (20 ms packets).
+pub fn place_pairs(dir: &Path, pairs: &[PairPlan], packets: usize) -> Result<CallReport> {
     std::fs::create_dir_all(dir)?;
-    let uac = dir.join("uac.xml");
-    let uas = dir.join("uas.xml");
-    std::fs::write(&uac, UAC_XML)?;
-    std::fs::write(&uas, UAS_XML)?;
-    let caller_pcap = dir.join("caller.pcap");
-    let callee_pcap = dir.join("callee.pcap");
-    write_tone_pcap(&caller_pcap, &caller_tone(plan.packets))?;
-    write_tone_pcap(&callee_pcap, &callee_tone(plan.packets))?;
-    // The caller hangs up 600 ms after its audio ends; the callee's audio is the same length.
-    let talk_ms = plan.packets as u64 * 20 + 600;
+    let audio_ms = packets as u64 * 20;
+    let callee = callee_tone(packets);
+    let caller = caller_tone(packets);
+    write_rtp_pcap(&dir.join("callee.pcap"), &tone_packets(&callee, 0))?;
+    write_rtp_pcap(
+        &dir.join("callee2.pcap"),
+        &tone_packets(&after_hold(&callee, HOLD_MS), 0),
+    )?;
+    write_rtp_pcap(&dir.join("caller.pcap"), &tone_packets(&caller, 0))?;
+    write_rtp_pcap(
+        &dir.join("caller2.pcap"),
+        &tone_packets(&after_hold(&caller, HOLD_MS), 0),
+    )?;
+    let mut with_dtmf = tone_packets(&caller, 0);
+    let next_seq = caller.first_seq.wrapping_add(packets as u16);
+    let next_ts = caller
+        .first_ts
+        .wrapping_add((packets * SAMPLES_PER_PACKET) as u32);
+    with_dtmf.extend(dtmf_packets(
+        DTMF_DIGITS,
+        caller.ssrc,
+        audio_ms + 200,
+        next_seq,
+        next_ts.wrapping_add(1600),
+    ));
+    write_rtp_pcap(&dir.join("caller-dtmf.pcap"), &with_dtmf)?;
 
     let mut servers = Vec::new();
-    for i in 0..plan.pairs {
+    let mut clients = Vec::new();
+    for (i, plan) in pairs.iter().enumerate() {
+        let i = i as u8;
         let a = pair_addrs(i);
+        let uas = dir.join(format!("uas{i}.xml"));
+        std::fs::write(&uas, uas_xml(plan.scenario, audio_ms))?;
         let child = ns_command(
             NS_UAS,
             &[
@@ -231,9 +405,12 @@ pub fn place_calls(dir: &Path, plan: &CallPlan) -> Result<CallReport> {
                 &a.uas_media_port.to_string(),
                 "-key",
                 "callee_pcap",
-                path_str(&callee_pcap)?,
+                path_str(&dir.join("callee.pcap"))?,
+                "-key",
+                "callee_pcap2",
+                path_str(&dir.join("callee2.pcap"))?,
                 "-m",
-                &plan.calls_per_pair.to_string(),
+                &plan.calls.to_string(),
                 "-nostdin",
                 "-trace_err",
                 "-error_file",
@@ -249,9 +426,16 @@ pub fn place_calls(dir: &Path, plan: &CallPlan) -> Result<CallReport> {
         servers.push(Reaped(child));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let mut clients = Vec::new();
-    for i in 0..plan.pairs {
+    for (i, plan) in pairs.iter().enumerate() {
+        let i = i as u8;
         let a = pair_addrs(i);
+        let uac = dir.join(format!("uac{i}.xml"));
+        std::fs::write(&uac, uac_xml(plan.scenario, audio_ms))?;
+        let caller_pcap = if plan.scenario == Scenario::Dtmf {
+            "caller-dtmf.pcap"
+        } else {
+            "caller.pcap"
+        };
         let target = format!("{}:5060", a.uas_ip);
         let child = ns_command(
             NS_UAC,
@@ -270,21 +454,19 @@ pub fn place_calls(dir: &Path, plan: &CallPlan) -> Result<CallReport> {
                 &a.uac_media_port.to_string(),
                 "-key",
                 "caller_pcap",
-                path_str(&caller_pcap)?,
+                path_str(&dir.join(caller_pcap))?,
+                "-key",
+                "caller_pcap2",
+                path_str(&dir.join("caller2.pcap"))?,
                 "-s",
                 &format!("lab{i}"),
-                "-d",
-                &talk_ms.to_string(),
                 "-l",
                 "1",
                 "-m",
-                &plan.calls_per_pair.to_string(),
+                &plan.calls.to_string(),
                 "-r",
                 "10",
                 "-nostdin",
-                "-trace_stat",
-                "-stf",
-                path_str(&dir.join(format!("uac{i}.csv")))?,
                 "-trace_err",
                 "-error_file",
                 path_str(&dir.join(format!("uac{i}.err")))?,
@@ -296,28 +478,33 @@ pub fn place_calls(dir: &Path, plan: &CallPlan) -> Result<CallReport> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting sipp UAC")?;
-        clients.push(Reaped(child));
+        clients.push((Reaped(child), plan.calls));
     }
 
-    // Bounded: every call lasts talk_ms plus set-up; allow generous slack, then give up.
-    let budget = Duration::from_millis(talk_ms * u64::from(plan.calls_per_pair) + 30_000);
+    // Bounded: the longest pair's calls plus generous slack, then give up.
+    let longest = pairs
+        .iter()
+        .map(|p| u64::from(p.calls) * (2 * audio_ms + HOLD_MS + 3000))
+        .max()
+        .unwrap_or(0);
+    let budget = Duration::from_millis(longest + 30_000);
     let started = Instant::now();
     let mut report = CallReport {
         successful: 0,
         failed: 0,
     };
-    for (i, client) in clients.iter_mut().enumerate() {
+    for (i, (client, calls)) in clients.iter_mut().enumerate() {
         let status = wait_bounded(&mut client.0, budget.saturating_sub(started.elapsed()))?;
         match status.and_then(|s| s.code()) {
-            Some(0) => report.successful += plan.calls_per_pair,
-            Some(_) | None => {
+            Some(0) => report.successful += *calls,
+            other => {
                 let err =
                     std::fs::read_to_string(dir.join(format!("uac{i}.err"))).unwrap_or_default();
                 eprintln!(
-                    "sipp pair {i}: UAC exit {status:?}; errors: {}",
+                    "sipp pair {i}: UAC exit {other:?}; errors: {}",
                     err.lines().take(5).collect::<Vec<_>>().join(" | ")
                 );
-                report.failed += plan.calls_per_pair;
+                report.failed += *calls;
             }
         }
     }
@@ -365,9 +552,4 @@ impl Drop for Reaped {
             let _ = self.0.wait();
         }
     }
-}
-
-/// The scenario files as written for a run (useful in failure messages).
-pub fn scenario_paths(dir: &Path) -> (PathBuf, PathBuf) {
-    (dir.join("uac.xml"), dir.join("uas.xml"))
 }
