@@ -28,6 +28,9 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("calls", "max_duration_s", "14400"),
     ("calls", "unanswered_timeout_s", "180"),
     ("calls", "correlation_header", ""),
+    ("database", "url", ""),
+    ("database", "retry_interval_ms", "2000"),
+    ("database", "write_timeout_ms", "2000"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,12 @@ pub struct Config {
     pub max_duration_s: u64,
     pub unanswered_timeout_s: u64,
     pub correlation_header: Option<String>,
+    /// CDR database URL; None: SQLite `calltap.db` in the data dir.
+    pub database_url: Option<String>,
+    /// First pause before reconnecting to the database (doubled per failure, up to 8x).
+    pub db_retry_interval_ms: u64,
+    /// Bound on each database write; slower writes go to the CSV journal.
+    pub db_write_timeout_ms: u64,
 }
 
 /// Raw values with where each came from, for error messages.
@@ -253,6 +262,30 @@ impl Config {
             return Err(bad(o, "storage", "flush_interval_ms", "0", "at least 1 ms"));
         }
         let (corr, _) = raw.get("calls", "correlation_header");
+        let (url, o) = raw.get("database", "url");
+        let url = url.trim();
+        if !url.is_empty() && crate::store::db::Backend::of_url(url).is_none() {
+            return Err(bad(
+                o,
+                "database",
+                "url",
+                url,
+                "sqlite://PATH or postgres://[USER[:PASSWORD]@]HOST[:PORT]/DB (empty: SQLite in the data dir)",
+            ));
+        }
+        let db_retry_interval_ms: u64 =
+            parse_num(raw, "database", "retry_interval_ms", "milliseconds")?;
+        let db_write_timeout_ms: u64 =
+            parse_num(raw, "database", "write_timeout_ms", "milliseconds")?;
+        for (key, v) in [
+            ("retry_interval_ms", db_retry_interval_ms),
+            ("write_timeout_ms", db_write_timeout_ms),
+        ] {
+            if v == 0 {
+                let (raw_v, o) = raw.get("database", key);
+                return Err(bad(o, "database", key, raw_v, "at least 1 ms"));
+            }
+        }
         Ok(Config {
             interfaces,
             source,
@@ -270,6 +303,9 @@ impl Config {
             max_duration_s: parse_num(raw, "calls", "max_duration_s", "seconds")?,
             unanswered_timeout_s: parse_num(raw, "calls", "unanswered_timeout_s", "seconds")?,
             correlation_header: Some(corr.trim().to_string()).filter(|s| !s.is_empty()),
+            database_url: Some(url.to_string()).filter(|s| !s.is_empty()),
+            db_retry_interval_ms,
+            db_write_timeout_ms,
         })
     }
 
@@ -290,6 +326,15 @@ impl Config {
             heuristic_worker: self.heuristic_worker,
             vxlan_port: self.vxlan_port,
             _pad: 0,
+        }
+    }
+
+    /// The CDR database URL: the configured one, or SQLite `calltap.db` in the data dir
+    /// (resolved late because `--data-dir` overrides the configured directory).
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("calltap.db").display()),
         }
     }
 
@@ -330,6 +375,35 @@ mod tests {
             err.contains("CALLTAP_CAPTURE_WORKERS") && err.contains("workers"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn database_url_defaults_to_sqlite_in_the_data_dir_and_rejects_other_schemes() {
+        let c = Config::load_with_env(None, &[]).expect("defaults");
+        assert_eq!(c.database_url(), "sqlite:///var/lib/calltap/calltap.db");
+        assert_eq!(c.db_retry_interval_ms, 2000);
+        let env = vec![(
+            "CALLTAP_DATABASE_URL".to_string(),
+            "postgres://calltap@db.example/calltap".to_string(),
+        )];
+        let c = Config::load_with_env(None, &env).expect("postgres url");
+        assert_eq!(c.database_url(), "postgres://calltap@db.example/calltap");
+        let env = vec![(
+            "CALLTAP_DATABASE_URL".to_string(),
+            "mysql://db/calltap".to_string(),
+        )];
+        let err = Config::load_with_env(None, &env)
+            .expect_err("bad scheme")
+            .to_string();
+        assert!(
+            err.contains("CALLTAP_DATABASE_URL") && err.contains("url"),
+            "{err}"
+        );
+        let env = vec![(
+            "CALLTAP_DATABASE_RETRY_INTERVAL_MS".to_string(),
+            "0".to_string(),
+        )];
+        assert!(Config::load_with_env(None, &env).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use calltap::{
-    cmd::{replay, run},
+    cmd::{import_csv, replay, run},
     config::{Config, SourceKind},
 };
 use clap::{Parser, Subcommand, ValueEnum};
@@ -57,6 +57,14 @@ enum Command {
         /// Print one JSON line per finished call (the CDR) on stdout.
         #[arg(long)]
         json: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Store CSV CDR journals (cdr-journal.csv and its rotated copies) in the CDR database.
+    /// Idempotent: calls already stored are counted, never duplicated.
+    ImportCsv {
+        #[command(flatten)]
+        common: Common,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -123,6 +131,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let mut journal =
                 calltap::store::cdr::JsonlSink::open(&cfg.data_dir.join("calls.jsonl"))
                     .context("opening the CDR journal")?;
+            let writer = calltap::store::writer::CdrWriter::start(
+                calltap::store::writer::WriterConfig::from_config(&cfg),
+            )?;
             let mut failed = None;
             let summary = replay::replay(&cfg, &files, |cdr| {
                 if json {
@@ -134,7 +145,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 if let Err(e) = journal.write(cdr) {
                     failed = Some(e.to_string());
                 }
+                writer.send(cdr.clone());
             });
+            let store = writer.finish();
+            eprintln!(
+                "calltap replay: CDR store {}",
+                serde_json::to_string(&store)?
+            );
             if let Some(e) = failed {
                 anyhow::bail!("writing CDRs: {e}");
             }
@@ -148,6 +165,19 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 eprintln!("calltap replay: error: {e}");
             }
             Ok(if summary.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::ImportCsv { common, files } => {
+            let cfg = load(&common)?;
+            let totals = import_csv::import_csv(&cfg, &files)?;
+            println!(
+                "{} files, {} rows: {} imported, {} already present, {} bad",
+                totals.files, totals.rows, totals.imported, totals.already_present, totals.bad
+            );
+            Ok(if totals.bad == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)

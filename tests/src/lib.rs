@@ -13,6 +13,7 @@
 
 pub mod daemon;
 pub mod netns;
+pub mod postgres;
 pub mod root;
 pub mod rtp_pcap;
 pub mod sipp;

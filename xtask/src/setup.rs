@@ -21,6 +21,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "iputils-ping",
+    "postgresql",
 ];
 
 pub fn run() -> Result<()> {

@@ -1,4 +1,5 @@
 //! One module per `calltap` subcommand.
 
+pub mod import_csv;
 pub mod replay;
 pub mod run;

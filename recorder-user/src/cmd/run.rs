@@ -33,7 +33,10 @@ use crate::{
         signalling::{SignallingStats, SignallingWorker},
         Control, ControlSink, MediaTable, MediaTimeout,
     },
-    store::cdr::{Cdr, JsonlSink},
+    store::{
+        cdr::{Cdr, JsonlSink},
+        writer::{CdrWriter, WriterConfig, WriterSnapshot},
+    },
 };
 
 /// Records a worker takes from its input before it looks at control messages again.
@@ -143,6 +146,8 @@ struct RunSummary {
     signalling: SignallingStats,
     workers: Vec<WorkerStats>,
     calls: Vec<CallLine>,
+    /// The CDR database writer: rows stored, journaled, imported.
+    cdr_store: WriterSnapshot,
 }
 
 fn media_thread(
@@ -376,6 +381,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let jsonl = cfg.data_dir.join("calls.jsonl");
+    // Database, or CSV journal while the database is away; never blocks this thread.
+    let writer = CdrWriter::start(WriterConfig::from_config(&cfg))?;
     let cdr_handle = thread::Builder::new().name("cdr".into()).spawn(move || {
         let mut sink = match JsonlSink::open(&jsonl) {
             Ok(s) => Some(s),
@@ -410,8 +417,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 rtcp: cdr.packets.rtcp,
                 end_reason: cdr.end_reason.clone(),
             });
+            writer.send(cdr);
         }
-        lines
+        (lines, writer.finish())
     })?;
 
     let ready = cfg.data_dir.join("calltap.ready");
@@ -435,7 +443,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("media thread panicked"))?,
         );
     }
-    let calls = cdr_handle
+    let (calls, cdr_store) = cdr_handle
         .join()
         .map_err(|_| anyhow::anyhow!("cdr thread panicked"))?;
     let totals = match (&counters, &af) {
@@ -454,6 +462,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         signalling,
         workers,
         calls,
+        cdr_store,
     };
     write_summary(&cfg.data_dir.join("run-summary.json"), &summary)?;
     let _ = fs::remove_file(&ready);

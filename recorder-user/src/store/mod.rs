@@ -1,5 +1,8 @@
-//! Where calls end up: WAV recordings and call detail records.
+//! Where calls end up: WAV recordings and call detail records (database, CSV journal, calls.jsonl).
 
 pub mod cdr;
+pub mod csv_journal;
+pub mod db;
 pub mod paths;
 pub mod wav;
+pub mod writer;
