@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own automation (toolchain bootstrap, the SPAN lab, the demo,
 //! the full test run), so a fresh machine needs two commands and no hand-done steps.
 
+mod deb;
 mod demo;
 mod setup;
 mod test;
@@ -41,6 +42,9 @@ enum Command {
         #[arg(long)]
         keep_lab: bool,
     },
+    /// Build the Debian package target/debian/calltap_<version>-1_amd64.deb (cargo-deb), check
+    /// its man page against `--help` and lint it with lintian.
+    Deb,
     /// Every test: setup, format and lint checks, then `cargo test --workspace` (root tests
     /// included; they fail instead of skipping when CI is set).
     Test {
@@ -93,6 +97,7 @@ fn main() -> Result<()> {
             seconds,
             keep_lab,
         } => demo::run(pairs, calls, seconds, keep_lab),
+        Command::Deb => deb::run().map(drop),
         Command::Test { args } => test::run(&args),
     }
 }

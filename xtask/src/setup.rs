@@ -12,7 +12,8 @@ use anyhow::{bail, Context as _, Result};
 pub const EBPF_TOOLCHAIN: &str = "nightly";
 
 /// Debian packages: sipp (calls), tshark (the witness), tcpreplay and sox (media tools),
-/// iproute2/ethtool (the lab), iputils-ping (ARP priming).
+/// iproute2/ethtool (the lab), iputils-ping (ARP priming), lintian (checks the .deb) and
+/// debootstrap (the fresh Debian root the .deb install test installs into).
 const PACKAGES: &[&str] = &[
     "sip-tester",
     "tshark",
@@ -21,12 +22,15 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "iputils-ping",
+    "lintian",
+    "debootstrap",
     "postgresql",
 ];
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     packages()?;
     println!("setup: ready");
     Ok(())
@@ -155,6 +159,17 @@ fn bpf_linker() -> Result<()> {
         llvm_major.to_string(),
     )?;
     Ok(())
+}
+
+/// cargo-deb builds the Debian package (`cargo xtask deb`); `--locked` so a new release of one of
+/// its dependencies cannot break setup.
+fn cargo_deb() -> Result<()> {
+    if let Ok(version) = output("cargo-deb", &["--version"]) {
+        println!("setup: {} present", version.trim());
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb (a few minutes)");
+    status("cargo", &["install", "cargo-deb", "--locked"])
 }
 
 fn nightly_llvm_major() -> Result<u32> {
