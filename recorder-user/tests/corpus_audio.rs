@@ -69,10 +69,12 @@ fn sox_decode(payload: &[u8], alaw: bool) -> Vec<i16> {
         .collect()
 }
 
+/// tshark prints payloads as `aa:bb:..` or `aabb..` depending on the dissector.
 fn hex_bytes(s: &str) -> Vec<u8> {
-    s.split(':')
-        .filter(|x| !x.is_empty())
-        .filter_map(|x| u8::from_str_radix(x, 16).ok())
+    let digits: Vec<u8> = s.bytes().filter(|b| b.is_ascii_hexdigit()).collect();
+    digits
+        .chunks_exact(2)
+        .filter_map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
         .collect()
 }
 
@@ -225,58 +227,34 @@ fn check_file(name: &str) -> usize {
         // an endpoint one after another are told apart by time (the call that was up when the
         // stream started).
         let first_ns = packets.first().map_or(0, |p| p.at_ns);
-        let mut target = None;
+        let mut candidates: Vec<(String, usize)> = Vec::new();
         for (id, (caller, callee)) in &endpoints {
-            let candidate = if caller.contains(dst) || callee.contains(src) {
-                Some((id.clone(), 1usize))
-            } else if callee.contains(dst) || caller.contains(src) {
-                Some((id.clone(), 0usize))
-            } else {
-                None
-            };
-            let Some(candidate) = candidate else {
-                continue;
-            };
             let up = cdrs.iter().any(|c| {
                 &c.call_id == id && c.start_ns <= first_ns + 1_000_000 && first_ns <= c.end_ns
             });
-            if up || target.is_none() {
-                target = Some(candidate);
+            if !up {
+                continue;
             }
-            if up {
-                break;
+            if caller.contains(dst) || callee.contains(src) {
+                candidates.push((id.clone(), 1));
+            }
+            if callee.contains(dst) || caller.contains(src) {
+                candidates.push((id.clone(), 0));
             }
         }
-        let Some((call_id, channel)) = target else {
+        // One host named in both sides' SDP (a media relay captured on both legs), or one
+        // endpoint claimed by two calls (a B2BUA's legs): SDP cannot say which channel is right,
+        // so any candidate may hold the stream, but one must, sample-exact.
+        let ambiguous = candidates.len() > 1;
+        if candidates.is_empty() {
             eprintln!("{name}: stream {src}->{dst} {ssrc} matches no SDP; not checked");
             continue;
-        };
-        let cdr = cdrs
-            .iter()
-            .find(|c| c.call_id == call_id)
-            .expect("cdr for stream");
-        let codec = if *pt == 8 { "PCMA" } else { "PCMU" };
-        assert!(
-            cdr.codecs.iter().any(|c| c == codec),
-            "{name} {call_id}: codecs {:?} lack {codec}",
-            cdr.codecs
-        );
-        let rec = cdr
-            .recording
-            .as_ref()
-            .unwrap_or_else(|| panic!("{name} {call_id}: no recording"));
-        let mut wav = hound::WavReader::open(&rec.path).expect("open wav");
-        assert_eq!(wav.spec().channels, 2);
-        if wav.spec().sample_rate != 8000 {
-            continue;
         }
-        let samples: Vec<i16> = wav.samples::<i16>().map(|s| s.expect("sample")).collect();
-        let chan: Vec<i16> = samples.iter().skip(channel).step_by(2).copied().collect();
-        // Anchor: the first packet whose audio is not constant, found in the channel.
         let decoded: Vec<Vec<i16>> = packets
             .iter()
             .map(|p| sox_decode(&p.payload, *pt == 8))
             .collect();
+        // Anchor: the first packet whose audio is not constant, found in the channel.
         let Some(anchor) = decoded
             .iter()
             .position(|d| d.len() >= 80 && d.iter().any(|s| *s != d[0]))
@@ -284,15 +262,39 @@ fn check_file(name: &str) -> usize {
             continue;
         };
         let needle = &decoded[anchor];
-        let at = chan
-            .windows(needle.len())
-            .position(|w| w == &needle[..])
-            .unwrap_or_else(|| {
-                panic!(
-                    "{name} {call_id} {ssrc}: packet seq {} not found in channel {channel}",
-                    packets[anchor].seq
-                )
-            });
+        let mut placed = None;
+        for (call_id, channel) in &candidates {
+            let cdr = cdrs
+                .iter()
+                .find(|c| &c.call_id == call_id)
+                .expect("cdr for stream");
+            let codec = if *pt == 8 { "PCMA" } else { "PCMU" };
+            if !ambiguous {
+                assert!(
+                    cdr.codecs.iter().any(|c| c == codec),
+                    "{name} {call_id}: codecs {:?} lack {codec}",
+                    cdr.codecs
+                );
+            }
+            let Some(rec) = cdr.recording.as_ref() else {
+                continue;
+            };
+            let mut wav = hound::WavReader::open(&rec.path).expect("open wav");
+            assert_eq!(wav.spec().channels, 2);
+            assert_eq!(wav.spec().sample_rate, 8000, "{name}: G.711-only call");
+            let samples: Vec<i16> = wav.samples::<i16>().map(|s| s.expect("sample")).collect();
+            let chan: Vec<i16> = samples.iter().skip(*channel).step_by(2).copied().collect();
+            if let Some(at) = chan.windows(needle.len()).position(|w| w == &needle[..]) {
+                placed = Some((call_id.clone(), *channel, chan, at));
+                break;
+            }
+        }
+        let Some((call_id, channel, chan, at)) = placed else {
+            panic!(
+                "{name} {ssrc}: packet seq {} found in no candidate channel {candidates:?}",
+                packets[anchor].seq
+            );
+        };
         let base_ts = packets[anchor].ts;
         for (p, d) in packets.iter().zip(&decoded) {
             let off = p.ts.wrapping_sub(base_ts) as i32 as i64;
@@ -313,6 +315,11 @@ fn check_file(name: &str) -> usize {
         }
         verified += packets.len();
     }
+    assert!(
+        streams.is_empty() || verified > 0,
+        "{name}: {} G.711 streams, none verified",
+        streams.len()
+    );
     let _ = std::fs::remove_dir_all(dir);
     verified
 }
@@ -351,4 +358,71 @@ fn b2bua_two_legs_with_reinvites() {
 #[test]
 fn sip_over_tcp_with_pcma() {
     check_file("heplify-sip_ipv4_tcp.pcap");
+}
+
+/// G.722 (16 kHz wideband): the whole stream decoded by ffmpeg's G.722 decoder (independent of
+/// CallTap's) must appear sample-exact in the caller's channel of a 16 kHz recording.
+#[test]
+fn g722_wideband_matches_ffmpeg() {
+    let Some(corpus) = support::corpus() else {
+        return;
+    };
+    if !have("tshark") || Command::new("ffmpeg").arg("-version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tshark and ffmpeg are needed (cargo xtask setup installs them)"
+        );
+        eprintln!("SKIP: tshark/ffmpeg missing");
+        return;
+    }
+    let file = corpus.join("sip-rtp-g722.pcap");
+    let (cdrs, dir) = replay_file(&file, "g722");
+    assert_eq!(cdrs.len(), 1);
+    let cdr = &cdrs[0];
+    assert!(cdr.codecs.iter().any(|c| c == "G722"), "{:?}", cdr.codecs);
+    let rows = tshark_fields(&file, "rtp && rtp.p_type == 9", &["rtp.seq", "rtp.payload"]);
+    let mut payload = Vec::new();
+    for r in &rows {
+        payload.extend(hex_bytes(&r[1]));
+    }
+    assert_eq!(rows.len(), 425);
+    let raw_in = dir.join("stream.g722");
+    let raw_out = dir.join("stream.s16");
+    std::fs::write(&raw_in, &payload).expect("write g722");
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "g722", "-i"])
+        .arg(&raw_in)
+        .args(["-f", "s16le", "-ac", "1", "-ar", "16000"])
+        .arg(&raw_out)
+        .status()
+        .expect("run ffmpeg");
+    assert!(st.success());
+    let reference: Vec<i16> = std::fs::read(&raw_out)
+        .expect("ffmpeg output")
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    assert_eq!(
+        reference.len(),
+        payload.len() * 2,
+        "G.722: two samples per byte"
+    );
+    let rec = cdr.recording.as_ref().expect("recording");
+    let mut wav = hound::WavReader::open(&rec.path).expect("wav");
+    assert_eq!(
+        wav.spec().sample_rate,
+        16_000,
+        "G.722 calls are recorded wideband"
+    );
+    let samples: Vec<i16> = wav.samples::<i16>().map(|s| s.expect("sample")).collect();
+    // The stream goes 10.0.2.15 -> 10.0.2.20: find which channel carries it.
+    let found = (0..2).any(|ch| {
+        let chan: Vec<i16> = samples.iter().skip(ch).step_by(2).copied().collect();
+        chan.windows(reference.len()).any(|w| w == &reference[..])
+    });
+    assert!(
+        found,
+        "ffmpeg's decode of the G.722 stream is not in the recording sample-exact"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

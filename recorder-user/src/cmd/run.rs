@@ -350,13 +350,18 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     drop((cdr_tx, to_tx));
     let sink = Senders(ctl_txs);
     let tcfg = tracker_config(&cfg);
+    let sip_ports = cfg.sip_ports.clone();
     let sd = shutdown.clone();
     let sig_handle = match bpf_table {
         Some(t) => thread::Builder::new()
             .name("signalling".into())
             .spawn(move || {
                 signalling_thread(
-                    SignallingWorker::new(t, n, tcfg, 0),
+                    {
+                        let mut s = SignallingWorker::new(t, n, tcfg, 0);
+                        s.set_sip_ports(&sip_ports);
+                        s
+                    },
                     sig_input,
                     sink,
                     to_rx,
@@ -370,7 +375,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 .name("signalling".into())
                 .spawn(move || {
                     signalling_thread(
-                        SignallingWorker::new(t, n, tcfg, 0),
+                        {
+                            let mut s = SignallingWorker::new(t, n, tcfg, 0);
+                            s.set_sip_ports(&sip_ports);
+                            s
+                        },
                         sig_input,
                         sink,
                         to_rx,

@@ -92,6 +92,8 @@ struct DirState {
     timeline: Option<StreamTimeline>,
     timeline_clock: u32,
     ssrc: Option<u32>,
+    /// Capture time of this direction's last RTP packet.
+    last_ns: Option<u64>,
     jitter: Option<JitterEstimator>,
     g722: Option<G722Decoder>,
     dtmf: DtmfDetector,
@@ -118,6 +120,60 @@ struct ActiveCall {
     dtmf: Vec<Dtmf>,
     last_media_ns: u64,
     timed_out: bool,
+    /// Which direction each SSRC seen so far belongs to (bounded; see `direction_of`).
+    ssrc_dirs: Vec<(u32, usize)>,
+    /// An SSRC moved to the other direction, not yet confirmed: (ssrc, original direction,
+    /// first seen).
+    contender: Option<(u32, usize, u64)>,
+}
+
+/// Two SSRCs within this time of each other in one direction run concurrently.
+const CONCURRENT_NS: u64 = 100_000_000;
+/// A moved SSRC is moved back if the stream it displaced does not send again within this.
+const CONFIRM_NS: u64 = 300_000_000;
+const MAX_SSRCS: usize = 8;
+
+impl ActiveCall {
+    /// The direction an RTP packet really travels. Endpoint matching says `by_endpoint`, which
+    /// is wrong when one host (an SBC or PBX relaying media, captured on both legs) is named in
+    /// both sides' SDP: then both streams match one side and would be mixed into one channel. A
+    /// second SSRC that runs concurrently with the first in one direction while the other
+    /// direction is silent is the other direction. If the first SSRC then stops instead (a phone
+    /// that merely restarted its stream), the move is undone.
+    fn direction_of(&mut self, ssrc: u32, by_endpoint: usize, now: u64) -> usize {
+        if let Some(&(_, dir)) = self.ssrc_dirs.iter().find(|(s, _)| *s == ssrc) {
+            if let Some((moved, from, since)) = self.contender {
+                if moved == ssrc && now.saturating_sub(since) > CONFIRM_NS {
+                    // The displaced stream never spoke again: this was an SSRC change.
+                    self.contender = None;
+                    if let Some(e) = self.ssrc_dirs.iter_mut().find(|(s, _)| *s == ssrc) {
+                        e.1 = from;
+                    }
+                    return from;
+                }
+                if moved != ssrc && dir == from {
+                    // The displaced stream goes on alongside: the move stands.
+                    self.contender = None;
+                }
+            }
+            return dir;
+        }
+        let d = &self.dirs[by_endpoint];
+        let other = 1 - by_endpoint;
+        let concurrent = d.ssrc.is_some_and(|cur| cur != ssrc)
+            && d.last_ns
+                .is_some_and(|t| now.saturating_sub(t) < CONCURRENT_NS);
+        let dir = if concurrent && self.dirs[other].packets == 0 {
+            self.contender = Some((ssrc, by_endpoint, now));
+            other
+        } else {
+            by_endpoint
+        };
+        if self.ssrc_dirs.len() < MAX_SSRCS {
+            self.ssrc_dirs.push((ssrc, dir));
+        }
+        dir
+    }
 }
 
 impl ActiveCall {
@@ -253,6 +309,8 @@ impl MediaWorker {
                         dtmf: Vec::new(),
                         last_media_ns: start,
                         timed_out: false,
+                        ssrc_dirs: Vec::new(),
+                        contender: None,
                     }),
                 );
             }
@@ -384,9 +442,11 @@ impl MediaWorker {
             self.stats.bad_rtp += 1;
             return;
         };
+        let sender = c.direction_of(rtp.ssrc, sender, now);
         let receiver = 1 - sender;
         let kind_map = codec_of(c, receiver, sender, rtp.payload_type);
         let d = &mut c.dirs[sender];
+        d.last_ns = Some(now);
         d.packets += 1;
         d.bytes += rtp.payload.len() as u64;
         d.ssrc = Some(rtp.ssrc);
