@@ -108,6 +108,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
                 deliver(&mut queue, &mut workers, &mut done);
                 for w in workers.iter_mut() {
                     w.tick(last_ts, &mut timeouts);
+                    w.reap(last_ts, &mut done);
                 }
                 for t in timeouts.drain(..) {
                     sig.media_timeout(t.call, t.ts_ns, &mut queue);
@@ -132,6 +133,9 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
     }
     sig.finish(last_ts, "capture_end", &mut queue);
     deliver(&mut queue, &mut workers, &mut done);
+    for w in workers.iter_mut() {
+        w.reap(u64::MAX, &mut done);
+    }
     for cdr in done.drain(..) {
         calls += 1;
         on_cdr(&cdr);

@@ -188,6 +188,7 @@ fn media_thread(
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
             worker.tick(now_ns(), &mut expired);
+            worker.reap(now_ns(), &mut done);
             for t in expired.drain(..) {
                 let _ = timeouts.send(t);
             }
@@ -200,6 +201,7 @@ fn media_thread(
             if !open {
                 // Signalling has ended every call and hung up.
                 apply(&mut worker, &mut done);
+                worker.reap(u64::MAX, &mut done);
                 for cdr in done.drain(..) {
                     let _ = cdrs.send(cdr);
                 }

@@ -125,7 +125,13 @@ struct ActiveCall {
     /// An SSRC moved to the other direction, not yet confirmed: (ssrc, original direction,
     /// first seen).
     contender: Option<(u32, usize, u64)>,
+    /// Signalling ended the call (reason, time); it is finished after [`END_GRACE_NS`].
+    ending: Option<(String, u64)>,
 }
+
+/// Audio still in flight when the BYE is captured (the far side's last packets) is kept: a call
+/// is finished this long after signalling ended it.
+pub const END_GRACE_NS: u64 = 500_000_000;
 
 /// Two SSRCs within this time of each other in one direction run concurrently.
 const CONCURRENT_NS: u64 = 100_000_000;
@@ -242,6 +248,9 @@ pub struct MediaWorker {
     cfg: MediaConfig,
     calls: HashMap<CallRef, Box<ActiveCall>>,
     endpoints: HashMap<MediaKey, (CallRef, Side)>,
+    /// Endpoints of calls in their end grace period: consulted only when no live call claims a
+    /// packet, so a new call reusing an endpoint at once gets its own packets.
+    ending_endpoints: HashMap<MediaKey, (CallRef, Side)>,
     pcm: Box<[i16; PCM_MAX]>,
     resampled: Box<[i16; PCM_MAX]>,
     last_flush_ns: u64,
@@ -255,6 +264,7 @@ impl MediaWorker {
             cfg,
             calls: HashMap::with_capacity(1024),
             endpoints: HashMap::with_capacity(4096),
+            ending_endpoints: HashMap::new(),
             pcm: Box::new([0; PCM_MAX]),
             resampled: Box::new([0; PCM_MAX]),
             last_flush_ns: 0,
@@ -311,6 +321,7 @@ impl MediaWorker {
                         timed_out: false,
                         ssrc_dirs: Vec::new(),
                         contender: None,
+                        ending: None,
                     }),
                 );
             }
@@ -378,12 +389,47 @@ impl MediaWorker {
                 reason,
                 ts_ns,
             } => {
-                if let Some(c) = self.calls.remove(&call) {
-                    self.endpoints.retain(|_, (owner, _)| *owner != call);
-                    self.stats.calls_ended += 1;
-                    done.push(self.finish(c, reason, ts_ns));
+                if let Some(c) = self.calls.get_mut(&call) {
+                    if c.ending.is_none() {
+                        c.ending = Some((reason, ts_ns));
+                        let ending = &mut self.ending_endpoints;
+                        self.endpoints.retain(|k, v| {
+                            if v.0 == call {
+                                ending.insert(*k, *v);
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                    }
                 }
+                self.reap(ts_ns, done);
             }
+        }
+    }
+
+    /// Finishes calls whose end is older than [`END_GRACE_NS`] at `now` (`u64::MAX`: all that
+    /// have ended).
+    pub fn reap(&mut self, now: u64, done: &mut Vec<Cdr>) {
+        let due: Vec<CallRef> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| {
+                c.ending
+                    .as_ref()
+                    .is_some_and(|(_, at)| now >= at.saturating_add(END_GRACE_NS))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for call in due {
+            let Some(mut c) = self.calls.remove(&call) else {
+                continue;
+            };
+            self.endpoints.retain(|_, (owner, _)| *owner != call);
+            self.ending_endpoints.retain(|_, (owner, _)| *owner != call);
+            self.stats.calls_ended += 1;
+            let (reason, at) = c.ending.take().unwrap_or_default();
+            done.push(self.finish(c, reason, at));
         }
     }
 
@@ -402,18 +448,19 @@ impl MediaWorker {
             return true;
         };
         // Audio sent *to* a side's endpoint comes from the other side; audio *from* it, from
-        // that side.
-        let (call, sender) = if let Some(&(call, side)) = self.endpoints.get(&media_key(dst)) {
-            (
-                call,
-                match side {
-                    Side::Caller => 1,
-                    Side::Callee => 0,
-                },
-            )
-        } else if let Some(&(call, side)) = self.endpoints.get(&media_key(src)) {
-            (call, side_index(side))
-        } else {
+        // that side. Live calls first, then calls in their end grace period.
+        let (dst_key, src_key) = (media_key(dst), media_key(src));
+        let lookup = |map: &HashMap<MediaKey, (CallRef, Side)>| {
+            if let Some(&(call, side)) = map.get(&dst_key) {
+                Some((call, 1 - side_index(side)))
+            } else {
+                map.get(&src_key)
+                    .map(|&(call, side)| (call, side_index(side)))
+            }
+        };
+        let Some((call, sender)) =
+            lookup(&self.endpoints).or_else(|| lookup(&self.ending_endpoints))
+        else {
             return false;
         };
         if !self.calls.contains_key(&call) {
@@ -569,6 +616,7 @@ impl MediaWorker {
         }
         for (call, c) in self.calls.iter_mut() {
             if !c.timed_out
+                && c.ending.is_none()
                 && !c.on_hold()
                 && now.saturating_sub(c.last_media_ns) > self.cfg.media_timeout_ns
             {

@@ -18,7 +18,10 @@ use calltap_sip::{
 };
 use serde::Serialize;
 
-use super::{call_uuid, media_key, CallSetup, Control, ControlSink, MediaTable, OwnedRecord};
+use super::{
+    call_uuid, media::END_GRACE_NS, media_key, CallSetup, Control, ControlSink, MediaTable,
+    OwnedRecord,
+};
 use crate::capture::Record;
 
 /// Counters of the signalling worker.
@@ -49,6 +52,8 @@ const EARLY_MAX: usize = 2048;
 /// Most SIP ports known at once, configured plus learned: hostile traffic that looks like SIP
 /// must not turn every port into a signalling port.
 const MAX_SIP_PORTS: usize = 64;
+/// Bound on remembered endpoints of just-ended calls.
+const MAX_RECENTLY_ENDED: usize = 65_536;
 
 struct Route {
     worker: u32,
@@ -71,6 +76,8 @@ pub struct SignallingWorker<T: MediaTable> {
     /// Unclaimed media waiting (bounded, briefly) for the SIP that will claim it.
     pending: std::collections::VecDeque<OwnedRecord>,
     sip_ports: std::collections::HashSet<u16>,
+    /// Endpoints of calls that ended less than the grace period ago: (call, worker, until).
+    recently_ended: HashMap<MediaKey, (CallRef, u32, u64)>,
     pub stats: SignallingStats,
 }
 
@@ -120,6 +127,7 @@ impl<T: MediaTable> SignallingWorker<T> {
             node,
             pending: std::collections::VecDeque::new(),
             sip_ports: std::collections::HashSet::new(),
+            recently_ended: HashMap::new(),
             stats: SignallingStats::default(),
         }
     }
@@ -200,23 +208,38 @@ impl<T: MediaTable> SignallingWorker<T> {
             media_key(SocketAddr::new(dst_ip, dport)),
             media_key(SocketAddr::new(src_ip, sport)),
         );
-        let (call, matched_dst) = match self.owners.get(&dst_key) {
-            Some(c) => (*c, true),
-            None => match self.owners.get(&src_key) {
-                Some(c) => (*c, false),
+        let owner = match self.owners.get(&dst_key) {
+            Some(c) => Some((*c, true)),
+            None => self.owners.get(&src_key).map(|c| (*c, false)),
+        };
+        let worker = match owner {
+            Some((call, _)) => match self.routes.get(&call) {
+                Some(route) => route.worker,
                 None => return Some(owned),
             },
+            // The tail of a call that just ended.
+            None => {
+                let ts = m.ts_ns;
+                let ended = |k: &MediaKey| {
+                    self.recently_ended
+                        .get(k)
+                        .filter(|(_, _, until)| ts <= *until)
+                        .map(|(_, w, _)| *w)
+                };
+                match ended(&dst_key).or_else(|| ended(&src_key)) {
+                    Some(w) => w,
+                    None => return Some(owned),
+                }
+            }
         };
-        let Some(route) = self.routes.get(&call) else {
-            return Some(owned);
-        };
+        let matched_dst = owner.is_some_and(|(_, d)| d);
         owned.meta.class = if rtcp { Class::Rtcp } else { Class::Rtp } as u8;
-        owned.meta.target = route.worker;
+        owned.meta.target = worker;
         if matched_dst {
             owned.meta.flags |= flags::MATCH_DST;
         }
         self.stats.early_media_forwarded += 1;
-        sink.send(route.worker, Control::Packet(Box::new(owned)));
+        sink.send(worker, Control::Packet(Box::new(owned)));
         None
     }
 
@@ -380,6 +403,7 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.events = events;
         self.frags.expire(now);
         self.tcp.expire(now);
+        self.expire_recently_ended(now);
         if !self.pending.is_empty() {
             self.retry_pending(now, sink);
         }
@@ -424,8 +448,24 @@ impl<T: MediaTable> SignallingWorker<T> {
                 ts_ns,
             },
         );
+        // The far side's last packets are still in flight when the BYE is captured. The
+        // classifier no longer steers them (a new call may reuse the endpoint at once, and must
+        // get its own packets), so they come here as unclaimed media; for a short while they
+        // still find the ended call, which its worker keeps open for as long.
+        let until = ts_ns.saturating_add(END_GRACE_NS);
         for key in route.keys.iter().flatten() {
             self.release(key, call);
+            if self.recently_ended.len() < MAX_RECENTLY_ENDED {
+                self.recently_ended
+                    .insert(*key, (call, route.worker, until));
+            }
+        }
+    }
+
+    /// Forgets ended calls' endpoints once their grace period is over.
+    fn expire_recently_ended(&mut self, now: u64) {
+        if !self.recently_ended.is_empty() {
+            self.recently_ended.retain(|_, (_, _, until)| *until >= now);
         }
     }
 
