@@ -69,8 +69,12 @@ fn run(d: &Damage, case: u64) -> Result<(), TestCaseError> {
     let rtp_end = c.packets.len();
     // Reorder: swap arrival times of neighbours; duplicate: the same frame again 30 ms later.
     let arrived: Vec<u32> = (0..d.count).filter(|i| !d.lost[*i as usize]).collect();
-    for k in 0..arrived.len().saturating_sub(1) {
-        if d.swapped[arrived[k] as usize] {
+    for (k, i) in arrived
+        .iter()
+        .enumerate()
+        .take(arrived.len().saturating_sub(1))
+    {
+        if d.swapped[*i as usize] {
             let (a, b) = (first_rtp + k, first_rtp + k + 1);
             let t = c.packets[a].at_ns;
             c.packets[a].at_ns = c.packets[b].at_ns;
