@@ -111,6 +111,7 @@ fn deb_installs_runs_and_purges_cleanly_in_a_fresh_debian_root() {
         wants.display()
     );
     verify_unit(&root);
+    captures_with_the_units_capabilities(&root);
     assert!(
         root.path("usr/share/man/man1/calltap.1.gz").is_file(),
         "man page missing"
@@ -382,6 +383,97 @@ fn verify_unit(root: &FreshRoot) {
     std::fs::remove_dir_all(&dir).unwrap();
     if let Err(e) = result {
         panic!("systemd-analyze verify calltap.service: {e}");
+    }
+}
+
+/// The unit's promise that four capabilities are enough: the installed binary, as the calltap
+/// user, with exactly the unit's AmbientCapabilities (and nothing else in its bounding set, no
+/// new privileges), attaches XDP to a veth in a private network namespace, records into
+/// /var/lib/calltap and stops cleanly on SIGTERM, as under systemd.
+fn captures_with_the_units_capabilities(root: &FreshRoot) {
+    if !require_tool(TEST, "ip") {
+        return;
+    }
+    let unit = std::fs::read_to_string(root.path("lib/systemd/system/calltap.service"))
+        .expect("read the installed unit");
+    let caps_of = |key: &str| -> Vec<String> {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("the unit has no {key}"))
+            .split_whitespace()
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let ambient = caps_of("AmbientCapabilities=");
+    assert_eq!(
+        ambient,
+        caps_of("CapabilityBoundingSet="),
+        "the unit's ambient and bounding capability sets differ"
+    );
+    let caps = std::iter::once("-all".to_owned())
+        .chain(
+            ambient
+                .iter()
+                .map(|c| format!("+{}", c.trim_start_matches("cap_"))),
+        )
+        .collect::<Vec<_>>()
+        .join(",");
+    let _ns = NetNs::new("ct-debcap");
+    // `ip netns exec` runs in its own mount namespace: the sysfs mounted for the root (aya reads
+    // the kernel's BTF and CPU list there) disappears with it.
+    let script = format!(
+        "mount -t sysfs sysfs {root}/sys && exec chroot {root} timeout --preserve-status -s TERM 3 \
+         setpriv --reuid=calltap --regid=calltap --clear-groups --no-new-privs \
+         --inh-caps={caps} --ambient-caps={caps} --bounding-set={caps} \
+         /usr/bin/calltap run --config /etc/calltap/calltap.ini --interface v0 --source xdp \
+         --workers 1 2>&1",
+        root = root.dir.display()
+    );
+    let log = run(
+        Command::new("ip").args(["netns", "exec", "ct-debcap", "sh", "-c", &script]),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("calltap run as calltap with only {caps} failed: {e}"));
+    assert!(
+        log.contains("XDP attached"),
+        "calltap run with the unit's capabilities did not attach XDP:\n{log}"
+    );
+    let summary = root.path("var/lib/calltap/run-summary.json");
+    assert!(
+        summary.is_file(),
+        "calltap run with the unit's capabilities wrote no {}: {log}",
+        summary.display()
+    );
+}
+
+/// A veth pair (v0, v1) in a network namespace of its own, deleted on drop.
+struct NetNs(&'static str);
+
+impl NetNs {
+    fn new(name: &'static str) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        let ns = Self(name);
+        for args in [
+            vec!["netns", "add", name],
+            vec![
+                "-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+            ],
+            vec!["-n", name, "link", "set", "v0", "up"],
+            vec!["-n", name, "link", "set", "v1", "up"],
+        ] {
+            run_ok(
+                Command::new("ip").args(&args),
+                Duration::from_secs(30),
+                &format!("ip {}", args.join(" ")),
+            );
+        }
+        ns
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).output();
     }
 }
 
