@@ -25,6 +25,8 @@ const PACKAGES: &[&str] = &[
     "lintian",
     "debootstrap",
     "postgresql",
+    // The independent G.722 decoder the corpus audio test compares against.
+    "ffmpeg",
 ];
 
 pub fn run() -> Result<()> {
@@ -96,7 +98,11 @@ fn nightly_rust_src() -> Result<()> {
 /// against that toolchain's own libLLVM rather than a system LLVM.
 fn bpf_linker() -> Result<()> {
     let llvm_major = nightly_llvm_major()?;
-    if let Ok(version) = output("bpf-linker", &["--version"]) {
+    // bpf-linker links the nightly's libLLVM dynamically; rustup puts it on the library path.
+    if let Ok(version) = output(
+        "rustup",
+        &["run", EBPF_TOOLCHAIN, "bpf-linker", "--version"],
+    ) {
         let marker = cargo_home().join(".calltap-bpf-linker-llvm");
         let built_for = std::fs::read_to_string(&marker).unwrap_or_default();
         if built_for.trim() == llvm_major.to_string() || built_for.is_empty() {
