@@ -33,7 +33,15 @@ pub struct WavWriter {
     /// Longest recording we accept, in frames; beyond it samples are dropped (and counted).
     max_frames: u64,
     pub dropped_samples: u64,
+    /// Bytes at the start of the mapping already handed back to the page cache (see `flush`).
+    released: usize,
 }
+
+/// Audio older than this (behind the newest written frame) is no longer expected to change:
+/// its pages leave our address space at the next flush. Reordered packets arrive well within it;
+/// if one is later still, the page faults back in from the page cache and the write is correct.
+const RESIDENT_SECONDS: u64 = 5;
+const PAGE: usize = 4096;
 
 /// A closed recording.
 #[derive(Clone, Debug)]
@@ -69,6 +77,7 @@ impl WavWriter {
             frames: 0,
             max_frames: max_seconds.saturating_mul(rate as u64),
             dropped_samples: 0,
+            released: PAGE,
         };
         w.write_header();
         Ok(w)
@@ -95,6 +104,8 @@ impl WavWriter {
         // SAFETY: as in create; the old mapping is dropped by the assignment.
         self.map = unsafe { MmapMut::map_mut(&self.file)? };
         self.capacity = want / BYTES_PER_FRAME;
+        // A fresh mapping: nothing of it is resident yet, but the range below `released` may
+        // still be written by a late packet; that is fine, it faults in and out again.
         Ok(())
     }
 
@@ -155,9 +166,33 @@ impl WavWriter {
     /// Rewrites the header and starts writeback of dirty pages. After this returns, a crash of
     /// the process loses nothing and a crash of the machine loses at most what the kernel had
     /// not yet written.
+    ///
+    /// It also keeps memory per call flat however long the call: the mapping covers the whole
+    /// file, so without this every page written would stay resident until the call ends (an
+    /// hour-long call would hold 57 MB). Pages well behind the write position are dropped from
+    /// our mapping; being a shared file mapping, their contents stay in the page cache and
+    /// reach the file as usual.
     pub fn flush(&mut self) -> io::Result<()> {
         self.write_header();
-        self.map.flush_async()
+        self.map.flush_async()?;
+        let settled = self
+            .frames
+            .saturating_sub(RESIDENT_SECONDS * self.rate as u64);
+        let upto = ((HEADER + settled * BYTES_PER_FRAME) as usize / PAGE) * PAGE;
+        let upto = upto.min(self.map.len());
+        if upto > self.released {
+            // SAFETY: a shared file mapping: MADV_DONTNEED only drops our page table entries;
+            // dirty data is in the page cache and is written back, later access re-reads it.
+            unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.released,
+                    upto - self.released,
+                )?;
+            }
+            self.released = upto;
+        }
+        Ok(())
     }
 
     /// Final header, exact file length, fsync, and the file's size and sha256.
@@ -229,6 +264,36 @@ mod tests {
         assert_eq!(s[300_000 * 2 + 1], 7);
         assert!(s[30..300_000 * 2].iter().all(|&x| x == 0));
         assert_eq!(done.sha256, sha256_file(&path).expect("hash"));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn pages_handed_back_after_flush_keep_their_audio_and_take_late_writes() {
+        let dir = std::env::temp_dir().join(format!("calltap-wav-rss-{}", std::process::id()));
+        let path = dir.join("long.wav");
+        let mut w = WavWriter::create(&path, 8000, 3600).expect("create");
+        // 30 s of audio written in 20 ms packets, flushed every second as the worker does.
+        for p in 0..1500u64 {
+            let v = (p % 1000) as i16 + 1;
+            w.write(0, p * 160, &[v; 160]).expect("write");
+            if p % 50 == 49 {
+                w.flush().expect("flush");
+            }
+        }
+        assert!(
+            w.released > 20 * 8000 * 4,
+            "old pages handed back: {}",
+            w.released
+        );
+        // A very late packet for second 1: its page was dropped and comes back.
+        w.write(1, 8000, &[-9; 160]).expect("late write");
+        let done = w.finish().expect("finish");
+        let mut r = hound::WavReader::open(&done.path).expect("open");
+        let s: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
+        for p in 0..1500usize {
+            assert_eq!(s[p * 160 * 2], (p % 1000) as i16 + 1, "packet {p}");
+        }
+        assert_eq!(&s[8000 * 2 + 1..8000 * 2 + 4], &[-9, 51, -9]);
         let _ = fs::remove_dir_all(dir);
     }
 
