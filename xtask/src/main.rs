@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own automation (toolchain bootstrap, the SPAN lab, the demo,
 //! the full test run), so a fresh machine needs two commands and no hand-done steps.
 
+mod bench;
 mod deb;
 mod demo;
 mod setup;
@@ -45,6 +46,16 @@ enum Command {
     /// Build the Debian package target/debian/calltap_<version>-1_amd64.deb (cargo-deb), check
     /// its man page against `--help` and lint it with lintian.
     Deb,
+    /// Benchmarks: XDP cost per packet class, pipeline throughput per core, memory per call.
+    /// Prints a table and writes target/bench/results.json. Sizes: --calls, --seconds.
+    Bench {
+        /// Concurrent calls in the generated capture.
+        #[arg(long, default_value_t = 400)]
+        calls: u32,
+        /// Seconds of two-way audio per call.
+        #[arg(long, default_value_t = 20)]
+        seconds: u32,
+    },
     /// Every test: setup, format and lint checks, then `cargo test --workspace` (root tests
     /// included; they fail instead of skipping when CI is set).
     Test {
@@ -98,6 +109,7 @@ fn main() -> Result<()> {
             keep_lab,
         } => demo::run(pairs, calls, seconds, keep_lab),
         Command::Deb => deb::run().map(drop),
+        Command::Bench { calls, seconds } => bench::run(calls, seconds),
         Command::Test { args } => test::run(&args),
     }
 }

@@ -1,0 +1,310 @@
+//! `cargo xtask bench`: CallTap's figures (printed as a table and written to
+//! `target/bench/results.json`). Not pass/fail: speed is measured here, never asserted in tests.
+//!
+//! 1. XDP program cost per packet by class, through `BPF_PROG_TEST_RUN` (needs root).
+//! 2. Userspace pipeline throughput: a capture of N concurrent G.711 calls replayed through the
+//!    same classifier, signalling and media code as live capture, on one core; recordings are
+//!    verified afterwards (every call, every packet).
+//! 3. Memory per active call: RSS while all N calls are open, over N.
+//!
+//! Sizes: `CALLTAP_BENCH_CALLS` (default 400) calls of `CALLTAP_BENCH_SECONDS` (default 20) s.
+
+#[path = "../tests/support/frames.rs"]
+#[allow(dead_code)]
+mod frames;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::BufWriter,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use calltap::{capture::xdp::XdpCapture, config::Config, pipeline::MediaTable};
+use calltap_common::{MediaKey, MediaValue, XdpConfig, MAX_WORKERS};
+use frames::{eth, ipv4, rtp, udp};
+use pcap_file::{
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+    DataLink,
+};
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+const INVITE: &[u8] = b"INVITE sip:bob@198.18.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.1:5060;branch=z9hG4bKb\r\nFrom: <sip:alice@198.18.0.1>;tag=a\r\nTo: <sip:bob@198.18.0.2>\r\nCall-ID: bench@198.18.0.1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+
+/// XDP cost per class in ns/packet (best of 5 runs of 20k repeats; rings drained in between).
+fn xdp_costs(out: &mut BTreeMap<String, f64>) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("xdp: skipped (needs root)");
+        return;
+    }
+    let cfg = XdpConfig::default();
+    let mut x = match XdpCapture::load(&cfg, &[5060, 5080]) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("xdp: cannot load: {e}");
+            return;
+        }
+    };
+    let mut rings: Vec<_> = (0..MAX_WORKERS)
+        .filter_map(|i| x.take_media_ring(i))
+        .collect();
+    rings.extend(x.take_signalling_ring());
+    let Ok(mut table) = x.take_media_table() else {
+        return;
+    };
+    let (a, b) = ([198, 18, 0, 1], [198, 18, 0, 2]);
+    let _ = table.insert(
+        MediaKey::v4(b, 20_000),
+        MediaValue {
+            worker: 1,
+            flags: 0,
+        },
+    );
+    let rtp_frame = eth(
+        0x0800,
+        &ipv4(
+            17,
+            a,
+            b,
+            &udp(16_000, 20_000, &rtp(0, 1, 160, 7, &[0xd5; 160])),
+        ),
+    );
+    let cases = [
+        (
+            "xdp_ns_per_packet_sip",
+            eth(0x0800, &ipv4(17, a, b, &udp(5060, 5060, INVITE))),
+        ),
+        ("xdp_ns_per_packet_rtp", rtp_frame),
+        (
+            "xdp_ns_per_packet_other",
+            eth(0x0800, &ipv4(17, a, b, &udp(40_001, 53, &[0x12; 80]))),
+        ),
+        ("xdp_ns_per_packet_not_ip", eth(0x0806, &[0u8; 28])),
+    ];
+    for (name, frame) in cases {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let Ok((_, d)) = x.test_run(&frame, 20_000) else {
+                continue;
+            };
+            best = best.min(d.as_nanos() as f64);
+            for r in rings.iter_mut() {
+                while r.next().is_some() {}
+            }
+        }
+        out.insert(name.to_owned(), best);
+    }
+}
+
+/// N concurrent calls, both directions 50 packets/s for `seconds`, written in time order.
+fn write_load(path: &Path, calls: u32, seconds: u32) -> u64 {
+    let file = BufWriter::new(File::create(path).expect("create pcap"));
+    let mut w = PcapWriter::with_header(
+        file,
+        PcapHeader {
+            datalink: DataLink::ETHERNET,
+            ..PcapHeader::default()
+        },
+    )
+    .expect("pcap header");
+    let base = 1_700_000_000u64 * 1_000_000_000;
+    let ip = |side: u8, k: u32| [10, side, (k / 250) as u8, (k % 250) as u8 + 1];
+    let mut put = |at_ns: u64, frame: &[u8]| {
+        w.write_packet(&PcapPacket::new(
+            Duration::from_nanos(base + at_ns),
+            frame.len() as u32,
+            frame,
+        ))
+        .expect("write");
+    };
+    let sip = |k: u32, text: String| {
+        eth(
+            0x0800,
+            &ipv4(17, ip(1, k), ip(2, k), &udp(5060, 5060, text.as_bytes())),
+        )
+    };
+    let sip_back = |k: u32, text: String| {
+        eth(
+            0x0800,
+            &ipv4(17, ip(2, k), ip(1, k), &udp(5060, 5060, text.as_bytes())),
+        )
+    };
+    let hdr = |k: u32, method: &str, cseq: u32, tag: bool| {
+        format!(
+            "Via: SIP/2.0/UDP 10.1.0.1:5060;branch=z9hG4bK{k}{cseq}\r\nFrom: <sip:agent{k}@pbx>;tag=f{k}\r\nTo: <sip:cust{k}@carrier>{}\r\nCall-ID: load-{k}@bench\r\nCSeq: {cseq} {method}\r\n",
+            if tag { ";tag=t" } else { "" }
+        )
+    };
+    let sdp = |a: [u8; 4]| {
+        format!("v=0\r\no=- 1 1 IN IP4 {0}.{1}.{2}.{3}\r\ns=-\r\nc=IN IP4 {0}.{1}.{2}.{3}\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n", a[0], a[1], a[2], a[3])
+    };
+    let mut rtp_packets = 0u64;
+    let stagger = 1_000_000_000u64 / u64::from(calls.max(1));
+    for k in 0..calls {
+        let t = u64::from(k) * stagger;
+        let body = sdp(ip(1, k));
+        put(t, &sip(k, format!("INVITE sip:cust{k}@carrier SIP/2.0\r\n{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}", hdr(k, "INVITE", 1, false), body.len())));
+        let body = sdp(ip(2, k));
+        put(t + 1_000_000, &sip_back(k, format!("SIP/2.0 200 OK\r\n{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}", hdr(k, "INVITE", 1, true), body.len())));
+        put(
+            t + 2_000_000,
+            &sip(
+                k,
+                format!(
+                    "ACK sip:cust{k}@carrier SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+                    hdr(k, "ACK", 1, true)
+                ),
+            ),
+        );
+    }
+    let packets = seconds * 50;
+    for p in 0..packets {
+        for k in 0..calls {
+            let t = 1_000_000_000 + u64::from(p) * 20_000_000 + u64::from(k) * stagger / 50;
+            let payload = [(0x80 + (p + k) % 100) as u8; 160];
+            put(
+                t,
+                &eth(
+                    0x0800,
+                    &ipv4(
+                        17,
+                        ip(1, k),
+                        ip(2, k),
+                        &udp(30000, 30000, &rtp(0, p as u16, p * 160, k, &payload)),
+                    ),
+                ),
+            );
+            put(
+                t + 100_000,
+                &eth(
+                    0x0800,
+                    &ipv4(
+                        17,
+                        ip(2, k),
+                        ip(1, k),
+                        &udp(
+                            30000,
+                            30000,
+                            &rtp(0, p as u16, p * 160, k | 1 << 31, &payload),
+                        ),
+                    ),
+                ),
+            );
+            rtp_packets += 2;
+        }
+    }
+    let end = 1_000_000_000 + u64::from(packets) * 20_000_000 + 100_000_000;
+    for k in 0..calls {
+        put(
+            end + u64::from(k) * stagger,
+            &sip(
+                k,
+                format!(
+                    "BYE sip:cust{k}@carrier SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+                    hdr(k, "BYE", 2, true)
+                ),
+            ),
+        );
+    }
+    rtp_packets
+}
+
+fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u32) {
+    let pcap = dir.join("load.pcap");
+    let t = Instant::now();
+    let rtp_packets = write_load(&pcap, calls, seconds);
+    eprintln!(
+        "pipeline: wrote {} calls x {seconds} s ({rtp_packets} RTP packets) in {:.1?}",
+        calls,
+        t.elapsed()
+    );
+    for workers in [1u32, 2] {
+        let mut cfg = Config::load_with_env(None, &[]).expect("config");
+        cfg.data_dir = dir.join(format!("data-{workers}"));
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+        cfg.workers = workers;
+        let rss_before = rss_kib();
+        let mut rss_open = 0;
+        let mut cdrs = Vec::new();
+        let t = Instant::now();
+        let summary = calltap::cmd::replay::replay(&cfg, &[pcap.clone()], |cdr| {
+            if cdrs.is_empty() {
+                // The first CDR comes when the first BYE is processed: all calls are still open.
+                rss_open = rss_kib();
+            }
+            cdrs.push((cdr.packets.caller, cdr.packets.callee));
+        });
+        let secs = t.elapsed().as_secs_f64();
+        let complete = cdrs
+            .iter()
+            .filter(|(a, b)| *a == u64::from(seconds) * 50 && *b == u64::from(seconds) * 50)
+            .count();
+        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+        eprintln!(
+            "pipeline: {workers} worker(s) (inline, one core): {:.2} s, {:.0} RTP pkt/s, {} of {} calls complete",
+            secs,
+            rtp_packets as f64 / secs,
+            complete,
+            calls
+        );
+        out.insert(
+            format!("pipeline_rtp_pps_per_core_{workers}w"),
+            rtp_packets as f64 / secs,
+        );
+        if workers == 1 {
+            out.insert(
+                "pipeline_rtp_pps_per_core".into(),
+                rtp_packets as f64 / secs,
+            );
+            out.insert("pipeline_calls_verified".into(), complete as f64);
+            out.insert(
+                "bytes_per_active_call".into(),
+                (rss_open.saturating_sub(rss_before) * 1024) as f64 / f64::from(calls.max(1)),
+            );
+        }
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    }
+    let _ = std::fs::remove_file(&pcap);
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
+    let calls = env_num("CALLTAP_BENCH_CALLS", 400) as u32;
+    let seconds = env_num("CALLTAP_BENCH_SECONDS", 20) as u32;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let mut out = BTreeMap::new();
+    xdp_costs(&mut out);
+    pipeline(&mut out, &dir, calls, seconds);
+    out.insert("bench_calls".into(), f64::from(calls));
+    out.insert("bench_seconds".into(), f64::from(seconds));
+    println!("\n{:<40} {:>16}", "figure", "value");
+    for (k, v) in &out {
+        println!("{k:<40} {v:>16.1}");
+    }
+    let json = serde_json::to_string_pretty(&out).expect("json");
+    std::fs::write(dir.join("results.json"), json).expect("results.json");
+    println!("\nwritten to {}", dir.join("results.json").display());
+}

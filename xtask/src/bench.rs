@@ -1,0 +1,29 @@
+//! `cargo xtask bench`: runs the benchmark harness (recorder-user/benches/pipeline.rs) in
+//! release mode. Figures, not pass/fail; see the harness for what each one means.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Result};
+
+use crate::setup;
+
+pub fn run(calls: u32, seconds: u32) -> Result<()> {
+    setup::run()?;
+    if !setup::is_root() {
+        eprintln!("xtask bench: not root: the XDP figures are skipped (run with sudo -E for all)");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()?;
+    let ok = Command::new("cargo")
+        .current_dir(&root)
+        .args(["bench", "-p", "calltap", "--bench", "pipeline"])
+        .env("CALLTAP_BENCH_CALLS", calls.to_string())
+        .env("CALLTAP_BENCH_SECONDS", seconds.to_string())
+        .status()?
+        .success();
+    if !ok {
+        bail!("benchmark failed");
+    }
+    Ok(())
+}
