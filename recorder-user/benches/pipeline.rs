@@ -246,7 +246,7 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
         let mut rss_open = 0;
         let mut cdrs = Vec::new();
         let t = Instant::now();
-        let summary = calltap::cmd::replay::replay(&cfg, &[pcap.clone()], |cdr| {
+        let summary = calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&pcap), |cdr| {
             if cdrs.is_empty() {
                 // The first CDR comes when the first BYE is processed: all calls are still open.
                 rss_open = rss_kib();
