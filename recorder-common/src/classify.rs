@@ -470,6 +470,13 @@ pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, t: &T) -> Verdict 
         };
         if owner.is_some() {
             vflags |= flags::MATCH_DST;
+            if owner.is_some_and(|o| o.flags & crate::media_flags::SHARED != 0) {
+                // Many calls behind one endpoint: the far end says which call this is.
+                if let Some(by_src) = ip.endpoint(f, false, sport).and_then(|k| t.media(&k)) {
+                    owner = Some(by_src);
+                    vflags &= !flags::MATCH_DST;
+                }
+            }
         } else if let Some(k) = ip.endpoint(f, false, sport) {
             owner = t.media(&k);
         }

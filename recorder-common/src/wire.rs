@@ -153,8 +153,15 @@ impl MediaKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MediaValue {
     pub worker: u32,
-    /// Reserved for per-endpoint options.
+    /// [`media_flags`].
     pub flags: u32,
+}
+
+/// Bits of [`MediaValue::flags`].
+pub mod media_flags {
+    /// Several live calls use this endpoint (an SBC or media server port shared by calls): a
+    /// packet sent to it belongs to the call of its *source* endpoint, when that is known.
+    pub const SHARED: u32 = 1;
 }
 
 /// XDP program configuration, slot 0 of the `CONFIG` array.

@@ -212,3 +212,44 @@ fn mos_drops_with_loss_and_lost_packets_become_silence() {
         "lost packets are silence, the rest is kept"
     );
 }
+
+/// An SBC or media server that uses one (ip, port) for several calls at once: each call must
+/// still get exactly its own packets, told apart by the far end of the 5-tuple.
+#[test]
+fn concurrent_calls_sharing_one_endpoint_are_demultiplexed() {
+    let mut calls = Vec::new();
+    for (n, byte) in [(1u8, 0xA0u8), (2, 0xB0), (3, 0xC0)] {
+        let mut c = Call::new(&format!("shared-{n}@test")).callee_at([198, 18, 2, n]);
+        let t = u64::from(n) * 50;
+        c.invite(t, "sendrecv", false)
+            .respond(t + 100, 200, "OK", Some("sendrecv"))
+            .ack(t + 110)
+            .rtp(true, t + 200, 0, 150, constant(byte), |_| false)
+            .rtp(false, t + 200, 0, 150, constant(byte + 1), |_| false)
+            .bye(t + 3500);
+        calls.push(c);
+    }
+    let cdrs = replay("shared-endpoint", &calls.iter().collect::<Vec<_>>());
+    assert_eq!(cdrs.len(), 3);
+    for (n, byte) in [(1u8, 0xA0u8), (2, 0xB0), (3, 0xC0)] {
+        let cdr = cdrs
+            .iter()
+            .find(|c| c["call_id"] == format!("shared-{n}@test"))
+            .expect("cdr");
+        assert_eq!(cdr["packets"]["caller"], 150, "{cdr}");
+        assert_eq!(cdr["packets"]["callee"], 150, "{cdr}");
+        let (_, left, right) = channels(cdr);
+        let want_l = calltap_media::codec::g711::ulaw_to_linear(byte);
+        let want_r = calltap_media::codec::g711::ulaw_to_linear(byte + 1);
+        assert!(
+            left.iter().all(|s| *s == 0 || *s == want_l),
+            "call {n}: foreign audio on the left"
+        );
+        assert!(
+            right.iter().all(|s| *s == 0 || *s == want_r),
+            "call {n}: foreign audio on the right"
+        );
+        assert_eq!(nonzero(&left), 150 * 160, "call {n}");
+        assert_eq!(nonzero(&right), 150 * 160, "call {n}");
+    }
+}

@@ -76,6 +76,18 @@ fn cases() -> Vec<Case> {
             1,
         ),
         case(
+            "rtp to a shared endpoint goes by its source",
+            eth(0x0800, &ipv4(17, A, B, &udp(34000, 24000, &rtp_payload))),
+            Class::Rtp,
+            2,
+        ),
+        case(
+            "rtp to a shared endpoint from an unknown source",
+            eth(0x0800, &ipv4(17, A, B, &udp(36000, 24000, &rtp_payload))),
+            Class::Rtp,
+            0,
+        ),
+        case(
             "rtp from known endpoint",
             eth(0x0800, &ipv4(17, B, A, &udp(20000, 30002, &rtp_payload))),
             Class::Rtp,
@@ -379,6 +391,22 @@ fn media_entries() -> Vec<(MediaKey, MediaValue)> {
             MediaKey::v6(v6(2), 22000),
             MediaValue {
                 worker: 0,
+                flags: 0,
+            },
+        ),
+        // An endpoint shared by calls (last claimed by a call of worker 0), and the far end
+        // of one of them (a call of worker 2).
+        (
+            MediaKey::v4(B, 24000),
+            MediaValue {
+                worker: 0,
+                flags: calltap_common::media_flags::SHARED,
+            },
+        ),
+        (
+            MediaKey::v4(A, 34000),
+            MediaValue {
+                worker: 2,
                 flags: 0,
             },
         ),

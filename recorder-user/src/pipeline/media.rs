@@ -251,6 +251,9 @@ pub struct MediaWorker {
     /// Endpoints of calls in their end grace period: consulted only when no live call claims a
     /// packet, so a new call reusing an endpoint at once gets its own packets.
     ending_endpoints: HashMap<MediaKey, (CallRef, Side)>,
+    /// Endpoints several live calls of this worker use: packets sent to them are attributed by
+    /// their source endpoint first.
+    shared: std::collections::HashSet<MediaKey>,
     pcm: Box<[i16; PCM_MAX]>,
     resampled: Box<[i16; PCM_MAX]>,
     last_flush_ns: u64,
@@ -265,6 +268,7 @@ impl MediaWorker {
             calls: HashMap::with_capacity(1024),
             endpoints: HashMap::with_capacity(4096),
             ending_endpoints: HashMap::new(),
+            shared: std::collections::HashSet::new(),
             pcm: Box::new([0; PCM_MAX]),
             resampled: Box::new([0; PCM_MAX]),
             last_flush_ns: 0,
@@ -345,7 +349,13 @@ impl MediaWorker {
                     }
                 }
                 for new in rtp.iter().chain(rtcp.iter()) {
-                    self.endpoints.insert(media_key(*new), (call, side));
+                    let k = media_key(*new);
+                    // Entries of `endpoints` all belong to live calls (ending ones moved out).
+                    if let Some((prev, _)) = self.endpoints.insert(k, (call, side)) {
+                        if prev != call {
+                            self.shared.insert(k);
+                        }
+                    }
                 }
                 s.rtp = rtp;
                 s.rtcp = rtcp;
@@ -427,6 +437,10 @@ impl MediaWorker {
             };
             self.endpoints.retain(|_, (owner, _)| *owner != call);
             self.ending_endpoints.retain(|_, (owner, _)| *owner != call);
+            if !self.shared.is_empty() {
+                let live = &self.endpoints;
+                self.shared.retain(|k| live.contains_key(k));
+            }
             self.stats.calls_ended += 1;
             let (reason, at) = c.ending.take().unwrap_or_default();
             done.push(self.finish(c, reason, at));
@@ -450,12 +464,20 @@ impl MediaWorker {
         // Audio sent *to* a side's endpoint comes from the other side; audio *from* it, from
         // that side. Live calls first, then calls in their end grace period.
         let (dst_key, src_key) = (media_key(dst), media_key(src));
+        let by_src_first = self.shared.contains(&dst_key);
         let lookup = |map: &HashMap<MediaKey, (CallRef, Side)>| {
-            if let Some(&(call, side)) = map.get(&dst_key) {
-                Some((call, 1 - side_index(side)))
-            } else {
+            let by_dst = || {
+                map.get(&dst_key)
+                    .map(|&(call, side)| (call, 1 - side_index(side)))
+            };
+            let by_src = || {
                 map.get(&src_key)
                     .map(|&(call, side)| (call, side_index(side)))
+            };
+            if by_src_first {
+                by_src().or_else(by_dst)
+            } else {
+                by_dst().or_else(by_src)
             }
         };
         let Some((call, sender)) =

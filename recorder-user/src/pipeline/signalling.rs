@@ -560,10 +560,20 @@ impl<T: MediaTable> SignallingWorker<T> {
                         self.release(key, call);
                     }
                     for key in new_keys {
-                        self.owners.insert(key, call);
+                        // Another live call on the same endpoint: mark it shared, so packets
+                        // sent to it are told apart by their source.
+                        let shared = self
+                            .owners
+                            .insert(key, call)
+                            .is_some_and(|prev| prev != call && self.routes.contains_key(&prev));
+                        let flags = if shared {
+                            calltap_common::media_flags::SHARED
+                        } else {
+                            0
+                        };
                         if self
                             .table
-                            .insert(key, MediaValue { worker, flags: 0 })
+                            .insert(key, MediaValue { worker, flags })
                             .is_err()
                         {
                             self.stats.media_table_errors += 1;

@@ -26,6 +26,8 @@ pub struct Call {
     pub call_id: String,
     pub packets: Vec<Packet>,
     cseq: u32,
+    /// The called side's address (SIP and RTP); `CALLEE` unless changed with `callee_at`.
+    callee: [u8; 4],
 }
 
 fn ip(a: [u8; 4]) -> String {
@@ -45,14 +47,21 @@ impl Call {
             call_id: call_id.to_owned(),
             packets: Vec::new(),
             cseq: 1,
+            callee: CALLEE,
         }
+    }
+
+    /// The called side lives at `addr` (its RTP port stays `CALLEE_RTP`).
+    pub fn callee_at(mut self, addr: [u8; 4]) -> Self {
+        self.callee = addr;
+        self
     }
 
     fn sip(&mut self, at_ms: u64, from_caller: bool, text: String) {
         let (src, dst) = if from_caller {
-            (CALLER, CALLEE)
+            (CALLER, self.callee)
         } else {
-            (CALLEE, CALLER)
+            (self.callee, CALLER)
         };
         let frame = eth(
             0x0800,
@@ -68,7 +77,7 @@ impl Call {
         format!(
             "Via: SIP/2.0/UDP {c}:5060;branch=z9hG4bK{cseq}{method}\r\nFrom: \"Alice\" <sip:1001@{c}>;tag=caller1\r\nTo: <sip:2002@{d}>{tt}\r\nCall-ID: {id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n",
             c = ip(CALLER),
-            d = ip(CALLEE),
+            d = ip(self.callee),
             tt = if to_tag { ";tag=callee1" } else { "" },
             id = self.call_id,
         )
@@ -81,7 +90,7 @@ impl Call {
         let body = sdp(CALLER, CALLER_RTP, direction);
         let text = format!(
             "INVITE sip:2002@{d} SIP/2.0\r\n{h}Contact: <sip:1001@{c}>\r\nContent-Type: application/sdp\r\nContent-Length: {l}\r\n\r\n{body}",
-            d = ip(CALLEE),
+            d = ip(self.callee),
             c = ip(CALLER),
             h = self.headers("INVITE", cseq, reinvite),
             l = body.len()
@@ -100,7 +109,7 @@ impl Call {
     ) -> &mut Self {
         let cseq = self.cseq - 1;
         let body = direction
-            .map(|d| sdp(CALLEE, CALLEE_RTP, d))
+            .map(|d| sdp(self.callee, CALLEE_RTP, d))
             .unwrap_or_default();
         let ctype = if body.is_empty() {
             ""
@@ -110,7 +119,7 @@ impl Call {
         let text = format!(
             "SIP/2.0 {code} {reason}\r\n{h}Contact: <sip:2002@{d}>\r\n{ctype}Content-Length: {l}\r\n\r\n{body}",
             h = self.headers("INVITE", cseq, code != 100),
-            d = ip(CALLEE),
+            d = ip(self.callee),
             l = body.len()
         );
         self.sip(at_ms, false, text);
@@ -121,7 +130,7 @@ impl Call {
         let cseq = self.cseq - 1;
         let text = format!(
             "ACK sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
-            ip(CALLEE),
+            ip(self.callee),
             self.headers("ACK", cseq, true)
         );
         self.sip(at_ms, true, text);
@@ -134,7 +143,7 @@ impl Call {
         self.cseq += 1;
         let text = format!(
             "BYE sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
-            ip(CALLEE),
+            ip(self.callee),
             self.headers("BYE", cseq, true)
         );
         self.sip(at_ms, true, text);
@@ -159,10 +168,12 @@ impl Call {
         skip: impl Fn(u32) -> bool,
     ) -> &mut Self {
         let (src, dst, sport, dport, ssrc) = if from_caller {
-            (CALLER, CALLEE, CALLER_RTP, CALLEE_RTP, 0xA1A1_0001)
+            (CALLER, self.callee, CALLER_RTP, CALLEE_RTP, 0xA1A1_0000)
         } else {
-            (CALLEE, CALLER, CALLEE_RTP, CALLER_RTP, 0xB2B2_0002)
+            (self.callee, CALLER, CALLEE_RTP, CALLER_RTP, 0xB2B2_0000)
         };
+        // One SSRC per call and direction.
+        let ssrc = ssrc | u32::from(self.callee[3]);
         for k in 0..count {
             let i = first_index + k;
             if skip(i) {
