@@ -15,11 +15,24 @@ pub fn run(calls: u32, seconds: u32) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .canonicalize()?;
+    // The live capacity figure runs the release daemon in the lab.
+    if !Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "calltap"])
+        .status()?
+        .success()
+    {
+        bail!("cargo build --release failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let ok = Command::new("cargo")
         .current_dir(&root)
         .args(["bench", "-p", "calltap", "--bench", "pipeline"])
         .env("CALLTAP_BENCH_CALLS", calls.to_string())
         .env("CALLTAP_BENCH_SECONDS", seconds.to_string())
+        .env("CALLTAP_BIN", target.join("release/calltap"))
         .status()?
         .success();
     if !ok {
