@@ -350,9 +350,10 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
         .status();
         let gen_cpu = cpu_children_secs() - cpu0;
         let wall = t.elapsed().as_secs_f64();
-        std::thread::sleep(Duration::from_secs(2));
-        let cdrs = daemon.cdrs().unwrap_or_default();
+        std::thread::sleep(Duration::from_secs(1));
+        // Stopping waits for every call to be finished and its CDR written.
         let summary = daemon.stop().unwrap_or_default();
+        let cdrs = calltap_lab::daemon::read_jsonl(&data.join("calls.jsonl")).unwrap_or_default();
         let _ = std::fs::remove_file(&pcap);
         let want = u64::from(seconds) * 50;
         let complete = cdrs
@@ -376,6 +377,25 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
             100.0 * gen_cpu / wall,
             if ok { "" } else { "  <- loss" }
         );
+        if !ok {
+            // Where the loss happened: before XDP (the veth's own drops), in the classifier, or
+            // in userspace.
+            let veth = calltap_lab::netns::ns_run(
+                calltap_lab::netns::NS_REC,
+                &["ip", "-s", "link", "show", "m0"],
+            )
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+            eprintln!(
+                "live: loss detail: offered {} RTP, counters {}, signalling {}, workers {}, m0: {veth}",
+                rtp, summary["counters"], summary["signalling"], summary["workers"]
+            );
+        }
         let _ = std::fs::remove_dir_all(&data);
         if !ok {
             out.insert("live_first_lossy_calls".into(), f64::from(n));
