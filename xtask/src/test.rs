@@ -34,6 +34,13 @@ pub fn run(extra: &[String]) -> Result<()> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
+    // The end-to-end tests run the daemon binary itself: build it first, in the test profile's
+    // target dir.
+    cargo(
+        &root,
+        &["build", "-p", "calltap", "--bin", "calltap"],
+        "building calltap",
+    )?;
     let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
     args.extend(extra.iter().cloned());
     let status = Command::new("cargo")
