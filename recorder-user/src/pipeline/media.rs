@@ -127,6 +127,8 @@ struct ActiveCall {
     contender: Option<(u32, usize, u64)>,
     /// Signalling ended the call (reason, time); it is finished after [`END_GRACE_NS`].
     ending: Option<(String, u64)>,
+    /// A write to the recording failed (logged once).
+    write_failed: bool,
 }
 
 /// Audio still in flight when the BYE is captured (the far side's last packets) is kept: a call
@@ -326,6 +328,7 @@ impl MediaWorker {
                         ssrc_dirs: Vec::new(),
                         contender: None,
                         ending: None,
+                        write_failed: false,
                     }),
                 );
             }
@@ -608,18 +611,29 @@ impl MediaWorker {
             &self.resampled[..n2]
         };
         if c.wav.is_none() {
+            if c.write_failed {
+                // Already failed (disk full): counted, logged once.
+                self.stats.write_errors += 1;
+                return;
+            }
             match WavWriter::create(&c.wav_path, wav_rate, self.cfg.max_call_secs) {
                 Ok(w) => c.wav = Some(w),
                 Err(e) => {
                     self.stats.write_errors += 1;
+                    c.write_failed = true;
                     log::error!("{}: cannot create recording: {e}", c.wav_path.display());
                     return;
                 }
             }
         }
         if let Some(w) = c.wav.as_mut() {
-            if w.write(sender, pos, samples).is_err() {
+            if let Err(e) = w.write(sender, pos, samples) {
                 self.stats.write_errors += 1;
+                if !c.write_failed {
+                    // Once per call: the disk is full or failing; the CDR is still written.
+                    c.write_failed = true;
+                    log::error!("{}: recording write failed: {e}", c.wav_path.display());
+                }
             }
         }
     }
@@ -657,7 +671,9 @@ impl MediaWorker {
         let any_audio = c.dirs.iter().any(|d| d.packets > 0);
         // Answered calls always get a recording of the call's full length, silence where no
         // audio came; unanswered attempts only when early media arrived.
-        if c.wav.is_none() && (c.answer_ns.is_some() || any_audio) {
+        // A recording that failed during the call is not replaced by a silent file at its end:
+        // the CDR says there is no recording rather than offering silence as the call's audio.
+        if c.wav.is_none() && !c.write_failed && (c.answer_ns.is_some() || any_audio) {
             match WavWriter::create(&c.wav_path, 8000, self.cfg.max_call_secs) {
                 Ok(w) => c.wav = Some(w),
                 Err(e) => {

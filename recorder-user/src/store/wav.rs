@@ -65,7 +65,7 @@ impl WavWriter {
             .create(true)
             .truncate(true)
             .open(path)?;
-        file.set_len(HEADER + GROW)?;
+        allocate(&file, HEADER + GROW)?;
         // SAFETY: we own the file; nobody else maps or truncates it while we write.
         let map = unsafe { MmapMut::map_mut(&file)? };
         let mut w = WavWriter {
@@ -100,7 +100,7 @@ impl WavWriter {
             return Ok(());
         }
         let want = frames.div_ceil(GROW / BYTES_PER_FRAME) * GROW;
-        self.file.set_len(HEADER + want)?;
+        allocate(&self.file, HEADER + want)?;
         // SAFETY: as in create; the old mapping is dropped by the assignment.
         self.map = unsafe { MmapMut::map_mut(&self.file)? };
         self.capacity = want / BYTES_PER_FRAME;
@@ -219,6 +219,27 @@ impl WavWriter {
 }
 
 /// Hex sha256 of a file's contents.
+/// Makes `file` `len` bytes long with its blocks really allocated. A sparse file (plain
+/// `set_len`) would fail only when a page of the mapping is first written on a full disk, and
+/// that failure is a SIGBUS that kills the recorder; allocating up front turns it into an
+/// ordinary `ENOSPC` error here, which the caller counts and logs while recording goes on.
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let current = file.metadata()?.len();
+    if len <= current {
+        return Ok(());
+    }
+    let offset = current as libc::off_t;
+    let add = (len - current) as libc::off_t;
+    // SAFETY: fallocate on a descriptor we own; the range is within off_t.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, add) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut f = File::open(path)?;
     let mut hasher = Sha256::new();

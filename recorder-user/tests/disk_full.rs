@@ -1,0 +1,80 @@
+//! A full recordings disk: CallTap logs a clear error, keeps recording what fits, never crashes
+//! (a sparse memory-mapped file on a full disk would kill it with SIGBUS), and every call still
+//! gets its CDR.
+
+mod support;
+
+use std::process::Command;
+
+use calltap::config::Config;
+use support::calls::{constant, write_pcap, Call};
+
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_recordings_disk_keeps_cdrs_and_does_not_crash() {
+    if !support::require_root("full_recordings_disk_keeps_cdrs_and_does_not_crash") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("calltap-diskfull-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let recordings = dir.join("data/recordings");
+    std::fs::create_dir_all(&recordings).expect("dirs");
+    // Room for two recordings' first preallocated chunk (1 MiB each), not four.
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2600k", "calltap-full"])
+        .arg(&recordings)
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount tmpfs");
+    let _mount = Mount(recordings.clone());
+
+    let calls: Vec<Call> = (1..=4u8)
+        .map(|n| {
+            let mut c = Call::new(&format!("full-{n}@test")).callee_at([198, 18, 2, n]);
+            let t = u64::from(n) * 10;
+            c.invite(t, "sendrecv", false)
+                .respond(t + 100, 200, "OK", Some("sendrecv"))
+                .ack(t + 110)
+                .rtp(true, t + 200, 0, 500, constant(0xA0), |_| false)
+                .bye(t + 10_500);
+            c
+        })
+        .collect();
+    // Different callers too, so the four calls share no endpoint.
+    let pcap = dir.join("calls.pcap");
+    write_pcap(&pcap, &calls.iter().collect::<Vec<_>>());
+    let mut cfg = Config::load_with_env(None, &[]).expect("config");
+    cfg.data_dir = dir.join("data");
+    cfg.workers = 1;
+    let mut cdrs = Vec::new();
+    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |c| cdrs.push(c.clone()));
+    assert_eq!(cdrs.len(), 4, "every call keeps its CDR");
+    let recorded = cdrs.iter().filter(|c| c.recording.is_some()).count();
+    assert_eq!(
+        recorded, 2,
+        "two recordings fit; the others are reported missing, not silent"
+    );
+    assert!(summary.workers.iter().map(|w| w.write_errors).sum::<u64>() > 0);
+    for c in cdrs.iter().filter(|c| c.recording.is_some()) {
+        assert_eq!(c.packets.caller, 500);
+        let rec = c.recording.as_ref().expect("recording");
+        let mut wav =
+            hound::WavReader::open(&rec.path).expect("the recordings that fit are valid WAVs");
+        assert_eq!(wav.spec().channels, 2);
+        let audio = wav
+            .samples::<i16>()
+            .step_by(2)
+            .filter(|s| s.as_ref().is_ok_and(|v| *v != 0))
+            .count();
+        assert_eq!(audio, 500 * 160, "{}: all of the caller's audio", c.call_id);
+    }
+    drop(_mount);
+    let _ = std::fs::remove_dir_all(&dir);
+}
