@@ -474,3 +474,18 @@ mod tests {
         let _ = (t.lost(), t.expected());
     }
 }
+
+#[cfg(test)]
+mod first_packet_late {
+    use super::*;
+
+    /// The stream's very first packet arrives after its second (it took a slower path): it
+    /// still goes right before it.
+    #[test]
+    fn first_packet_arriving_second_is_placed() {
+        let mut t = StreamTimeline::new(8000, 8000);
+        assert_eq!(t.place(7, 101, 1160, 5000), Placement::Write { pos: 5000 });
+        assert_eq!(t.place(7, 100, 1000, 5001), Placement::Write { pos: 4840 });
+        assert_eq!(t.place(7, 102, 1320, 5160), Placement::Write { pos: 5160 });
+    }
+}

@@ -586,9 +586,16 @@ impl MediaWorker {
         let Some(timeline) = d.timeline.as_mut() else {
             return;
         };
-        let Placement::Write { pos } =
-            timeline.place(rtp.ssrc, rtp.sequence, rtp.timestamp, arrival as u64)
-        else {
+        let placement = timeline.place(rtp.ssrc, rtp.sequence, rtp.timestamp, arrival as u64);
+        let Placement::Write { pos } = placement else {
+            log::debug!(
+                "{}: {} packet seq {} ts {} at {} not placed: {placement:?}",
+                c.setup.call_id,
+                side_name(sender),
+                rtp.sequence,
+                rtp.timestamp,
+                arrival
+            );
             return;
         };
         let samples: &[i16] = if codec_rate == wav_rate {
