@@ -113,6 +113,10 @@ impl WavWriter {
     pub fn write(&mut self, channel: usize, pos: u64, samples: &[i16]) -> io::Result<()> {
         let channel = (channel as u64).min(CHANNELS - 1);
         let mut n = samples.len() as u64;
+        if n == 0 {
+            // An RTP packet with an empty payload: nothing to write.
+            return Ok(());
+        }
         if pos >= self.max_frames {
             self.dropped_samples += n;
             return Ok(());
@@ -285,6 +289,16 @@ mod tests {
         assert_eq!(s[300_000 * 2 + 1], 7);
         assert!(s[30..300_000 * 2].iter().all(|&x| x == 0));
         assert_eq!(done.sha256, sha256_file(&path).expect("hash"));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn empty_writes_are_harmless() {
+        let dir = std::env::temp_dir().join(format!("calltap-wav-empty-{}", std::process::id()));
+        let mut w = WavWriter::create(&dir.join("e.wav"), 8000, 10).expect("create");
+        w.write(0, 0, &[]).expect("empty write");
+        w.write(1, 1 << 40, &[]).expect("empty write far away");
+        assert_eq!(w.finish().expect("finish").frames, 0);
         let _ = fs::remove_dir_all(dir);
     }
 
