@@ -50,12 +50,10 @@ fn mangle(src: &Path, dst: &Path, rng: &mut Rng) -> usize {
                 data.truncate(keep);
             }
             // Zero a run of bytes (lengths and offsets become nonsense).
-            6 => {
-                if !data.is_empty() {
-                    let at = rng.below(data.len() as u64) as usize;
-                    let len = (rng.below(16) as usize).min(data.len() - at);
-                    data[at..at + len].fill(0);
-                }
+            6 if !data.is_empty() => {
+                let at = rng.below(data.len() as u64) as usize;
+                let len = (rng.below(16) as usize).min(data.len() - at);
+                data[at..at + len].fill(0);
             }
             _ => {}
         }
@@ -92,7 +90,8 @@ fn corrupted_captures_are_counted_and_skipped() {
             cfg.data_dir = dir.join("data");
             cfg.workers = 2;
             let mut cdrs = 0;
-            let summary = calltap::cmd::replay::replay(&cfg, &[out.clone()], |_| cdrs += 1);
+            let summary =
+                calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&out), |_| cdrs += 1);
             assert!(summary.errors.is_empty(), "{f}: {:?}", summary.errors);
             assert_eq!(summary.packets, frames as u64, "{f}: every frame read");
             assert_eq!(
