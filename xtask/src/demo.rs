@@ -91,6 +91,10 @@ pub fn run(pairs: u8, calls: u32, seconds: u32, keep_lab: bool) -> Result<()> {
             );
         }
         println!("\ndemo: XDP counters {}", summary["counters"]);
+        println!(
+            "demo: CDR database {} (sqlite3 it: select call_id, end_reason, duration_ms from calls)",
+            data.join("calltap.db").display()
+        );
         println!("demo: CDR journal {}", data.join("calls.jsonl").display());
         println!(
             "demo: run summary {}",
