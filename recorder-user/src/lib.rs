@@ -8,4 +8,5 @@ pub mod classify;
 pub mod cmd;
 pub mod config;
 pub mod pipeline;
+pub mod publish;
 pub mod store;

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use calltap::{
-    cmd::{import_csv, replay, run},
+    cmd::{import_csv, replay, run, token},
     config::{Config, SourceKind},
 };
 use clap::{Parser, Subcommand, ValueEnum};
@@ -68,10 +68,39 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// REST API bearer tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Validate the configuration and exit.
     CheckConfig {
         #[command(flatten)]
         common: Common,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TokenRole {
+    /// Reads status, CDRs and recordings.
+    Viewer,
+    /// A viewer that may also control recording of live calls.
+    Operator,
+    /// An operator that may also manage tokens and configuration.
+    Admin,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token and print it (the only time it is shown; only its hash is stored).
+    Create {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_enum)]
+        role: TokenRole,
+        /// Who or what the token is for (shown in `GET /api/v1/tokens`).
+        #[arg(long, default_value = "")]
+        name: String,
     },
 }
 
@@ -182,6 +211,25 @@ fn real_main() -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Command::Token {
+            action: TokenAction::Create { common, role, name },
+        } => {
+            let cfg = load(&common)?;
+            let role = match role {
+                TokenRole::Viewer => calltap::publish::api::auth::Role::Viewer,
+                TokenRole::Operator => calltap::publish::api::auth::Role::Operator,
+                TokenRole::Admin => calltap::publish::api::auth::Role::Admin,
+            };
+            let made = token::create(&cfg, role, &name)?;
+            eprintln!(
+                "calltap: created {} token {} (id {}); it is not shown again",
+                role.as_str(),
+                if name.is_empty() { "(no name)" } else { &name },
+                made.id
+            );
+            println!("{}", made.token);
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { common } => {
             let cfg = load(&common)?;

@@ -3,3 +3,4 @@
 pub mod import_csv;
 pub mod replay;
 pub mod run;
+pub mod token;

@@ -1,0 +1,42 @@
+//! `calltap token create`: a REST API bearer token, stored hashed in the CDR database (the one
+//! the daemon uses, so a token works at once, also against a running daemon).
+
+use std::time::Duration;
+
+use crate::{
+    config::Config,
+    publish::api::auth::{self, Role, TokenError},
+    store::db::{Db, DbError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenCmdError {
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// A token just created: shown once, never stored in clear.
+pub struct Created {
+    pub id: i64,
+    pub token: String,
+}
+
+/// Opens (and migrates) the configured database and stores a new token with `role`.
+pub fn create(cfg: &Config, role: Role, name: &str) -> Result<Created, TokenCmdError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(TokenCmdError::Runtime)?;
+    rt.block_on(async {
+        let timeout = Duration::from_millis(cfg.db_write_timeout_ms.max(5000));
+        let db = Db::connect(&cfg.database_url(), timeout).await?;
+        let made = auth::create_token(&db, role, name).await;
+        db.close().await;
+        let (id, token) = made?;
+        Ok(Created { id, token })
+    })
+}

@@ -1,0 +1,261 @@
+//! The REST API, versioned under `/api/v1`: status, call search and CDR detail, recording
+//! download, API tokens. [`router`] gives routes that the HTTP server (`publish::http`) mounts
+//! beside `/metrics`; it reads only the database, the recordings directory and atomics that the
+//! capture threads publish, so nothing here can slow or stop capture.
+//!
+//! Every route but `/api/v1/openapi.json` needs a bearer token (see [`auth`]); errors all have
+//! the shape of [`errors::ApiError`].
+
+#[macro_use]
+mod sql;
+pub mod auth;
+pub mod calls;
+pub mod errors;
+pub mod openapi;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{rejection::JsonRejection, State},
+    http::StatusCode,
+    middleware::from_fn_with_state,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde::{Deserialize, Serialize};
+use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
+
+use self::{
+    auth::Role,
+    errors::{error_response, ApiError},
+};
+use crate::{
+    config::Config,
+    store::{
+        db::Db,
+        writer::{WriterCounters, WriterSnapshot},
+    },
+};
+
+/// Largest request body accepted: the API takes small JSON documents only.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// A request that has not produced its response head by then gets 408. A recording download
+/// streams its body after that, so long files are not cut.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the status page's database check, so a dead database cannot stall it.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What `calltap run` captures on, once it knows (the source is picked after XDP tries to
+/// attach).
+#[derive(Clone, Debug, Serialize)]
+pub struct CaptureInfo {
+    pub source: String,
+    pub interfaces: Vec<String>,
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    data_dir: PathBuf,
+    recordings_dir: PathBuf,
+    started: Instant,
+    capture: Mutex<Option<CaptureInfo>>,
+    writer: Option<Arc<WriterCounters>>,
+}
+
+impl ApiState {
+    /// State over an open, migrated CDR database and the data directory of `cfg`; `writer`
+    /// adds the CDR writer's live counters to the status page.
+    pub fn new(db: Db, cfg: &Config, writer: Option<Arc<WriterCounters>>) -> ApiState {
+        ApiState {
+            inner: Arc::new(Inner {
+                db,
+                data_dir: cfg.data_dir.clone(),
+                recordings_dir: cfg.recordings_dir(),
+                started: Instant::now(),
+                capture: Mutex::new(None),
+                writer,
+            }),
+        }
+    }
+
+    /// Records the capture source once it is running.
+    pub fn set_capture(&self, info: CaptureInfo) {
+        *lock(&self.inner.capture) = Some(info);
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded value is replaced whole; a panic elsewhere cannot leave it half-written.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The API routes, all under `/api/v1`, with their auth, body limit and timeout layers.
+pub fn router(state: ApiState) -> Router {
+    let viewer = Router::new()
+        .route("/status", get(status))
+        .route("/calls", get(calls::search))
+        .route("/calls/{uuid}", get(calls::detail))
+        .route("/calls/{uuid}/recording", get(calls::recording))
+        .route_layer(from_fn_with_state(
+            (state.clone(), Role::Viewer),
+            auth::require,
+        ));
+    let admin = Router::new()
+        .route("/tokens", get(tokens_list).post(tokens_create))
+        .route_layer(from_fn_with_state(
+            (state.clone(), Role::Admin),
+            auth::require,
+        ));
+    let api = Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .merge(viewer)
+        .merge(admin)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+    Router::new()
+        .nest("/api/v1", api)
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such API route")
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+#[derive(Serialize)]
+struct DatabaseStatus {
+    backend: String,
+    reachable: bool,
+}
+
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    uptime_s: u64,
+    data_dir: String,
+    recordings_dir: String,
+    capture: Option<CaptureInfo>,
+    database: DatabaseStatus,
+    cdr_store: Option<WriterSnapshot>,
+}
+
+/// `GET /api/v1/status`
+async fn status(State(state): State<ApiState>) -> Json<Status> {
+    let s = &state.inner;
+    // Cloned first: the guard must not live across the database ping below.
+    let capture = lock(&s.capture).clone();
+    let reachable = s.db.ping(PING_TIMEOUT).await.is_ok();
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_s: s.started.elapsed().as_secs(),
+        data_dir: s.data_dir.display().to_string(),
+        recordings_dir: s.recordings_dir.display().to_string(),
+        capture,
+        database: DatabaseStatus {
+            backend: s.db.backend().to_string(),
+            reachable,
+        },
+        cdr_store: s.writer.as_ref().map(|w| w.snapshot()),
+    })
+}
+
+#[derive(Serialize)]
+struct TokenList {
+    tokens: Vec<auth::TokenInfo>,
+}
+
+/// `GET /api/v1/tokens` (admin)
+async fn tokens_list(State(state): State<ApiState>) -> Result<Json<TokenList>, ApiError> {
+    Ok(Json(TokenList {
+        tokens: auth::list(&state.inner.db).await?,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    role: String,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Serialize)]
+struct TokenCreated {
+    id: i64,
+    role: &'static str,
+    name: String,
+    token: String,
+}
+
+/// `POST /api/v1/tokens` (admin)
+async fn tokens_create(
+    State(state): State<ApiState>,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge { limit: BODY_LIMIT }
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    })?;
+    let role = Role::parse(&req.role).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "role {:?}: expected viewer, operator or admin",
+            req.role
+        ))
+    })?;
+    if req.name.len() > 200 {
+        return Err(ApiError::BadRequest("name: at most 200 bytes".into()));
+    }
+    let (id, token) = auth::create_token(&state.inner.db, role, &req.name)
+        .await
+        .map_err(|e| match e {
+            auth::TokenError::Db(e) => ApiError::Database(e),
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            id,
+            role: role.as_str(),
+            name: req.name,
+            token,
+        }),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,527 @@
+//! The router in-process over a SQLite store seeded through the real insert path, with real
+//! recording files in a temp data dir.
+
+use std::{path::Path, time::Duration};
+
+use axum::{
+    body::Body,
+    http::{header, Method, Request, StatusCode},
+    Router,
+};
+use serde_json::Value;
+use tower::ServiceExt as _;
+
+use super::*;
+use crate::store::db::{tests::sample_cdr, StoredCdr, StoredVia};
+
+const T: Duration = Duration::from_secs(5);
+const CALLS: u32 = 12;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    app: Router,
+    admin: String,
+    operator: String,
+    viewer: String,
+    /// The WAV bytes of call 3.
+    wav3: Vec<u8>,
+    outside: std::path::PathBuf,
+}
+
+fn uuid(n: u32) -> String {
+    sample_cdr(n).uuid
+}
+
+async fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut cfg = Config::load_with_env(None, &[]).expect("defaults");
+    cfg.data_dir = tmp.path().join("data");
+    let rec_dir = cfg.recordings_dir();
+    std::fs::create_dir_all(rec_dir.join("2026")).expect("recordings dir");
+    let outside = tmp.path().join("secret.wav");
+    std::fs::write(&outside, b"RIFF-not-yours").expect("outside file");
+    std::os::unix::fs::symlink(&outside, rec_dir.join("link.wav")).expect("symlink");
+    let db = Db::connect(&cfg.database_url(), T).await.expect("db");
+    let mut wav3 = Vec::new();
+    let mut rows = Vec::new();
+    for n in 0..CALLS {
+        let mut c = sample_cdr(n);
+        c.duration_ms = 1000 * u64::from(n);
+        c.end_reason = if n % 3 == 0 { "cancel" } else { "bye_caller" }.into();
+        if let Some(r) = c.recording.as_mut() {
+            r.path = match n {
+                // Stored paths that must never be served.
+                9 => outside.clone(),
+                10 => rec_dir.join("2026/../../../secret.wav"),
+                11 => rec_dir.join("link.wav"),
+                _ => {
+                    let p = rec_dir.join(format!("2026/{n}.wav"));
+                    let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7 + n) as u8).collect();
+                    std::fs::write(&p, &bytes).expect("wav");
+                    if n == 3 {
+                        wav3 = bytes;
+                    }
+                    p
+                }
+            };
+        }
+        rows.push(StoredCdr::from_cdr(&c).expect("stored"));
+    }
+    db.insert_batch(&rows, StoredVia::Direct, T)
+        .await
+        .expect("seed");
+    let token = |role| {
+        let db = db.clone();
+        async move {
+            auth::create_token(&db, role, "test")
+                .await
+                .expect("token")
+                .1
+        }
+    };
+    let (admin, operator, viewer) = (
+        token(Role::Admin).await,
+        token(Role::Operator).await,
+        token(Role::Viewer).await,
+    );
+    let app = router(ApiState::new(db, &cfg, None));
+    Fixture {
+        _tmp: tmp,
+        app,
+        admin,
+        operator,
+        viewer,
+        wav3,
+        outside,
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts an error answer with `status` and the stable shape; returns its code.
+    fn error(&self, status: StatusCode) -> String {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        assert!(v["error"]["message"].is_string(), "{v}");
+        v["error"]["code"].as_str().expect("code").to_string()
+    }
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+    body: Body,
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(body).expect("request"))
+        .await
+        .expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .expect("body")
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(app: &Router, uri: &str, token: &str) -> Answer {
+    call(app, Method::GET, uri, Some(token), &[], Body::empty()).await
+}
+
+fn uuids(v: &Value) -> Vec<String> {
+    v["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| c["uuid"].as_str().expect("uuid").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn search_filters_and_pagination() {
+    let f = fixture().await;
+    let all = get(&f.app, "/api/v1/calls", &f.viewer).await;
+    assert_eq!(all.status, StatusCode::OK);
+    let want: Vec<String> = (0..CALLS).rev().map(uuid).collect();
+    assert_eq!(uuids(&all.json()), want, "newest first");
+    assert!(all.json()["next_cursor"].is_null());
+
+    // Pages of 5: 5 + 5 + 2, no duplicates, same order, cursor absent on the last.
+    let mut seen = Vec::new();
+    let mut uri = "/api/v1/calls?limit=5".to_string();
+    let mut pages = 0;
+    loop {
+        let page = get(&f.app, &uri, &f.viewer).await.json();
+        pages += 1;
+        seen.extend(uuids(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => uri = format!("/api/v1/calls?limit=5&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!((pages, seen), (3, want));
+
+    let q = |query: &str| {
+        let app = f.app.clone();
+        let token = f.viewer.clone();
+        let uri = format!("/api/v1/calls?{query}");
+        async move {
+            let a = get(&app, &uri, &token).await;
+            assert_eq!(a.status, StatusCode::OK, "{uri}");
+            let mut u = uuids(&a.json());
+            u.sort();
+            u
+        }
+    };
+    assert_eq!(q("party=103").await, vec![uuid(3)]);
+    assert_eq!(q("party=2000").await.len(), CALLS as usize);
+    assert_eq!(q("party=nobody").await, Vec::<String>::new());
+    assert_eq!(q("call_id=call-4%40uac").await, vec![uuid(4)]);
+    assert_eq!(
+        q("end_reason=cancel").await,
+        vec![uuid(0), uuid(3), uuid(6), uuid(9)]
+    );
+    assert_eq!(
+        q("min_duration_ms=2000&max_duration_ms=4000").await,
+        vec![uuid(2), uuid(3), uuid(4)]
+    );
+    // sample_cdr(n) starts at 1_700_000_000 + n seconds = 2023-11-14T22:13:20Z + n s.
+    assert_eq!(
+        q("from=2023-11-14T22:13:25Z&to=2023-11-14T23:13:27%2B01:00").await,
+        vec![uuid(5), uuid(6)]
+    );
+    assert_eq!(
+        q("party=2000&end_reason=cancel&limit=2").await,
+        vec![uuid(6), uuid(9)]
+    );
+
+    for bad in [
+        "limit=0",
+        "limit=501",
+        "limit=many",
+        "from=yesterday",
+        "to=2023-11-14",
+        "cursor=zz",
+        "cursor=00",
+        "min_duration_ms=-1",
+        "colour=blue",
+    ] {
+        let a = get(&f.app, &format!("/api/v1/calls?{bad}"), &f.viewer).await;
+        assert_eq!(a.error(StatusCode::BAD_REQUEST), "bad_request", "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn detail_has_streams_dtmf_and_recording() {
+    let f = fixture().await;
+    let d = get(&f.app, &format!("/api/v1/calls/{}", uuid(3)), &f.viewer)
+        .await
+        .json();
+    assert_eq!(d["uuid"], uuid(3));
+    assert_eq!(d["from_user"], "103");
+    assert_eq!(d["end_reason"], "cancel");
+    assert_eq!(d["streams"].as_array().expect("streams").len(), 2);
+    assert_eq!(d["streams"][0]["direction"], "caller");
+    assert_eq!(d["dtmf"][0]["digit"], "5");
+    assert_eq!(d["recording"]["sample_rate"], 8000);
+    assert!(d.get("recording_path").is_none(), "no server paths: {d}");
+    let missing = get(&f.app, "/api/v1/calls/no-such-call", &f.viewer).await;
+    assert_eq!(missing.error(StatusCode::NOT_FOUND), "not_found");
+}
+
+#[tokio::test]
+async fn recording_download_whole_and_ranges() {
+    let f = fixture().await;
+    let uri = format!("/api/v1/calls/{}/recording", uuid(3));
+    let len = f.wav3.len();
+    let whole = get(&f.app, &uri, &f.viewer).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(whole.headers[header::CONTENT_TYPE], "audio/wav");
+    assert_eq!(whole.headers[header::ACCEPT_RANGES], "bytes");
+    assert_eq!(whole.body, f.wav3);
+    let range = |r: &'static str| {
+        let app = f.app.clone();
+        let (uri, token) = (uri.clone(), f.viewer.clone());
+        async move {
+            call(
+                &app,
+                Method::GET,
+                &uri,
+                Some(&token),
+                &[("range", r)],
+                Body::empty(),
+            )
+            .await
+        }
+    };
+    let part = range("bytes=100-1099").await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        part.headers[header::CONTENT_RANGE],
+        format!("bytes 100-1099/{len}").as_str()
+    );
+    assert_eq!(part.body, f.wav3[100..1100]);
+    let tail = range("bytes=-44").await;
+    assert_eq!(tail.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(tail.body, f.wav3[len - 44..]);
+    let open = range("bytes=4990-").await;
+    assert_eq!(open.body, f.wav3[4990..]);
+    let beyond = range("bytes=5000-").await;
+    assert_eq!(
+        beyond.error(StatusCode::RANGE_NOT_SATISFIABLE),
+        "range_not_satisfiable"
+    );
+    assert_eq!(
+        beyond.headers[header::CONTENT_RANGE],
+        format!("bytes */{len}").as_str()
+    );
+    // Several ranges: the whole file is a valid answer.
+    let multi = range("bytes=0-1,5-6").await;
+    assert_eq!((multi.status, multi.body.len()), (StatusCode::OK, len));
+}
+
+#[tokio::test]
+async fn recording_paths_outside_the_recordings_dir_are_refused() {
+    let f = fixture().await;
+    // 9: absolute path outside, 10: `..` climbing out, 11: symlink inside pointing outside.
+    for n in [9, 10, 11] {
+        let a = get(
+            &f.app,
+            &format!("/api/v1/calls/{}/recording", uuid(n)),
+            &f.viewer,
+        )
+        .await;
+        assert_eq!(a.error(StatusCode::NOT_FOUND), "not_found", "call {n}");
+        assert!(!a.body.windows(4).any(|w| w == b"RIFF"), "call {n}");
+    }
+    assert!(f.outside.exists());
+    // Traversal in the URL never reaches the file system: it is a uuid looked up in the DB.
+    for uri in [
+        "/api/v1/calls/..%2F..%2Fsecret.wav/recording",
+        "/api/v1/calls/%2e%2e/recording",
+        "/api/v1/calls/../../secret.wav/recording",
+    ] {
+        let a = get(&f.app, uri, &f.viewer).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_and_roles() {
+    let f = fixture().await;
+    let no = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/status",
+        None,
+        &[],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(no.error(StatusCode::UNAUTHORIZED), "unauthorized");
+    assert!(no.headers.contains_key(header::WWW_AUTHENTICATE));
+    for bad in [
+        "ct_0000000000000000000000000000000000000000000000000000000000000000",
+        "",
+        &"x".repeat(4000),
+    ] {
+        let a = get(&f.app, "/api/v1/calls", bad).await;
+        assert_eq!(a.error(StatusCode::UNAUTHORIZED), "unauthorized");
+    }
+    let basic = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/calls",
+        None,
+        &[("authorization", &format!("Basic {}", f.viewer))],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
+
+    let status = get(&f.app, "/api/v1/status", &f.viewer).await.json();
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["database"]["backend"], "SQLite");
+    assert_eq!(status["database"]["reachable"], true);
+
+    for t in [&f.viewer, &f.operator] {
+        let a = get(&f.app, "/api/v1/tokens", t).await;
+        assert_eq!(a.error(StatusCode::FORBIDDEN), "forbidden");
+    }
+    let list = get(&f.app, "/api/v1/tokens", &f.admin).await.json();
+    let tokens = list["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), 3);
+    assert!(
+        !list.to_string().contains(&f.viewer),
+        "token leaked: {list}"
+    );
+
+    let post = |token: String, body: &'static str| {
+        let app = f.app.clone();
+        async move {
+            call(
+                &app,
+                Method::POST,
+                "/api/v1/tokens",
+                Some(&token),
+                &[("content-type", "application/json")],
+                Body::from(body),
+            )
+            .await
+        }
+    };
+    let forbidden = post(f.viewer.clone(), r#"{"role":"admin"}"#).await;
+    assert_eq!(forbidden.error(StatusCode::FORBIDDEN), "forbidden");
+    let made = post(f.admin.clone(), r#"{"role":"viewer","name":"portal"}"#).await;
+    assert_eq!(made.status, StatusCode::CREATED);
+    let new = made.json()["token"].as_str().expect("token").to_string();
+    assert_eq!(
+        get(&f.app, "/api/v1/calls?limit=1", &new).await.status,
+        StatusCode::OK
+    );
+    for bad in [
+        r#"{"role":"root"}"#,
+        r#"{"role":1}"#,
+        "{",
+        r#"{"role":"viewer","x":1}"#,
+    ] {
+        let a = post(f.admin.clone(), bad).await;
+        let code = a.status;
+        assert!(
+            code == StatusCode::BAD_REQUEST || code == StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {code}"
+        );
+        assert!(a.json()["error"]["code"].is_string(), "{bad}");
+    }
+    let big = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(&f.admin),
+        &[("content-type", "application/json")],
+        Body::from(format!(
+            r#"{{"role":"viewer","name":"{}"}}"#,
+            "n".repeat(BODY_LIMIT)
+        )),
+    )
+    .await;
+    assert_eq!(
+        big.error(StatusCode::PAYLOAD_TOO_LARGE),
+        "payload_too_large"
+    );
+}
+
+/// Every route in the OpenAPI document is served (401 without a token, not 404/405), every
+/// served route is documented, and other paths get the JSON 404.
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let f = fixture().await;
+    let doc = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/openapi.json",
+        None,
+        &[],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let doc = doc.json();
+    assert_eq!(doc, openapi::document());
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut documented = Vec::new();
+    for (path, ops) in paths {
+        for method in ops.as_object().expect("ops").keys() {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    let mut served: Vec<(String, String)> = openapi::ROUTES
+        .iter()
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+    for (method, path, role) in openapi::ROUTES {
+        let uri = format!("/api/v1{}", path.replace("{uuid}", &uuid(1)));
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let a = call(&f.app, m, &uri, None, &[], Body::empty()).await;
+        let want = if *role == "public" {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        assert_eq!(a.status, want, "{method} {uri}");
+        let op = &doc["paths"][path][method];
+        if *role != "public" {
+            assert!(
+                op["description"].as_str().is_some_and(|d| d.contains(role)),
+                "{method} {path}: role not documented"
+            );
+        }
+    }
+    let nowhere = get(&f.app, "/api/v1/nowhere", &f.admin).await;
+    assert_eq!(nowhere.error(StatusCode::NOT_FOUND), "not_found");
+    let wrong = call(
+        &f.app,
+        Method::DELETE,
+        "/api/v1/calls",
+        Some(&f.admin),
+        &[],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        wrong.error(StatusCode::METHOD_NOT_ALLOWED),
+        "method_not_allowed"
+    );
+}
+
+#[test]
+fn confine_accepts_only_regular_files_under_the_root() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().join("rec");
+    std::fs::create_dir_all(root.join("a")).expect("dirs");
+    std::fs::write(root.join("a/x.wav"), b"x").expect("file");
+    std::fs::write(tmp.path().join("y.wav"), b"y").expect("file");
+    let s = |p: &Path| p.display().to_string();
+    assert!(calls::confine(&root, &s(&root.join("a/x.wav"))).is_some());
+    assert!(calls::confine(&root, &s(&root.join("a/../a/x.wav"))).is_some());
+    assert!(calls::confine(&root, &s(&root.join("../y.wav"))).is_none());
+    assert!(calls::confine(&root, &s(&root.join("a"))).is_none());
+    assert!(calls::confine(&root, &s(&root)).is_none());
+    assert!(calls::confine(&root, "").is_none());
+    assert!(calls::confine(&root, "a/x.wav\0").is_none());
+    assert!(calls::confine(&root.join("missing"), &s(&root.join("a/x.wav"))).is_none());
+}

@@ -1,0 +1,4 @@
+//! What CallTap offers to other systems while it runs: the REST API (and, beside it on the same
+//! HTTP server, metrics).
+
+pub mod api;
