@@ -1,7 +1,7 @@
 //! The router in-process over a SQLite store seeded through the real insert path, with real
 //! recording files in a temp data dir.
 
-use std::{path::Path, time::Duration};
+use std::{future::IntoFuture as _, path::Path, time::Duration};
 
 use axum::{
     body::Body,
@@ -524,4 +524,48 @@ fn confine_accepts_only_regular_files_under_the_root() {
     assert!(calls::confine(&root, "").is_none());
     assert!(calls::confine(&root, "a/x.wav\0").is_none());
     assert!(calls::confine(&root.join("missing"), &s(&root.join("a/x.wav"))).is_none());
+}
+
+/// schemathesis (PyPI) generates requests from the OpenAPI document against the router on a
+/// real socket: no answer may be a 5xx or disagree with the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_errors_or_schema_violations() {
+    let Ok(bin) = which::which("schemathesis") else {
+        eprintln!("SKIP schemathesis: not installed (pip install schemathesis)");
+        return;
+    };
+    let f = fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(axum::serve(listener, f.app.clone()).into_future());
+    let admin = f.admin.clone();
+    // schemathesis keeps a .schemathesis/ cache in its working directory.
+    let cwd = tempfile::tempdir().expect("cwd");
+    let cwd_path = cwd.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .current_dir(cwd_path)
+            .args(["run", &format!("http://{addr}/api/v1/openapi.json")])
+            .args(["--url", &format!("http://{addr}/api/v1")])
+            .args(["-H", &format!("Authorization: Bearer {admin}")])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            ])
+            .args(["--max-examples", "40", "--seed", "5", "--no-color"])
+            .output()
+            .expect("running schemathesis")
+    })
+    .await
+    .expect("join");
+    server.abort();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis found problems:\n{text}");
+    eprintln!("{text}");
 }
