@@ -26,6 +26,7 @@ struct Fixture {
     /// The WAV bytes of call 3.
     wav3: Vec<u8>,
     outside: std::path::PathBuf,
+    _pg: Option<calltap_lab::postgres::Postgres>,
 }
 
 fn uuid(n: u32) -> String {
@@ -33,9 +34,18 @@ fn uuid(n: u32) -> String {
 }
 
 async fn fixture() -> Fixture {
+    fixture_on(None).await
+}
+
+/// The fixture over SQLite in the data dir, or over `pg` (a throwaway cluster).
+async fn fixture_on(pg: Option<calltap_lab::postgres::Postgres>) -> Fixture {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut cfg = Config::load_with_env(None, &[]).expect("defaults");
     cfg.data_dir = tmp.path().join("data");
+    if let Some(pg) = &pg {
+        pg.create_database("api").expect("createdb");
+        cfg.database_url = Some(pg.url("api"));
+    }
     let rec_dir = cfg.recordings_dir();
     std::fs::create_dir_all(rec_dir.join("2026")).expect("recordings dir");
     let outside = tmp.path().join("secret.wav");
@@ -93,6 +103,7 @@ async fn fixture() -> Fixture {
         viewer,
         wav3,
         outside,
+        _pg: pg,
     }
 }
 
@@ -170,7 +181,39 @@ fn uuids(v: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn search_filters_and_pagination() {
-    let f = fixture().await;
+    search_case(fixture().await).await;
+}
+
+/// The same queries on PostgreSQL: one SQL text, both dialects' column types decode.
+#[tokio::test]
+async fn search_detail_download_and_tokens_on_postgres() {
+    if !calltap_lab::postgres::require_postgres("api_postgres") {
+        return;
+    }
+    let pg = calltap_lab::postgres::Postgres::start().expect("postgres");
+    let f = fixture_on(Some(pg)).await;
+    let d = get(&f.app, &format!("/api/v1/calls/{}", uuid(3)), &f.viewer).await;
+    assert_eq!(d.status, StatusCode::OK);
+    assert_eq!(d.json()["streams"].as_array().map(Vec::len), Some(2));
+    let wav = get(
+        &f.app,
+        &format!("/api/v1/calls/{}/recording", uuid(3)),
+        &f.viewer,
+    )
+    .await;
+    assert_eq!(wav.body, f.wav3);
+    let status = get(&f.app, "/api/v1/status", &f.viewer).await.json();
+    assert_eq!(status["database"]["backend"], "PostgreSQL");
+    assert_eq!(
+        get(&f.app, "/api/v1/tokens", &f.viewer).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let tokens = get(&f.app, "/api/v1/tokens", &f.admin).await.json();
+    assert_eq!(tokens["tokens"].as_array().map(Vec::len), Some(3));
+    search_case(f).await;
+}
+
+async fn search_case(f: Fixture) {
     let all = get(&f.app, "/api/v1/calls", &f.viewer).await;
     assert_eq!(all.status, StatusCode::OK);
     let want: Vec<String> = (0..CALLS).rev().map(uuid).collect();
