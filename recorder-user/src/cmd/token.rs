@@ -1,12 +1,10 @@
 //! `calltap token create`: a REST API bearer token, stored hashed in the CDR database (the one
 //! the daemon uses, so a token works at once, also against a running daemon).
 
-use std::time::Duration;
-
 use crate::{
     config::Config,
     publish::api::auth::{self, Role, TokenError},
-    store::db::{Db, DbError},
+    store::db::DbError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +30,8 @@ pub fn create(cfg: &Config, role: Role, name: &str) -> Result<Created, TokenCmdE
         .build()
         .map_err(TokenCmdError::Runtime)?;
     rt.block_on(async {
-        let timeout = Duration::from_millis(cfg.db_write_timeout_ms.max(5000));
-        let db = Db::connect(&cfg.database_url(), timeout).await?;
+        // Tolerates a daemon migrating the same fresh database at the same moment.
+        let db = crate::publish::api::connect_db(cfg).await?;
         let made = auth::create_token(&db, role, name).await;
         db.close().await;
         let (id, token) = made?;

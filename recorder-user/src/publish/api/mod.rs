@@ -99,6 +99,24 @@ impl ApiState {
     }
 }
 
+/// Opens the CDR database for the API. The CDR writer opens (and migrates) the same database at
+/// the same moment when the daemon starts; on a fresh SQLite file two migrators race ("table
+/// calls already exists", nothing is locked across sqlx's check-then-apply), so a failed
+/// migration is retried: by then the other side has applied it and the retry finds it done.
+pub async fn connect_db(cfg: &Config) -> Result<Db, crate::store::db::DbError> {
+    let timeout = Duration::from_millis(cfg.db_write_timeout_ms.max(2000));
+    let mut attempt = 0;
+    loop {
+        match Db::connect(&cfg.database_url(), timeout).await {
+            Err(crate::store::db::DbError::Migrate { .. }) if attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded value is replaced whole; a panic elsewhere cannot leave it half-written.
     m.lock().unwrap_or_else(|p| p.into_inner())
