@@ -134,7 +134,7 @@ pub async fn require(
     next: Next,
 ) -> Result<Response, ApiError> {
     let token = bearer(&req).ok_or(ApiError::Unauthorized)?;
-    let caller = lookup(&state.inner.db, token)
+    let caller = lookup(state.db().await?, token)
         .await?
         .ok_or(ApiError::Unauthorized)?;
     if caller.role < need {

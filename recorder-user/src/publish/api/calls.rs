@@ -296,7 +296,7 @@ pub async fn search(
         "SELECT {SUMMARY_COLUMNS} FROM calls{where_} ORDER BY start_ns DESC, uuid DESC LIMIT {}",
         limit + 1
     );
-    let mut calls = fetch!(&state.inner.db, CallSummary, &sql, &args, fetch_all)?;
+    let mut calls = fetch!(state.db().await?, CallSummary, &sql, &args, fetch_all)?;
     let next_cursor = if calls.len() > limit as usize {
         calls.truncate(limit as usize);
         calls.last().map(|c| encode_cursor(c.start_ns, &c.uuid))
@@ -319,7 +319,7 @@ pub async fn detail(
     uuid: Result<UrlPath<String>, PathRejection>,
 ) -> Result<Json<CallDetail>, ApiError> {
     let UrlPath(uuid) = uuid?;
-    let db = &state.inner.db;
+    let db = state.db().await?;
     let call = find_call(db, &uuid).await?;
     let args = [Arg::S(uuid.clone())];
     let extra = fetch!(
@@ -448,7 +448,7 @@ pub async fn recording(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let UrlPath(uuid) = uuid?;
-    let call = find_call(&state.inner.db, &uuid).await?;
+    let call = find_call(state.db().await?, &uuid).await?;
     let no_file = || ApiError::NotFound(format!("call {uuid:?} has no recording file"));
     let stored = call.recording_path.as_deref().ok_or_else(no_file)?;
     let Some(path) = confine(&state.inner.recordings_dir, stored) else {

@@ -65,7 +65,12 @@ pub struct ApiState {
 }
 
 struct Inner {
-    db: Db,
+    /// Connected on first use inside the HTTP server's runtime (sqlx connections belong to the
+    /// runtime that made them), and retried on later requests while the database is away: the
+    /// API starts, and answers 503, whatever the database does.
+    db: tokio::sync::OnceCell<Db>,
+    /// What to connect to when `db` is empty.
+    cfg: Config,
     data_dir: PathBuf,
     recordings_dir: PathBuf,
     started: Instant,
@@ -79,7 +84,24 @@ impl ApiState {
     pub fn new(db: Db, cfg: &Config, writer: Option<Arc<WriterCounters>>) -> ApiState {
         ApiState {
             inner: Arc::new(Inner {
-                db,
+                db: tokio::sync::OnceCell::new_with(Some(db)),
+                cfg: cfg.clone(),
+                data_dir: cfg.data_dir.clone(),
+                recordings_dir: cfg.recordings_dir(),
+                started: Instant::now(),
+                capture: Mutex::new(None),
+                writer,
+            }),
+        }
+    }
+
+    /// State that connects to `cfg`'s CDR database on first use (what `calltap run` uses: it
+    /// builds the state before the HTTP server's runtime exists).
+    pub fn connecting(cfg: &Config, writer: Option<Arc<WriterCounters>>) -> ApiState {
+        ApiState {
+            inner: Arc::new(Inner {
+                db: tokio::sync::OnceCell::new(),
+                cfg: cfg.clone(),
                 data_dir: cfg.data_dir.clone(),
                 recordings_dir: cfg.recordings_dir(),
                 started: Instant::now(),
@@ -94,8 +116,13 @@ impl ApiState {
         *lock(&self.inner.capture) = Some(info);
     }
 
-    pub fn db(&self) -> &Db {
-        &self.inner.db
+    /// The CDR database, connecting first if needed; 503 while it cannot be reached.
+    pub async fn db(&self) -> Result<&Db, ApiError> {
+        Ok(self
+            .inner
+            .db
+            .get_or_try_init(|| connect_db(&self.inner.cfg))
+            .await?)
     }
 }
 
@@ -193,7 +220,10 @@ async fn status(State(state): State<ApiState>) -> Json<Status> {
     let s = &state.inner;
     // Cloned first: the guard must not live across the database ping below.
     let capture = lock(&s.capture).clone();
-    let reachable = s.db.ping(PING_TIMEOUT).await.is_ok();
+    let reachable = match state.db().await {
+        Ok(db) => db.ping(PING_TIMEOUT).await.is_ok(),
+        Err(_) => false,
+    };
     Json(Status {
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: s.started.elapsed().as_secs(),
@@ -201,7 +231,10 @@ async fn status(State(state): State<ApiState>) -> Json<Status> {
         recordings_dir: s.recordings_dir.display().to_string(),
         capture,
         database: DatabaseStatus {
-            backend: s.db.backend().to_string(),
+            backend: match crate::store::db::Backend::of_url(&s.cfg.database_url()) {
+                Some(b) => b.to_string(),
+                None => "unknown".to_string(),
+            },
             reachable,
         },
         cdr_store: s.writer.as_ref().map(|w| w.snapshot()),
@@ -216,7 +249,7 @@ struct TokenList {
 /// `GET /api/v1/tokens` (admin)
 async fn tokens_list(State(state): State<ApiState>) -> Result<Json<TokenList>, ApiError> {
     Ok(Json(TokenList {
-        tokens: auth::list(&state.inner.db).await?,
+        tokens: auth::list(state.db().await?).await?,
     }))
 }
 
@@ -257,7 +290,7 @@ async fn tokens_create(
     if req.name.len() > 200 {
         return Err(ApiError::BadRequest("name: at most 200 bytes".into()));
     }
-    let (id, token) = auth::create_token(&state.inner.db, role, &req.name)
+    let (id, token) = auth::create_token(state.db().await?, role, &req.name)
         .await
         .map_err(|e| match e {
             auth::TokenError::Db(e) => ApiError::Database(e),

@@ -612,3 +612,30 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
     assert!(out.status.success(), "schemathesis found problems:\n{text}");
     eprintln!("{text}");
 }
+
+/// `calltap run`'s state connects on first use: it works once the database is there, and
+/// answers 503 in the error shape while it is not (the API never holds up the daemon's start).
+#[tokio::test]
+async fn lazily_connected_state_serves_and_reports_an_absent_database() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut cfg = Config::load_with_env(None, &[]).expect("defaults");
+    cfg.data_dir = tmp.path().to_path_buf();
+    let db = Db::connect(&cfg.database_url(), T).await.expect("db");
+    let (_, viewer) = auth::create_token(&db, Role::Viewer, "v")
+        .await
+        .expect("token");
+    db.close().await;
+    let app = router(ApiState::connecting(&cfg, None));
+    let a = get(&app, "/api/v1/status", &viewer).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["database"]["reachable"], true);
+
+    cfg.database_url = Some("postgres://calltap@127.0.0.1:1/none".into());
+    cfg.db_write_timeout_ms = 1;
+    let app = router(ApiState::connecting(&cfg, None));
+    let a = get(&app, "/api/v1/calls", &viewer).await;
+    assert_eq!(
+        a.error(StatusCode::SERVICE_UNAVAILABLE),
+        "database_unavailable"
+    );
+}
