@@ -82,25 +82,23 @@ impl ApiState {
     /// State over an open, migrated CDR database and the data directory of `cfg`; `writer`
     /// adds the CDR writer's live counters to the status page.
     pub fn new(db: Db, cfg: &Config, writer: Option<Arc<WriterCounters>>) -> ApiState {
-        ApiState {
-            inner: Arc::new(Inner {
-                db: tokio::sync::OnceCell::new_with(Some(db)),
-                cfg: cfg.clone(),
-                data_dir: cfg.data_dir.clone(),
-                recordings_dir: cfg.recordings_dir(),
-                started: Instant::now(),
-                capture: Mutex::new(None),
-                writer,
-            }),
-        }
+        Self::with_db(tokio::sync::OnceCell::new_with(Some(db)), cfg, writer)
     }
 
     /// State that connects to `cfg`'s CDR database on first use (what `calltap run` uses: it
     /// builds the state before the HTTP server's runtime exists).
     pub fn connecting(cfg: &Config, writer: Option<Arc<WriterCounters>>) -> ApiState {
+        Self::with_db(tokio::sync::OnceCell::new(), cfg, writer)
+    }
+
+    fn with_db(
+        db: tokio::sync::OnceCell<Db>,
+        cfg: &Config,
+        writer: Option<Arc<WriterCounters>>,
+    ) -> ApiState {
         ApiState {
             inner: Arc::new(Inner {
-                db: tokio::sync::OnceCell::new(),
+                db,
                 cfg: cfg.clone(),
                 data_dir: cfg.data_dir.clone(),
                 recordings_dir: cfg.recordings_dir(),
