@@ -31,6 +31,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("database", "url", ""),
     ("database", "retry_interval_ms", "2000"),
     ("database", "write_timeout_ms", "2000"),
+    ("api", "listen", "127.0.0.1:8080"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,8 @@ pub struct Config {
     pub db_retry_interval_ms: u64,
     /// Bound on each database write; slower writes go to the CSV journal.
     pub db_write_timeout_ms: u64,
+    /// Address of the management HTTP server (`/metrics`, REST API); None: no server.
+    pub api_listen: Option<String>,
 }
 
 /// Raw values with where each came from, for error messages.
@@ -286,6 +289,17 @@ impl Config {
                 return Err(bad(o, "database", key, raw_v, "at least 1 ms"));
             }
         }
+        let (listen, o) = raw.get("api", "listen");
+        let listen = listen.trim();
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                o,
+                "api",
+                "listen",
+                listen,
+                "IP:PORT, e.g. 127.0.0.1:8080 (empty: no HTTP server)",
+            ));
+        }
         Ok(Config {
             interfaces,
             source,
@@ -306,6 +320,7 @@ impl Config {
             database_url: Some(url.to_string()).filter(|s| !s.is_empty()),
             db_retry_interval_ms,
             db_write_timeout_ms,
+            api_listen: Some(listen.to_string()).filter(|s| !s.is_empty()),
         })
     }
 

@@ -283,6 +283,11 @@ impl AfPacketCapture {
     pub fn totals(&self) -> [u64; COUNTERS as usize] {
         std::array::from_fn(|i| self.counters[i].load(Ordering::Relaxed))
     }
+
+    /// The live counters, for the metrics scrape (read without stopping capture).
+    pub fn shared_counters(&self) -> Arc<[AtomicU64; COUNTERS as usize]> {
+        self.counters.clone()
+    }
 }
 
 impl Drop for AfPacketCapture {

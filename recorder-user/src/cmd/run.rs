@@ -33,6 +33,10 @@ use crate::{
         signalling::{SignallingStats, SignallingWorker},
         Control, ControlSink, MediaTable, MediaTimeout,
     },
+    publish::{
+        http::{self, HttpServer},
+        metrics::{CaptureCounters, LiveStats, Metrics},
+    },
     store::{
         cdr::{Cdr, JsonlSink},
         writer::{CdrWriter, WriterConfig, WriterSnapshot},
@@ -157,6 +161,7 @@ fn media_thread(
     cdrs: Sender<Cdr>,
     timeouts: Sender<MediaTimeout>,
     shutdown: Arc<Shutdown>,
+    live: Arc<LiveStats>,
 ) -> WorkerStats {
     let mut done = Vec::new();
     let mut expired = Vec::new();
@@ -189,6 +194,12 @@ fn media_thread(
             last_tick = Instant::now();
             worker.tick(now_ns(), &mut expired);
             worker.reap(now_ns(), &mut done);
+            // For the metrics scrape: two relaxed stores per tick, nothing on the packet path.
+            if let Some(l) = live.workers.get(worker.id as usize) {
+                l.records.store(worker.stats.records, Ordering::Relaxed);
+                l.active_calls
+                    .store(worker.active_calls() as u64, Ordering::Relaxed);
+            }
             for t in expired.drain(..) {
                 let _ = timeouts.send(t);
             }
@@ -221,6 +232,7 @@ fn signalling_thread<T: MediaTable>(
     timeouts: Receiver<MediaTimeout>,
     shutdown: Arc<Shutdown>,
     workers: u32,
+    live: Arc<LiveStats>,
 ) -> SignallingStats {
     let mut last_tick = Instant::now();
     loop {
@@ -231,6 +243,10 @@ fn signalling_thread<T: MediaTable>(
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
             sig.tick(now_ns(), &mut sink);
+            live.active_calls
+                .store(sig.active_calls() as u64, Ordering::Relaxed);
+            live.calls_started
+                .store(sig.stats.calls_started, Ordering::Relaxed);
         }
         if shutdown.stop.load(Ordering::Acquire) && n == 0 {
             // Let the media workers empty their rings first so no audio in flight is lost,
@@ -289,9 +305,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let table = SharedMediaTable::default();
     let mut inputs: Vec<Input> = Vec::new();
     let sig_input;
-    let mut counters: Option<XdpCounters> = None;
+    let mut counters: Option<Arc<XdpCounters>> = None;
     let mut bpf_table = None;
-    let attachments;
+    let attachments: Vec<(String, String)>;
     if let Some(x) = xdp.as_mut() {
         let offset = monotonic_to_realtime();
         for i in 0..n {
@@ -301,7 +317,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             inputs.push(Input::Ring(ring, offset));
         }
         sig_input = Input::Ring(x.take_signalling_ring().context("signalling ring")?, offset);
-        counters = Some(x.take_counters()?);
+        counters = Some(Arc::new(x.take_counters()?));
         bpf_table = Some(x.take_media_table()?);
         attachments = x
             .attachments
@@ -324,6 +340,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     // Channels and threads.
+    let live = Arc::new(LiveStats::new(n));
     let (cdr_tx, cdr_rx) = unbounded::<Cdr>();
     let (to_tx, to_rx) = unbounded::<MediaTimeout>();
     let mut ctl_txs = Vec::new();
@@ -334,7 +351,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (tx, rx) = unbounded::<Control>();
         ctl_txs.push(tx);
         let worker = MediaWorker::new(i as u32, mcfg.clone());
-        let (cdrs, timeouts, sd) = (cdr_tx.clone(), to_tx.clone(), shutdown.clone());
+        let (cdrs, timeouts, sd, lv) = (
+            cdr_tx.clone(),
+            to_tx.clone(),
+            shutdown.clone(),
+            live.clone(),
+        );
         let core = cores.get(i % cores.len().max(1)).copied();
         media_handles.push(
             thread::Builder::new()
@@ -345,7 +367,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                             log::warn!("media worker {i}: could not pin to core {core:?}");
                         }
                     }
-                    media_thread(worker, input, rx, cdrs, timeouts, sd)
+                    media_thread(worker, input, rx, cdrs, timeouts, sd, lv)
                 })?,
         );
     }
@@ -354,6 +376,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let tcfg = tracker_config(&cfg);
     let sip_ports = cfg.sip_ports.clone();
     let sd = shutdown.clone();
+    let sig_live = live.clone();
     let sig_handle = match bpf_table {
         Some(t) => thread::Builder::new()
             .name("signalling".into())
@@ -369,6 +392,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     to_rx,
                     sd,
                     n,
+                    sig_live,
                 )
             })?,
         None => {
@@ -387,6 +411,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         to_rx,
                         sd,
                         n,
+                        sig_live,
                     )
                 })?
         }
@@ -394,6 +419,34 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let jsonl = cfg.data_dir.join("calls.jsonl");
     // Database, or CSV journal while the database is away; never blocks this thread.
     let writer = CdrWriter::start(WriterConfig::from_config(&cfg))?;
+    let capture_counters = match (&counters, &af) {
+        (Some(c), _) => CaptureCounters::Xdp(c.clone()),
+        (None, Some(a)) => {
+            let shared = a.shared_counters();
+            CaptureCounters::Totals(Arc::new(move || {
+                std::array::from_fn(|i| shared[i].load(Ordering::Relaxed))
+            }))
+        }
+        _ => CaptureCounters::None,
+    };
+    let metrics = Arc::new(Metrics::new(
+        capture_counters,
+        live.clone(),
+        Some(writer.counters()),
+    )?);
+    for (_, mode) in attachments.iter() {
+        metrics.set_capture_info(&source, mode);
+    }
+    // The management server; started before the ready file so a watcher can scrape at once.
+    let http_server = match &cfg.api_listen {
+        Some(addr) => {
+            let server = HttpServer::start(addr, http::router(metrics.clone()))?;
+            log::info!("metrics at http://{}/metrics", server.addr);
+            Some(server)
+        }
+        None => None,
+    };
+    let cdr_metrics = metrics.clone();
     let cdr_handle = thread::Builder::new().name("cdr".into()).spawn(move || {
         let mut sink = match JsonlSink::open(&jsonl) {
             Ok(s) => Some(s),
@@ -404,6 +457,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         };
         let mut lines = Vec::new();
         for cdr in cdr_rx.iter() {
+            cdr_metrics.observe_call(&cdr);
             log::info!(
                 "call {} ended ({}): {} ms, packets caller {} callee {}, recording {}",
                 cdr.call_id,
@@ -475,6 +529,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         calls,
         cdr_store,
     };
+    drop(http_server);
     write_summary(&cfg.data_dir.join("run-summary.json"), &summary)?;
     let _ = fs::remove_file(&ready);
     drop(xdp);

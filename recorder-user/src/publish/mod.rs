@@ -1,4 +1,6 @@
-//! What CallTap offers to other systems while it runs: the REST API (and, beside it on the same
-//! HTTP server, metrics).
+//! What CallTap offers to other systems while it runs: the REST API and, beside it on the same
+//! HTTP server, metrics.
 
 pub mod api;
+pub mod http;
+pub mod metrics;

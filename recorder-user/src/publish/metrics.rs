@@ -1,0 +1,483 @@
+//! Prometheus metrics. Capture threads never touch this registry: workers copy their counters into
+//! plain atomics ([`LiveStats`]) on their 200 ms tick, the XDP counters are read from the BPF
+//! per-CPU map, and the scrape turns those into metric values. Only the CDR thread (off the
+//! packet path) observes histograms directly, once per finished call.
+//!
+//! Labels are bounded: CPU and worker indexes, stream direction, a fixed set of end reasons
+//! (anything else is `other`), capture source and mode. Never a call id or a phone number.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use calltap_common::counter;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::{
+    capture::xdp::XdpCounters,
+    store::{
+        cdr::Cdr,
+        writer::{Mode, WriterCounters},
+    },
+};
+
+/// End reasons exported as they are; any other reason becomes `other` so a malformed or new
+/// reason string cannot grow the label set.
+pub const END_REASONS: &[&str] = &[
+    "bye",
+    "cancel",
+    "rejected",
+    "failed",
+    "media_timeout",
+    "max_duration",
+    "unanswered_timeout",
+    "recorder_stop",
+    "transferred",
+    "replaced",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("prometheus registry: {0}")]
+    Registry(#[from] prometheus::Error),
+}
+
+/// What one media worker publishes on its tick.
+#[derive(Debug, Default)]
+pub struct WorkerLive {
+    pub records: AtomicU64,
+    pub active_calls: AtomicU64,
+}
+
+/// Counters the capture threads publish for the scrape: plain relaxed stores, no locks.
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    pub workers: Vec<WorkerLive>,
+    pub active_calls: AtomicU64,
+    pub calls_started: AtomicU64,
+}
+
+impl LiveStats {
+    pub fn new(workers: u32) -> LiveStats {
+        LiveStats {
+            workers: (0..workers).map(|_| WorkerLive::default()).collect(),
+            ..LiveStats::default()
+        }
+    }
+}
+
+/// Where the capture counters come from.
+pub enum CaptureCounters {
+    /// The XDP program's per-CPU map, read at scrape time.
+    Xdp(Arc<XdpCounters>),
+    /// Totals over all AF_PACKET threads (exported as `cpu="all"`).
+    Totals(Arc<dyn Fn() -> [u64; calltap_common::COUNTERS as usize] + Send + Sync>),
+    None,
+}
+
+/// The XDP counters exported per CPU, with their metric names.
+const CAPTURE: &[(u32, &str, &str)] = &[
+    (
+        counter::SEEN,
+        "calltap_capture_packets_total",
+        "Packets the capture program saw.",
+    ),
+    (
+        counter::BYTES,
+        "calltap_capture_bytes_total",
+        "Bytes the capture program saw.",
+    ),
+    (
+        counter::UNMATCHED,
+        "calltap_capture_unmatched_packets_total",
+        "Packets neither SIP nor media of a known call.",
+    ),
+    (
+        counter::PARSE_ERRORS,
+        "calltap_capture_parse_errors_total",
+        "Packets whose headers could not be parsed.",
+    ),
+    (
+        counter::RING_FULL,
+        "calltap_capture_ring_full_drops_total",
+        "Packets dropped because the worker's ring was full.",
+    ),
+];
+
+const CLASSES: &[(u32, &str)] = &[
+    (counter::SIP, "sip"),
+    (counter::RTP, "rtp"),
+    (counter::RTCP, "rtcp"),
+];
+
+/// The registry and every metric CallTap exports.
+pub struct Metrics {
+    registry: Registry,
+    capture: Vec<(u32, IntCounterVec)>,
+    classified: IntCounterVec,
+    capture_info: IntGaugeVec,
+    worker_records: IntCounterVec,
+    worker_active_calls: IntGaugeVec,
+    active_calls: IntGauge,
+    calls_started: IntCounter,
+    calls_answered: IntCounter,
+    calls_ended: IntCounterVec,
+    stream_loss: HistogramVec,
+    stream_jitter: HistogramVec,
+    stream_mos: HistogramVec,
+    unsupported_codec_calls: IntCounter,
+    recording_bytes: IntCounter,
+    cdr_store_mode: IntGaugeVec,
+    cdr_rows: Vec<(&'static str, IntCounter)>,
+    sources: Sources,
+}
+
+struct Sources {
+    capture: CaptureCounters,
+    live: Arc<LiveStats>,
+    writer: Option<Arc<WriterCounters>>,
+}
+
+/// Sets a counter to a value read from a monotonic source.
+fn set_counter(c: &IntCounter, v: u64) {
+    let now = c.get();
+    if v > now {
+        c.inc_by(v - now);
+    }
+}
+
+impl Metrics {
+    pub fn new(
+        capture: CaptureCounters,
+        live: Arc<LiveStats>,
+        writer: Option<Arc<WriterCounters>>,
+    ) -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                &["direction"],
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        let capture_metrics = CAPTURE
+            .iter()
+            .map(|(i, name, help)| Ok((*i, counter_vec(name, help, &["cpu"])?)))
+            .collect::<Result<Vec<_>, prometheus::Error>>()?;
+        let active_calls = IntGauge::new("calltap_active_calls", "Calls in progress.")?;
+        registry.register(Box::new(active_calls.clone()))?;
+        let cdr_rows = [
+            (
+                "written",
+                "calltap_cdr_rows_written_total",
+                "CDRs stored in the database.",
+            ),
+            (
+                "journaled",
+                "calltap_cdr_rows_journaled_total",
+                "CDRs written to the CSV journal while the database was away.",
+            ),
+            (
+                "imported",
+                "calltap_cdr_rows_imported_total",
+                "Journaled CDRs imported into the database.",
+            ),
+            (
+                "db_failures",
+                "calltap_cdr_db_write_failures_total",
+                "Failed database writes.",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, name, help)| Ok((k, counter(name, help)?)))
+        .collect::<Result<Vec<_>, prometheus::Error>>()?;
+        Ok(Metrics {
+            capture: capture_metrics,
+            classified: counter_vec(
+                "calltap_capture_classified_packets_total",
+                "Packets the capture program classified, by class.",
+                &["cpu", "class"],
+            )?,
+            capture_info: gauge_vec(
+                "calltap_capture_info",
+                "The capture source and mode in use (value 1).",
+                &["source", "mode"],
+            )?,
+            worker_records: counter_vec(
+                "calltap_worker_records_total",
+                "Records a media worker took from its ring.",
+                &["worker"],
+            )?,
+            worker_active_calls: gauge_vec(
+                "calltap_worker_active_calls",
+                "Calls a media worker owns.",
+                &["worker"],
+            )?,
+            active_calls,
+            calls_started: counter(
+                "calltap_calls_started_total",
+                "Calls seen starting (INVITE).",
+            )?,
+            calls_answered: counter(
+                "calltap_calls_answered_total",
+                "Ended calls that had been answered.",
+            )?,
+            calls_ended: counter_vec(
+                "calltap_calls_ended_total",
+                "Calls ended, by end reason.",
+                &["reason"],
+            )?,
+            stream_loss: histogram(
+                "calltap_stream_loss_ratio",
+                "Fraction of RTP packets lost per call direction, observed at call end.",
+                vec![0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0],
+            )?,
+            stream_jitter: histogram(
+                "calltap_stream_jitter_seconds",
+                "Interarrival jitter per call direction, observed at call end.",
+                vec![0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5],
+            )?,
+            stream_mos: histogram(
+                "calltap_stream_mos",
+                "Estimated MOS per call direction, observed at call end.",
+                vec![1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.5],
+            )?,
+            unsupported_codec_calls: counter(
+                "calltap_unsupported_codec_calls_total",
+                "Calls recorded as raw RTP because a codec is not decoded.",
+            )?,
+            recording_bytes: counter(
+                "calltap_recording_bytes_total",
+                "Bytes of recordings written (counted at call end).",
+            )?,
+            cdr_store_mode: gauge_vec(
+                "calltap_cdr_store_mode",
+                "Where CDRs go now: 1 for the mode in use (db, csv, starting).",
+                &["mode"],
+            )?,
+            cdr_rows,
+            registry,
+            sources: Sources {
+                capture,
+                live,
+                writer,
+            },
+        })
+    }
+
+    /// Records the capture source in use (`xdp` with `driver`/`skb`, or `af_packet`).
+    pub fn set_capture_info(&self, source: &str, mode: &str) {
+        self.capture_info.with_label_values(&[source, mode]).set(1);
+    }
+
+    /// Observes a finished call; called by the CDR thread, never by a capture thread.
+    pub fn observe_call(&self, cdr: &Cdr) {
+        let reason = END_REASONS
+            .iter()
+            .find(|r| **r == cdr.end_reason)
+            .copied()
+            .unwrap_or("other");
+        self.calls_ended.with_label_values(&[reason]).inc();
+        if cdr.answer_ns.is_some() {
+            self.calls_answered.inc();
+        }
+        if !cdr.unsupported_codecs.is_empty() {
+            self.unsupported_codec_calls.inc();
+        }
+        if let Some(r) = &cdr.recording {
+            self.recording_bytes.inc_by(r.bytes);
+        }
+        for s in &cdr.streams {
+            let dir = match s.direction {
+                "caller" | "callee" => s.direction,
+                _ => "other",
+            };
+            let expected = s.packets + s.lost;
+            if expected > 0 {
+                self.stream_loss
+                    .with_label_values(&[dir])
+                    .observe(s.lost as f64 / expected as f64);
+            }
+            if s.packets > 0 {
+                self.stream_jitter
+                    .with_label_values(&[dir])
+                    .observe(s.jitter_ms / 1000.0);
+            }
+            if let Some(mos) = s.mos {
+                self.stream_mos.with_label_values(&[dir]).observe(mos);
+            }
+        }
+    }
+
+    /// Reads the shared counters into the metrics.
+    fn refresh(&self) {
+        match &self.sources.capture {
+            CaptureCounters::Xdp(c) => {
+                for (i, metric) in &self.capture {
+                    for (cpu, v) in c.per_cpu(*i).into_iter().enumerate() {
+                        set_counter(&metric.with_label_values(&[&cpu.to_string()]), v);
+                    }
+                }
+                for (i, class) in CLASSES {
+                    for (cpu, v) in c.per_cpu(*i).into_iter().enumerate() {
+                        set_counter(
+                            &self
+                                .classified
+                                .with_label_values(&[cpu.to_string().as_str(), class]),
+                            v,
+                        );
+                    }
+                }
+            }
+            CaptureCounters::Totals(f) => {
+                let t = f();
+                for (i, metric) in &self.capture {
+                    set_counter(&metric.with_label_values(&["all"]), t[*i as usize]);
+                }
+                for (i, class) in CLASSES {
+                    set_counter(
+                        &self.classified.with_label_values(&["all", class]),
+                        t[*i as usize],
+                    );
+                }
+            }
+            CaptureCounters::None => {}
+        }
+        let live = &self.sources.live;
+        for (i, w) in live.workers.iter().enumerate() {
+            let id = i.to_string();
+            set_counter(
+                &self.worker_records.with_label_values(&[&id]),
+                w.records.load(Ordering::Relaxed),
+            );
+            self.worker_active_calls
+                .with_label_values(&[&id])
+                .set(w.active_calls.load(Ordering::Relaxed) as i64);
+        }
+        self.active_calls
+            .set(live.active_calls.load(Ordering::Relaxed) as i64);
+        set_counter(
+            &self.calls_started,
+            live.calls_started.load(Ordering::Relaxed),
+        );
+        if let Some(w) = &self.sources.writer {
+            let s = w.snapshot();
+            for (mode, name) in [
+                (Mode::Database, "db"),
+                (Mode::Csv, "csv"),
+                (Mode::Starting, "starting"),
+            ] {
+                self.cdr_store_mode
+                    .with_label_values(&[name])
+                    .set(i64::from(s.mode == mode));
+            }
+            for (k, c) in &self.cdr_rows {
+                let v = match *k {
+                    "written" => s.rows_written,
+                    "journaled" => s.rows_journaled,
+                    "imported" => s.rows_imported,
+                    _ => s.db_failures,
+                };
+                set_counter(c, v);
+            }
+        }
+    }
+
+    /// The text exposition for one scrape.
+    pub fn render(&self) -> String {
+        self.refresh();
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::warn!("encoding metrics: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::cdr::StreamQuality;
+
+    fn cdr(reason: &str) -> Cdr {
+        let mut c = crate::store::db::tests::sample_cdr(1);
+        c.end_reason = reason.to_string();
+        c.answer_ns = Some(1);
+        c.unsupported_codecs.clear();
+        c.recording = None;
+        c.streams = vec![StreamQuality {
+            direction: "caller",
+            packets: 99,
+            lost: 1,
+            jitter_ms: 4.0,
+            mos: Some(4.3),
+            ..StreamQuality::default()
+        }];
+        c
+    }
+
+    #[test]
+    fn exposition_names_and_bounded_labels() {
+        let live = Arc::new(LiveStats::new(2));
+        live.active_calls.store(3, Ordering::Relaxed);
+        live.calls_started.store(7, Ordering::Relaxed);
+        live.workers[1].records.store(42, Ordering::Relaxed);
+        let totals: [u64; calltap_common::COUNTERS as usize] =
+            std::array::from_fn(|i| i as u64 + 10);
+        let writer = Arc::new(WriterCounters::default());
+        let m = Metrics::new(
+            CaptureCounters::Totals(Arc::new(move || totals)),
+            live,
+            Some(writer),
+        )
+        .expect("registry");
+        m.set_capture_info("af_packet", "af_packet");
+        m.observe_call(&cdr("bye"));
+        m.observe_call(&cdr("sip:+15551234@evil"));
+        let text = m.render();
+        for line in [
+            "calltap_capture_packets_total{cpu=\"all\"} 10",
+            "calltap_capture_bytes_total{cpu=\"all\"} 11",
+            "calltap_capture_classified_packets_total{class=\"rtp\",cpu=\"all\"} 13",
+            "calltap_capture_ring_full_drops_total{cpu=\"all\"} 17",
+            "calltap_capture_info{mode=\"af_packet\",source=\"af_packet\"} 1",
+            "calltap_worker_records_total{worker=\"1\"} 42",
+            "calltap_active_calls 3",
+            "calltap_calls_started_total 7",
+            "calltap_calls_answered_total 2",
+            "calltap_calls_ended_total{reason=\"bye\"} 1",
+            "calltap_calls_ended_total{reason=\"other\"} 1",
+            "calltap_stream_loss_ratio_count{direction=\"caller\"} 2",
+            "calltap_stream_jitter_seconds_bucket{direction=\"caller\",le=\"0.005\"} 2",
+            "calltap_stream_mos_sum{direction=\"caller\"} 8.6",
+            "calltap_cdr_store_mode{mode=\"starting\"} 1",
+            "calltap_cdr_rows_journaled_total 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("evil"), "an end reason leaked into a label");
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(l.starts_with("calltap_"), "unprefixed series {l}");
+        }
+    }
+}
