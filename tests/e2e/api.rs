@@ -3,10 +3,6 @@
 //! the file's), a wrong token gets 401 and a viewer token on an admin route gets 403.
 //!
 //! The daemon runs in the recorder namespace; the test talks to it from inside that namespace.
-//!
-//! Not yet a `[[test]]` in tests/Cargo.toml: `calltap run` serves the API once the HTTP server
-//! (`publish/http.rs`, `[api] listen`) mounts `publish::api::router`; register it with that
-//! change. Passed against a daemon with the router mounted (SQLite, AF_PACKET, 4 sipp calls).
 
 use std::{
     io::{Read as _, Write as _},

@@ -34,6 +34,7 @@ use crate::{
         Control, ControlSink, MediaTable, MediaTimeout,
     },
     publish::{
+        api,
         http::{self, HttpServer},
         metrics::{CaptureCounters, LiveStats, Metrics},
     },
@@ -440,8 +441,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // The management server; started before the ready file so a watcher can scrape at once.
     let http_server = match &cfg.api_listen {
         Some(addr) => {
-            let server = HttpServer::start(addr, http::router(metrics.clone()))?;
-            log::info!("metrics at http://{}/metrics", server.addr);
+            let api = api::ApiState::connecting(&cfg, Some(writer.counters()));
+            api.set_capture(api::CaptureInfo {
+                source: source.clone(),
+                interfaces: cfg.interfaces.clone(),
+            });
+            let app = http::router(metrics.clone()).merge(api::router(api));
+            let server = HttpServer::start(addr, app)?;
+            log::info!(
+                "API at http://{0}/api/v1, metrics at http://{0}/metrics",
+                server.addr
+            );
             Some(server)
         }
         None => None,
