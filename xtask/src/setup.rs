@@ -25,6 +25,9 @@ const PACKAGES: &[&str] = &[
     "lintian",
     "debootstrap",
     "postgresql",
+    // The real Prometheus the dashboard test scrapes calltap with; curl talks to both.
+    "prometheus",
+    "curl",
     // The independent G.722 decoder the corpus audio test compares against.
     "ffmpeg",
 ];
