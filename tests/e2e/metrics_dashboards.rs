@@ -261,6 +261,11 @@ fn prometheus_scrapes_calltap_and_every_dashboard_query_returns_data() {
         "no XDP capture info:\n{text}"
     );
     assert!(text.contains("calltap_capture_packets_total{cpu=\"0\"}"));
+    assert!(
+        text.contains("calltap_calls_ended_total{reason=\"bye_caller\"}")
+            && !text.contains("reason=\"other\""),
+        "sipp's calls end with a caller BYE, a known reason:\n{text}"
+    );
 
     // Scrape cost, as seen by a client: a handful of sequential GETs.
     let t = Instant::now();

@@ -25,20 +25,33 @@ use crate::{
     },
 };
 
-/// End reasons exported as they are; any other reason becomes `other` so a malformed or new
-/// reason string cannot grow the label set.
+/// End reasons exported as they are (`calltap_sip::dialog::EndReason` names plus the daemon's
+/// `recorder_stop`); failures are grouped by class (`failure_4xx`) and any other string becomes
+/// `other`, so a new or malformed reason cannot grow the label set.
 pub const END_REASONS: &[&str] = &[
-    "bye",
+    "bye_caller",
+    "bye_callee",
     "cancel",
-    "rejected",
-    "failed",
-    "media_timeout",
     "max_duration",
-    "unanswered_timeout",
+    "unanswered",
+    "media_timeout",
+    "recorder_restart",
     "recorder_stop",
-    "transferred",
-    "replaced",
 ];
+
+/// The bounded `reason` label for a CDR end reason.
+pub fn reason_label(reason: &str) -> &'static str {
+    if let Some(known) = END_REASONS.iter().find(|r| **r == reason) {
+        return known;
+    }
+    match reason.strip_prefix("failure_").map(str::as_bytes) {
+        Some([b'4', _, _]) => "failure_4xx",
+        Some([b'5', _, _]) => "failure_5xx",
+        Some([b'6', _, _]) => "failure_6xx",
+        Some(_) => "failure_other",
+        None => "other",
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -292,12 +305,9 @@ impl Metrics {
 
     /// Observes a finished call; called by the CDR thread, never by a capture thread.
     pub fn observe_call(&self, cdr: &Cdr) {
-        let reason = END_REASONS
-            .iter()
-            .find(|r| **r == cdr.end_reason)
-            .copied()
-            .unwrap_or("other");
-        self.calls_ended.with_label_values(&[reason]).inc();
+        self.calls_ended
+            .with_label_values(&[reason_label(&cdr.end_reason)])
+            .inc();
         if cdr.answer_ns.is_some() {
             self.calls_answered.inc();
         }
@@ -452,8 +462,9 @@ mod tests {
         )
         .expect("registry");
         m.set_capture_info("af_packet", "af_packet");
-        m.observe_call(&cdr("bye"));
+        m.observe_call(&cdr("bye_caller"));
         m.observe_call(&cdr("sip:+15551234@evil"));
+        m.observe_call(&cdr("failure_486"));
         let text = m.render();
         for line in [
             "calltap_capture_packets_total{cpu=\"all\"} 10",
@@ -464,12 +475,13 @@ mod tests {
             "calltap_worker_records_total{worker=\"1\"} 42",
             "calltap_active_calls 3",
             "calltap_calls_started_total 7",
-            "calltap_calls_answered_total 2",
-            "calltap_calls_ended_total{reason=\"bye\"} 1",
+            "calltap_calls_answered_total 3",
+            "calltap_calls_ended_total{reason=\"bye_caller\"} 1",
+            "calltap_calls_ended_total{reason=\"failure_4xx\"} 1",
             "calltap_calls_ended_total{reason=\"other\"} 1",
-            "calltap_stream_loss_ratio_count{direction=\"caller\"} 2",
-            "calltap_stream_jitter_seconds_bucket{direction=\"caller\",le=\"0.005\"} 2",
-            "calltap_stream_mos_sum{direction=\"caller\"} 8.6",
+            "calltap_stream_loss_ratio_count{direction=\"caller\"} 3",
+            "calltap_stream_jitter_seconds_bucket{direction=\"caller\",le=\"0.005\"} 3",
+            "calltap_stream_mos_count{direction=\"caller\"} 3",
             "calltap_cdr_store_mode{mode=\"starting\"} 1",
             "calltap_cdr_rows_journaled_total 0",
         ] {
