@@ -37,6 +37,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     cargo_deb()?;
     packages()?;
+    python_tools()?;
     println!("setup: ready");
     Ok(())
 }
@@ -195,6 +196,24 @@ fn cargo_home() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// PyPI tools the tests drive: schemathesis generates API requests from the OpenAPI document.
+fn python_tools() -> Result<()> {
+    if output("schemathesis", &["--version"]).is_ok() {
+        println!("setup: schemathesis present");
+        return Ok(());
+    }
+    println!("setup: installing schemathesis (pip)");
+    let pip_ok = Command::new("python3")
+        .args(["-m", "pip", "install", "-q", "schemathesis"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !pip_ok {
+        bail!("pip install schemathesis failed");
+    }
+    Ok(())
 }
 
 fn packages() -> Result<()> {
