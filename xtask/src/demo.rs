@@ -104,7 +104,13 @@ pub fn run(pairs: u8, calls: u32, seconds: u32, keep_lab: bool) -> Result<()> {
             "demo: recordings under {}",
             data.join("recordings").display()
         );
-        println!("demo: the REST API is not built yet (issue #5); CDRs are in the journal above");
+        println!(
+            "demo: query it: while `calltap run` runs, the API is on [api] listen (default 127.0.0.1:8080): \
+             TOKEN=$(calltap token create --role viewer --data-dir {d}); \
+             curl -H \"Authorization: Bearer $TOKEN\" 'http://127.0.0.1:8080/api/v1/calls?party=caller1'; \
+             metrics at /metrics, OpenAPI at /api/v1/openapi.json",
+            d = data.display()
+        );
         if cdrs.len() < report.successful as usize {
             bail!(
                 "CallTap recorded {} of {} calls",
