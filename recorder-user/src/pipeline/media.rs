@@ -101,6 +101,9 @@ struct DirState {
     bytes: u64,
     codec: Option<String>,
     kind: Option<CodecKind>,
+    /// The last payload type's codec and RTP clock, so the per-packet path looks the SDP up
+    /// (and builds a codec name) only when the payload type or the SDP changes.
+    pt_cache: Option<(u8, CodecKind, u32)>,
     rtcp_packets: u64,
     rtcp_fraction_lost: Option<f64>,
     rtcp_jitter_ms: Option<f64>,
@@ -185,6 +188,14 @@ impl ActiveCall {
 }
 
 impl ActiveCall {
+    /// The media keys this call's endpoints occupy in the worker's maps.
+    fn endpoint_keys(&self) -> impl Iterator<Item = MediaKey> + '_ {
+        self.sides
+            .iter()
+            .flat_map(|s| s.rtp.iter().chain(s.rtcp.iter()))
+            .map(|a| media_key(*a))
+    }
+
     fn on_hold(&self) -> bool {
         self.sides.iter().any(|s| {
             matches!(
@@ -256,6 +267,8 @@ pub struct MediaWorker {
     /// Endpoints several live calls of this worker use: packets sent to them are attributed by
     /// their source endpoint first.
     shared: std::collections::HashSet<MediaKey>,
+    /// Calls signalling has ended, in end order: finished once their grace period is over.
+    ending_queue: std::collections::VecDeque<(u64, CallRef)>,
     pcm: Box<[i16; PCM_MAX]>,
     resampled: Box<[i16; PCM_MAX]>,
     last_flush_ns: u64,
@@ -271,6 +284,7 @@ impl MediaWorker {
             endpoints: HashMap::with_capacity(4096),
             ending_endpoints: HashMap::new(),
             shared: std::collections::HashSet::new(),
+            ending_queue: std::collections::VecDeque::new(),
             pcm: Box::new([0; PCM_MAX]),
             resampled: Box::new([0; PCM_MAX]),
             last_flush_ns: 0,
@@ -366,6 +380,10 @@ impl MediaWorker {
                     s.codecs = codecs;
                 }
                 s.direction = Some(direction);
+                // The SDP may map payload types differently now.
+                for d in c.dirs.iter_mut() {
+                    d.pt_cache = None;
+                }
                 // Leaving hold restarts the inactivity clock.
                 c.last_media_ns = c.last_media_ns.max(ts_ns);
             }
@@ -405,15 +423,17 @@ impl MediaWorker {
                 if let Some(c) = self.calls.get_mut(&call) {
                     if c.ending.is_none() {
                         c.ending = Some((reason, ts_ns));
-                        let ending = &mut self.ending_endpoints;
-                        self.endpoints.retain(|k, v| {
-                            if v.0 == call {
-                                ending.insert(*k, *v);
-                                false
-                            } else {
-                                true
+                        self.ending_queue.push_back((ts_ns, call));
+                        // Only this call's own endpoints move; no scan of every call's.
+                        for k in c.endpoint_keys() {
+                            if let Some(e) = self.endpoints.remove(&k) {
+                                if e.0 == call {
+                                    self.ending_endpoints.insert(k, e);
+                                } else {
+                                    self.endpoints.insert(k, e);
+                                }
                             }
-                        });
+                        }
                     }
                 }
                 self.reap(ts_ns, done);
@@ -422,27 +442,25 @@ impl MediaWorker {
     }
 
     /// Finishes calls whose end is older than [`END_GRACE_NS`] at `now` (`u64::MAX`: all that
-    /// have ended).
+    /// have ended). Ends arrive in time order, so the due ones are at the front of the queue.
     pub fn reap(&mut self, now: u64, done: &mut Vec<Cdr>) {
-        let due: Vec<CallRef> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| {
-                c.ending
-                    .as_ref()
-                    .is_some_and(|(_, at)| now >= at.saturating_add(END_GRACE_NS))
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for call in due {
+        while let Some(&(at, call)) = self.ending_queue.front() {
+            if now < at.saturating_add(END_GRACE_NS) {
+                break;
+            }
+            self.ending_queue.pop_front();
             let Some(mut c) = self.calls.remove(&call) else {
                 continue;
             };
-            self.endpoints.retain(|_, (owner, _)| *owner != call);
-            self.ending_endpoints.retain(|_, (owner, _)| *owner != call);
-            if !self.shared.is_empty() {
-                let live = &self.endpoints;
-                self.shared.retain(|k| live.contains_key(k));
+            for k in c.endpoint_keys() {
+                for map in [&mut self.endpoints, &mut self.ending_endpoints] {
+                    if map.get(&k).is_some_and(|e| e.0 == call) {
+                        map.remove(&k);
+                    }
+                }
+                if !self.endpoints.contains_key(&k) {
+                    self.shared.remove(&k);
+                }
             }
             self.stats.calls_ended += 1;
             let (reason, at) = c.ending.take().unwrap_or_default();
@@ -467,7 +485,7 @@ impl MediaWorker {
         // Audio sent *to* a side's endpoint comes from the other side; audio *from* it, from
         // that side. Live calls first, then calls in their end grace period.
         let (dst_key, src_key) = (media_key(dst), media_key(src));
-        let by_src_first = self.shared.contains(&dst_key);
+        let by_src_first = !self.shared.is_empty() && self.shared.contains(&dst_key);
         let lookup = |map: &HashMap<MediaKey, (CallRef, Side)>| {
             let by_dst = || {
                 map.get(&dst_key)
@@ -515,14 +533,26 @@ impl MediaWorker {
             return;
         };
         let sender = c.direction_of(rtp.ssrc, sender, now);
-        let receiver = 1 - sender;
-        let kind_map = codec_of(c, receiver, sender, rtp.payload_type);
+        let (kind, clock) = match c.dirs[sender].pt_cache {
+            Some((pt, kind, clock)) if pt == rtp.payload_type => (kind, clock),
+            _ => {
+                let (kind, name, clock) = codec_of(c, 1 - sender, sender, rtp.payload_type);
+                match kind {
+                    CodecKind::Unsupported => {
+                        c.unsupported.insert(name);
+                    }
+                    CodecKind::TelephoneEvent | CodecKind::ComfortNoise => {}
+                    _ => c.dirs[sender].codec = Some(name),
+                }
+                c.dirs[sender].pt_cache = Some((rtp.payload_type, kind, clock));
+                (kind, clock)
+            }
+        };
         let d = &mut c.dirs[sender];
         d.last_ns = Some(now);
         d.packets += 1;
         d.bytes += rtp.payload.len() as u64;
         d.ssrc = Some(rtp.ssrc);
-        let (kind, name, clock) = kind_map;
         match kind {
             CodecKind::TelephoneEvent => {
                 if let Some(digit) = d.dtmf.push(rtp.timestamp, rtp.payload) {
@@ -539,14 +569,10 @@ impl MediaWorker {
             }
             CodecKind::ComfortNoise => return,
             CodecKind::Unsupported => {
-                c.unsupported.insert(name);
                 raw_rtp(c, rec, &mut self.stats);
                 return;
             }
             _ => {}
-        }
-        if d.codec.as_deref() != Some(name.as_str()) {
-            d.codec = Some(name);
         }
         d.kind = Some(kind);
         let jitter = d.jitter.get_or_insert_with(|| JitterEstimator::new(clock));
@@ -824,6 +850,11 @@ fn rtcp(c: &mut ActiveCall, sender: usize, payload: &[u8]) {
 /// Keeps RTP CallTap cannot decode in a pcap beside the recording, so nothing is lost.
 fn raw_rtp(c: &mut ActiveCall, rec: &Record<'_>, stats: &mut WorkerStats) {
     if c.raw.is_none() {
+        if c.write_failed {
+            // Creating it failed before: no retry (and no log line) per packet.
+            stats.write_errors += 1;
+            return;
+        }
         if let Some(dir) = c.raw_path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -831,14 +862,17 @@ fn raw_rtp(c: &mut ActiveCall, rec: &Record<'_>, stats: &mut WorkerStats) {
             Ok(f) => f,
             Err(e) => {
                 stats.write_errors += 1;
+                c.write_failed = true;
                 log::error!("{}: {e}", c.raw_path.display());
                 return;
             }
         };
         match PcapWriter::with_header(BufWriter::new(file), PcapHeader::default()) {
             Ok(w) => c.raw = Some(w),
-            Err(_) => {
+            Err(e) => {
                 stats.write_errors += 1;
+                c.write_failed = true;
+                log::error!("{}: {e}", c.raw_path.display());
                 return;
             }
         }
