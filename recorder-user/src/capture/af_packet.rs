@@ -25,6 +25,9 @@ const BLOCK_NR: u32 = 16;
 const FRAME_SIZE: u32 = 2048;
 /// Records queued per worker before the capture thread counts them as ring-full drops.
 const QUEUE: usize = 1 << 16;
+/// Spare record buffers kept for reuse (about 7 MB): enough to cover what is in flight between
+/// the capture thread and the workers at full rate, bounded when the queues back up.
+const POOL: usize = 4096;
 
 const TPACKET_V3: libc::c_int = 2;
 const PACKET_RX_RING: libc::c_int = 5;
@@ -166,6 +169,7 @@ fn capture_loop(
     tables: UserTables,
     workers: Vec<Sender<Vec<u8>>>,
     signalling: Sender<Vec<u8>>,
+    pool: Receiver<Vec<u8>>,
     counters: Arc<[AtomicU64; COUNTERS as usize]>,
     stop: Arc<AtomicBool>,
 ) {
@@ -211,7 +215,12 @@ fn capture_loop(
                     count(counter::ENCAP, 1);
                 }
                 if v.target != TARGET_NONE {
-                    let mut rec = Vec::with_capacity(PacketMeta::SIZE + frame.len());
+                    // Buffers come back from the consumers: no allocation per packet once
+                    // the pool is warm.
+                    let mut rec = pool
+                        .try_recv()
+                        .unwrap_or_else(|_| Vec::with_capacity(PacketMeta::SIZE + 1600));
+                    rec.clear();
                     rec.extend_from_slice(meta.as_bytes());
                     rec.extend_from_slice(frame);
                     let tx = if v.target == SIGNALLING_RING {
@@ -236,7 +245,14 @@ fn capture_loop(
     }
 }
 
-type Started = (AfPacketCapture, Vec<Receiver<Vec<u8>>>, Receiver<Vec<u8>>);
+/// One consumer's records from the AF_PACKET threads, and the way back for their buffers.
+pub struct RecordQueue {
+    pub rx: Receiver<Vec<u8>>,
+    /// Return each record's buffer here after handling it; the capture threads reuse it.
+    pub recycle: Sender<Vec<u8>>,
+}
+
+type Started = (AfPacketCapture, Vec<RecordQueue>, RecordQueue);
 
 impl AfPacketCapture {
     /// Opens a TPACKET_V3 ring on every interface and starts one capture thread per interface.
@@ -250,6 +266,7 @@ impl AfPacketCapture {
             Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(QUEUE)).unzip();
         let (sig_tx, sig_rx) = bounded(QUEUE);
+        let (pool_tx, pool_rx) = bounded(POOL);
         let mut threads = Vec::new();
         for iface in interfaces {
             let ring = open_ring(iface)?;
@@ -259,17 +276,20 @@ impl AfPacketCapture {
             })?;
             // SAFETY: valid C string.
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            let (tables, txs, sig_tx, counters, stop) = (
+            let (tables, txs, sig_tx, pool, counters, stop) = (
                 tables.clone(),
                 txs.clone(),
                 sig_tx.clone(),
+                pool_rx.clone(),
                 counters.clone(),
                 stop.clone(),
             );
             threads.push(
                 thread::Builder::new()
                     .name(format!("afp-{iface}"))
-                    .spawn(move || capture_loop(ring, ifindex, tables, txs, sig_tx, counters, stop))
+                    .spawn(move || {
+                        capture_loop(ring, ifindex, tables, txs, sig_tx, pool, counters, stop)
+                    })
                     .map_err(|e| CaptureError::AfPacket {
                         interface: iface.clone(),
                         reason: e.to_string(),
@@ -277,7 +297,12 @@ impl AfPacketCapture {
             );
             log::info!("{iface}: capturing with AF_PACKET (TPACKET_V3)");
         }
-        Ok((AfPacketCapture { threads, counters }, rxs, sig_rx))
+        let queue = |rx| RecordQueue {
+            rx,
+            recycle: pool_tx.clone(),
+        };
+        let rxs = rxs.into_iter().map(queue).collect();
+        Ok((AfPacketCapture { threads, counters }, rxs, queue(sig_rx)))
     }
 
     pub fn totals(&self) -> [u64; COUNTERS as usize] {

@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::replay::{media_config, tracker_config};
 use crate::{
     capture::{
-        af_packet::AfPacketCapture,
+        af_packet::{AfPacketCapture, RecordQueue},
         xdp::{wait_readable, XdpCapture, XdpCounters},
         Record,
     },
@@ -70,7 +70,7 @@ enum Input {
     /// A BPF ring filled by the XDP program; timestamps are CLOCK_MONOTONIC.
     Ring(RingBuf<MapData>, u64),
     /// Records built by the AF_PACKET thread.
-    Channel(Receiver<Vec<u8>>),
+    Channel(RecordQueue),
 }
 
 impl Input {
@@ -88,12 +88,15 @@ impl Input {
                     n += 1;
                 }
             }
-            Input::Channel(rx) => {
+            Input::Channel(q) => {
                 while n < max {
-                    let Ok(bytes) = rx.try_recv() else { break };
+                    let Ok(bytes) = q.rx.try_recv() else { break };
                     if let Some(rec) = Record::from_ring(&bytes) {
                         f(&rec);
                     }
+                    // Back to the capture thread for the next packet (dropped if the pool is
+                    // full).
+                    let _ = q.recycle.try_send(bytes);
                     n += 1;
                 }
             }
@@ -104,7 +107,7 @@ impl Input {
     fn wait(&self, timeout: Duration) {
         match self {
             Input::Ring(ring, _) => wait_readable(ring, timeout),
-            Input::Channel(rx) => {
+            Input::Channel(RecordQueue { rx, .. }) => {
                 // Peek without consuming: block until something arrives or time passes.
                 let deadline = Instant::now() + timeout;
                 while rx.is_empty() && Instant::now() < deadline {
