@@ -196,8 +196,9 @@ fn media_thread(
         }
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
-            worker.tick(now_ns(), &mut expired);
-            worker.reap(now_ns(), &mut done);
+            let now = now_ns();
+            worker.tick(now, &mut expired);
+            worker.reap(now, &mut done);
             // For the metrics scrape: two relaxed stores per tick, nothing on the packet path.
             if let Some(l) = live.workers.get(worker.id as usize) {
                 l.records.store(worker.stats.records, Ordering::Relaxed);
@@ -381,45 +382,18 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let sip_ports = cfg.sip_ports.clone();
     let sd = shutdown.clone();
     let sig_live = live.clone();
-    let sig_handle = match bpf_table {
-        Some(t) => thread::Builder::new()
-            .name("signalling".into())
-            .spawn(move || {
-                signalling_thread(
-                    {
-                        let mut s = SignallingWorker::new(t, n, tcfg, 0);
-                        s.set_sip_ports(&sip_ports);
-                        s
-                    },
-                    sig_input,
-                    sink,
-                    to_rx,
-                    sd,
-                    n,
-                    sig_live,
-                )
-            })?,
-        None => {
-            let t = table.clone();
-            thread::Builder::new()
-                .name("signalling".into())
-                .spawn(move || {
-                    signalling_thread(
-                        {
-                            let mut s = SignallingWorker::new(t, n, tcfg, 0);
-                            s.set_sip_ports(&sip_ports);
-                            s
-                        },
-                        sig_input,
-                        sink,
-                        to_rx,
-                        sd,
-                        n,
-                        sig_live,
-                    )
-                })?
-        }
+    // The kernel's map when XDP captures, the shared userspace map otherwise.
+    let sig_table: Box<dyn MediaTable> = match bpf_table {
+        Some(t) => Box::new(t),
+        None => Box::new(table.clone()),
     };
+    let sig_handle = thread::Builder::new()
+        .name("signalling".into())
+        .spawn(move || {
+            let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0);
+            sig.set_sip_ports(&sip_ports);
+            signalling_thread(sig, sig_input, sink, to_rx, sd, n, sig_live)
+        })?;
     let jsonl = cfg.data_dir.join("calls.jsonl");
     // Database, or CSV journal while the database is away; never blocks this thread.
     let writer = CdrWriter::start(WriterConfig::from_config(&cfg))?;

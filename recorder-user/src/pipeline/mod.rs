@@ -28,6 +28,21 @@ pub trait MediaTable: Send {
     fn learn_sip_port(&mut self, port: u16) -> Result<(), String>;
 }
 
+/// Lets the driver pick the table (BPF map or userspace map) at run time.
+impl<T: MediaTable + ?Sized> MediaTable for Box<T> {
+    fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String> {
+        (**self).insert(key, owner)
+    }
+
+    fn remove(&mut self, key: &MediaKey) {
+        (**self).remove(key)
+    }
+
+    fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
+        (**self).learn_sip_port(port)
+    }
+}
+
 /// What a media worker needs to know to start recording a call.
 #[derive(Clone, Debug)]
 pub struct CallSetup {
