@@ -19,7 +19,7 @@ impl Drop for Mount {
 
 #[test]
 fn full_recordings_disk_keeps_cdrs_and_does_not_crash() {
-    if !support::require_root("full_recordings_disk_keeps_cdrs_and_does_not_crash") {
+    if !calltap_lab::root::require_root("full_recordings_disk_keeps_cdrs_and_does_not_crash") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("calltap-diskfull-{}", std::process::id()));

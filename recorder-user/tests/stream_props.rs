@@ -5,24 +5,13 @@
 mod support;
 
 use calltap::config::Config;
+use calltap_lab::rtp_pcap::ulaw_decode as decode;
 use proptest::prelude::*;
 use support::calls::{write_pcap, Call};
 
 /// mu-law byte for packet `i`: loud, and different for neighbours.
 fn byte(i: u32) -> u8 {
     0x80 + (i % 100) as u8
-}
-
-/// Reference G.711 mu-law decoder (ITU-T tables by formula), independent of CallTap's.
-fn decode(byte: u8) -> i16 {
-    let u = !byte;
-    let exponent = i32::from((u >> 4) & 0x07);
-    let magnitude = (((i32::from(u & 0x0f) << 3) + 0x84) << exponent) - 0x84;
-    if u & 0x80 != 0 {
-        -magnitude as i16
-    } else {
-        magnitude as i16
-    }
 }
 
 #[derive(Debug, Clone)]

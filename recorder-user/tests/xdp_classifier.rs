@@ -435,7 +435,7 @@ fn truncated_frames_never_panic_in_userspace() {
 
 #[test]
 fn xdp_and_userspace_make_identical_decisions() {
-    if !support::require_root("xdp_and_userspace_make_identical_decisions") {
+    if !calltap_lab::root::require_root("xdp_and_userspace_make_identical_decisions") {
         return;
     }
     let cfg = XdpConfig::default();

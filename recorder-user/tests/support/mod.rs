@@ -1,22 +1,9 @@
-//! Shared helpers for the integration tests: frame builders and the root/CI gate.
+//! Shared helpers for the integration tests: frame and call builders, the corpus (the root/CI
+//! gate is `calltap_lab::root::require_root`).
 #![allow(dead_code)]
 
 pub mod calls;
 pub mod frames;
-
-/// Tests that need root (BPF, namespaces) call this first. Without root they skip with a
-/// message, except under CI (`CI` set), where skipping would hide a broken build: they fail.
-pub fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs root (BPF/XDP/netns) and CI is set: run the tests as root");
-    }
-    eprintln!("SKIP {test}: needs root (BPF/XDP/netns); run `sudo -E cargo xtask test`");
-    false
-}
 
 /// The public captures, or None (with a message) when ../shared/corpus is absent.
 pub fn corpus() -> Option<std::path::PathBuf> {
