@@ -407,11 +407,11 @@ impl MediaWorker {
             } => {
                 if let Some(c) = self.calls.get_mut(&call) {
                     c.dtmf.push(Dtmf {
-                        side: side_name(side_index(side)),
+                        side: side_name(side_index(side)).into(),
                         digit,
                         at_ms: ts_ns.saturating_sub(c.setup.start_ns) / 1_000_000,
                         duration_ms,
-                        source: "sip_info",
+                        source: "sip_info".into(),
                     });
                 }
             }
@@ -558,11 +558,11 @@ impl MediaWorker {
                 if let Some(digit) = d.dtmf.push(rtp.timestamp, rtp.payload) {
                     let at_ms = now.saturating_sub(c.setup.start_ns) / 1_000_000;
                     c.dtmf.push(Dtmf {
-                        side: side_name(sender),
+                        side: side_name(sender).into(),
                         digit: digit.digit,
                         at_ms,
                         duration_ms: Some(digit.duration / (clock.max(1) / 1000).max(1)),
-                        source: "rfc4733",
+                        source: "rfc4733".into(),
                     });
                 }
                 return;
@@ -765,7 +765,7 @@ impl MediaWorker {
             .iter()
             .enumerate()
             .filter(|(_, d)| d.packets == 0)
-            .map(|(i, _)| side_name(i))
+            .map(|(i, _)| side_name(i).to_owned())
             .collect();
         let s = &c.setup;
         Cdr {
@@ -906,7 +906,7 @@ fn quality(i: usize, d: &DirState) -> StreamQuality {
         (mos_from_r(r) * 100.0).round() / 100.0
     });
     StreamQuality {
-        direction: side_name(i),
+        direction: side_name(i).into(),
         ssrc: d.ssrc.map(|s| format!("0x{s:08x}")),
         codec: d.codec.clone(),
         packets: d.packets,

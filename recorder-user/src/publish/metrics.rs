@@ -318,8 +318,8 @@ impl Metrics {
             self.recording_bytes.inc_by(r.bytes);
         }
         for s in &cdr.streams {
-            let dir = match s.direction {
-                "caller" | "callee" => s.direction,
+            let dir = match s.direction.as_str() {
+                d @ ("caller" | "callee") => d,
                 _ => "other",
             };
             let expected = s.packets + s.lost;
@@ -436,7 +436,7 @@ mod tests {
         c.unsupported_codecs.clear();
         c.recording = None;
         c.streams = vec![StreamQuality {
-            direction: "caller",
+            direction: "caller".into(),
             packets: 99,
             lost: 1,
             jitter_ms: 4.0,

@@ -6,10 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A SIP party as the CDR shows it.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Party {
     pub user: Option<String>,
     pub display: Option<String>,
@@ -18,10 +18,11 @@ pub struct Party {
 }
 
 /// Quality of one audio direction.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct StreamQuality {
     /// "caller" (caller's audio, WAV channel 0) or "callee" (channel 1).
-    pub direction: &'static str,
+    pub direction: String,
     pub ssrc: Option<String>,
     pub codec: Option<String>,
     pub packets: u64,
@@ -38,19 +39,19 @@ pub struct StreamQuality {
 }
 
 /// A DTMF digit.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Dtmf {
-    pub side: &'static str,
+    pub side: String,
     pub digit: char,
     /// Milliseconds from call start.
     pub at_ms: u64,
     pub duration_ms: Option<u32>,
     /// "rfc4733" (in RTP) or "sip_info".
-    pub source: &'static str,
+    pub source: String,
 }
 
 /// The recording file of a call.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Recording {
     pub path: PathBuf,
     pub bytes: u64,
@@ -62,8 +63,9 @@ pub struct Recording {
     pub raw_rtp_pcap: Option<PathBuf>,
 }
 
-/// One call.
-#[derive(Clone, Debug, Serialize)]
+/// One call. Also what the CDR store reads back from the CSV journal (which carries it as
+/// JSON): collections default to empty so journals of older versions still import.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Cdr {
     pub uuid: String,
     pub call_id: String,
@@ -82,19 +84,27 @@ pub struct Cdr {
     pub duration_ms: u64,
     pub talk_ms: u64,
     pub end_reason: String,
+    #[serde(default)]
     pub codecs: Vec<String>,
+    #[serde(default)]
     pub unsupported_codecs: Vec<String>,
     /// Directions that carried no audio at all ("caller", "callee").
-    pub missing_directions: Vec<&'static str>,
+    #[serde(default)]
+    pub missing_directions: Vec<String>,
     /// Packets per direction, the quick check.
+    #[serde(default)]
     pub packets: PacketCounts,
+    #[serde(default)]
     pub streams: Vec<StreamQuality>,
+    #[serde(default)]
     pub dtmf: Vec<Dtmf>,
+    #[serde(default)]
     pub recording: Option<Recording>,
+    #[serde(default)]
     pub worker: u32,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PacketCounts {
     pub caller: u64,
     pub callee: u64,

@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use super::{
     cdr::Cdr,
-    db::{Db, DbError, StoredCdr, StoredVia},
+    db::{cdr_from_json, Db, DbError, StoredVia},
 };
 
 pub const JOURNAL_FILE: &str = "cdr-journal.csv";
@@ -360,7 +360,7 @@ pub async fn import_file(
             path: path.to_path_buf(),
         })?;
     let mut report = ImportReport::default();
-    let mut batch: Vec<(u64, StoredCdr)> = Vec::with_capacity(IMPORT_BATCH);
+    let mut batch: Vec<(u64, Cdr)> = Vec::with_capacity(IMPORT_BATCH);
     let mut record = csv::StringRecord::new();
     loop {
         let line = reader.position().line() + 1;
@@ -369,7 +369,7 @@ pub async fn import_file(
             Ok(true) => {
                 report.rows += 1;
                 let line = record.position().map_or(line, |p| p.line());
-                match record.get(column).map(StoredCdr::from_json) {
+                match record.get(column).map(cdr_from_json) {
                     Some(Ok(cdr)) => batch.push((line, cdr)),
                     Some(Err(e)) => report.bad.push(BadRow {
                         line,
@@ -407,7 +407,7 @@ async fn store_batch(
     path: &Path,
     via: StoredVia,
     timeout: Duration,
-    batch: &mut Vec<(u64, StoredCdr)>,
+    batch: &mut Vec<(u64, Cdr)>,
     report: &mut ImportReport,
 ) -> Result<(), JournalError> {
     if batch.is_empty() {
@@ -417,7 +417,7 @@ async fn store_batch(
         path: path.to_path_buf(),
         source,
     };
-    let cdrs: Vec<StoredCdr> = batch.iter().map(|(_, c)| c.clone()).collect();
+    let cdrs: Vec<Cdr> = batch.iter().map(|(_, c)| c.clone()).collect();
     match db.insert_batch(&cdrs, via, timeout).await {
         Ok(fresh) => count(&fresh, report),
         // Slow is as good as down: give up for now, the caller retries the whole file later.

@@ -9,7 +9,7 @@
 
 use std::{path::Path, str::FromStr as _, time::Duration};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::{
     migrate::Migrator,
@@ -97,100 +97,6 @@ impl StoredVia {
     }
 }
 
-/// A CDR as the store reads it back from JSON (the CSV journal carries the CDR as JSON).
-///
-/// [`Cdr`] is built for writing (`&'static str` fields, `Serialize` only); this owned mirror is
-/// what both the live path (via JSON) and the journal import insert, so there is one insert
-/// path. Collections default to empty so journals written by older versions still import.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct StoredCdr {
-    pub uuid: String,
-    pub call_id: String,
-    pub interaction_id: String,
-    pub from: StoredParty,
-    pub to: StoredParty,
-    pub src_ip: String,
-    pub dst_ip: String,
-    pub start: String,
-    pub answer: Option<String>,
-    pub end: String,
-    pub start_ns: u64,
-    pub answer_ns: Option<u64>,
-    pub end_ns: u64,
-    pub duration_ms: u64,
-    pub talk_ms: u64,
-    pub end_reason: String,
-    #[serde(default)]
-    pub codecs: Vec<String>,
-    #[serde(default)]
-    pub unsupported_codecs: Vec<String>,
-    #[serde(default)]
-    pub missing_directions: Vec<String>,
-    #[serde(default)]
-    pub packets: StoredPackets,
-    #[serde(default)]
-    pub streams: Vec<StoredStream>,
-    #[serde(default)]
-    pub dtmf: Vec<StoredDtmf>,
-    #[serde(default)]
-    pub recording: Option<StoredRecording>,
-    #[serde(default)]
-    pub worker: u32,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct StoredParty {
-    pub user: Option<String>,
-    pub display: Option<String>,
-    pub host: String,
-    pub uri: String,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct StoredPackets {
-    pub caller: u64,
-    pub callee: u64,
-    pub rtcp: u64,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct StoredStream {
-    pub direction: String,
-    pub ssrc: Option<String>,
-    pub codec: Option<String>,
-    pub packets: u64,
-    pub bytes: u64,
-    pub lost: u64,
-    pub duplicates: u64,
-    pub late: u64,
-    pub jitter_ms: f64,
-    pub mos: Option<f64>,
-    pub rtcp_packets: u64,
-    pub rtcp_fraction_lost: Option<f64>,
-    pub rtcp_jitter_ms: Option<f64>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct StoredDtmf {
-    pub side: String,
-    pub digit: String,
-    pub at_ms: u64,
-    pub duration_ms: Option<u32>,
-    pub source: String,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct StoredRecording {
-    pub path: String,
-    pub bytes: u64,
-    pub sha256: String,
-    pub sample_rate: u32,
-    pub channels: u16,
-    pub duration_ms: u64,
-    pub raw_rtp_pcap: Option<String>,
-}
-
 /// Why a CDR's JSON cannot be stored.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -200,24 +106,24 @@ pub enum RecordError {
     NoUuid,
 }
 
-impl StoredCdr {
-    pub fn from_cdr(cdr: &Cdr) -> Result<StoredCdr, RecordError> {
-        Self::from_value(serde_json::to_value(cdr)?)
-    }
+/// The CDR as stored: NUL removed from every string (PostgreSQL text cannot hold it, and SIP
+/// display names come off the wire), a uuid required.
+pub fn stored_cdr(cdr: &Cdr) -> Result<Cdr, RecordError> {
+    stored_value(serde_json::to_value(cdr)?)
+}
 
-    pub fn from_json(json: &str) -> Result<StoredCdr, RecordError> {
-        Self::from_value(serde_json::from_str(json)?)
-    }
+/// A CDR read back from the CSV journal's JSON column, checked as [`stored_cdr`] does.
+pub fn cdr_from_json(json: &str) -> Result<Cdr, RecordError> {
+    stored_value(serde_json::from_str(json)?)
+}
 
-    fn from_value(mut v: Value) -> Result<StoredCdr, RecordError> {
-        // PostgreSQL text cannot hold NUL; SIP display names are input from the wire.
-        strip_nul(&mut v);
-        let cdr: StoredCdr = serde_json::from_value(v)?;
-        if cdr.uuid.trim().is_empty() {
-            return Err(RecordError::NoUuid);
-        }
-        Ok(cdr)
+fn stored_value(mut v: Value) -> Result<Cdr, RecordError> {
+    strip_nul(&mut v);
+    let cdr: Cdr = serde_json::from_value(v)?;
+    if cdr.uuid.trim().is_empty() {
+        return Err(RecordError::NoUuid);
     }
+    Ok(cdr)
 }
 
 fn strip_nul(v: &mut Value) {
@@ -245,13 +151,13 @@ fn now_ns() -> i64 {
 macro_rules! backend_sql {
     ($module:ident, $db:ty) => {
         mod $module {
-            use super::{i, StoredCdr};
+            use super::{i, Cdr};
 
             /// Inserts one call and its children; false (and nothing written) when the uuid is
             /// already stored.
             pub(super) async fn insert_call(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                c: &StoredCdr,
+                c: &Cdr,
                 via: &str,
                 now: i64,
             ) -> Result<bool, sqlx::Error> {
@@ -297,7 +203,7 @@ macro_rules! backend_sql {
                 .bind(i(c.packets.callee))
                 .bind(i(c.packets.rtcp))
                 .bind(i64::from(c.worker))
-                .bind(rec.map(|r| r.path.clone()))
+                .bind(rec.map(|r| r.path.to_string_lossy().into_owned()))
                 .bind(rec.map(|r| r.sha256.clone()))
                 .bind(rec.map(|r| i(r.bytes)))
                 .bind(via)
@@ -338,7 +244,7 @@ macro_rules! backend_sql {
                     )
                     .bind(&c.uuid)
                     .bind(&d.side)
-                    .bind(&d.digit)
+                    .bind(d.digit.to_string())
                     .bind(i(d.at_ms))
                     .bind(d.duration_ms.map(i64::from))
                     .bind(&d.source)
@@ -353,13 +259,17 @@ macro_rules! backend_sql {
                          ON CONFLICT (call_uuid, path) DO NOTHING",
                     )
                     .bind(&c.uuid)
-                    .bind(&r.path)
+                    .bind(r.path.to_string_lossy().into_owned())
                     .bind(i(r.bytes))
                     .bind(&r.sha256)
                     .bind(i64::from(r.sample_rate))
                     .bind(i64::from(r.channels))
                     .bind(i(r.duration_ms))
-                    .bind(&r.raw_rtp_pcap)
+                    .bind(
+                        r.raw_rtp_pcap
+                            .as_ref()
+                            .map(|p| p.to_string_lossy().into_owned()),
+                    )
                     .execute(&mut **tx)
                     .await?;
                 }
@@ -489,7 +399,7 @@ impl Db {
     /// Either every CDR of the batch is stored or none is.
     pub async fn insert_batch(
         &self,
-        cdrs: &[StoredCdr],
+        cdrs: &[Cdr],
         via: StoredVia,
         timeout: Duration,
     ) -> Result<Vec<bool>, DbError> {
@@ -615,8 +525,8 @@ pub(crate) mod tests {
             host: "198.18.0.2".into(),
             uri: format!("sip:{user}@198.18.0.2"),
         };
-        let stream = |direction| StreamQuality {
-            direction,
+        let stream = |direction: &str| StreamQuality {
+            direction: direction.into(),
             ssrc: Some(format!("0x{n:08x}")),
             codec: Some("PCMU".into()),
             packets: 100,
@@ -653,11 +563,11 @@ pub(crate) mod tests {
             },
             streams: vec![stream("caller"), stream("callee")],
             dtmf: vec![Dtmf {
-                side: "caller",
+                side: "caller".into(),
                 digit: '5',
                 at_ms: 1500,
                 duration_ms: Some(160),
-                source: "rfc4733",
+                source: "rfc4733".into(),
             }],
             recording: Some(Recording {
                 path: PathBuf::from(format!("/var/lib/calltap/recordings/{n}.wav")),
@@ -672,9 +582,9 @@ pub(crate) mod tests {
         }
     }
 
-    fn rows(cdrs: &[Cdr]) -> Vec<StoredCdr> {
+    fn rows(cdrs: &[Cdr]) -> Vec<Cdr> {
         cdrs.iter()
-            .map(|c| StoredCdr::from_cdr(c).expect("stored form"))
+            .map(|c| stored_cdr(c).expect("stored form"))
             .collect()
     }
 
@@ -1005,8 +915,8 @@ pub(crate) mod tests {
         let record = reader.records().next().expect("row").expect("valid row");
         assert_eq!(&record[0], cdr.uuid);
         assert_eq!(&record[4], "107");
-        let back = StoredCdr::from_json(&record[8]).expect("cdr_json");
-        assert_eq!(back, StoredCdr::from_cdr(&cdr).expect("stored"));
+        let back = cdr_from_json(&record[8]).expect("cdr_json");
+        assert_eq!(back, stored_cdr(&cdr).expect("stored"));
         assert_eq!(
             back.from.display.as_deref(),
             Some("Nullbyte, \"quoted\"\nnewline")

@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::{
     cdr::Cdr,
     csv_journal::{self, CsvJournal, JournalError},
-    db::{redact, Db, StoredCdr, StoredVia},
+    db::{redact, stored_cdr, Db, StoredVia},
 };
 use crate::config::Config;
 
@@ -352,7 +352,7 @@ impl Worker {
         let mut rows = Vec::with_capacity(batch.len());
         let mut sources = Vec::with_capacity(batch.len());
         for cdr in batch {
-            match StoredCdr::from_cdr(&cdr) {
+            match stored_cdr(&cdr) {
                 Ok(row) => {
                     rows.push(row);
                     sources.push(cdr);

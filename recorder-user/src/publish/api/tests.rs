@@ -12,7 +12,7 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 
 use super::*;
-use crate::store::db::{tests::sample_cdr, StoredCdr, StoredVia};
+use crate::store::db::{stored_cdr, tests::sample_cdr, StoredVia};
 
 const T: Duration = Duration::from_secs(5);
 const CALLS: u32 = 12;
@@ -75,7 +75,7 @@ async fn fixture_on(pg: Option<calltap_lab::postgres::Postgres>) -> Fixture {
                 }
             };
         }
-        rows.push(StoredCdr::from_cdr(&c).expect("stored"));
+        rows.push(stored_cdr(&c).expect("stored"));
     }
     db.insert_batch(&rows, StoredVia::Direct, T)
         .await
