@@ -815,11 +815,8 @@ fn codec_of(c: &ActiveCall, receiver: usize, sender: usize, pt: u8) -> (CodecKin
     }
     let kind = CodecKind::from_static_pt(pt);
     let name = match kind {
-        CodecKind::Pcmu => "PCMU".to_string(),
-        CodecKind::Pcma => "PCMA".to_string(),
-        CodecKind::G722 => "G722".to_string(),
-        CodecKind::ComfortNoise => "CN".to_string(),
-        _ => format!("PT{pt}"),
+        CodecKind::Unsupported => format!("PT{pt}"),
+        known => known.name().to_owned(),
     };
     (kind, name, kind.rtp_clock().max(1))
 }
