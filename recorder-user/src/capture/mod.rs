@@ -6,6 +6,30 @@ pub mod pcap;
 pub mod xdp;
 
 use calltap_common::PacketMeta;
+use crossbeam_channel::Receiver;
+
+/// How full one consumer's input is, read at scrape time from the metrics thread.
+pub enum InputFill {
+    /// A BPF ring: bytes pending out of its size.
+    Ring(xdp::RingPositions),
+    /// An AF_PACKET queue: records pending out of its capacity.
+    Queue(Receiver<Vec<u8>>),
+}
+
+impl InputFill {
+    /// Fraction of the input in use, 0.0 to 1.0.
+    pub fn ratio(&self) -> f64 {
+        let (used, size) = match self {
+            InputFill::Ring(r) => r.used(),
+            InputFill::Queue(q) => (q.len() as u64, q.capacity().unwrap_or(0) as u64),
+        };
+        if size == 0 {
+            0.0
+        } else {
+            used as f64 / size as f64
+        }
+    }
+}
 
 /// One captured frame with the classifier's verdict.
 #[derive(Clone, Copy, Debug)]

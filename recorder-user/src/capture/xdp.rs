@@ -277,6 +277,70 @@ impl XdpCounters {
     }
 }
 
+/// A read-only view of a BPF ring's consumer and producer positions, so the metrics scrape can
+/// tell how full a worker's ring is without touching the worker: two loads from pages the
+/// kernel shares (the same ones the consumer reads), no system call per scrape.
+pub struct RingPositions {
+    base: *mut libc::c_void,
+    page: usize,
+    bytes: u64,
+}
+
+// SAFETY: the mapping is read-only and only read through atomic loads.
+unsafe impl Send for RingPositions {}
+// SAFETY: as above; concurrent readers only ever load.
+unsafe impl Sync for RingPositions {}
+
+impl RingPositions {
+    /// Maps the consumer and producer position pages of `ring` (`bytes` of data) read-only.
+    pub fn new(ring: &RingBuf<MapData>, bytes: u64) -> std::io::Result<RingPositions> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| std::io::Error::other("page size"))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&ring.as_fd());
+        // SAFETY: a fresh read-only shared mapping of the ring's first two pages (consumer,
+        // producer); the kernel permits read-only maps of a BPF ring at any page offset.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(RingPositions { base, page, bytes })
+    }
+
+    /// Bytes written by the program and not yet consumed, and the ring's size.
+    pub fn used(&self) -> (u64, u64) {
+        let load = |off: usize| {
+            // SAFETY: `off` is 0 or one page into our two-page mapping; the position words are
+            // 8-byte aligned at the start of each page and updated atomically by their owners.
+            let p =
+                unsafe { self.base.cast::<u8>().add(off) }.cast::<std::sync::atomic::AtomicU64>();
+            unsafe { &*p }.load(std::sync::atomic::Ordering::Acquire)
+        };
+        let consumer = load(0);
+        let producer = load(self.page);
+        (
+            producer.saturating_sub(consumer).min(self.bytes),
+            self.bytes,
+        )
+    }
+}
+
+impl Drop for RingPositions {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.base, 2 * self.page) };
+    }
+}
+
 /// Waits until `ring` has data or `timeout` passes. Workers block here instead of spinning.
 pub fn wait_readable(ring: &RingBuf<MapData>, timeout: Duration) {
     let fd = ring.as_fd();

@@ -23,8 +23,8 @@ use super::replay::{media_config, tracker_config};
 use crate::{
     capture::{
         af_packet::{AfPacketCapture, RecordQueue},
-        xdp::{wait_readable, XdpCapture, XdpCounters},
-        Record,
+        xdp::{wait_readable, RingPositions, XdpCapture, XdpCounters},
+        InputFill, Record,
     },
     classify::{SharedMediaTable, UserTables},
     config::{Config, SourceKind},
@@ -104,6 +104,17 @@ impl Input {
         n
     }
 
+    /// A read-only handle on how full this input is, for the metrics scrape.
+    fn fill(&self) -> std::io::Result<InputFill> {
+        Ok(match self {
+            Input::Ring(ring, _) => InputFill::Ring(RingPositions::new(
+                ring,
+                u64::from(calltap_common::RING_BYTES),
+            )?),
+            Input::Channel(q) => InputFill::Queue(q.rx.clone()),
+        })
+    }
+
     fn wait(&self, timeout: Duration) {
         match self {
             Input::Ring(ring, _) => wait_readable(ring, timeout),
@@ -180,9 +191,12 @@ fn media_thread(
             }
         }
     };
+    let mut lag_ns = 0u64;
     loop {
         let open = apply(&mut worker, &mut done);
+        let mut newest_ts = 0u64;
         let n = input.drain(BATCH, |rec| {
+            newest_ts = rec.meta.ts_ns;
             if !worker.packet(rec) {
                 // The control message for a new endpoint may still be in flight.
                 apply(&mut worker, &mut done);
@@ -191,20 +205,31 @@ fn media_thread(
                 }
             }
         });
+        if n > 0 {
+            // One clock read per batch, not per packet.
+            lag_ns = lag_ns.max(now_ns().saturating_sub(newest_ts));
+        }
         for cdr in done.drain(..) {
             let _ = cdrs.send(cdr);
         }
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
             let now = now_ns();
+            let rounds = worker.stats.flush_rounds;
+            let started = Instant::now();
             worker.tick(now, &mut expired);
+            if worker.stats.flush_rounds != rounds {
+                live.flush_seconds.observe(started.elapsed().as_secs_f64());
+            }
             worker.reap(now, &mut done);
-            // For the metrics scrape: two relaxed stores per tick, nothing on the packet path.
+            // For the metrics scrape: relaxed stores per tick, nothing on the packet path.
             if let Some(l) = live.workers.get(worker.id as usize) {
                 l.records.store(worker.stats.records, Ordering::Relaxed);
                 l.active_calls
                     .store(worker.active_calls() as u64, Ordering::Relaxed);
+                l.lag_ns.store(lag_ns, Ordering::Relaxed);
             }
+            lag_ns = 0;
             for t in expired.drain(..) {
                 let _ = timeouts.send(t);
             }
@@ -344,6 +369,18 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         af = Some(capture);
     }
 
+    let mut fills = Vec::new();
+    for (label, input) in (0..n)
+        .map(|i| i.to_string())
+        .zip(&inputs)
+        .chain(std::iter::once(("signalling".to_string(), &sig_input)))
+    {
+        match input.fill() {
+            Ok(f) => fills.push((label, f)),
+            Err(e) => log::warn!("worker {label}: no ring fill gauge: {e}"),
+        }
+    }
+
     // Channels and threads.
     let live = Arc::new(LiveStats::new(n));
     let (cdr_tx, cdr_rx) = unbounded::<Cdr>();
@@ -415,6 +452,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     for (_, mode) in attachments.iter() {
         metrics.set_capture_info(&source, mode);
     }
+    metrics.set_inputs(fills);
+    metrics.set_spool(cfg.recordings_dir());
     // The management server; started before the ready file so a watcher can scrape at once.
     let http_server = match &cfg.api_listen {
         Some(addr) => {
@@ -423,7 +462,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 source: source.clone(),
                 interfaces: cfg.interfaces.clone(),
             });
-            let app = http::router(metrics.clone()).merge(api::router(api));
+            let app = http::track_requests(
+                http::router(metrics.clone()).merge(api::router(api)),
+                metrics.clone(),
+            );
             let server = HttpServer::start(addr, app)?;
             log::info!(
                 "API at http://{0}/api/v1, metrics at http://{0}/metrics",

@@ -76,6 +76,8 @@ pub struct WorkerStats {
     pub calls_started: u64,
     pub calls_ended: u64,
     pub write_errors: u64,
+    /// Flush rounds done (the driver times them for the flush latency histogram).
+    pub flush_rounds: u64,
 }
 
 #[derive(Default)]
@@ -675,6 +677,7 @@ impl MediaWorker {
     pub fn tick(&mut self, now: u64, timeouts: &mut Vec<MediaTimeout>) {
         if now.saturating_sub(self.last_flush_ns) >= self.cfg.flush_interval_ns {
             self.last_flush_ns = now;
+            self.stats.flush_rounds += 1;
             for c in self.calls.values_mut() {
                 if let Some(w) = c.wav.as_mut() {
                     if w.flush().is_err() {

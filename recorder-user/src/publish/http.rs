@@ -12,7 +12,14 @@ use std::{
     time::Duration,
 };
 
-use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::header,
+    middleware,
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
 
 use super::metrics::Metrics;
 
@@ -32,6 +39,27 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .with_state(metrics)
+}
+
+/// Counts every request of `app` by matched route template and status
+/// (`calltap_api_requests_total`); unmatched paths are counted as `unmatched`, so a scanner
+/// probing random URLs cannot grow the label set.
+pub fn track_requests(app: Router, metrics: Arc<Metrics>) -> Router {
+    app.layer(middleware::from_fn_with_state(metrics, count_request))
+}
+
+async fn count_request(
+    State(m): State<Arc<Metrics>>,
+    req: Request,
+    next: middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let resp = next.run(req).await;
+    m.observe_request(&route, resp.status().as_u16());
+    resp
 }
 
 async fn scrape(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
@@ -122,21 +150,43 @@ mod tests {
     use super::*;
     use crate::publish::metrics::{CaptureCounters, LiveStats};
 
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        body
+    }
+
     #[test]
-    fn serves_metrics_over_tcp() {
+    fn serves_metrics_over_tcp_and_counts_requests_by_route() {
         let m = Arc::new(
             Metrics::new(CaptureCounters::None, Arc::new(LiveStats::new(1)), None)
                 .expect("registry"),
         );
         m.set_capture_info("xdp", "skb");
-        let server = HttpServer::start("127.0.0.1:0", router(m)).expect("start");
-        let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .expect("write");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read");
+        let server =
+            HttpServer::start("127.0.0.1:0", track_requests(router(m.clone()), m)).expect("start");
+        let body = get(server.addr, "/metrics");
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         assert!(body.contains("calltap_capture_info{mode=\"skb\",source=\"xdp\"} 1"));
+        for probe in ["/etc/passwd", "/call/+15551234"] {
+            assert!(get(server.addr, probe).starts_with("HTTP/1.1 404"));
+        }
+        let body = get(server.addr, "/metrics");
+        assert!(
+            body.contains("calltap_api_requests_total{route=\"/metrics\",status=\"200\"} 1"),
+            "{body}"
+        );
+        assert!(
+            body.contains("calltap_api_requests_total{route=\"unmatched\",status=\"404\"} 2"),
+            "{body}"
+        );
+        assert!(!body.contains("15551234"), "a raw path leaked into a label");
         drop(server);
     }
 }

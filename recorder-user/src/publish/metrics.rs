@@ -6,19 +6,22 @@
 //! Labels are bounded: CPU and worker indexes, stream direction, a fixed set of end reasons
 //! (anything else is `other`), capture source and mode. Never a call id or a phone number.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
 };
 
 use calltap_common::counter;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::{
-    capture::xdp::XdpCounters,
+    capture::{xdp::XdpCounters, InputFill},
     store::{
         cdr::Cdr,
         writer::{Mode, WriterCounters},
@@ -64,21 +67,40 @@ pub enum MetricsError {
 pub struct WorkerLive {
     pub records: AtomicU64,
     pub active_calls: AtomicU64,
+    /// Processing lag: the age of the newest record the worker had just handled, the largest
+    /// seen over the last tick (nanoseconds).
+    pub lag_ns: AtomicU64,
 }
 
 /// Counters the capture threads publish for the scrape: plain relaxed stores, no locks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LiveStats {
     pub workers: Vec<WorkerLive>,
     pub active_calls: AtomicU64,
     pub calls_started: AtomicU64,
+    /// Duration of each media worker's flush round (every open WAV's header and dirty pages
+    /// handed to the kernel); observed by the worker once per flush interval, lock-free.
+    pub flush_seconds: Histogram,
 }
+
+/// Flush round buckets: a round is microseconds when idle, milliseconds with thousands of calls.
+const FLUSH_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 impl LiveStats {
     pub fn new(workers: u32) -> LiveStats {
+        let opts = HistogramOpts::new(
+            "calltap_recording_flush_seconds",
+            "Duration of a media worker's flush round over its open recordings.",
+        )
+        .buckets(FLUSH_BUCKETS.to_vec());
         LiveStats {
             workers: (0..workers).map(|_| WorkerLive::default()).collect(),
-            ..LiveStats::default()
+            active_calls: AtomicU64::new(0),
+            calls_started: AtomicU64::new(0),
+            flush_seconds: Histogram::with_opts(opts)
+                .expect("constant histogram options are valid"),
         }
     }
 }
@@ -146,6 +168,11 @@ pub struct Metrics {
     recording_bytes: IntCounter,
     cdr_store_mode: IntGaugeVec,
     cdr_rows: Vec<(&'static str, IntCounter)>,
+    cdr_rows_pending_import: IntGauge,
+    ring_fill: GaugeVec,
+    worker_lag: GaugeVec,
+    spool_fs: IntGaugeVec,
+    api_requests: IntCounterVec,
     sources: Sources,
 }
 
@@ -153,6 +180,10 @@ struct Sources {
     capture: CaptureCounters,
     live: Arc<LiveStats>,
     writer: Option<Arc<WriterCounters>>,
+    /// Each consumer's input (`worker` label: index or `signalling`), set once capture runs.
+    inputs: OnceLock<Vec<(String, InputFill)>>,
+    /// The recordings spool, for the filesystem gauges.
+    spool: OnceLock<PathBuf>,
 }
 
 /// Sets a counter to a value read from a monotonic source.
@@ -199,6 +230,17 @@ impl Metrics {
             .collect::<Result<Vec<_>, prometheus::Error>>()?;
         let active_calls = IntGauge::new("calltap_active_calls", "Calls in progress.")?;
         registry.register(Box::new(active_calls.clone()))?;
+        let cdr_rows_pending_import = IntGauge::new(
+            "calltap_cdr_rows_pending_import",
+            "CDRs in the CSV journal waiting for the database.",
+        )?;
+        registry.register(Box::new(cdr_rows_pending_import.clone()))?;
+        let float_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        registry.register(Box::new(live.flush_seconds.clone()))?;
         let cdr_rows = [
             (
                 "written",
@@ -289,13 +331,53 @@ impl Metrics {
                 &["mode"],
             )?,
             cdr_rows,
+            cdr_rows_pending_import,
+            ring_fill: float_gauge_vec(
+                "calltap_worker_ring_fill_ratio",
+                "How full a worker's input ring (XDP) or queue (AF_PACKET) is, 0 to 1.",
+                &["worker"],
+            )?,
+            worker_lag: float_gauge_vec(
+                "calltap_worker_lag_seconds",
+                "Age of the newest record a worker handled, the largest over its last tick.",
+                &["worker"],
+            )?,
+            spool_fs: gauge_vec(
+                "calltap_spool_filesystem_bytes",
+                "The recordings spool's filesystem: size, used and available bytes.",
+                &["state"],
+            )?,
+            api_requests: counter_vec(
+                "calltap_api_requests_total",
+                "Management HTTP requests by route template and status code.",
+                &["route", "status"],
+            )?,
             registry,
             sources: Sources {
                 capture,
                 live,
                 writer,
+                inputs: OnceLock::new(),
+                spool: OnceLock::new(),
             },
         })
+    }
+
+    /// Lets the scrape read each consumer's input fill (call once, when capture has started).
+    pub fn set_inputs(&self, inputs: Vec<(String, InputFill)>) {
+        let _ = self.sources.inputs.set(inputs);
+    }
+
+    /// The recordings spool whose filesystem the scrape reports.
+    pub fn set_spool(&self, dir: PathBuf) {
+        let _ = self.sources.spool.set(dir);
+    }
+
+    /// Counts one management HTTP request (`route` is the matched template, never a raw path).
+    pub fn observe_request(&self, route: &str, status: u16) {
+        self.api_requests
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
     }
 
     /// Records the capture source in use (`xdp` with `driver`/`skb`, or `af_packet`).
@@ -383,6 +465,26 @@ impl Metrics {
             self.worker_active_calls
                 .with_label_values(&[&id])
                 .set(w.active_calls.load(Ordering::Relaxed) as i64);
+            self.worker_lag
+                .with_label_values(&[&id])
+                .set(w.lag_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        }
+        if let Some(inputs) = self.sources.inputs.get() {
+            for (label, fill) in inputs {
+                self.ring_fill.with_label_values(&[label]).set(fill.ratio());
+            }
+        }
+        if let Some(dir) = self.sources.spool.get() {
+            match filesystem(dir) {
+                Ok(fs) => {
+                    for (state, v) in [("size", fs.size), ("used", fs.used), ("avail", fs.avail)] {
+                        self.spool_fs
+                            .with_label_values(&[state])
+                            .set(i64::try_from(v).unwrap_or(i64::MAX));
+                    }
+                }
+                Err(e) => log::debug!("statvfs {}: {e}", dir.display()),
+            }
         }
         self.active_calls
             .set(live.active_calls.load(Ordering::Relaxed) as i64);
@@ -410,6 +512,8 @@ impl Metrics {
                 };
                 set_counter(c, v);
             }
+            self.cdr_rows_pending_import
+                .set(i64::try_from(s.rows_pending_import).unwrap_or(i64::MAX));
         }
     }
 
@@ -422,6 +526,33 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// A filesystem's figures in bytes.
+pub struct FsUsage {
+    pub size: u64,
+    pub used: u64,
+    /// Available to unprivileged writers (what a non-root daemon can still use).
+    pub avail: u64,
+}
+
+/// statvfs(2) of the filesystem holding `path`.
+pub fn filesystem(path: &std::path::Path) -> std::io::Result<FsUsage> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
+    // SAFETY: an all-zero statvfs is a valid value for the kernel to overwrite.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and a valid out pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frag = st.f_frsize as u64;
+    Ok(FsUsage {
+        size: st.f_blocks as u64 * frag,
+        used: (st.f_blocks as u64).saturating_sub(st.f_bfree as u64) * frag,
+        avail: st.f_bavail as u64 * frag,
+    })
 }
 
 #[cfg(test)]
@@ -465,6 +596,15 @@ mod tests {
         m.observe_call(&cdr("bye_caller"));
         m.observe_call(&cdr("sip:+15551234@evil"));
         m.observe_call(&cdr("failure_486"));
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        tx.send(vec![0u8]).expect("queue");
+        m.set_inputs(vec![("signalling".to_string(), InputFill::Queue(rx))]);
+        m.set_spool(std::env::temp_dir());
+        m.observe_request("/api/v1/calls/{uuid}", 404);
+        m.sources.live.workers[0]
+            .lag_ns
+            .store(1_500_000, Ordering::Relaxed);
+        m.sources.live.flush_seconds.observe(0.002);
         let text = m.render();
         for line in [
             "calltap_capture_packets_total{cpu=\"all\"} 10",
@@ -484,10 +624,27 @@ mod tests {
             "calltap_stream_mos_count{direction=\"caller\"} 3",
             "calltap_cdr_store_mode{mode=\"starting\"} 1",
             "calltap_cdr_rows_journaled_total 0",
+            "calltap_cdr_rows_pending_import 0",
+            "calltap_worker_ring_fill_ratio{worker=\"signalling\"} 0.25",
+            "calltap_worker_lag_seconds{worker=\"0\"} 0.0015",
+            "calltap_recording_flush_seconds_bucket{le=\"0.0025\"} 1",
+            "calltap_api_requests_total{route=\"/api/v1/calls/{uuid}\",status=\"404\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("evil"), "an end reason leaked into a label");
+        let fs_line = |state: &str| {
+            let prefix = format!("calltap_spool_filesystem_bytes{{state=\"{state}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no spool {state} in\n{text}"))
+        };
+        let (size, used, avail) = (fs_line("size"), fs_line("used"), fs_line("avail"));
+        assert!(
+            size > 0 && used <= size && avail <= size,
+            "{size} {used} {avail}"
+        );
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(l.starts_with("calltap_"), "unprefixed series {l}");
         }

@@ -273,6 +273,15 @@ fn sync_dir(path: &Path) {
 }
 
 /// Journals left pending by an import the database interrupted, oldest first.
+/// Data rows in a journal file (0 when it is missing or unreadable), for the pending gauge.
+pub fn count_rows(path: &Path) -> u64 {
+    csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_path(path)
+        .map_or(0, |mut r| r.records().filter(Result::is_ok).count() as u64)
+}
+
 pub fn pending_files(data_dir: &Path) -> Vec<PathBuf> {
     let prefix = format!("{JOURNAL_FILE}.");
     let suffix = format!(".{PENDING}");

@@ -93,6 +93,9 @@ pub struct WriterCounters {
     pub rows_imported: AtomicU64,
     /// Journal rows that could not be imported (unreadable, or rejected by the database).
     pub rows_rejected: AtomicU64,
+    /// Rows in the journal files not imported yet (a gauge: counted at start, +1 per append,
+    /// minus each imported file's rows).
+    pub rows_pending_import: AtomicU64,
 }
 
 /// A consistent-enough copy of [`WriterCounters`] for reports.
@@ -108,6 +111,7 @@ pub struct WriterSnapshot {
     pub imports: u64,
     pub rows_imported: u64,
     pub rows_rejected: u64,
+    pub rows_pending_import: u64,
 }
 
 impl WriterCounters {
@@ -136,6 +140,7 @@ impl WriterCounters {
             imports: g(&self.imports),
             rows_imported: g(&self.rows_imported),
             rows_rejected: g(&self.rows_rejected),
+            rows_pending_import: g(&self.rows_pending_import),
         }
     }
 }
@@ -161,7 +166,10 @@ fn lock(journal: &Mutex<CsvJournal>) -> MutexGuard<'_, CsvJournal> {
 /// Appends to the journal, counting the outcome.
 fn journal_append(journal: &Mutex<CsvJournal>, counters: &WriterCounters, cdr: &Cdr) {
     match lock(journal).append(cdr) {
-        Ok(()) => add(&counters.rows_journaled, 1),
+        Ok(()) => {
+            add(&counters.rows_journaled, 1);
+            add(&counters.rows_pending_import, 1);
+        }
         Err(e) => {
             add(&counters.journal_errors, 1);
             log::error!(
@@ -178,6 +186,13 @@ impl CdrWriter {
         let (tx, rx) = bounded(QUEUE);
         let journal = Arc::new(Mutex::new(CsvJournal::new(&cfg.data_dir)));
         let counters = Arc::new(WriterCounters::default());
+        // Rows a previous run left in the journal wait for the database like new ones.
+        let left: u64 = csv_journal::pending_files(&cfg.data_dir)
+            .iter()
+            .chain(std::iter::once(&journal_path(&cfg.data_dir)))
+            .map(|p| csv_journal::count_rows(p))
+            .sum();
+        add(&counters.rows_pending_import, left);
         let mut worker = Worker {
             journal: journal.clone(),
             counters: counters.clone(),
@@ -408,6 +423,10 @@ impl Worker {
                 self.cfg.write_timeout,
             )) {
                 Ok(report) => {
+                    let waiting = &self.counters.rows_pending_import;
+                    let _ = waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                        Some(v.saturating_sub(report.rows))
+                    });
                     add(&self.counters.rows_imported, report.imported);
                     add(&self.counters.rows_rejected, report.bad.len() as u64);
                     for bad in &report.bad {
