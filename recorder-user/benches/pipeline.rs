@@ -12,6 +12,13 @@
 //!    every call's every packet recorded is reported, with the generator's own CPU use.
 //!    Steps: `CALLTAP_BENCH_LIVE_STEPS` (default "250,500,1000,2000"); empty skips.
 //!
+//! 5. Allocations per RTP packet: a counting global allocator around two replays of the same
+//!    calls, one twice as long as the other; the difference over the extra RTP packets is what
+//!    the steady-state RTP path allocates (setup, SIP and call end cancel out).
+//! 6. The same capture through `tshark -z rtp,streams` (RTP stream analysis, no audio written)
+//!    beside CallTap's replay (analysis and recording), as a ratio.
+//! 7. CPU per 1,000 calls: calltap's own CPU (from /proc) during each live step.
+//!
 //! Sizes: `CALLTAP_BENCH_CALLS` (default 400) calls of `CALLTAP_BENCH_SECONDS` (default 20) s.
 
 #[path = "../tests/support/frames.rs"]
@@ -33,6 +40,38 @@ use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
     DataLink,
 };
+
+/// Counts heap allocations so the bench can show the RTP path does none.
+struct Counting;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -242,6 +281,7 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
         calls,
         t.elapsed()
     );
+    let tshark = tshark_secs(out, &pcap, rtp_packets);
     for workers in [1u32, 2] {
         let mut cfg = Config::load_with_env(None, &[]).expect("config");
         cfg.data_dir = dir.join(format!("data-{workers}"));
@@ -281,6 +321,11 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
                 rtp_packets as f64 / secs,
             );
             out.insert("pipeline_calls_verified".into(), complete as f64);
+            if let Some(tshark) = tshark {
+                // tshark only analyses the streams; CallTap also decodes and writes every WAV.
+                eprintln!("pipeline: {:.1}x tshark's speed", tshark / secs);
+                out.insert("calltap_vs_tshark_speed_ratio".into(), tshark / secs);
+            }
             out.insert(
                 "bytes_per_active_call".into(),
                 (rss_open.saturating_sub(rss_before) * 1024) as f64 / f64::from(calls.max(1)),
@@ -289,6 +334,95 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
         let _ = std::fs::remove_dir_all(&cfg.data_dir);
     }
     let _ = std::fs::remove_file(&pcap);
+}
+
+/// One worker's replay of `pcap` into `dir`: (seconds, allocations, calls complete).
+fn replay_once(dir: &Path, pcap: &Path, want: u64) -> (f64, u64, usize) {
+    let mut cfg = Config::load_with_env(None, &[]).expect("config");
+    cfg.data_dir = dir.to_path_buf();
+    let _ = std::fs::remove_dir_all(dir);
+    cfg.workers = 1;
+    let mut complete = 0;
+    let a0 = allocations();
+    let t = Instant::now();
+    let summary = calltap::cmd::replay::replay(&cfg, &[pcap.to_path_buf()], |cdr| {
+        complete += usize::from(cdr.packets.caller == want && cdr.packets.callee == want);
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let allocs = allocations() - a0;
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let _ = std::fs::remove_dir_all(dir);
+    (secs, allocs, complete)
+}
+
+/// Allocations per RTP packet in steady state: the same 100 calls for S and 2S seconds.
+fn rtp_path_allocations(out: &mut BTreeMap<String, f64>, dir: &Path) {
+    let calls = 100;
+    let mut runs = Vec::new();
+    for seconds in [4u32, 8] {
+        let pcap = dir.join(format!("alloc-{seconds}.pcap"));
+        let rtp = write_load(&pcap, calls, seconds);
+        let (_, allocs, complete) =
+            replay_once(&dir.join("alloc-data"), &pcap, u64::from(seconds) * 50);
+        let _ = std::fs::remove_file(&pcap);
+        assert_eq!(complete, calls as usize, "allocation run lost audio");
+        eprintln!(
+            "allocations: {calls} calls x {seconds} s: {rtp} RTP packets, {allocs} allocations"
+        );
+        runs.push((rtp, allocs));
+    }
+    let extra_packets = runs[1].0 - runs[0].0;
+    let extra_allocs = runs[1].1.saturating_sub(runs[0].1);
+    let per_packet = extra_allocs as f64 / extra_packets as f64;
+    eprintln!(
+        "allocations: {extra_allocs} more for {extra_packets} more RTP packets: {per_packet:.4} per RTP packet"
+    );
+    out.insert("rtp_path_allocations_per_packet".into(), per_packet);
+}
+
+/// Seconds tshark's RTP stream analysis takes over the capture (None: tshark did not run).
+fn tshark_secs(out: &mut BTreeMap<String, f64>, pcap: &Path, rtp_packets: u64) -> Option<f64> {
+    let t = Instant::now();
+    let run = std::process::Command::new("tshark")
+        .args(["-n", "-q", "-r"])
+        .arg(pcap)
+        .args(["-z", "rtp,streams"])
+        .output();
+    let tshark = t.elapsed().as_secs_f64();
+    match run {
+        Ok(o) if o.status.success() => {
+            let streams = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains("ITU-T G.711 PCMU"))
+                .count();
+            eprintln!(
+                "tshark -z rtp,streams: {tshark:.2} s ({:.0} RTP pkt/s, {streams} G.711 streams found)",
+                rtp_packets as f64 / tshark,
+            );
+            out.insert("tshark_rtp_streams_pps".into(), rtp_packets as f64 / tshark);
+            Some(tshark)
+        }
+        _ => {
+            eprintln!("tshark comparison skipped: tshark did not run");
+            None
+        }
+    }
+}
+
+/// CPU seconds (user + system) `pid` has used, from /proc.
+fn process_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    f.iter().sum::<u64>() as f64 / hz
 }
 
 fn cpu_children_secs() -> f64 {
@@ -333,6 +467,8 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
             }
         };
         let cpu0 = cpu_children_secs();
+        let pid = daemon.pid();
+        let daemon_cpu0 = pid.map_or(0.0, process_cpu_secs);
         let t = Instant::now();
         let status = calltap_lab::netns::ns_command(
             calltap_lab::netns::NS_UAC,
@@ -350,6 +486,7 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
         .status();
         let gen_cpu = cpu_children_secs() - cpu0;
         let wall = t.elapsed().as_secs_f64();
+        let daemon_cpu = pid.map_or(0.0, process_cpu_secs) - daemon_cpu0;
         std::thread::sleep(Duration::from_secs(1));
         // Stopping waits for every call to be finished and its CDR written.
         let summary = daemon.stop().unwrap_or_default();
@@ -410,6 +547,13 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
                 .max(pps),
         );
         out.insert("live_generator_cpu_pct".into(), 100.0 * gen_cpu / wall);
+        // Percent of one core per 1,000 real-time calls, all of calltap's threads together.
+        let per_1000 = 100.0 * daemon_cpu / wall / (realtime_calls / 1000.0).max(1e-9);
+        eprintln!(
+            "live: calltap used {:.0}% of a core: {per_1000:.1}% of a core per 1,000 calls",
+            100.0 * daemon_cpu / wall
+        );
+        out.insert("live_cpu_pct_per_1000_calls".into(), per_1000);
     }
     // Real-time-equivalent concurrent calls (100 RTP packets/s each) recorded with zero loss.
     out.insert("zero_loss_calls".into(), f64::from(best));
@@ -427,6 +571,7 @@ fn main() {
     let mut out = BTreeMap::new();
     xdp_costs(&mut out);
     pipeline(&mut out, &dir, calls, seconds);
+    rtp_path_allocations(&mut out, &dir);
     live_capacity(
         &mut out,
         &dir,

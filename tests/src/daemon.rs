@@ -84,6 +84,11 @@ impl Daemon {
     }
 
     /// What calltap logged so far.
+    /// The daemon's process id while it runs (for CPU figures from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("stderr.log")).unwrap_or_default()
     }
