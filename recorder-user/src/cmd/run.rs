@@ -36,6 +36,7 @@ use crate::{
     publish::{
         api,
         http::{self, HttpServer},
+        live::{LiveCalls, LiveSink},
         metrics::{CaptureCounters, LiveStats, Metrics},
     },
     store::{
@@ -258,7 +259,7 @@ fn media_thread(
 fn signalling_thread<T: MediaTable>(
     mut sig: SignallingWorker<T>,
     mut input: Input,
-    mut sink: Senders,
+    mut sink: LiveSink<Senders>,
     timeouts: Receiver<MediaTimeout>,
     shutdown: Arc<Shutdown>,
     workers: u32,
@@ -414,7 +415,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     drop((cdr_tx, to_tx));
-    let sink = Senders(ctl_txs);
+    // Active calls for the API and console, fed by the signalling worker's control messages.
+    let live_calls = LiveCalls::new(ctl_txs.clone());
+    let sink = LiveSink::new(Senders(ctl_txs), live_calls.clone());
     let tcfg = tracker_config(&cfg);
     let sip_ports = cfg.sip_ports.clone();
     let sd = shutdown.clone();
@@ -462,6 +465,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 source: source.clone(),
                 interfaces: cfg.interfaces.clone(),
             });
+            api.set_live(live_calls.clone());
             let app = http::track_requests(
                 http::router(metrics.clone()).merge(api::router(api)),
                 metrics.clone(),
@@ -476,6 +480,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     let cdr_metrics = metrics.clone();
+    let cdr_live = live_calls.clone();
     let cdr_handle = thread::Builder::new().name("cdr".into()).spawn(move || {
         let mut sink = match JsonlSink::open(&jsonl) {
             Ok(s) => Some(s),
@@ -487,6 +492,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let mut lines = Vec::new();
         for cdr in cdr_rx.iter() {
             cdr_metrics.observe_call(&cdr);
+            cdr_live.remove(&cdr.uuid);
             log::info!(
                 "call {} ended ({}): {} ms, packets caller {} callee {}, recording {}",
                 cdr.call_id,
@@ -527,6 +533,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     log::info!("stopping: draining rings and closing open calls");
+    // The workers stop once every sender of their control channel is gone.
+    live_calls.close();
     let signalling = sig_handle
         .join()
         .map_err(|_| anyhow::anyhow!("signalling thread panicked"))?;

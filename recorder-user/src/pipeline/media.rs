@@ -134,6 +134,9 @@ struct ActiveCall {
     ending: Option<(String, u64)>,
     /// A write to the recording failed (logged once).
     write_failed: bool,
+    /// Operator pause/stop: spans kept out of the file, and the events for the CDR.
+    gate: super::recording::RecordingGate,
+    recording_events: Vec<crate::store::cdr::RecordingEvent>,
 }
 
 /// Audio still in flight when the BYE is captured (the far side's last packets) is kept: a call
@@ -345,6 +348,8 @@ impl MediaWorker {
                         contender: None,
                         ending: None,
                         write_failed: false,
+                        gate: Default::default(),
+                        recording_events: Vec::new(),
                     }),
                 );
             }
@@ -415,6 +420,22 @@ impl MediaWorker {
                         duration_ms,
                         source: "sip_info".into(),
                     });
+                }
+            }
+            Control::Recording {
+                call,
+                action,
+                ts_ns,
+            } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    let at = ts_ns.saturating_sub(c.setup.start_ns);
+                    if c.gate.apply(action, at) {
+                        c.recording_events.push(crate::store::cdr::RecordingEvent {
+                            action: action.as_str().into(),
+                            ts: rfc3339(ts_ns),
+                            at_ms: at / 1_000_000,
+                        });
+                    }
                 }
             }
             Control::End {
@@ -662,7 +683,19 @@ impl MediaWorker {
             }
         }
         if let Some(w) = c.wav.as_mut() {
-            if let Err(e) = w.write(sender, pos, samples) {
+            let mut res = Ok(());
+            if c.gate.is_clear() {
+                res = w.write(sender, pos, samples);
+            } else {
+                // Paused or stopped spans stay silence: only the parts outside them are written.
+                c.gate.open_parts(w.rate(), pos, samples.len(), |off, len| {
+                    let r = w.write(sender, pos + off as u64, &samples[off..off + len]);
+                    if res.is_ok() {
+                        res = r;
+                    }
+                });
+            }
+            if let Err(e) = res {
                 self.stats.write_errors += 1;
                 if !c.write_failed {
                     // Once per call: the disk is full or failing; the CDR is still written.
@@ -724,7 +757,8 @@ impl MediaWorker {
         });
         let recording = c.wav.take().and_then(|mut w| {
             let frames = (end_ns - start) as u128 * w.rate() as u128 / 1_000_000_000;
-            if w.extend_to(frames as u64).is_err() {
+            let frames = c.gate.final_frames(w.rate(), frames as u64);
+            if w.extend_to(frames).is_err() {
                 self.stats.write_errors += 1;
             }
             match w.finish() {
@@ -802,6 +836,7 @@ impl MediaWorker {
             dtmf: std::mem::take(&mut c.dtmf),
             recording,
             worker: self.id,
+            recording_events: std::mem::take(&mut c.recording_events),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! structs fed one record at a time.
 
 pub mod media;
+pub mod recording;
 pub mod signalling;
 
 use std::net::SocketAddr;
@@ -88,6 +89,13 @@ pub enum Control {
     End {
         call: CallRef,
         reason: String,
+        ts_ns: u64,
+    },
+    /// An operator's recording control (API, console), checked against the call's state by
+    /// `publish::live` before it is sent; `ts_ns` is when it was asked for.
+    Recording {
+        call: CallRef,
+        action: recording::RecordingAction,
         ts_ns: u64,
     },
     /// RTP/RTCP that reached the signalling worker before its call's endpoints were in the

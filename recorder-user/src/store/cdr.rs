@@ -102,6 +102,20 @@ pub struct Cdr {
     pub recording: Option<Recording>,
     #[serde(default)]
     pub worker: u32,
+    /// Operator recording control during the call (pause, resume, stop, start), in order.
+    #[serde(default)]
+    pub recording_events: Vec<RecordingEvent>,
+}
+
+/// One recording control event of a call.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RecordingEvent {
+    /// "start", "stop", "pause" or "resume".
+    pub action: String,
+    /// RFC 3339 UTC.
+    pub ts: String,
+    /// Milliseconds from call start.
+    pub at_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -579,6 +579,7 @@ pub(crate) mod tests {
                 raw_rtp_pcap: None,
             }),
             worker: n % 2,
+            recording_events: vec![],
         }
     }
 

@@ -29,6 +29,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body larger than {limit} bytes")]
     TooLarge { limit: usize },
+    /// The request is valid but the resource's state does not allow it now.
+    #[error("{0}")]
+    Conflict(String),
+    /// A part of the recorder the request needs is not running.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("range not satisfiable: the file has {len} bytes")]
     RangeNotSatisfiable { len: u64 },
     #[error("the CDR database is not answering")]
@@ -45,6 +51,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::TooLarge { .. } => "payload_too_large",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             ApiError::Database(_) => "database_unavailable",
             ApiError::Internal(_) => "internal",
@@ -58,6 +66,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

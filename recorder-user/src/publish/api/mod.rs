@@ -8,6 +8,7 @@
 
 #[macro_use]
 mod sql;
+pub mod active;
 pub mod auth;
 pub mod calls;
 pub mod errors;
@@ -24,7 +25,7 @@ use axum::{
     http::StatusCode,
     middleware::from_fn_with_state,
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,7 @@ use self::{
 };
 use crate::{
     config::Config,
+    publish::live::LiveCalls,
     store::{
         db::Db,
         writer::{WriterCounters, WriterSnapshot},
@@ -76,6 +78,8 @@ struct Inner {
     started: Instant,
     capture: Mutex<Option<CaptureInfo>>,
     writer: Option<Arc<WriterCounters>>,
+    /// The calls in progress, once `calltap run` has its workers.
+    live: std::sync::OnceLock<Arc<LiveCalls>>,
 }
 
 impl ApiState {
@@ -105,6 +109,7 @@ impl ApiState {
                 started: Instant::now(),
                 capture: Mutex::new(None),
                 writer,
+                live: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -112,6 +117,15 @@ impl ApiState {
     /// Records the capture source once it is running.
     pub fn set_capture(&self, info: CaptureInfo) {
         *lock(&self.inner.capture) = Some(info);
+    }
+
+    /// Connects the live-call registry (active calls, recording control); set once.
+    pub fn set_live(&self, live: Arc<LiveCalls>) {
+        let _ = self.inner.live.set(live);
+    }
+
+    pub fn live(&self) -> Option<&Arc<LiveCalls>> {
+        self.inner.live.get()
     }
 
     /// The CDR database, connecting first if needed; 503 while it cannot be reached.
@@ -152,10 +166,17 @@ pub fn router(state: ApiState) -> Router {
     let viewer = Router::new()
         .route("/status", get(status))
         .route("/calls", get(calls::search))
+        .route("/calls/active", get(active::list))
         .route("/calls/{uuid}", get(calls::detail))
         .route("/calls/{uuid}/recording", get(calls::recording))
         .route_layer(from_fn_with_state(
             (state.clone(), Role::Viewer),
+            auth::require,
+        ));
+    let operator = Router::new()
+        .route("/calls/{uuid}/recording", post(active::control))
+        .route_layer(from_fn_with_state(
+            (state.clone(), Role::Operator),
             auth::require,
         ));
     let admin = Router::new()
@@ -167,6 +188,7 @@ pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/openapi.json", get(openapi_json))
         .merge(viewer)
+        .merge(operator)
         .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -239,6 +261,18 @@ async fn status(State(state): State<ApiState>) -> Json<Status> {
     })
 }
 
+/// A JSON request body, or the API's error for a body that is too large (413) or not the
+/// expected document (400).
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(t)| t).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge { limit: BODY_LIMIT }
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    })
+}
+
 #[derive(Serialize)]
 struct TokenList {
     tokens: Vec<auth::TokenInfo>,
@@ -272,13 +306,7 @@ async fn tokens_create(
     State(state): State<ApiState>,
     body: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge { limit: BODY_LIMIT }
-        } else {
-            ApiError::BadRequest(e.body_text())
-        }
-    })?;
+    let req = json_body(body)?;
     let role = Role::parse(&req.role).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "role {:?}: expected viewer, operator or admin",

@@ -13,8 +13,10 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/openapi.json", "public"),
     ("get", "/status", "viewer"),
     ("get", "/calls", "viewer"),
+    ("get", "/calls/active", "viewer"),
     ("get", "/calls/{uuid}", "viewer"),
     ("get", "/calls/{uuid}/recording", "viewer"),
+    ("post", "/calls/{uuid}/recording", "operator"),
     ("get", "/tokens", "admin"),
     ("post", "/tokens", "admin"),
 ];
@@ -32,6 +34,7 @@ fn error_responses(codes: &[&str]) -> Value {
             "403" => "The token's role is not allowed to do this",
             "404" => "Not found",
             "413" => "Request body too large",
+            "409" => "Not possible in the call's current state",
             "416" => "Range not satisfiable",
             _ => "The CDR database is not answering",
         };
@@ -105,7 +108,16 @@ pub fn document() -> Value {
             }),
             &["400", "401", "403", "404", "416", "503"],
         ),
-        json!({"parameters": [uuid_param, {"name": "Range", "in": "header", "required": false, "schema": {"type": "string"}, "description": "bytes=START-END, bytes=START- or bytes=-SUFFIX"}]}),
+        json!({"parameters": [uuid_param.clone(), {"name": "Range", "in": "header", "required": false, "schema": {"type": "string"}, "description": "bytes=START-END, bytes=START- or bytes=-SUFFIX"}]}),
+    );
+    let control = with(
+        op(
+            "Recording control of a call in progress: pause and resume (the paused span is silence in the file), stop (the file ends there), start (CallTap records every call, so start resumes a stopped or paused recording). Each action is listed in the call's CDR (recording_events).",
+            "operator",
+            json_ok("200", "ActiveCall"),
+            &["400", "401", "403", "404", "409", "413"],
+        ),
+        json!({"parameters": [uuid_param], "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RecordingControl"}}}}}),
     );
     let token_create = with(
         op(
@@ -130,7 +142,8 @@ pub fn document() -> Value {
             "/status": {"get": op("Recorder status: version, uptime, capture, CDR store", "viewer", json_ok("200", "Status"), &["401", "403"])},
             "/calls": {"get": search},
             "/calls/{uuid}": {"get": detail},
-            "/calls/{uuid}/recording": {"get": recording},
+            "/calls/active": {"get": op("Calls in progress, oldest first", "viewer", json_ok("200", "ActiveCallList"), &["401", "403"])},
+            "/calls/{uuid}/recording": {"get": recording, "post": control},
             "/tokens": {
                 "get": op("List API tokens (never the tokens themselves)", "admin", json_ok("200", "TokenList"), &["401", "403", "503"]),
                 "post": token_create,
@@ -194,6 +207,21 @@ fn schemas() -> Value {
             "database": {"type": "object", "properties": {
                 "backend": s, "reachable": {"type": "boolean"}}},
             "cdr_store": {"type": "object", "nullable": true, "description": "CDR writer counters (mode: starting, database or csv)"}}},
+        "ActiveCall": {"type": "object",
+            "required": ["uuid", "call_id", "from_uri", "to_uri", "start", "state", "worker", "recording"],
+            "properties": {
+                "uuid": s, "call_id": s,
+                "from_user": nullable("string"), "from_uri": s,
+                "to_user": nullable("string"), "to_uri": s,
+                "start": {"type": "string", "format": "date-time"},
+                "answered": {"type": "string", "format": "date-time", "nullable": true},
+                "state": {"type": "string", "enum": ["setup", "ringing", "answered", "held", "ending"]},
+                "worker": int,
+                "recording": {"type": "string", "enum": ["recording", "paused", "stopped"]}}},
+        "ActiveCallList": {"type": "object", "required": ["calls"], "properties": {
+            "calls": {"type": "array", "items": {"$ref": "#/components/schemas/ActiveCall"}}}},
+        "RecordingControl": {"type": "object", "required": ["action"], "additionalProperties": false, "properties": {
+            "action": {"type": "string", "enum": ["start", "stop", "pause", "resume"]}}},
         "Token": {"type": "object", "properties": {
             "id": int, "name": s, "role": s, "created_ns": int, "revoked_ns": nullable("integer")}},
         "TokenList": {"type": "object", "required": ["tokens"], "properties": {

@@ -27,6 +27,9 @@ struct Fixture {
     wav3: Vec<u8>,
     outside: std::path::PathBuf,
     _pg: Option<calltap_lab::postgres::Postgres>,
+    /// One live call, `uuid-1`, on worker 0, whose control channel is `worker0`.
+    live: Arc<LiveCalls>,
+    worker0: crossbeam_channel::Receiver<crate::pipeline::Control>,
 }
 
 fn uuid(n: u32) -> String {
@@ -94,7 +97,12 @@ async fn fixture_on(pg: Option<calltap_lab::postgres::Postgres>) -> Fixture {
         token(Role::Operator).await,
         token(Role::Viewer).await,
     );
-    let app = router(ApiState::new(db, &cfg, None));
+    let state = ApiState::new(db, &cfg, None);
+    let (tx, worker0) = crossbeam_channel::unbounded();
+    let live = LiveCalls::new(vec![tx]);
+    crate::publish::live::tests::start_call(&live, 1);
+    state.set_live(live.clone());
+    let app = router(state);
     Fixture {
         _tmp: tmp,
         app,
@@ -104,6 +112,8 @@ async fn fixture_on(pg: Option<calltap_lab::postgres::Postgres>) -> Fixture {
         wav3,
         outside,
         _pg: pg,
+        live,
+        worker0,
     }
 }
 
@@ -643,4 +653,86 @@ async fn lazily_connected_state_serves_and_reports_an_absent_database() {
         a.error(StatusCode::SERVICE_UNAVAILABLE),
         "database_unavailable"
     );
+}
+
+/// Active calls from the live registry; recording control checked by role and state, and
+/// sent to the call's worker only when it is accepted.
+#[tokio::test]
+async fn active_calls_and_recording_control() {
+    let f = fixture().await;
+    let a = get(&f.app, "/api/v1/calls/active", &f.viewer).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let calls = a.json()["calls"].as_array().cloned().expect("calls");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["uuid"], "uuid-1");
+    assert_eq!(calls[0]["from_user"], "1000");
+    assert_eq!(calls[0]["state"], "setup");
+    assert_eq!(calls[0]["recording"], "recording");
+    assert_eq!(calls[0]["start"], "2023-11-14T22:13:20.000Z");
+
+    let post = |token: String, uuid: &str, body: &str| {
+        let app = f.app.clone();
+        let uri = format!("/api/v1/calls/{uuid}/recording");
+        let body = body.to_string();
+        async move {
+            call(
+                &app,
+                Method::POST,
+                &uri,
+                Some(&token),
+                &[("content-type", "application/json")],
+                Body::from(body),
+            )
+            .await
+        }
+    };
+    let pause = r#"{"action":"pause"}"#;
+    let a = post(f.viewer.clone(), "uuid-1", pause).await;
+    assert_eq!(a.error(StatusCode::FORBIDDEN), "forbidden");
+    let a = post(f.operator.clone(), "uuid-1", pause).await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(a.json()["recording"], "paused");
+    assert!(matches!(
+        f.worker0.try_recv(),
+        Ok(crate::pipeline::Control::Recording {
+            action: crate::pipeline::recording::RecordingAction::Pause,
+            ..
+        })
+    ));
+    let a = post(f.operator.clone(), "uuid-1", pause).await;
+    assert_eq!(a.error(StatusCode::CONFLICT), "conflict");
+    let a = post(f.admin.clone(), "uuid-1", r#"{"action":"resume"}"#).await;
+    assert_eq!(a.json()["recording"], "recording");
+    let a = post(f.operator.clone(), "uuid-1", r#"{"action":"stop"}"#).await;
+    assert_eq!(a.json()["recording"], "stopped");
+    let a = post(f.operator.clone(), "uuid-1", r#"{"action":"resume"}"#).await;
+    assert_eq!(a.error(StatusCode::CONFLICT), "conflict");
+    let a = post(f.operator.clone(), "uuid-1", r#"{"action":"start"}"#).await;
+    assert_eq!(a.json()["recording"], "recording");
+    assert_eq!(f.worker0.try_iter().count(), 3);
+    let a = post(f.operator.clone(), "nope", pause).await;
+    assert_eq!(a.error(StatusCode::NOT_FOUND), "not_found");
+    let a = post(f.operator.clone(), "uuid-1", r#"{"action":"rewind"}"#).await;
+    assert_eq!(a.error(StatusCode::BAD_REQUEST), "bad_request");
+    let a = post(f.operator.clone(), "uuid-1", "not json").await;
+    assert_eq!(a.error(StatusCode::BAD_REQUEST), "bad_request");
+    assert!(f.worker0.try_recv().is_err());
+
+    // The call's CDR arrived: it is no longer active.
+    f.live.remove("uuid-1");
+    let a = get(&f.app, "/api/v1/calls/active", &f.viewer).await;
+    assert_eq!(a.json()["calls"], serde_json::json!([]));
+    // Recording download of a stored call is still a GET on the same path.
+    let a = get(
+        &f.app,
+        &format!("/api/v1/calls/{}/recording", uuid(3)),
+        &f.viewer,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
 }

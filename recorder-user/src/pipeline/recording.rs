@@ -1,0 +1,251 @@
+//! Recording control of a live call: start, stop, pause, resume.
+//!
+//! CallTap records every call from its first packet, so "start" is on-demand only in the sense
+//! that it resumes a recording that was stopped (or paused); there is no call that is not being
+//! recorded until someone asks.
+//!
+//! The control plane (API, console) checks a transition against [`RecordingState`] and sends it
+//! to the call's media worker, whose [`RecordingGate`] then keeps audio out of the file by
+//! *position*: a span is the call time between two control events, turned into WAV sample
+//! positions with the recording's rate, so a late or reordered packet whose RTP timestamp falls
+//! inside a paused span is kept out as well, whatever order the packet and the control message
+//! reach the worker in.
+
+use serde::{Deserialize, Serialize};
+
+/// What an operator asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingAction {
+    Start,
+    Stop,
+    Pause,
+    Resume,
+}
+
+impl RecordingAction {
+    pub fn parse(s: &str) -> Option<RecordingAction> {
+        match s {
+            "start" => Some(RecordingAction::Start),
+            "stop" => Some(RecordingAction::Stop),
+            "pause" => Some(RecordingAction::Pause),
+            "resume" => Some(RecordingAction::Resume),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingAction::Start => "start",
+            RecordingAction::Stop => "stop",
+            RecordingAction::Pause => "pause",
+            RecordingAction::Resume => "resume",
+        }
+    }
+}
+
+/// Whether a live call's audio goes into its file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    #[default]
+    Recording,
+    Paused,
+    /// Stopped for the rest of the call unless started again; the file ends where it stopped.
+    Stopped,
+}
+
+impl RecordingState {
+    /// The state after `action`, or None when the action makes no sense now (pausing a paused
+    /// call, resuming one that was stopped rather than paused, starting one that records).
+    pub fn apply(self, action: RecordingAction) -> Option<RecordingState> {
+        use RecordingAction as A;
+        use RecordingState as S;
+        match (self, action) {
+            (S::Recording, A::Pause) => Some(S::Paused),
+            (S::Recording | S::Paused, A::Stop) => Some(S::Stopped),
+            (S::Paused, A::Resume) | (S::Paused | S::Stopped, A::Start) => Some(S::Recording),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingState::Recording => "recording",
+            RecordingState::Paused => "paused",
+            RecordingState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Most gated spans one call keeps; the control plane refuses transitions beyond
+/// [`MAX_TRANSITIONS`], so a worker never holds more than this.
+pub const MAX_TRANSITIONS: usize = 256;
+
+/// The media worker's side: which parts of the call's timeline stay out of the file.
+#[derive(Debug, Default)]
+pub struct RecordingGate {
+    state: RecordingState,
+    /// (from, to) in nanoseconds after the call's start; `to` is `u64::MAX` while open.
+    spans: Vec<(u64, u64)>,
+}
+
+impl RecordingGate {
+    /// Applies `action` at `at_ns` after the call's start; false (and no change) when the
+    /// transition is not valid in the current state.
+    pub fn apply(&mut self, action: RecordingAction, at_ns: u64) -> bool {
+        let Some(next) = self.state.apply(action) else {
+            return false;
+        };
+        match (self.state, next) {
+            (RecordingState::Recording, _) => {
+                if self.spans.len() >= MAX_TRANSITIONS {
+                    return false;
+                }
+                self.spans.push((at_ns, u64::MAX));
+            }
+            (_, RecordingState::Recording) => {
+                if let Some(last) = self.spans.last_mut() {
+                    last.1 = at_ns.max(last.0);
+                }
+            }
+            // Paused -> stopped: the open span simply stays open.
+            _ => {}
+        }
+        self.state = next;
+        true
+    }
+
+    pub fn state(&self) -> RecordingState {
+        self.state
+    }
+
+    /// Nothing was ever gated: the per-packet fast path.
+    pub fn is_clear(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Calls `write(offset, len)` for each part of the `n` samples that start at frame `pos`
+    /// which lies outside every gated span, at `rate` frames per second.
+    pub fn open_parts(&self, rate: u32, pos: u64, n: usize, mut write: impl FnMut(usize, usize)) {
+        let end = pos + n as u64;
+        let mut at = pos;
+        // Spans are in time order and do not overlap (each opens after the previous closed).
+        for &(from, to) in &self.spans {
+            let (f, t) = (frame(from, rate), frame(to, rate));
+            if t <= at {
+                continue;
+            }
+            if f >= end {
+                break;
+            }
+            if f > at {
+                write((at - pos) as usize, (f - at) as usize);
+            }
+            at = t.min(end);
+            if at >= end {
+                return;
+            }
+        }
+        if at < end {
+            write((at - pos) as usize, (end - at) as usize);
+        }
+    }
+
+    /// Length in frames a recording of `frames` should end with: where it was stopped, when it
+    /// is stopped at the end of the call.
+    pub fn final_frames(&self, rate: u32, frames: u64) -> u64 {
+        match (self.state, self.spans.last()) {
+            (RecordingState::Stopped, Some(&(from, _))) => frames.min(frame(from, rate)),
+            _ => frames,
+        }
+    }
+}
+
+/// Frame position of `ns` after the call's start (`u64::MAX` stays open-ended).
+fn frame(ns: u64, rate: u32) -> u64 {
+    if ns == u64::MAX {
+        return u64::MAX;
+    }
+    (ns as u128 * rate as u128 / 1_000_000_000).min(u64::MAX as u128 - 1) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn parts(g: &RecordingGate, pos: u64, n: usize) -> Vec<(usize, usize)> {
+        let mut v = Vec::new();
+        g.open_parts(8000, pos, n, |o, l| v.push((o, l)));
+        v
+    }
+
+    #[test]
+    fn transitions() {
+        use RecordingAction as A;
+        use RecordingState as S;
+        assert_eq!(S::Recording.apply(A::Pause), Some(S::Paused));
+        assert_eq!(S::Recording.apply(A::Resume), None);
+        assert_eq!(S::Recording.apply(A::Start), None);
+        assert_eq!(S::Paused.apply(A::Pause), None);
+        assert_eq!(S::Paused.apply(A::Resume), Some(S::Recording));
+        assert_eq!(S::Paused.apply(A::Stop), Some(S::Stopped));
+        assert_eq!(S::Stopped.apply(A::Resume), None);
+        assert_eq!(S::Stopped.apply(A::Stop), None);
+        assert_eq!(S::Stopped.apply(A::Start), Some(S::Recording));
+        for a in ["start", "stop", "pause", "resume"] {
+            assert_eq!(RecordingAction::parse(a).map(|x| x.as_str()), Some(a));
+        }
+        assert_eq!(RecordingAction::parse("Pause"), None);
+    }
+
+    #[test]
+    fn paused_span_is_cut_out_of_packets_exactly() {
+        let mut g = RecordingGate::default();
+        assert!(g.is_clear());
+        assert_eq!(parts(&g, 0, 160), vec![(0, 160)]);
+        // Pause at 1.01 s (frame 8080), resume at 3.0 s (frame 24000).
+        assert!(g.apply(RecordingAction::Pause, S + 10_000_000));
+        assert!(!g.apply(RecordingAction::Pause, S + 20_000_000));
+        assert_eq!(parts(&g, 8000, 160), vec![(0, 80)]);
+        assert_eq!(parts(&g, 16000, 160), vec![]);
+        assert!(g.apply(RecordingAction::Resume, 3 * S));
+        assert_eq!(parts(&g, 16000, 160), vec![]);
+        assert_eq!(parts(&g, 23920, 160), vec![(80, 80)]);
+        assert_eq!(parts(&g, 24000, 160), vec![(0, 160)]);
+        // A packet spanning the whole pause keeps both ends.
+        assert_eq!(parts(&g, 8000, 16100), vec![(0, 80), (16000, 100)]);
+        assert_eq!(g.final_frames(8000, 40000), 40000);
+    }
+
+    #[test]
+    fn stop_ends_the_file_and_start_reopens() {
+        let mut g = RecordingGate::default();
+        assert!(g.apply(RecordingAction::Stop, 2 * S));
+        assert_eq!(g.state(), RecordingState::Stopped);
+        assert_eq!(parts(&g, 20000, 160), vec![]);
+        assert_eq!(g.final_frames(8000, 80000), 16000);
+        assert!(!g.apply(RecordingAction::Resume, 3 * S));
+        assert!(g.apply(RecordingAction::Start, 4 * S));
+        assert_eq!(parts(&g, 32000, 160), vec![(0, 160)]);
+        assert_eq!(g.final_frames(8000, 80000), 80000);
+        // Paused, then stopped: one span from the pause on.
+        let mut g = RecordingGate::default();
+        assert!(g.apply(RecordingAction::Pause, S));
+        assert!(g.apply(RecordingAction::Stop, 2 * S));
+        assert_eq!(g.final_frames(8000, 80000), 8000);
+    }
+
+    #[test]
+    fn spans_are_bounded() {
+        let mut g = RecordingGate::default();
+        for i in 0..MAX_TRANSITIONS as u64 {
+            assert!(g.apply(RecordingAction::Pause, 2 * i));
+            assert!(g.apply(RecordingAction::Resume, 2 * i + 1));
+        }
+        assert!(!g.apply(RecordingAction::Pause, u64::MAX / 2));
+        assert_eq!(g.state(), RecordingState::Recording);
+    }
+}
