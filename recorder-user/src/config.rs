@@ -32,6 +32,12 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("database", "retry_interval_ms", "2000"),
     ("database", "write_timeout_ms", "2000"),
     ("api", "listen", "127.0.0.1:8080"),
+    ("webhooks", "url", ""),
+    ("webhooks", "secret", ""),
+    ("webhooks", "timeout_ms", "5000"),
+    ("webhooks", "max_backoff_ms", "60000"),
+    ("console", "listen", "127.0.0.1:5023"),
+    ("console", "password", ""),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +96,49 @@ pub struct Config {
     pub db_write_timeout_ms: u64,
     /// Address of the management HTTP server (`/metrics`, REST API); None: no server.
     pub api_listen: Option<String>,
+    /// Where call events are POSTed (`http://HOST[:PORT]/PATH`); None: no webhooks.
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key of the `X-CallTap-Signature` header (required with a URL).
+    pub webhook_secret: String,
+    /// Bound on one delivery attempt (connect, send, answer).
+    pub webhook_timeout_ms: u64,
+    /// Longest pause between retries of an undelivered event (the backoff doubles up to it).
+    pub webhook_max_backoff_ms: u64,
+    /// Address of the telnet console; None: no console.
+    pub console_listen: Option<String>,
+    /// Password the console asks for; None: no prompt (keep it on loopback then).
+    pub console_password: Option<String>,
+}
+
+/// Splits an `http://HOST[:PORT][/PATH]` URL into host, port and path (HTTPS is not supported:
+/// deliver to a local TLS-terminating proxy when the receiver is remote).
+pub fn parse_http_url(url: &str) -> Option<(String, u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') || path.contains(char::is_whitespace) {
+        return None;
+    }
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')? + 1;
+        (&authority[..end], &authority[end..])
+    } else {
+        match authority.split_once(':') {
+            Some((h, _)) => (h, &authority[h.len()..]),
+            None => (authority, ""),
+        }
+    };
+    let port = match port.strip_prefix(':') {
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0)?,
+        None if port.is_empty() => 80,
+        None => return None,
+    };
+    if host.is_empty() || host == "[]" {
+        return None;
+    }
+    Some((host.to_string(), port, path.to_string()))
 }
 
 /// Raw values with where each came from, for error messages.
@@ -135,6 +184,23 @@ fn parse_num<T: std::str::FromStr>(
     v.trim()
         .parse()
         .map_err(|_| bad(o, section, key, v, expected))
+}
+
+/// `[section] listen`: an IP:PORT to bind, or empty for none.
+fn parse_listen(
+    raw: &Raw,
+    section: &str,
+    expected: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    let (v, o) = raw.get(section, "listen");
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    match v.parse::<std::net::SocketAddr>() {
+        Ok(_) => Ok(Some(v.to_string())),
+        Err(_) => Err(bad(o, section, "listen", v, expected)),
+    }
 }
 
 impl Config {
@@ -289,17 +355,55 @@ impl Config {
                 return Err(bad(o, "database", key, raw_v, "at least 1 ms"));
             }
         }
-        let (listen, o) = raw.get("api", "listen");
-        let listen = listen.trim();
-        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+        let api_listen = parse_listen(
+            raw,
+            "api",
+            "IP:PORT, e.g. 127.0.0.1:8080 (empty: no HTTP server)",
+        )?;
+        let (hook, o) = raw.get("webhooks", "url");
+        let hook = hook.trim();
+        if !hook.is_empty() && parse_http_url(hook).is_none() {
             return Err(bad(
                 o,
-                "api",
-                "listen",
-                listen,
-                "IP:PORT, e.g. 127.0.0.1:8080 (empty: no HTTP server)",
+                "webhooks",
+                "url",
+                hook,
+                "http://HOST[:PORT][/PATH] (https: through a local TLS proxy; empty: no webhooks)",
             ));
         }
+        let (secret, o) = raw.get("webhooks", "secret");
+        if !hook.is_empty() && secret.is_empty() {
+            return Err(bad(
+                o,
+                "webhooks",
+                "secret",
+                secret,
+                "a secret to sign webhook bodies with (required when [webhooks] url is set)",
+            ));
+        }
+        let webhook_timeout_ms: u64 = parse_num(raw, "webhooks", "timeout_ms", "milliseconds")?;
+        let webhook_max_backoff_ms: u64 =
+            parse_num(raw, "webhooks", "max_backoff_ms", "milliseconds")?;
+        for (key, v, min, expected) in [
+            ("timeout_ms", webhook_timeout_ms, 1, "at least 1 ms"),
+            (
+                "max_backoff_ms",
+                webhook_max_backoff_ms,
+                100,
+                "at least 100 ms",
+            ),
+        ] {
+            if v < min {
+                let (raw_v, o) = raw.get("webhooks", key);
+                return Err(bad(o, "webhooks", key, raw_v, expected));
+            }
+        }
+        let console_listen = parse_listen(
+            raw,
+            "console",
+            "IP:PORT, e.g. 127.0.0.1:5023 (empty: no console)",
+        )?;
+        let (password, _) = raw.get("console", "password");
         Ok(Config {
             interfaces,
             source,
@@ -320,7 +424,13 @@ impl Config {
             database_url: Some(url.to_string()).filter(|s| !s.is_empty()),
             db_retry_interval_ms,
             db_write_timeout_ms,
-            api_listen: Some(listen.to_string()).filter(|s| !s.is_empty()),
+            api_listen,
+            webhook_url: Some(hook.to_string()).filter(|s| !s.is_empty()),
+            webhook_secret: secret.to_string(),
+            webhook_timeout_ms,
+            webhook_max_backoff_ms,
+            console_listen,
+            console_password: Some(password.to_string()).filter(|s| !s.is_empty()),
         })
     }
 
@@ -419,6 +529,86 @@ mod tests {
             "0".to_string(),
         )];
         assert!(Config::load_with_env(None, &env).is_err());
+    }
+
+    #[test]
+    fn webhook_and_console_keys_are_validated() {
+        let c = Config::load_with_env(None, &[]).expect("defaults");
+        assert_eq!(c.webhook_url, None);
+        assert_eq!(
+            (c.webhook_timeout_ms, c.webhook_max_backoff_ms),
+            (5000, 60000)
+        );
+        assert_eq!(c.console_listen.as_deref(), Some("127.0.0.1:5023"));
+        assert_eq!(c.console_password, None);
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("CALLTAP_WEBHOOKS_URL", "http://127.0.0.1:9000/hooks"),
+                ("CALLTAP_WEBHOOKS_SECRET", "s3cret"),
+                ("CALLTAP_CONSOLE_LISTEN", ""),
+                ("CALLTAP_CONSOLE_PASSWORD", "pw"),
+            ]),
+        )
+        .expect("webhooks");
+        assert_eq!(
+            c.webhook_url.as_deref(),
+            Some("http://127.0.0.1:9000/hooks")
+        );
+        assert_eq!(c.webhook_secret, "s3cret");
+        assert_eq!(c.console_listen, None);
+        assert_eq!(c.console_password.as_deref(), Some("pw"));
+        for (bad_env, key) in [
+            (vec![("CALLTAP_WEBHOOKS_URL", "http://x/")], "secret"),
+            (
+                vec![
+                    ("CALLTAP_WEBHOOKS_URL", "https://x/"),
+                    ("CALLTAP_WEBHOOKS_SECRET", "s"),
+                ],
+                "url",
+            ),
+            (vec![("CALLTAP_WEBHOOKS_TIMEOUT_MS", "0")], "timeout_ms"),
+            (
+                vec![("CALLTAP_WEBHOOKS_MAX_BACKOFF_MS", "5")],
+                "max_backoff_ms",
+            ),
+            (vec![("CALLTAP_CONSOLE_LISTEN", "localhost")], "listen"),
+        ] {
+            let err = Config::load_with_env(None, &env(&bad_env))
+                .expect_err("invalid")
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn http_urls_split_into_host_port_and_path() {
+        let p = |u: &str| parse_http_url(u);
+        assert_eq!(p("http://h/x?y=1"), Some(("h".into(), 80, "/x?y=1".into())));
+        assert_eq!(
+            p("http://10.0.0.1:8081"),
+            Some(("10.0.0.1".into(), 8081, "/".into()))
+        );
+        assert_eq!(
+            p("http://[::1]:9/a"),
+            Some(("[::1]".into(), 9, "/a".into()))
+        );
+        for bad in [
+            "https://h/",
+            "http://",
+            "http://h:0/",
+            "http://h:x/",
+            "http://u@h/",
+            "ftp://h",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
     }
 
     #[test]

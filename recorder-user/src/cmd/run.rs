@@ -36,8 +36,9 @@ use crate::{
     publish::{
         api,
         http::{self, HttpServer},
-        live::{LiveCalls, LiveSink},
+        live::{LiveCalls, LiveEvent, LiveSink},
         metrics::{CaptureCounters, LiveStats, Metrics},
+        webhook::{WebhookConfig, Webhooks},
     },
     store::{
         cdr::{Cdr, JsonlSink},
@@ -418,6 +419,18 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // Active calls for the API and console, fed by the signalling worker's control messages.
     let live_calls = LiveCalls::new(ctl_txs.clone());
     let sink = LiveSink::new(Senders(ctl_txs), live_calls.clone());
+    // Webhooks: started/answered from the registry (signalling thread), ended from the cdr
+    // thread; `webhooks.sender()` is also the handle for `recording_archived`.
+    let webhooks = match WebhookConfig::from_config(&cfg) {
+        Some(wc) => Some(Webhooks::start(wc, &cfg.data_dir.join("webhooks.queue"))?),
+        None => None,
+    };
+    if let Some(hooks) = webhooks.as_ref().and_then(Webhooks::sender) {
+        live_calls.set_listener(move |e| match e {
+            LiveEvent::Started(c) => hooks.call_started(c),
+            LiveEvent::Answered(c) => hooks.call_answered(c),
+        });
+    }
     let tcfg = tracker_config(&cfg);
     let sip_ports = cfg.sip_ports.clone();
     let sd = shutdown.clone();
@@ -481,6 +494,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let cdr_metrics = metrics.clone();
     let cdr_live = live_calls.clone();
+    let cdr_hooks = webhooks.as_ref().and_then(Webhooks::sender);
     let cdr_handle = thread::Builder::new().name("cdr".into()).spawn(move || {
         let mut sink = match JsonlSink::open(&jsonl) {
             Ok(s) => Some(s),
@@ -493,6 +507,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         for cdr in cdr_rx.iter() {
             cdr_metrics.observe_call(&cdr);
             cdr_live.remove(&cdr.uuid);
+            if let Some(h) = &cdr_hooks {
+                h.call_ended(&cdr);
+            }
             log::info!(
                 "call {} ended ({}): {} ms, packets caller {} callee {}, recording {}",
                 cdr.call_id,
@@ -566,6 +583,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         calls,
         cdr_store,
     };
+    // Every call.ended is handed over: a last bounded delivery, the rest stays queued on disk.
+    if let Some(w) = webhooks {
+        w.finish();
+    }
     drop(http_server);
     write_summary(&cfg.data_dir.join("run-summary.json"), &summary)?;
     let _ = fs::remove_file(&ready);

@@ -5,3 +5,4 @@ pub mod api;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod webhook;
