@@ -35,6 +35,7 @@ use crate::{
     },
     publish::{
         api,
+        console::{Console, ConsoleBackend, ConsoleConfig},
         http::{self, HttpServer},
         live::{LiveCalls, LiveEvent, LiveSink},
         metrics::{CaptureCounters, LiveStats, Metrics},
@@ -492,6 +493,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let console = start_console(&cfg, &live_calls, &metrics, &writer, &webhooks, &source, n);
     let cdr_metrics = metrics.clone();
     let cdr_live = live_calls.clone();
     let cdr_hooks = webhooks.as_ref().and_then(Webhooks::sender);
@@ -583,6 +585,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         calls,
         cdr_store,
     };
+    drop(console);
     // Every call.ended is handed over: a last bounded delivery, the rest stays queued on disk.
     if let Some(w) = webhooks {
         w.finish();
@@ -593,6 +596,78 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     drop(xdp);
     drop(af);
     Ok(())
+}
+
+/// The telnet console on `[console] listen`; the daemon runs on without it when the address is
+/// taken (it is a troubleshooting aid, not worth refusing to record over).
+fn start_console(
+    cfg: &Config,
+    live_calls: &Arc<LiveCalls>,
+    metrics: &Arc<Metrics>,
+    writer: &CdrWriter,
+    webhooks: &Option<Webhooks>,
+    source: &str,
+    workers: u32,
+) -> Option<Console> {
+    let listen = cfg.console_listen.clone()?;
+    let started = Instant::now();
+    let (live, store, ifs, data_dir) = (
+        live_calls.clone(),
+        writer.counters(),
+        cfg.interfaces.join(","),
+        cfg.data_dir.display().to_string(),
+    );
+    let source = source.to_string();
+    let status = move || {
+        format!(
+            "calltap {}, up {} s\ncapture {source} on {ifs}, {workers} media workers\nactive calls {}\ndata dir {data_dir}\ncdr store {}\n",
+            env!("CARGO_PKG_VERSION"),
+            started.elapsed().as_secs(),
+            live.len(),
+            serde_json::to_string(&store.snapshot()).unwrap_or_default(),
+        )
+    };
+    let (m, hooks) = (metrics.clone(), webhooks.as_ref().map(Webhooks::counters));
+    let stats = move || {
+        let mut out: String = m
+            .render()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.contains("_bucket{"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if let Some(h) = &hooks {
+            let s = h.snapshot();
+            out.push_str(&format!(
+                "webhooks queued {} delivered {} failures {} retries {} pending {} dropped {}\n",
+                s.queued, s.delivered, s.failures, s.retries, s.pending, s.dropped
+            ));
+        }
+        out
+    };
+    let backend = ConsoleBackend {
+        status: Box::new(status),
+        stats: Box::new(stats),
+        reload: Box::new(|| {
+            "reload: live configuration reload is not implemented; nothing was changed. \
+             Restart calltap (systemctl restart calltap) to apply configuration changes.\n"
+                .to_string()
+        }),
+    };
+    let cfg = ConsoleConfig {
+        listen,
+        password: cfg.console_password.clone(),
+        idle: crate::publish::console::IDLE,
+    };
+    match Console::start(cfg, live_calls.clone(), backend) {
+        Ok(c) => {
+            log::info!("console at telnet://{}", c.addr);
+            Some(c)
+        }
+        Err(e) => {
+            log::warn!("{e}; running without the console");
+            None
+        }
+    }
 }
 
 fn write_summary(path: &Path, summary: &RunSummary) -> anyhow::Result<()> {
