@@ -31,6 +31,16 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("database", "url", ""),
     ("database", "retry_interval_ms", "2000"),
     ("database", "write_timeout_ms", "2000"),
+    ("archive", "target", ""),
+    ("archive", "s3_endpoint", ""),
+    ("archive", "s3_region", "us-east-1"),
+    ("archive", "s3_access_key_id", ""),
+    ("archive", "s3_secret_access_key", ""),
+    ("archive", "s3_allow_http", "false"),
+    ("archive", "retry_interval_ms", "5000"),
+    ("retention", "archive_days", "0"),
+    ("retention", "max_used_percent", "0"),
+    ("retention", "spool_alarm_percent", "95"),
     ("api", "listen", "127.0.0.1:8080"),
     ("webhooks", "url", ""),
     ("webhooks", "secret", ""),
@@ -94,6 +104,15 @@ pub struct Config {
     pub db_retry_interval_ms: u64,
     /// Bound on each database write; slower writes go to the CSV journal.
     pub db_write_timeout_ms: u64,
+    /// Where finished recordings go (`[archive] target`): stay in the spool, a directory or
+    /// an S3-compatible bucket.
+    pub archive_target: crate::store::archive::target::TargetSpec,
+    /// How to reach the S3-compatible store (`[archive] s3_*`).
+    pub archive_s3: crate::store::archive::target::S3Options,
+    /// First pause after the archive failed (doubled per failure, up to 32x).
+    pub archive_retry_interval_ms: u64,
+    /// `[retention]`: age limit and disk watermark for archived recordings, spool disk alarm.
+    pub retention: crate::store::retention::RetentionConfig,
     /// Address of the management HTTP server (`/metrics`, REST API); None: no server.
     pub api_listen: Option<String>,
     /// Where call events are POSTed (`http://HOST[:PORT]/PATH`); None: no webhooks.
@@ -355,6 +374,7 @@ impl Config {
                 return Err(bad(o, "database", key, raw_v, "at least 1 ms"));
             }
         }
+        let (archive, s3, archive_retry_interval_ms, retention) = archive_from_raw(raw)?;
         let api_listen = parse_listen(
             raw,
             "api",
@@ -424,6 +444,10 @@ impl Config {
             database_url: Some(url.to_string()).filter(|s| !s.is_empty()),
             db_retry_interval_ms,
             db_write_timeout_ms,
+            archive_target: archive,
+            archive_s3: s3,
+            archive_retry_interval_ms,
+            retention,
             api_listen,
             webhook_url: Some(hook.to_string()).filter(|s| !s.is_empty()),
             webhook_secret: secret.to_string(),
@@ -466,6 +490,102 @@ impl Config {
     pub fn recordings_dir(&self) -> PathBuf {
         self.data_dir.join("recordings")
     }
+}
+
+/// `[archive]` and `[retention]`, validated.
+#[allow(clippy::type_complexity)]
+fn archive_from_raw(
+    raw: &Raw,
+) -> Result<
+    (
+        crate::store::archive::target::TargetSpec,
+        crate::store::archive::target::S3Options,
+        u64,
+        crate::store::retention::RetentionConfig,
+    ),
+    ConfigError,
+> {
+    use crate::store::archive::target::{S3Options, TargetSpec};
+    let (t, o) = raw.get("archive", "target");
+    let target =
+        TargetSpec::parse(t).map_err(|expected| bad(o, "archive", "target", t, expected))?;
+    let opt =
+        |key: &str| Some(raw.get("archive", key).0.trim().to_string()).filter(|s| !s.is_empty());
+    let endpoint = opt("s3_endpoint");
+    if let Some(e) = &endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            let (v, o) = raw.get("archive", "s3_endpoint");
+            return Err(bad(
+                o,
+                "archive",
+                "s3_endpoint",
+                v,
+                "http://HOST[:PORT] or https://HOST[:PORT] (empty: AWS)",
+            ));
+        }
+    }
+    let allow_http = parse_bool(raw, "archive", "s3_allow_http")?;
+    if endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"))
+        && !allow_http
+    {
+        let (v, o) = raw.get("archive", "s3_endpoint");
+        return Err(bad(
+            o,
+            "archive",
+            "s3_endpoint",
+            v,
+            "an https:// endpoint, or s3_allow_http = true for plain HTTP",
+        ));
+    }
+    let s3 = S3Options {
+        endpoint,
+        region: opt("s3_region").unwrap_or_else(|| "us-east-1".to_string()),
+        access_key_id: opt("s3_access_key_id"),
+        secret_access_key: opt("s3_secret_access_key"),
+        allow_http,
+    };
+    if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+        let (v, o) = raw.get("archive", "s3_access_key_id");
+        return Err(bad(o, "archive", "s3_access_key_id", v, "both s3_access_key_id and s3_secret_access_key, or neither (then the AWS_* environment is used)"));
+    }
+    let retry: u64 = parse_num(raw, "archive", "retry_interval_ms", "milliseconds")?;
+    if retry == 0 {
+        let (v, o) = raw.get("archive", "retry_interval_ms");
+        return Err(bad(o, "archive", "retry_interval_ms", v, "at least 1 ms"));
+    }
+    let archive_days: u32 = parse_num(raw, "retention", "archive_days", "days (0 = keep forever)")?;
+    let percent = |key: &str, expected: &'static str| -> Result<u8, ConfigError> {
+        let n: u8 = parse_num(raw, "retention", key, expected)?;
+        if n > 100 {
+            let (v, o) = raw.get("retention", key);
+            return Err(bad(o, "retention", key, v, expected));
+        }
+        Ok(n)
+    };
+    let max_used_percent = percent("max_used_percent", "a percentage 0-100 (0 = no watermark)")?;
+    let spool_alarm_percent = percent("spool_alarm_percent", "a percentage 1-100")?;
+    if spool_alarm_percent == 0 {
+        let (v, o) = raw.get("retention", "spool_alarm_percent");
+        return Err(bad(
+            o,
+            "retention",
+            "spool_alarm_percent",
+            v,
+            "a percentage 1-100",
+        ));
+    }
+    Ok((
+        target,
+        s3,
+        retry,
+        crate::store::retention::RetentionConfig {
+            archive_days,
+            max_used_percent,
+            spool_alarm_percent,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -621,5 +741,84 @@ mod tests {
         let c = Config::load_with_env(Some(&path), &[]).expect("ok");
         assert_eq!((c.workers, c.sip_ports.clone()), (2, vec![5060]));
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn archive_and_retention_keys_parse_and_reject_with_clear_errors() {
+        use crate::store::archive::target::TargetSpec;
+        let c = Config::load_with_env(None, &[]).expect("defaults");
+        assert_eq!(c.archive_target, TargetSpec::Spool);
+        assert_eq!(c.archive_retry_interval_ms, 5000);
+        assert_eq!(c.retention.archive_days, 0);
+        assert_eq!(c.retention.spool_alarm_percent, 95);
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("CALLTAP_ARCHIVE_TARGET", "s3://calls/site-a"),
+                ("CALLTAP_ARCHIVE_S3_ENDPOINT", "http://127.0.0.1:9000"),
+                ("CALLTAP_ARCHIVE_S3_ALLOW_HTTP", "true"),
+                ("CALLTAP_ARCHIVE_S3_ACCESS_KEY_ID", "k"),
+                ("CALLTAP_ARCHIVE_S3_SECRET_ACCESS_KEY", "s"),
+                ("CALLTAP_RETENTION_ARCHIVE_DAYS", "90"),
+                ("CALLTAP_RETENTION_MAX_USED_PERCENT", "80"),
+            ]),
+        )
+        .expect("s3 archive");
+        assert_eq!(
+            c.archive_target,
+            TargetSpec::S3 {
+                bucket: "calls".into(),
+                prefix: "site-a".into()
+            }
+        );
+        assert_eq!(
+            c.archive_s3.endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(
+            (c.retention.archive_days, c.retention.max_used_percent),
+            (90, 80)
+        );
+        for (pairs, key) in [
+            (vec![("CALLTAP_ARCHIVE_TARGET", "relative/dir")], "target"),
+            (
+                vec![
+                    ("CALLTAP_ARCHIVE_TARGET", "s3://calls"),
+                    ("CALLTAP_ARCHIVE_S3_ENDPOINT", "http://127.0.0.1:9000"),
+                ],
+                "s3_endpoint",
+            ),
+            (
+                vec![("CALLTAP_ARCHIVE_S3_ACCESS_KEY_ID", "only-the-id")],
+                "s3_access_key_id",
+            ),
+            (
+                vec![("CALLTAP_ARCHIVE_RETRY_INTERVAL_MS", "0")],
+                "retry_interval_ms",
+            ),
+            (
+                vec![("CALLTAP_RETENTION_MAX_USED_PERCENT", "150")],
+                "max_used_percent",
+            ),
+            (
+                vec![("CALLTAP_RETENTION_ARCHIVE_DAYS", "-1")],
+                "archive_days",
+            ),
+            (
+                vec![("CALLTAP_RETENTION_SPOOL_ALARM_PERCENT", "0")],
+                "spool_alarm_percent",
+            ),
+        ] {
+            let err = Config::load_with_env(None, &env(&pairs))
+                .expect_err(key)
+                .to_string();
+            assert!(err.contains(key) && err.contains("CALLTAP_"), "{err}");
+        }
     }
 }

@@ -42,6 +42,7 @@ use crate::{
         webhook::{WebhookConfig, Webhooks},
     },
     store::{
+        archive::{ArchiveConfig, ArchiveSnapshot, Archiver},
         cdr::{Cdr, JsonlSink},
         writer::{CdrWriter, WriterConfig, WriterSnapshot},
     },
@@ -170,6 +171,8 @@ struct RunSummary {
     calls: Vec<CallLine>,
     /// The CDR database writer: rows stored, journaled, imported.
     cdr_store: WriterSnapshot,
+    /// The recording archiver: files archived and queued, failures, spool disk alarm.
+    archive: ArchiveSnapshot,
 }
 
 fn media_thread(
@@ -451,6 +454,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let jsonl = cfg.data_dir.join("calls.jsonl");
     // Database, or CSV journal while the database is away; never blocks this thread.
     let writer = CdrWriter::start(WriterConfig::from_config(&cfg))?;
+    // Finished recordings: spool -> archive, retention, disk alarm. Its own thread; handing a
+    // file over never waits for the archive. `archiver.counters()` is the metrics handle.
+    let archiver = Archiver::start(ArchiveConfig::from_config(&cfg), None)?;
+    let archive_submit = archiver.submitter();
     let capture_counters = match (&counters, &af) {
         (Some(c), _) => CaptureCounters::Xdp(c.clone()),
         (None, Some(a)) => {
@@ -528,6 +535,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     log::error!("{}: {e}", s.path().display());
                 }
             }
+            // After calls.jsonl: a crash between the two is recovered from that line.
+            archive_submit.submit(&cdr);
             lines.push(CallLine {
                 call_id: cdr.call_id.clone(),
                 worker: cdr.worker,
@@ -567,6 +576,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let (calls, cdr_store) = cdr_handle
         .join()
         .map_err(|_| anyhow::anyhow!("cdr thread panicked"))?;
+    // Every CDR is handed over: a last bounded attempt, the rest waits in the queue file.
+    let archive = archiver.finish();
     let totals = match (&counters, &af) {
         (Some(c), _) => c.totals(),
         (None, Some(a)) => a.totals(),
@@ -584,6 +595,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         workers,
         calls,
         cdr_store,
+        archive,
     };
     drop(console);
     // Every call.ended is handed over: a last bounded delivery, the rest stays queued on disk.

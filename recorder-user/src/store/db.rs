@@ -461,6 +461,63 @@ impl Db {
         .map_err(self.query_err())
     }
 
+    /// Points a call's recording (or, with `raw`, its raw RTP pcap) at its archived copy:
+    /// `recordings.location = 'archive'` and the path columns (`recordings.path` and
+    /// `calls.recording_path`, or `recordings.raw_rtp_pcap`) set to `archived` where they
+    /// still hold `spool`. Returns the `recordings` rows that now point at `archived` (also
+    /// those an earlier update already changed, so retrying is harmless); 0 when the call is
+    /// not stored yet (its CDR may still be in the CSV journal).
+    pub async fn set_recording_location(
+        &self,
+        uuid: &str,
+        spool: &str,
+        archived: &str,
+        raw: bool,
+        timeout: Duration,
+    ) -> Result<u64, DbError> {
+        let (recordings, calls) = if raw {
+            (
+                "UPDATE recordings SET raw_rtp_pcap = $3 \
+                 WHERE call_uuid = $1 AND (raw_rtp_pcap = $2 OR raw_rtp_pcap = $3)",
+                None,
+            )
+        } else {
+            (
+                "UPDATE recordings SET path = $3, location = 'archive' \
+                 WHERE call_uuid = $1 AND (path = $2 OR path = $3)",
+                Some(
+                    "UPDATE calls SET recording_path = $3 \
+                     WHERE uuid = $1 AND recording_path = $2",
+                ),
+            )
+        };
+        let work = async {
+            on_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
+                let n = sqlx::query(recordings)
+                    .bind(uuid)
+                    .bind(spool)
+                    .bind(archived)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if let Some(sql) = calls {
+                    sqlx::query(sql)
+                        .bind(uuid)
+                        .bind(spool)
+                        .bind(archived)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok::<u64, sqlx::Error>(n)
+            })
+        };
+        bounded(self.backend(), timeout, work)
+            .await?
+            .map_err(self.query_err())
+    }
+
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await);
     }

@@ -1,8 +1,10 @@
 //! Where calls end up: WAV recordings and call detail records (database, CSV journal, calls.jsonl).
 
+pub mod archive;
 pub mod cdr;
 pub mod csv_journal;
 pub mod db;
 pub mod paths;
+pub mod retention;
 pub mod wav;
 pub mod writer;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::{errors::ApiError, sql::Arg, ApiState};
-use crate::store::db::Db;
+use crate::store::{archive, db::Db};
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
@@ -451,18 +451,26 @@ pub async fn recording(
     let call = find_call(state.db().await?, &uuid).await?;
     let no_file = || ApiError::NotFound(format!("call {uuid:?} has no recording file"));
     let stored = call.recording_path.as_deref().ok_or_else(no_file)?;
-    let Some(path) = confine(&state.inner.recordings_dir, stored) else {
+    // In the spool, else in the archive (the row may still name the spool copy: it is updated
+    // after the move, best effort).
+    let located = match confine(&state.inner.recordings_dir, stored) {
+        Some(path) => Some(path),
+        None => match archive::locate(&state.inner.cfg, stored) {
+            Some(archive::Located::File { root, path }) => confine(&root, &path.to_string_lossy()),
+            Some(archive::Located::Object { store, key }) => {
+                return serve_object(store.as_ref(), &key, &headers).await;
+            }
+            None => None,
+        },
+    };
+    let Some(path) = located else {
         log::warn!(
-            "API: call {uuid}: recording path {stored:?} is missing or outside {}",
+            "API: call {uuid}: recording path {stored:?} is missing or outside {} and the archive",
             state.inner.recordings_dir.display()
         );
         return Err(no_file());
     };
-    let content_type = match path.extension().and_then(|e| e.to_str()) {
-        Some("wav") => "audio/wav",
-        Some("pcap") => "application/vnd.tcpdump.pcap",
-        _ => "application/octet-stream",
-    };
+    let content_type = content_type_of(&path.to_string_lossy());
     let mut file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| ApiError::Internal(format!("opening {}: {e}", path.display())))?;
@@ -471,19 +479,81 @@ pub async fn recording(
         .await
         .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?
         .len();
-    let range = parse_range(
-        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
-        len,
-    );
-    let (status, start, count) = match range {
-        RangeReq::Full => (StatusCode::OK, 0, len),
-        RangeReq::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-        RangeReq::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { len }),
-    };
+    let (status, start, count) = requested_range(&headers, len)?;
     file.seek(std::io::SeekFrom::Start(start))
         .await
         .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)));
+    Ok(ranged_response(
+        status,
+        body,
+        content_type,
+        start,
+        count,
+        len,
+    ))
+}
+
+/// Status, first byte and length to send of a `len`-byte recording, from the `Range` header.
+fn requested_range(headers: &HeaderMap, len: u64) -> Result<(StatusCode, u64, u64), ApiError> {
+    let range = parse_range(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        len,
+    );
+    Ok(match range {
+        RangeReq::Full => (StatusCode::OK, 0, len),
+        RangeReq::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        RangeReq::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { len }),
+    })
+}
+
+fn content_type_of(name: &str) -> &'static str {
+    match Path::new(name).extension().and_then(|e| e.to_str()) {
+        Some("wav") => "audio/wav",
+        Some("pcap") => "application/vnd.tcpdump.pcap",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A recording archived in an S3-compatible store, streamed (whole or one range) without
+/// holding it in memory.
+async fn serve_object(
+    store: &dyn object_store::ObjectStore,
+    key: &object_store::path::Path,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let unavailable = |e: object_store::Error| match e {
+        object_store::Error::NotFound { .. } => {
+            ApiError::NotFound(format!("recording {key} is not in the archive"))
+        }
+        e => ApiError::Internal(format!("archive: {key}: {e}")),
+    };
+    let len = store.head(key).await.map_err(unavailable)?.size;
+    let (status, start, count) = requested_range(headers, len)?;
+    let opts = object_store::GetOptions {
+        range: (count > 0).then_some(object_store::GetRange::Bounded(start..start + count)),
+        ..Default::default()
+    };
+    let got = store.get_opts(key, opts).await.map_err(unavailable)?;
+    let body = Body::from_stream(got.into_stream());
+    Ok(ranged_response(
+        status,
+        body,
+        content_type_of(key.as_ref()),
+        start,
+        count,
+        len,
+    ))
+}
+
+fn ranged_response(
+    status: StatusCode,
+    body: Body,
+    content_type: &'static str,
+    start: u64,
+    count: u64,
+    len: u64,
+) -> Response {
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -495,7 +565,7 @@ pub async fn recording(
             h.insert(header::CONTENT_RANGE, v);
         }
     }
-    Ok(resp)
+    resp
 }
 
 #[cfg(test)]

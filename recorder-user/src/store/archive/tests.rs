@@ -1,0 +1,324 @@
+//! The archiver against real directories and a real SQLite CDR store.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use super::*;
+use crate::store::{db::tests::sample_cdr, db::StoredVia};
+
+struct Spool {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    spool: PathBuf,
+    archive: PathBuf,
+}
+
+fn spool() -> Spool {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let spool = data.join("recordings");
+    let archive = tmp.path().join("nas");
+    std::fs::create_dir_all(&spool).expect("spool");
+    Spool {
+        _tmp: tmp,
+        data,
+        spool,
+        archive,
+    }
+}
+
+fn config(s: &Spool, target: TargetSpec) -> ArchiveConfig {
+    ArchiveConfig {
+        target,
+        s3: S3Options::default(),
+        data_dir: s.data.clone(),
+        spool: s.spool.clone(),
+        retry_interval: Duration::from_millis(20),
+        database_url: Some(format!("sqlite://{}", s.data.join("calltap.db").display())),
+        db_timeout: Duration::from_secs(5),
+        retention: RetentionConfig {
+            spool_alarm_percent: 100,
+            ..RetentionConfig::default()
+        },
+    }
+}
+
+/// A CDR whose recording is a real file of `len` bytes in the spool.
+fn call(s: &Spool, n: u32, len: usize) -> Cdr {
+    let mut cdr = sample_cdr(n);
+    let path = s.spool.join(format!("2026/01/02/call-{n}.wav"));
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    let bytes: Vec<u8> = (0..len).map(|i| (i as u32 * 7 + n) as u8).collect();
+    std::fs::write(&path, &bytes).expect("write");
+    if let Some(r) = cdr.recording.as_mut() {
+        r.path = path.clone();
+        r.bytes = len as u64;
+        r.sha256 = sha256_file(&path).expect("sha");
+    }
+    cdr
+}
+
+fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt")
+}
+
+fn store_cdrs(s: &Spool, cdrs: &[Cdr]) {
+    let url = format!("sqlite://{}", s.data.join("calltap.db").display());
+    rt().block_on(async {
+        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        db.insert_batch(cdrs, StoredVia::Direct, Duration::from_secs(5))
+            .await
+            .expect("insert");
+        db.close().await;
+    });
+}
+
+fn db_rows(s: &Spool) -> Vec<(String, String, String)> {
+    let url = format!("sqlite://{}", s.data.join("calltap.db").display());
+    rt().block_on(async {
+        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        let Db::Sqlite(pool) = &db else {
+            panic!("sqlite")
+        };
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT r.location, r.path, c.recording_path FROM recordings r \
+             JOIN calls c ON c.uuid = r.call_uuid ORDER BY c.uuid",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("rows");
+        db.close().await;
+        rows
+    })
+}
+
+fn rel_of(s: &Spool, cdr: &Cdr) -> PathBuf {
+    let r = cdr.recording.as_ref().expect("recording");
+    r.path.strip_prefix(&s.spool).expect("rel").to_path_buf()
+}
+
+#[test]
+fn dir_backend_archives_verifies_removes_spool_and_updates_the_row() {
+    let s = spool();
+    let cdrs: Vec<Cdr> = (0..3).map(|n| call(&s, n, 10_000 + n as usize)).collect();
+    store_cdrs(&s, &cdrs);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let hook_seen = seen.clone();
+    let archiver = Archiver::start(
+        config(&s, TargetSpec::Dir(s.archive.clone())),
+        Some(Box::new(move |uuid: &str, loc: &str| {
+            lock_vec(&hook_seen).push((uuid.to_string(), loc.to_string()));
+        })),
+    )
+    .expect("start");
+    let counters = archiver.counters();
+    for c in &cdrs {
+        archiver.submit(c);
+    }
+    wait_for("3 archived, rows updated", || {
+        let snap = counters.snapshot();
+        snap.archived_total == 3 && snap.db_updates_total == 3 && snap.queue_len == 0
+    });
+    let snap = archiver.finish();
+    assert_eq!(snap.failures_total, 0, "{snap:?}");
+    for c in &cdrs {
+        let r = c.recording.as_ref().expect("rec");
+        let archived = s.archive.join(rel_of(&s, c));
+        assert!(!r.path.exists(), "spool copy of {} left", r.path.display());
+        assert_eq!(sha256_file(&archived).expect("archived"), r.sha256);
+    }
+    let rows = db_rows(&s);
+    assert_eq!(rows.len(), 3);
+    for (loc, path, call_path) in rows {
+        assert_eq!(loc, "archive");
+        assert!(path.starts_with(&*s.archive.to_string_lossy()), "{path}");
+        assert_eq!(path, call_path);
+    }
+    assert_eq!(lock_vec(&seen).len(), 3);
+    // No partial copies left behind.
+    let hidden = walk_names(&s.archive)
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .count();
+    assert_eq!(hidden, 0);
+}
+
+fn lock_vec<T>(m: &Mutex<Vec<T>>) -> MutexGuard<'_, Vec<T>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn walk_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                out.extend(walk_names(&e.path()));
+            } else {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn unavailable_archive_keeps_spool_copies_queued_across_restart_until_it_is_back() {
+    let s = spool();
+    // The archive root's parent is a plain file: every copy fails like an unmounted NAS.
+    std::fs::create_dir_all(s.archive.parent().expect("p")).expect("dir");
+    std::fs::write(&s.archive, b"not a directory").expect("block");
+    let target = TargetSpec::Dir(s.archive.join("calls"));
+    let cdrs: Vec<Cdr> = (0..4).map(|n| call(&s, n, 5_000)).collect();
+    let archiver = Archiver::start(config(&s, target.clone()), None).expect("start");
+    let counters = archiver.counters();
+    for c in &cdrs {
+        archiver.submit(c);
+    }
+    wait_for("failures", || counters.snapshot().failures_total >= 2);
+    let snap = archiver.finish();
+    assert_eq!(snap.archived_total, 0);
+    assert_eq!(snap.queue_len, 4, "{snap:?}");
+    assert!(snap.retries_total >= 1, "{snap:?}");
+    for c in &cdrs {
+        assert!(c.recording.as_ref().expect("rec").path.exists());
+    }
+    // Restart with the archive still away: the queue file remembers all four.
+    let q = Queue::open(&s.data.join(QUEUE_FILE)).expect("queue");
+    assert_eq!(q.len(), 4);
+    drop(q);
+    // The archive comes back; a new run archives what the old one queued.
+    std::fs::remove_file(&s.archive).expect("unblock");
+    let archiver = Archiver::start(config(&s, target), None).expect("restart");
+    let counters = archiver.counters();
+    wait_for("archived after restart", || {
+        counters.snapshot().archived_total == 4
+    });
+    archiver.finish();
+    for c in &cdrs {
+        let r = c.recording.as_ref().expect("rec");
+        assert!(!r.path.exists());
+        let copy = s.archive.join("calls").join(rel_of(&s, c));
+        assert_eq!(sha256_file(&copy).expect("copy"), r.sha256);
+    }
+}
+
+#[test]
+fn a_spool_file_that_does_not_verify_is_kept_and_never_archived() {
+    let s = spool();
+    let mut cdr = call(&s, 1, 4_000);
+    if let Some(r) = cdr.recording.as_mut() {
+        r.sha256 = "00".repeat(32);
+    }
+    let archiver =
+        Archiver::start(config(&s, TargetSpec::Dir(s.archive.clone())), None).expect("start");
+    let counters = archiver.counters();
+    archiver.submit(&cdr);
+    wait_for("mismatch", || {
+        counters.snapshot().source_mismatches_total == 1
+    });
+    let snap = archiver.finish();
+    assert_eq!(snap.archived_total, 0);
+    assert!(cdr.recording.as_ref().expect("rec").path.exists());
+    assert!(walk_names(&s.archive).is_empty());
+}
+
+#[test]
+fn archiving_an_identical_copy_again_is_a_no_op() {
+    let s = spool();
+    let cdr = call(&s, 2, 3_000);
+    let r = cdr.recording.as_ref().expect("rec");
+    let copy = s.archive.join(rel_of(&s, &cdr));
+    std::fs::create_dir_all(copy.parent().expect("p")).expect("dir");
+    std::fs::copy(&r.path, &copy).expect("pre-archived");
+    let before = std::fs::metadata(&copy)
+        .expect("meta")
+        .modified()
+        .expect("mtime");
+    std::thread::sleep(Duration::from_millis(20));
+    let archiver =
+        Archiver::start(config(&s, TargetSpec::Dir(s.archive.clone())), None).expect("start");
+    let counters = archiver.counters();
+    archiver.submit(&cdr);
+    archiver.submit(&cdr);
+    wait_for("archived", || counters.snapshot().archived_total == 1);
+    let snap = archiver.finish();
+    assert_eq!(snap.archived_total, 1, "{snap:?}");
+    assert!(!r.path.exists());
+    let after = std::fs::metadata(&copy)
+        .expect("meta")
+        .modified()
+        .expect("mtime");
+    assert_eq!(before, after, "the identical copy was rewritten");
+    assert_eq!(walk_names(&s.archive).len(), 1);
+}
+
+#[test]
+fn restart_finds_finished_files_through_calls_jsonl_and_leaves_active_ones_alone() {
+    let s = spool();
+    let finished = call(&s, 3, 2_000);
+    // A file of a call still in progress: in the spool, named by no CDR.
+    let active = s.spool.join("2026/01/02/active.wav");
+    std::fs::write(&active, b"still recording").expect("active");
+    let mut sink = crate::store::cdr::JsonlSink::open(&s.data.join("calls.jsonl")).expect("jsonl");
+    sink.write(&finished).expect("cdr line");
+    let archiver =
+        Archiver::start(config(&s, TargetSpec::Dir(s.archive.clone())), None).expect("start");
+    let counters = archiver.counters();
+    wait_for("recovered", || counters.snapshot().archived_total == 1);
+    archiver.finish();
+    assert!(!finished.recording.as_ref().expect("rec").path.exists());
+    assert!(active.exists(), "an active call's file was touched");
+    assert_eq!(walk_names(&s.archive), vec!["call-3.wav".to_string()]);
+    // The offset was saved: a second start does not read the old line again.
+    let q = Queue::open(&s.data.join(QUEUE_FILE)).expect("queue");
+    assert!(q.jsonl_offset() > 0);
+}
+
+#[test]
+fn without_an_archive_finished_files_are_marked_read_only_for_retention() {
+    let s = spool();
+    let cdr = call(&s, 4, 1_000);
+    let archiver = Archiver::start(config(&s, TargetSpec::Spool), None).expect("start");
+    let counters = archiver.counters();
+    archiver.submit(&cdr);
+    wait_for("finished", || {
+        counters.snapshot().queue_len == 0 && {
+            let p = &cdr.recording.as_ref().expect("rec").path;
+            std::fs::metadata(p).is_ok_and(|m| retention::is_finished_spool_file(&m))
+        }
+    });
+    let snap = archiver.finish();
+    assert_eq!(snap.failures_total, 0);
+    assert!(cdr.recording.as_ref().expect("rec").path.exists());
+}
+
+#[test]
+fn files_outside_the_spool_are_refused() {
+    let s = spool();
+    let mut cdr = sample_cdr(9);
+    if let Some(r) = cdr.recording.as_mut() {
+        r.path = PathBuf::from("/etc/passwd");
+    }
+    assert!(jobs_of(&cdr, &s.spool).is_empty());
+    let mut cdr = call(&s, 5, 100);
+    if let Some(r) = cdr.recording.as_mut() {
+        r.raw_rtp_pcap = Some(r.path.with_extension("pcap"));
+    }
+    let jobs = jobs_of(&cdr, &s.spool);
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs[1].raw && jobs[1].sha256.is_none());
+    assert_eq!(jobs[1].rel, "2026/01/02/call-5.pcap");
+}
