@@ -3,7 +3,8 @@
 use crate::codec::CodecKind;
 
 /// Running RFC 3550 §6.4.1 / A.8 interarrival-jitter estimate for one stream.
-#[derive(Debug, Clone)]
+/// Serializable so a restarted recorder continues the estimate (see the daemon's call store).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JitterEstimator {
     clock_rate: u32,
     /// Previous packet: (RTP timestamp, arrival time in ns).

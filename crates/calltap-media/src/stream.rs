@@ -29,7 +29,7 @@ pub enum Placement {
 }
 
 /// Counters describing what the timeline did with the packets it saw.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TimelineStats {
     /// Packets placed (duplicates and late packets excluded).
     pub received: u64,
@@ -42,7 +42,7 @@ pub struct TimelineStats {
 }
 
 /// Sequence and timestamp state of the current source (one SSRC, one sequence run).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Source {
     ssrc: u32,
     /// Extended sequence numbers of the first and highest packet.
@@ -84,7 +84,10 @@ impl Source {
 }
 
 /// Maps one direction's RTP packets to sample positions in the recording.
-#[derive(Debug, Clone)]
+///
+/// Serializable: the daemon journals it for active calls, so after a restart the stream's
+/// packets land at the same sample positions they would have had (the anchor is kept).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StreamTimeline {
     clock_rate: u32,
     out_rate: u32,
@@ -101,6 +104,10 @@ pub struct StreamTimeline {
     /// Expected-packet count of earlier sources (RFC 3550 A.3 per source, summed).
     prev_expected: u64,
     stats: TimelineStats,
+    /// Set by [`StreamTimeline::resume`]: the next packet ahead of the newest starts a new
+    /// accounting run (packets of a recorder outage were sent, not lost on the network).
+    #[serde(default)]
+    resumed: bool,
 }
 
 impl StreamTimeline {
@@ -119,7 +126,20 @@ impl StreamTimeline {
             frame_ts: (clock_rate / 50).max(1),
             prev_expected: 0,
             stats: TimelineStats::default(),
+            resumed: false,
         }
+    }
+
+    /// Continues a timeline restored from a snapshot after the recorder was down: positions
+    /// keep following the same anchor (so audio after the outage lands where its timestamps
+    /// say), but the packets sent while nobody listened are not counted as network loss.
+    pub fn resume(&mut self) {
+        self.resumed = true;
+    }
+
+    /// Estimated end (output samples) of the latest audio placed.
+    pub fn end_pos(&self) -> u64 {
+        self.end_pos
     }
 
     pub fn stats(&self) -> TimelineStats {
@@ -201,6 +221,13 @@ impl StreamTimeline {
         };
         let ts_step = i64::from(ts.wrapping_sub(src.ref_ts) as i32);
         let ext_ts = src.ref_ext_ts + ts_step;
+        if self.resumed {
+            // First packet after a recorder restart: what was sent meanwhile was not seen, so
+            // it starts a new accounting run instead of being reported as lost.
+            self.resumed = false;
+            self.prev_expected += src.expected();
+            src.base = src.max + delta;
+        }
         if delta == 1 && ts_step > 0 && ts_step <= i64::from(self.clock_rate) {
             self.frame_ts = ts_step as u32;
         }

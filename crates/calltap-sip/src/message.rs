@@ -3,7 +3,7 @@
 //! SIP messages are rare next to RTP, so an owned representation (plain `String`s) is cheap
 //! enough and lets the tracker keep values without lifetimes tying it to capture buffers.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// First line of a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,7 +153,7 @@ fn first_list_item(v: &str) -> &str {
 
 /// A From/To/Contact value: optional display name, the URI, and the parts a recorder files
 /// calls under (user and host of the URI, the dialog tag).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NameAddr {
     pub display: Option<String>,
     /// The URI as written, without angle brackets.

@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Most media sections kept; more is hostile (real offers carry a handful).
@@ -24,7 +24,7 @@ pub enum SdpError {
 }
 
 /// Media direction attribute (RFC 3264 section 5.1), from the point of view of the SDP's author.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     #[default]
@@ -69,7 +69,7 @@ impl Direction {
 }
 
 /// A payload type binding (`a=rtpmap`, or the static RFC 3551 assignment).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RtpMap {
     pub pt: u8,
     pub encoding: String,

@@ -47,6 +47,7 @@ pub fn media_config(cfg: &Config) -> MediaConfig {
         flush_interval_ns: cfg.flush_interval_ms.saturating_mul(1_000_000),
         media_timeout_ns: cfg.media_timeout_s.saturating_mul(1_000_000_000),
         max_call_secs: cfg.max_duration_s.max(1),
+        restore_grace_ns: cfg.restore_grace_s.saturating_mul(1_000_000_000),
     }
 }
 
@@ -111,7 +112,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
                     w.reap(last_ts, &mut done);
                 }
                 for t in timeouts.drain(..) {
-                    sig.media_timeout(t.call, t.ts_ns, &mut queue);
+                    sig.media_timeout(t, &mut queue);
                 }
                 deliver(&mut queue, &mut workers, &mut done);
             }

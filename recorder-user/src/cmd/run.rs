@@ -43,6 +43,7 @@ use crate::{
     },
     store::{
         archive::{ArchiveConfig, ArchiveSnapshot, Archiver},
+        callstore::{CallStore, ACTIVE_DIR},
         cdr::{Cdr, JsonlSink},
         writer::{CdrWriter, WriterConfig, WriterSnapshot},
     },
@@ -274,7 +275,7 @@ fn signalling_thread<T: MediaTable>(
     loop {
         let n = input.drain(BATCH, |rec| sig.handle(rec, &mut sink));
         while let Ok(t) = timeouts.try_recv() {
-            sig.media_timeout(t.call, t.ts_ns, &mut sink);
+            sig.media_timeout(t, &mut sink);
         }
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
@@ -395,10 +396,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let mut media_handles = Vec::new();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mcfg = media_config(&cfg);
+    // Calls an earlier run was recording when it died; resumed before records are handled.
+    let callstore = CallStore::open(&cfg.data_dir.join(ACTIVE_DIR))?;
+    let resumed = callstore.load();
+    if resumed.corrupt > 0 {
+        log::error!(
+            "{} unreadable active-call journal file(s) set aside in {}",
+            resumed.corrupt,
+            callstore.dir().display()
+        );
+    }
+    if !resumed.calls.is_empty() {
+        log::info!(
+            "resuming {} call(s) from the active-call journal",
+            resumed.calls.len()
+        );
+    }
     for (i, input) in inputs.into_iter().enumerate() {
         let (tx, rx) = unbounded::<Control>();
         ctl_txs.push(tx);
-        let worker = MediaWorker::new(i as u32, mcfg.clone());
+        let worker = MediaWorker::new(i as u32, mcfg.clone()).with_store(callstore.clone());
         let (cdrs, timeouts, sd, lv) = (
             cdr_tx.clone(),
             to_tx.clone(),
@@ -447,8 +464,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let sig_handle = thread::Builder::new()
         .name("signalling".into())
         .spawn(move || {
-            let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0);
+            let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0).with_store(callstore);
             sig.set_sip_ports(&sip_ports);
+            let mut sink = sink;
+            sig.restore(resumed.calls, resumed.last_alive_ns, now_ns(), &mut sink);
             signalling_thread(sig, sig_input, sink, to_rx, sd, n, sig_live)
         })?;
     let jsonl = cfg.data_dir.join("calls.jsonl");

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    fs::File,
+    fs::{File, OpenOptions},
     io::BufWriter,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
@@ -29,13 +29,17 @@ use calltap_sip::{
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use serde::Serialize;
 
-use super::{media_key, CallSetup, Control, MediaTimeout};
+use super::{media_key, CallSetup, Control, MediaTimeout, Restored};
 use crate::{
     capture::Record,
     store::{
-        cdr::{rfc3339, Cdr, Dtmf, PacketCounts, Party, Recording, StreamQuality},
+        callstore::{
+            CallJournal, CallStore, DirJournal, SideJournal, WavJournal, COUNTERS_NS, DURABLE_NS,
+            VERSION,
+        },
+        cdr::{rfc3339, Cdr, Dtmf, PacketCounts, Party, Recording, RestartGap, StreamQuality},
         paths::{expand, PathFields},
-        wav::WavWriter,
+        wav::{WavWriter, DATA_OFFSET},
     },
 };
 
@@ -49,6 +53,9 @@ pub struct MediaConfig {
     /// End a call after this long without RTP (unless it is on hold).
     pub media_timeout_ns: u64,
     pub max_call_secs: u64,
+    /// A call restored after a restart that gets no RTP for this long ended while CallTap was
+    /// down: it is closed with end reason `recorder_restart`.
+    pub restore_grace_ns: u64,
 }
 
 impl Default for MediaConfig {
@@ -59,6 +66,7 @@ impl Default for MediaConfig {
             flush_interval_ns: 1_000_000_000,
             media_timeout_ns: 300_000_000_000,
             max_call_secs: 4 * 3600,
+            restore_grace_ns: 5_000_000_000,
         }
     }
 }
@@ -76,6 +84,11 @@ pub struct WorkerStats {
     pub calls_started: u64,
     pub calls_ended: u64,
     pub write_errors: u64,
+    /// Active-call journal writes, and those that failed (logged once per flush round).
+    pub journal_writes: u64,
+    pub journal_errors: u64,
+    /// Calls taken over from an earlier run's journal.
+    pub calls_restored: u64,
     /// Flush rounds done (the driver times them for the flush latency histogram).
     pub flush_rounds: u64,
 }
@@ -119,7 +132,7 @@ struct ActiveCall {
     dirs: [DirState; 2],
     wav: Option<WavWriter>,
     wav_path: PathBuf,
-    raw: Option<PcapWriter<BufWriter<File>>>,
+    raw: Option<PcapWriter<BufWriter<RawFile>>>,
     raw_path: PathBuf,
     unsupported: BTreeSet<String>,
     dtmf: Vec<Dtmf>,
@@ -130,6 +143,8 @@ struct ActiveCall {
     /// An SSRC moved to the other direction, not yet confirmed: (ssrc, original direction,
     /// first seen).
     contender: Option<(u32, usize, u64)>,
+    /// Active-call journal bookkeeping (see [`crate::store::callstore`]).
+    journal: JournalState,
     /// Signalling ended the call (reason, time); it is finished after [`END_GRACE_NS`].
     ending: Option<(String, u64)>,
     /// A write to the recording failed (logged once).
@@ -137,6 +152,78 @@ struct ActiveCall {
     /// Operator pause/stop: spans kept out of the file, and the events for the CDR.
     gate: super::recording::RecordingGate,
     recording_events: Vec<crate::store::cdr::RecordingEvent>,
+}
+
+/// Per-call state of the active-call journal; all of it is touched from control messages and
+/// the flush tick, except `awaiting_since`, which the packet path clears with a store.
+#[derive(Default)]
+struct JournalState {
+    /// The SIP dialog as the signalling worker last reported it.
+    dialog: Option<Box<calltap_sip::dialog::DialogState>>,
+    /// Gaps of restarts this call survived.
+    restart_gaps: Vec<RestartGap>,
+    /// Restored and not yet heard from since (time of the restore).
+    awaiting_since: Option<u64>,
+    /// A control message changed something worth journaling.
+    dirty: bool,
+    /// [`material`] of the call when it was last journaled, when that was (0: never), when it
+    /// was last journaled durably, and its packet count then.
+    material: u64,
+    saved_ns: u64,
+    durable_ns: u64,
+    packets: u64,
+    /// The raw RTP pcap already exists (a restored call appends to it).
+    raw_exists: bool,
+}
+
+/// The raw RTP pcap of a call. A call restored after a restart appends to the pcap the earlier
+/// run wrote: the pcap writer's header is then dropped instead of written into the middle.
+struct RawFile {
+    file: File,
+    skip_header: usize,
+}
+
+impl std::io::Write for RawFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.skip_header > 0 {
+            let n = buf.len().min(self.skip_header);
+            self.skip_header -= n;
+            return Ok(n);
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Length of a pcap file header (what [`RawFile::skip_header`] drops).
+const PCAP_HEADER_LEN: usize = 24;
+
+/// A cheap fingerprint of what a journal write must capture promptly: stream identities and
+/// anchoring (SSRC, RTP clock, SSRC changes and re-anchorings), the codec in use, the
+/// recording's existence, DTMF and unsupported codecs seen. Ordinary packets do not change it.
+fn material(c: &ActiveCall) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |x: u64| h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
+    for d in &c.dirs {
+        mix(d.ssrc.map_or(u64::MAX, u64::from));
+        mix(u64::from(d.timeline_clock));
+        if let Some(t) = &d.timeline {
+            let st = t.stats();
+            mix(st.ssrc_changes);
+            mix(st.resyncs);
+        }
+        mix(d.pt_cache.map_or(u64::MAX, |(pt, _, _)| u64::from(pt)));
+    }
+    mix(u64::from(c.wav.is_some()));
+    mix(u64::from(c.raw.is_some()));
+    mix(u64::from(c.write_failed));
+    mix(c.dtmf.len() as u64);
+    mix(c.unsupported.len() as u64);
+    mix(c.ssrc_dirs.len() as u64);
+    h
 }
 
 /// Audio still in flight when the BYE is captured (the far side's last packets) is kept: a call
@@ -277,6 +364,8 @@ pub struct MediaWorker {
     pcm: Box<[i16; PCM_MAX]>,
     resampled: Box<[i16; PCM_MAX]>,
     last_flush_ns: u64,
+    /// The active-call journal (`calltap run`; replay has none).
+    store: Option<CallStore>,
     pub stats: WorkerStats,
 }
 
@@ -293,11 +382,18 @@ impl MediaWorker {
             pcm: Box::new([0; PCM_MAX]),
             resampled: Box::new([0; PCM_MAX]),
             last_flush_ns: 0,
+            store: None,
             stats: WorkerStats {
                 id,
                 ..WorkerStats::default()
             },
         }
+    }
+
+    /// Journals this worker's active calls in `store` (see [`crate::store::callstore`]).
+    pub fn with_store(mut self, store: CallStore) -> MediaWorker {
+        self.store = Some(store);
+        self
     }
 
     pub fn active_calls(&self) -> usize {
@@ -346,6 +442,10 @@ impl MediaWorker {
                         timed_out: false,
                         ssrc_dirs: Vec::new(),
                         contender: None,
+                        journal: JournalState {
+                            dirty: true,
+                            ..JournalState::default()
+                        },
                         ending: None,
                         write_failed: false,
                         gate: Default::default(),
@@ -393,18 +493,28 @@ impl MediaWorker {
                 }
                 // Leaving hold restarts the inactivity clock.
                 c.last_media_ns = c.last_media_ns.max(ts_ns);
+                c.journal.dirty = true;
             }
             Control::Ringing { call, ts_ns } => {
                 if let Some(c) = self.calls.get_mut(&call) {
                     c.ringing_ns.get_or_insert(ts_ns);
+                    c.journal.dirty = true;
                 }
             }
             Control::Answered { call, ts_ns } => {
                 if let Some(c) = self.calls.get_mut(&call) {
                     c.answer_ns.get_or_insert(ts_ns);
                     c.last_media_ns = c.last_media_ns.max(ts_ns);
+                    c.journal.dirty = true;
                 }
             }
+            Control::Dialog { call, state } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.journal.dialog = Some(state);
+                    c.journal.dirty = true;
+                }
+            }
+            Control::Restore(r) => self.restore(*r, done),
             Control::Dtmf {
                 call,
                 side,
@@ -420,6 +530,7 @@ impl MediaWorker {
                         duration_ms,
                         source: "sip_info".into(),
                     });
+                    c.journal.dirty = true;
                 }
             }
             Control::Recording {
@@ -446,6 +557,7 @@ impl MediaWorker {
                 if let Some(c) = self.calls.get_mut(&call) {
                     if c.ending.is_none() {
                         c.ending = Some((reason, ts_ns));
+                        c.journal.dirty = true;
                         self.ending_queue.push_back((ts_ns, call));
                         // Only this call's own endpoints move; no scan of every call's.
                         for k in c.endpoint_keys() {
@@ -487,7 +599,14 @@ impl MediaWorker {
             }
             self.stats.calls_ended += 1;
             let (reason, at) = c.ending.take().unwrap_or_default();
-            done.push(self.finish(c, reason, at));
+            let cdr = self.finish(c, reason, at);
+            // The CDR goes to the CDR thread now: the journal has done its job.
+            if let Some(store) = &self.store {
+                if let Err(e) = store.remove(&cdr.uuid) {
+                    log::warn!("active-call journal: {e}");
+                }
+            }
+            done.push(cdr);
         }
     }
 
@@ -544,6 +663,7 @@ impl MediaWorker {
         let now = rec.meta.ts_ns;
         c.last_media_ns = c.last_media_ns.max(now);
         c.timed_out = false;
+        c.journal.awaiting_since = None;
         let payload = rec.payload();
         if Class::from_u8(rec.meta.class) == Class::Rtcp {
             self.stats.rtcp += 1;
@@ -718,8 +838,25 @@ impl MediaWorker {
                     }
                 }
             }
+            // After the WAV flush: the journal then describes what the files hold.
+            self.journal(now);
         }
         for (call, c) in self.calls.iter_mut() {
+            if let Some(since) = c.journal.awaiting_since {
+                if c.ending.is_none() && now.saturating_sub(since) > self.cfg.restore_grace_ns {
+                    // Restored, and nothing since: the call ended while CallTap was down. It
+                    // ends where the earlier run last knew it alive.
+                    c.journal.awaiting_since = None;
+                    c.timed_out = true;
+                    let at = c.journal.restart_gaps.last().map_or(since, |g| g.from_ns);
+                    timeouts.push(MediaTimeout {
+                        call: *call,
+                        ts_ns: at,
+                        restart: true,
+                    });
+                    continue;
+                }
+            }
             if !c.timed_out
                 && c.ending.is_none()
                 && !c.on_hold()
@@ -729,7 +866,170 @@ impl MediaWorker {
                 timeouts.push(MediaTimeout {
                     call: *call,
                     ts_ns: now,
+                    restart: false,
                 });
+            }
+        }
+    }
+
+    /// Journals the calls whose state changed materially since their last write (durably), the
+    /// calls whose counters moved every [`COUNTERS_NS`], and every call durably at least every
+    /// [`DURABLE_NS`]. Runs on the flush tick (so at most once per flush interval), never per
+    /// packet.
+    fn journal(&mut self, now: u64) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let mut wrote = false;
+        let mut failed = None;
+        for c in self.calls.values_mut() {
+            let m = material(c);
+            let packets = c
+                .dirs
+                .iter()
+                .map(|d| d.packets + d.rtcp_packets)
+                .sum::<u64>();
+            let durable = c.journal.dirty
+                || m != c.journal.material
+                || now.saturating_sub(c.journal.durable_ns) >= DURABLE_NS;
+            let counters = packets != c.journal.packets
+                && now.saturating_sub(c.journal.saved_ns) >= COUNTERS_NS;
+            if !durable && !counters {
+                continue;
+            }
+            match store.save(&journal_of(c, self.id, now), durable) {
+                Ok(()) => {
+                    self.stats.journal_writes += 1;
+                    c.journal.dirty = false;
+                    c.journal.material = m;
+                    c.journal.saved_ns = now;
+                    c.journal.packets = packets;
+                    if durable {
+                        c.journal.durable_ns = now;
+                        wrote = true;
+                    }
+                }
+                Err(e) => {
+                    self.stats.journal_errors += 1;
+                    failed = Some(e);
+                }
+            }
+        }
+        if wrote {
+            if let Err(e) = store.sync() {
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            // Recording goes on; only resuming these calls after a crash is at risk.
+            log::error!("active-call journal: {e}");
+        }
+    }
+
+    /// Takes over a call an earlier run was recording (see [`Control::Restore`]): the same
+    /// uuid, dialog, endpoints and WAV, the timelines where they were, and the restart gap.
+    fn restore(&mut self, r: Restored, done: &mut Vec<Cdr>) {
+        let Restored {
+            call,
+            journal: j,
+            gap,
+            now_ns,
+        } = r;
+        // Normally announced by a Start already; else the path of a new call first (every field
+        // initialised). Then the journaled state.
+        if !self.calls.contains_key(&call) {
+            let setup = CallSetup::journaled(&j, call);
+            self.control(Control::Start(Box::new(setup)), done);
+        }
+        self.stats.calls_restored += 1;
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        c.wav_path = j.wav_path;
+        c.raw_path = c.wav_path.with_extension("rtp.pcap");
+        c.ringing_ns = j.ringing_ns;
+        c.answer_ns = j.answer_ns;
+        for (side, sj) in c.sides.iter_mut().zip(j.sides) {
+            *side = SideMedia {
+                rtp: sj.rtp,
+                rtcp: sj.rtcp,
+                codecs: sj.codecs,
+                direction: sj.direction,
+            };
+        }
+        for (d, dj) in c.dirs.iter_mut().zip(j.dirs) {
+            d.ssrc = dj.ssrc;
+            d.timeline = dj.timeline.map(|mut t| {
+                // Same anchor: audio after the outage lands where its timestamps say.
+                t.resume();
+                t
+            });
+            d.timeline_clock = dj.timeline_clock;
+            d.last_ns = dj.last_ns;
+            d.jitter = dj.jitter;
+            d.packets = dj.packets;
+            d.bytes = dj.bytes;
+            d.codec = dj.codec;
+            d.kind = dj.kind;
+            d.rtcp_packets = dj.rtcp_packets;
+            d.rtcp_fraction_lost = dj.rtcp_fraction_lost;
+            d.rtcp_jitter_ms = dj.rtcp_jitter_ms;
+        }
+        c.dtmf = j.dtmf;
+        c.unsupported = j.unsupported.into_iter().collect();
+        c.ssrc_dirs = j.ssrc_dirs;
+        c.write_failed = j.write_failed;
+        c.last_media_ns = now_ns;
+        c.journal.dialog = j.dialog.map(Box::new);
+        c.journal.restart_gaps = j.restart_gaps;
+        c.journal.restart_gaps.extend(gap);
+        c.journal.raw_exists = j.raw_pcap;
+        c.journal.dirty = true;
+        if let Some(w) = &j.wav {
+            match WavWriter::reopen(&w.path, w.rate, self.cfg.max_call_secs, w.frames) {
+                Ok(wav) => c.wav = Some(wav),
+                Err(e) => {
+                    // Keep what is there for a person to look at; the call goes on in a new
+                    // file at the same path (positions are absolute, so its audio still lines
+                    // up with the call).
+                    self.stats.write_errors += 1;
+                    let aside = w.path.with_extension("wav.unreadable");
+                    let moved = w.path.exists() && std::fs::rename(&w.path, &aside).is_ok();
+                    log::error!(
+                        "{}: cannot continue the recording ({e}){}",
+                        w.path.display(),
+                        if moved {
+                            format!("; moved to {}", aside.display())
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+            }
+        }
+        match j.ending {
+            // Signalling had ended it before the crash: it only needs its CDR.
+            Some((reason, at)) => {
+                c.ending = Some((reason, at));
+                self.ending_queue.push_back((at, call));
+            }
+            None => {
+                for (side, s) in [Side::Caller, Side::Callee].into_iter().zip(&c.sides) {
+                    for a in s.rtp.iter().chain(s.rtcp.iter()) {
+                        let k = media_key(*a);
+                        if let Some((prev, _)) = self.endpoints.insert(k, (call, side)) {
+                            if prev != call {
+                                self.shared.insert(k);
+                            }
+                        }
+                    }
+                }
+                // An answered call that is not on hold sends audio all the time: silence after
+                // the restart means it ended while CallTap was down. Held and unanswered calls
+                // end by their own timers.
+                if c.answer_ns.is_some() && !c.on_hold() {
+                    c.journal.awaiting_since = Some(now_ns);
+                }
             }
         }
     }
@@ -833,11 +1133,74 @@ impl MediaWorker {
                 rtcp: c.dirs[0].rtcp_packets + c.dirs[1].rtcp_packets,
             },
             streams,
+            restart_gaps: std::mem::take(&mut c.journal.restart_gaps),
             dtmf: std::mem::take(&mut c.dtmf),
             recording,
             worker: self.id,
             recording_events: std::mem::take(&mut c.recording_events),
         }
+    }
+}
+
+/// The journal record of a call (see [`crate::store::callstore::CallJournal`]).
+fn journal_of(c: &ActiveCall, worker: u32, now: u64) -> CallJournal {
+    let s = &c.setup;
+    CallJournal {
+        version: VERSION,
+        saved_ns: now,
+        uuid: s.uuid.clone(),
+        call_id: s.call_id.clone(),
+        interaction: s.interaction.clone(),
+        from: s.from.clone(),
+        to: s.to.clone(),
+        caller_ip: s.caller_ip,
+        callee_ip: s.callee_ip,
+        start_ns: s.start_ns,
+        worker,
+        dialog: c.journal.dialog.as_deref().cloned(),
+        ringing_ns: c.ringing_ns,
+        answer_ns: c.answer_ns,
+        sides: [0, 1].map(|i| {
+            let m = &c.sides[i];
+            SideJournal {
+                rtp: m.rtp,
+                rtcp: m.rtcp,
+                codecs: m.codecs.clone(),
+                direction: m.direction,
+            }
+        }),
+        dirs: [0, 1].map(|i| {
+            let d = &c.dirs[i];
+            DirJournal {
+                ssrc: d.ssrc,
+                timeline: d.timeline.clone(),
+                timeline_clock: d.timeline_clock,
+                last_ns: d.last_ns,
+                jitter: d.jitter.clone(),
+                packets: d.packets,
+                bytes: d.bytes,
+                codec: d.codec.clone(),
+                kind: d.kind,
+                rtcp_packets: d.rtcp_packets,
+                rtcp_fraction_lost: d.rtcp_fraction_lost,
+                rtcp_jitter_ms: d.rtcp_jitter_ms,
+            }
+        }),
+        dtmf: c.dtmf.clone(),
+        wav_path: c.wav_path.clone(),
+        wav: c.wav.as_ref().map(|w| WavJournal {
+            path: w.path().to_path_buf(),
+            rate: w.rate(),
+            data_offset: DATA_OFFSET,
+            frames: w.frames(),
+        }),
+        raw_pcap: c.journal.raw_exists,
+        unsupported: c.unsupported.iter().cloned().collect(),
+        ssrc_dirs: c.ssrc_dirs.clone(),
+        restart_gaps: c.journal.restart_gaps.clone(),
+        ending: c.ending.clone(),
+        write_failed: c.write_failed,
+        last_media_ns: c.last_media_ns,
     }
 }
 
@@ -893,7 +1256,14 @@ fn raw_rtp(c: &mut ActiveCall, rec: &Record<'_>, stats: &mut WorkerStats) {
         if let Some(dir) = c.raw_path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let file = match File::create(&c.raw_path) {
+        // A restored call goes on in the pcap the earlier run started.
+        let append = c.journal.raw_exists && c.raw_path.is_file();
+        let opened = if append {
+            OpenOptions::new().append(true).open(&c.raw_path)
+        } else {
+            File::create(&c.raw_path)
+        };
+        let file = match opened {
             Ok(f) => f,
             Err(e) => {
                 stats.write_errors += 1;
@@ -902,8 +1272,15 @@ fn raw_rtp(c: &mut ActiveCall, rec: &Record<'_>, stats: &mut WorkerStats) {
                 return;
             }
         };
-        match PcapWriter::with_header(BufWriter::new(file), PcapHeader::default()) {
-            Ok(w) => c.raw = Some(w),
+        let raw = RawFile {
+            file,
+            skip_header: if append { PCAP_HEADER_LEN } else { 0 },
+        };
+        match PcapWriter::with_header(BufWriter::new(raw), PcapHeader::default()) {
+            Ok(w) => {
+                c.raw = Some(w);
+                c.journal.raw_exists = true;
+            }
             Err(e) => {
                 stats.write_errors += 1;
                 c.write_failed = true;

@@ -58,6 +58,23 @@ pub struct CallSetup {
     pub start_ns: u64,
 }
 
+impl CallSetup {
+    /// The setup of a call journaled by an earlier run, under its new reference `call`.
+    pub fn journaled(j: &crate::store::callstore::CallJournal, call: CallRef) -> CallSetup {
+        CallSetup {
+            call,
+            uuid: j.uuid.clone(),
+            call_id: j.call_id.clone(),
+            interaction: j.interaction.clone(),
+            from: j.from.clone(),
+            to: j.to.clone(),
+            caller_ip: j.caller_ip,
+            callee_ip: j.callee_ip,
+            start_ns: j.start_ns,
+        }
+    }
+}
+
 /// Signalling -> media worker.
 #[derive(Clone, Debug)]
 pub enum Control {
@@ -98,10 +115,30 @@ pub enum Control {
         action: recording::RecordingAction,
         ts_ns: u64,
     },
+    /// The call's dialog state changed (only sent when the active-call journal is on): the
+    /// media worker keeps it to journal with the call.
+    Dialog {
+        call: CallRef,
+        state: Box<calltap_sip::dialog::DialogState>,
+    },
+    /// A call an earlier run was recording, from the active-call journal: the worker takes it
+    /// over (same uuid, same WAV) under the new `call` reference.
+    Restore(Box<Restored>),
     /// RTP/RTCP that reached the signalling worker before its call's endpoints were in the
     /// classifier's table; the signalling worker hands it to the owner (rare: a call's first
     /// packets only, so the copy does not matter).
     Packet(Box<OwnedRecord>),
+}
+
+/// A journaled call handed to its (possibly new) media worker on start.
+#[derive(Clone, Debug)]
+pub struct Restored {
+    pub call: CallRef,
+    pub journal: crate::store::callstore::CallJournal,
+    /// The span this restart left unrecorded; `None` for a call that had already ended.
+    pub gap: Option<crate::store::cdr::RestartGap>,
+    /// When the restarted run took the call over.
+    pub now_ns: u64,
 }
 
 /// A captured record that owns its bytes.
@@ -137,6 +174,9 @@ impl ControlSink for Vec<(u32, Control)> {
 pub struct MediaTimeout {
     pub call: CallRef,
     pub ts_ns: u64,
+    /// A call restored after a restart that stayed silent: it ended while CallTap was down
+    /// (end reason `recorder_restart`, at `ts_ns`, the last moment it was known alive).
+    pub restart: bool,
 }
 
 /// The media map key of a socket address (IPv4 stored IPv4-mapped, as the classifier does).

@@ -20,9 +20,15 @@ use serde::Serialize;
 
 use super::{
     call_uuid, media::END_GRACE_NS, media_key, CallSetup, Control, ControlSink, MediaTable,
-    OwnedRecord,
+    MediaTimeout, OwnedRecord, Restored,
 };
-use crate::capture::Record;
+use crate::{
+    capture::Record,
+    store::{
+        callstore::{CallJournal, CallStore},
+        cdr::RestartGap,
+    },
+};
 
 /// Counters of the signalling worker.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -44,6 +50,10 @@ pub struct SignallingStats {
     pub early_media_unclaimed: u64,
     /// TCP ports found carrying SIP by content and added to the classifier's SIP ports.
     pub learned_sip_ports: u64,
+    /// Calls taken over from the active-call journal of an earlier run (still going, and
+    /// already ended before it stopped).
+    pub calls_restored: u64,
+    pub calls_restored_ended: u64,
 }
 
 /// How long unclaimed RTP waits for SIP that describes it, and how much of it is kept.
@@ -54,6 +64,9 @@ const EARLY_MAX: usize = 2048;
 const MAX_SIP_PORTS: usize = 64;
 /// Bound on remembered endpoints of just-ended calls.
 const MAX_RECENTLY_ENDED: usize = 65_536;
+/// Call references for restored calls the tracker does not follow (they had ended): far above
+/// any the tracker hands out, so the two never meet.
+const UNTRACKED_CALLS: u64 = 1 << 62;
 
 struct Route {
     worker: u32,
@@ -78,6 +91,11 @@ pub struct SignallingWorker<T: MediaTable> {
     sip_ports: std::collections::HashSet<u16>,
     /// Endpoints of calls that ended less than the grace period ago: (call, worker, until).
     recently_ended: HashMap<MediaKey, (CallRef, u32, u64)>,
+    /// The active-call journal: dialog changes are sent to the owning media worker (which
+    /// journals the call), and a heartbeat is written on the tick.
+    store: Option<CallStore>,
+    touched: Vec<CallRef>,
+    next_untracked: u64,
     pub stats: SignallingStats,
 }
 
@@ -85,6 +103,19 @@ fn side_index(side: Side) -> usize {
     match side {
         Side::Caller => 0,
         Side::Callee => 1,
+    }
+}
+
+/// Announces a restored call the way a new one is announced (`Start`, then `Answered` if it
+/// was), so whatever watches the control stream (the live-call registry) knows it too; the
+/// `Restore` that follows gives the worker the rest.
+fn announce(j: &CallJournal, call: CallRef, worker: u32, sink: &mut dyn ControlSink) {
+    sink.send(
+        worker,
+        Control::Start(Box::new(CallSetup::journaled(j, call))),
+    );
+    if let Some(ts_ns) = j.answer_ns {
+        sink.send(worker, Control::Answered { call, ts_ns });
     }
 }
 
@@ -128,7 +159,144 @@ impl<T: MediaTable> SignallingWorker<T> {
             pending: std::collections::VecDeque::new(),
             sip_ports: std::collections::HashSet::new(),
             recently_ended: HashMap::new(),
+            store: None,
+            touched: Vec::new(),
+            next_untracked: UNTRACKED_CALLS,
             stats: SignallingStats::default(),
+        }
+    }
+
+    /// Turns the active-call journal on (see [`crate::store::callstore`]).
+    pub fn with_store(mut self, store: CallStore) -> Self {
+        self.tracker.track_touched();
+        self.store = Some(store);
+        self
+    }
+
+    /// Takes over the calls an earlier run journaled; call before capture starts. Calls still
+    /// going get their dialog back (so the BYE ends them normally), their media map entries
+    /// and their media worker (the same one, or the least loaded if there are fewer workers
+    /// now); the time since `last_alive_ns` (the earlier run's heartbeat, else each journal's
+    /// write time) up to `now` is each call's restart gap. Calls that had already ended only
+    /// get their CDR written.
+    pub fn restore(
+        &mut self,
+        calls: Vec<CallJournal>,
+        last_alive_ns: Option<u64>,
+        now: u64,
+        sink: &mut dyn ControlSink,
+    ) {
+        for mut j in calls {
+            let worker = if j.worker < self.workers {
+                j.worker
+            } else {
+                self.least_loaded()
+            };
+            if worker != j.worker {
+                log::info!(
+                    "call {} moves from media worker {} (no longer there) to {worker}",
+                    j.call_id,
+                    j.worker
+                );
+                j.worker = worker;
+            }
+            let tracked = match (&j.ending, &j.dialog) {
+                (None, Some(d)) => self.tracker.restore(d, now),
+                _ => None,
+            };
+            let call = match tracked {
+                Some(call) => call,
+                None => {
+                    if j.ending.is_none() {
+                        // No dialog to follow (or no room): it cannot be ended by SIP, so it
+                        // ends now, keeping what was recorded.
+                        let at = last_alive_ns.unwrap_or(j.saved_ns).max(j.saved_ns);
+                        j.ending = Some(("recorder_restart".into(), at.min(now)));
+                    }
+                    self.stats.calls_restored_ended += 1;
+                    let call = CallRef(self.next_untracked);
+                    self.next_untracked += 1;
+                    announce(&j, call, worker, sink);
+                    sink.send(
+                        worker,
+                        Control::Restore(Box::new(Restored {
+                            call,
+                            journal: j,
+                            gap: None,
+                            now_ns: now,
+                        })),
+                    );
+                    continue;
+                }
+            };
+            self.stats.calls_restored += 1;
+            self.load[worker as usize] += 1;
+            let keys = [0, 1].map(|i| {
+                let s = &j.sides[i];
+                s.rtp
+                    .iter()
+                    .chain(s.rtcp.iter())
+                    .map(|a| media_key(*a))
+                    .collect::<Vec<_>>()
+            });
+            let from = last_alive_ns.unwrap_or(j.saved_ns).max(j.saved_ns).min(now);
+            let gap = RestartGap::new(from, now);
+            log::info!(
+                "resuming call {} ({}) on media worker {worker} after {} ms down",
+                j.call_id,
+                j.uuid,
+                gap.ms
+            );
+            // The worker knows the endpoints before the classifier steers them to it.
+            announce(&j, call, worker, sink);
+            sink.send(
+                worker,
+                Control::Restore(Box::new(Restored {
+                    call,
+                    journal: j,
+                    gap: Some(gap),
+                    now_ns: now,
+                })),
+            );
+            for key in keys.iter().flatten() {
+                self.claim(*key, call, worker);
+            }
+            self.routes.insert(call, Route { worker, keys });
+        }
+    }
+
+    fn least_loaded(&self) -> u32 {
+        // Ties go to the lowest index.
+        (0..self.workers)
+            .min_by_key(|w| self.load[*w as usize])
+            .unwrap_or(0)
+    }
+
+    /// Sends the dialog state of the calls SIP just touched to their media workers, which
+    /// journal it with the call (only with the journal on).
+    fn report_dialogs(&mut self, sink: &mut dyn ControlSink) {
+        if self.store.is_none() {
+            return;
+        }
+        self.tracker.take_touched(&mut self.touched);
+        if self.touched.is_empty() {
+            return;
+        }
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for call in self.touched.drain(..) {
+            let Some(route) = self.routes.get(&call) else {
+                continue;
+            };
+            if let Some(state) = self.tracker.snapshot(call) {
+                sink.send(
+                    route.worker,
+                    Control::Dialog {
+                        call,
+                        state: Box::new(state),
+                    },
+                );
+            }
         }
     }
 
@@ -393,6 +561,7 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.tracker.on_message(msg, src, dst, now, &mut events);
         self.route(&mut events, sink);
         self.events = events;
+        self.report_dialogs(sink);
     }
 
     /// Periodic work: dialog timeouts, expiring half-reassembled data.
@@ -407,17 +576,22 @@ impl<T: MediaTable> SignallingWorker<T> {
         if !self.pending.is_empty() {
             self.retry_pending(now, sink);
         }
+        if let Some(store) = &self.store {
+            if let Err(e) = store.beat(now) {
+                log::debug!("active-call journal heartbeat: {e}");
+            }
+        }
     }
 
-    /// A media worker saw no RTP for too long.
-    pub fn media_timeout(&mut self, call: CallRef, now: u64, sink: &mut dyn ControlSink) {
+    /// A media worker saw no RTP for too long (or none at all since a restart).
+    pub fn media_timeout(&mut self, t: MediaTimeout, sink: &mut dyn ControlSink) {
         let mut events = std::mem::take(&mut self.events);
-        self.tracker.end_call(
-            call,
-            calltap_sip::dialog::EndReason::MediaTimeout,
-            now,
-            &mut events,
-        );
+        let reason = if t.restart {
+            calltap_sip::dialog::EndReason::RecorderRestart
+        } else {
+            calltap_sip::dialog::EndReason::MediaTimeout
+        };
+        self.tracker.end_call(t.call, reason, t.ts_ns, &mut events);
         self.route(&mut events, sink);
         self.events = events;
     }
@@ -469,6 +643,27 @@ impl<T: MediaTable> SignallingWorker<T> {
         }
     }
 
+    /// Steers `key` to `worker` for `call`. Another live call on the same endpoint marks it
+    /// shared, so packets sent to it are told apart by their source.
+    fn claim(&mut self, key: MediaKey, call: CallRef, worker: u32) {
+        let shared = self
+            .owners
+            .insert(key, call)
+            .is_some_and(|prev| prev != call && self.routes.contains_key(&prev));
+        let flags = if shared {
+            calltap_common::media_flags::SHARED
+        } else {
+            0
+        };
+        if self
+            .table
+            .insert(key, MediaValue { worker, flags })
+            .is_err()
+        {
+            self.stats.media_table_errors += 1;
+        }
+    }
+
     fn release(&mut self, key: &MediaKey, call: CallRef) {
         if self.owners.get(key) == Some(&call) {
             self.owners.remove(key);
@@ -493,10 +688,7 @@ impl<T: MediaTable> SignallingWorker<T> {
                     callee_ip,
                     ts_ns,
                 } => {
-                    // Least-loaded worker; ties go to the lowest index.
-                    let worker = (0..self.workers)
-                        .min_by_key(|w| self.load[*w as usize])
-                        .unwrap_or(0);
+                    let worker = self.least_loaded();
                     self.load[worker as usize] += 1;
                     self.stats.calls_started += 1;
                     self.routes.insert(
@@ -560,24 +752,7 @@ impl<T: MediaTable> SignallingWorker<T> {
                         self.release(key, call);
                     }
                     for key in new_keys {
-                        // Another live call on the same endpoint: mark it shared, so packets
-                        // sent to it are told apart by their source.
-                        let shared = self
-                            .owners
-                            .insert(key, call)
-                            .is_some_and(|prev| prev != call && self.routes.contains_key(&prev));
-                        let flags = if shared {
-                            calltap_common::media_flags::SHARED
-                        } else {
-                            0
-                        };
-                        if self
-                            .table
-                            .insert(key, MediaValue { worker, flags })
-                            .is_err()
-                        {
-                            self.stats.media_table_errors += 1;
-                        }
+                        self.claim(key, call, worker);
                     }
                 }
                 CallEvent::Ringing { call, ts_ns } => {

@@ -100,6 +100,10 @@ pub struct Cdr {
     pub dtmf: Vec<Dtmf>,
     #[serde(default)]
     pub recording: Option<Recording>,
+    /// Spans the recorder was down (crash, kill, reboot) while the call went on: the recording
+    /// is silence there. Empty for calls recorded by one run.
+    #[serde(default)]
+    pub restart_gaps: Vec<RestartGap>,
     #[serde(default)]
     pub worker: u32,
     /// Operator recording control during the call (pause, resume, stop, start), in order.
@@ -123,6 +127,31 @@ pub struct PacketCounts {
     pub caller: u64,
     pub callee: u64,
     pub rtcp: u64,
+}
+
+/// A span of a call during which the recorder was not running (see [`Cdr::restart_gaps`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestartGap {
+    /// RFC 3339 UTC: last moment the earlier run is known to have been recording.
+    pub from: String,
+    /// RFC 3339 UTC: when the restarted recorder took the call over again.
+    pub to: String,
+    pub from_ns: u64,
+    pub to_ns: u64,
+    pub ms: u64,
+}
+
+impl RestartGap {
+    pub fn new(from_ns: u64, to_ns: u64) -> RestartGap {
+        let to_ns = to_ns.max(from_ns);
+        RestartGap {
+            from: rfc3339(from_ns),
+            to: rfc3339(to_ns),
+            from_ns,
+            to_ns,
+            ms: (to_ns - from_ns) / 1_000_000,
+        }
+    }
 }
 
 /// RFC 3339 UTC with milliseconds.

@@ -251,6 +251,21 @@ macro_rules! backend_sql {
                     .execute(&mut **tx)
                     .await?;
                 }
+                for (n, g) in c.restart_gaps.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO restart_gaps (call_uuid, n, from_at, to_at, from_ns, to_ns, \
+                         ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(&c.uuid)
+                    .bind(n as i64)
+                    .bind(&g.from)
+                    .bind(&g.to)
+                    .bind(i(g.from_ns))
+                    .bind(i(g.to_ns))
+                    .bind(i(g.ms))
+                    .execute(&mut **tx)
+                    .await?;
+                }
                 if let Some(r) = rec {
                     sqlx::query(
                         "INSERT INTO recordings (call_uuid, path, bytes, sha256, sample_rate, \
@@ -637,6 +652,10 @@ pub(crate) mod tests {
             }),
             worker: n % 2,
             recording_events: vec![],
+            restart_gaps: vec![crate::store::cdr::RestartGap::new(
+                1_700_000_002_000_000_000 + u64::from(n),
+                1_700_000_004_500_000_000 + u64::from(n),
+            )],
         }
     }
 
@@ -677,6 +696,13 @@ pub(crate) mod tests {
         assert_eq!(count(&db, "dtmf_events").await, 4);
         assert_eq!(count(&db, "recordings").await, 4);
         assert_eq!(count(&db, "interactions").await, 2);
+        assert_eq!(count(&db, "restart_gaps").await, 4);
+        let gap: (i64, i64) = on_pool!(&db, pool => sqlx::query_as(
+            "SELECT ms, to_ns - from_ns FROM restart_gaps WHERE call_uuid = $1")
+            .bind(&cdrs[2].uuid)
+            .fetch_one(pool).await)
+        .expect("restart gap");
+        assert_eq!(gap, (2500, 2_500_000_000));
         let ix: (i64, i64, i64) = on_pool!(&db, pool => sqlx::query_as(
             "SELECT calls, first_start_ns, last_end_ns FROM interactions WHERE interaction_id = 'ix-0'")
             .fetch_one(pool).await)
@@ -975,6 +1001,19 @@ pub(crate) mod tests {
         assert_eq!(&record[4], "107");
         let back = cdr_from_json(&record[8]).expect("cdr_json");
         assert_eq!(back, stored_cdr(&cdr).expect("stored"));
+        assert_eq!(
+            back.restart_gaps, cdr.restart_gaps,
+            "restart gaps survive the journal"
+        );
+        assert_eq!(back.restart_gaps[0].ms, 2500);
+        // A row of a version without restart gaps still imports.
+        let mut old_row: serde_json::Value = serde_json::from_str(&record[8]).expect("json");
+        old_row
+            .as_object_mut()
+            .expect("object")
+            .remove("restart_gaps");
+        let old = cdr_from_json(&old_row.to_string()).expect("older row");
+        assert!(old.restart_gaps.is_empty());
         assert_eq!(
             back.from.display.as_deref(),
             Some("Nullbyte, \"quoted\"\nnewline")

@@ -1,6 +1,7 @@
 //! Where calls end up: WAV recordings and call detail records (database, CSV journal, calls.jsonl).
 
 pub mod archive;
+pub mod callstore;
 pub mod cdr;
 pub mod csv_journal;
 pub mod db;

@@ -15,6 +15,8 @@ use memmap2::MmapMut;
 use sha2::{Digest as _, Sha256};
 
 const HEADER: u64 = 44;
+/// Byte offset of the sample data in the files this module writes.
+pub const DATA_OFFSET: u64 = HEADER;
 /// Bytes added to the file each time it runs out (about 16 s of 16 kHz stereo).
 const GROW: u64 = 1 << 20;
 const CHANNELS: u64 = 2;
@@ -75,6 +77,74 @@ impl WavWriter {
             rate,
             capacity: GROW / BYTES_PER_FRAME,
             frames: 0,
+            max_frames: max_seconds.saturating_mul(rate as u64),
+            dropped_samples: 0,
+            released: PAGE,
+        };
+        w.write_header();
+        Ok(w)
+    }
+
+    /// Maps an existing recording again to continue it (after a recorder restart): the header
+    /// must be one [`WavWriter::create`] writes (PCM, stereo, 16-bit, `rate`), and the file must
+    /// hold the data the header claims. Nothing is truncated: audio already in the file stays,
+    /// and the preallocated space after it is still zero, so a gap stays silence.
+    ///
+    /// `frames_hint` is what the caller last knew was written (its journal); the writer goes on
+    /// from the larger of it and the header's length, bounded by the file.
+    pub fn reopen(
+        path: &Path,
+        rate: u32,
+        max_seconds: u64,
+        frames_hint: u64,
+    ) -> io::Result<WavWriter> {
+        let invalid = |what: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {what}", path.display()),
+            )
+        };
+        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        if len < HEADER {
+            return Err(invalid(format!("{len} bytes, shorter than a WAV header")));
+        }
+        let mut h = [0u8; HEADER as usize];
+        file.read_exact(&mut h)?;
+        let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
+        let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        if &h[0..4] != b"RIFF" || &h[8..12] != b"WAVE" || &h[12..16] != b"fmt " {
+            return Err(invalid("not a RIFF/WAVE file".into()));
+        }
+        if &h[36..40] != b"data" || u32_at(16) != 16 {
+            return Err(invalid("not the layout CallTap writes".into()));
+        }
+        let (format, channels, file_rate, bits) = (u16_at(20), u16_at(22), u32_at(24), u16_at(34));
+        if (format, u64::from(channels), file_rate, bits) != (1, CHANNELS, rate, 16) {
+            return Err(invalid(format!(
+                "format {format}, {channels} channels, {file_rate} Hz, {bits} bits; \
+                 expected PCM stereo {rate} Hz 16-bit"
+            )));
+        }
+        let data = u64::from(u32_at(40));
+        if data % BYTES_PER_FRAME != 0 || HEADER + data > len {
+            return Err(invalid(format!(
+                "header claims {data} data bytes, the file holds {}",
+                len - HEADER
+            )));
+        }
+        // Whole frames of preallocated space.
+        let capacity = (len - HEADER) / BYTES_PER_FRAME;
+        let frames = (data / BYTES_PER_FRAME).max(frames_hint.min(capacity));
+        // SAFETY: as in create.
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        let mut w = WavWriter {
+            path: path.to_path_buf(),
+            file,
+            map,
+            rate,
+            capacity,
+            frames,
             max_frames: max_seconds.saturating_mul(rate as u64),
             dropped_samples: 0,
             released: PAGE,
@@ -329,6 +399,70 @@ mod tests {
             assert_eq!(s[p * 160 * 2], (p % 1000) as i16 + 1, "packet {p}");
         }
         assert_eq!(&s[8000 * 2 + 1..8000 * 2 + 4], &[-9, 51, -9]);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    /// A recording continued by a new process (reopened after a crash without `finish`) ends
+    /// byte for byte like one written by a single writer, the gap between being silence.
+    #[test]
+    fn reopen_continues_byte_exact() {
+        let dir = std::env::temp_dir().join(format!("calltap-wav-reopen-{}", std::process::id()));
+        let (a, b) = (dir.join("a.wav"), dir.join("b.wav"));
+        let before: Vec<i16> = (0..8000).map(|i| (i % 300) as i16 - 150).collect();
+        let after: Vec<i16> = (0..4000).map(|i| (i % 77) as i16 * 3).collect();
+        let mut one = WavWriter::create(&a, 8000, 3600).expect("create");
+        one.write(0, 0, &before).expect("write");
+        one.write(1, 100, &before).expect("write");
+        one.write(0, 300_000, &after).expect("write");
+        let one = one.finish().expect("finish");
+
+        let mut first = WavWriter::create(&b, 8000, 3600).expect("create");
+        first.write(0, 0, &before).expect("write");
+        first.write(1, 100, &before).expect("write");
+        first.flush().expect("flush");
+        // The process dies here: no finish, the file keeps its preallocated length.
+        drop(first);
+        let mut second = WavWriter::reopen(&b, 8000, 3600, 0).expect("reopen");
+        assert_eq!(second.frames(), 8100, "length from the header");
+        second
+            .write(0, 300_000, &after)
+            .expect("write after the gap");
+        let two = second.finish().expect("finish");
+        assert_eq!(two.bytes, one.bytes);
+        assert_eq!(two.sha256, one.sha256);
+        assert_eq!(fs::read(&a).expect("a"), fs::read(&b).expect("b"));
+
+        // A wrong rate, a truncated file and garbage are refused, not mapped.
+        assert!(WavWriter::reopen(&b, 16000, 3600, 0).is_err());
+        let f = OpenOptions::new().write(true).open(&b).expect("open");
+        f.set_len(1000).expect("truncate");
+        assert!(WavWriter::reopen(&b, 8000, 3600, 0).is_err());
+        fs::write(&b, b"not a wav at all, not even close to one, really not").expect("write");
+        assert!(WavWriter::reopen(&b, 8000, 3600, 0).is_err());
+        assert!(WavWriter::reopen(&dir.join("missing.wav"), 8000, 3600, 0).is_err());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    /// The journal may know of audio written after the last header update (a crash between
+    /// flushes): the reopened writer goes on from there, within the file.
+    #[test]
+    fn reopen_takes_the_journals_length_within_the_file() {
+        let dir = std::env::temp_dir().join(format!("calltap-wav-hint-{}", std::process::id()));
+        let path = dir.join("h.wav");
+        let mut w = WavWriter::create(&path, 8000, 3600).expect("create");
+        w.write(0, 0, &[5; 160]).expect("write");
+        w.flush().expect("flush");
+        w.write(0, 160, &[6; 160]).expect("write");
+        drop(w);
+        let w = WavWriter::reopen(&path, 8000, 3600, 320).expect("reopen");
+        assert_eq!(w.frames(), 320);
+        drop(w);
+        let w = WavWriter::reopen(&path, 8000, 3600, u64::MAX).expect("reopen");
+        assert_eq!(w.frames(), GROW / BYTES_PER_FRAME, "bounded by the file");
+        let done = w.finish().expect("finish");
+        let mut r = hound::WavReader::open(&done.path).expect("open");
+        let s: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
+        assert_eq!((s[0], s[320], s[640]), (5, 6, 0));
         let _ = fs::remove_dir_all(dir);
     }
 

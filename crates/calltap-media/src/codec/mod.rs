@@ -5,7 +5,7 @@ pub mod g711;
 pub mod g722;
 
 /// The payload formats the recorder distinguishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CodecKind {
     /// G.711 µ-law.
     Pcmu,

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::sdp::{Direction, RtpMap};
 use crate::NameAddr;
 
-pub use tracker::Tracker;
+pub use tracker::{DialogFork, DialogMedia, DialogState, Tracker};
 
 /// Identity of one call inside a tracker (unique for the tracker's lifetime, never reused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

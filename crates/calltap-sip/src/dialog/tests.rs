@@ -515,3 +515,52 @@ fn end_reason_names() {
     assert_eq!(EndReason::Failure(486).as_str(), "failure_486");
     assert_eq!(EndReason::RecorderRestart.to_string(), "recorder_restart");
 }
+
+/// A dialog snapshotted by one tracker and restored into a fresh one (a recorder restart)
+/// matches the later re-INVITE and BYE in both directions; a repeated SDP is not a change.
+#[test]
+fn restored_dialog_goes_on() {
+    let mut h = Harness::new(TrackerConfig::default());
+    h.t.track_touched();
+    let started = h.ab(invite(), 0);
+    let CallEvent::Started { call, .. } = started[0] else {
+        panic!("no start: {started:?}");
+    };
+    h.ba(
+        resp(200, "1 INVITE")
+            .to("tb")
+            .sdp(sdp("10.0.0.2", 6000, "")),
+        1,
+    );
+    let mut touched = Vec::new();
+    h.t.take_touched(&mut touched);
+    assert!(touched.contains(&call));
+    let state = h.t.snapshot(call).expect("active call");
+    assert!(state.answered);
+    assert_eq!(state.caller_tag, "ta");
+    assert_eq!(
+        state.media[1].as_ref().and_then(|m| m.rtp),
+        Some(sa("10.0.0.2:6000"))
+    );
+
+    let mut h2 = Harness::new(TrackerConfig::default());
+    let restored = h2.t.restore(&state, 30 * SEC).expect("restored");
+    assert_eq!(h2.t.active_calls(), 1);
+    assert_eq!(h2.t.snapshot(restored).as_ref(), Some(&state));
+    // The same SDP again (a session refresh) changes nothing; a hold does.
+    let refresh = Msg::new("INVITE sip:bob@10.0.0.2 SIP/2.0", "2 INVITE")
+        .to("tb")
+        .sdp(sdp("10.0.0.1", 4000, ""));
+    assert!(h2.ab(refresh, 31).is_empty());
+    let hold = Msg::new("INVITE sip:bob@10.0.0.2 SIP/2.0", "3 INVITE")
+        .to("tb")
+        .sdp(sdp("10.0.0.1", 4000, "a=sendonly\r\n"));
+    assert_eq!(kinds(&h2.ab(hold, 32)), ["media_caller_sendonly"]);
+    let bye = Msg::new("BYE sip:alice@10.0.0.1 SIP/2.0", "7 BYE")
+        .from("tb")
+        .to("ta");
+    let ev = h2.ba(bye, 40);
+    assert_eq!(kinds(&ev), ["ended_bye_callee"]);
+    assert_eq!(ev[0].call(), restored);
+    assert!(h2.t.snapshot(restored).is_none());
+}

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use super::body::{info_dtmf, sdp_body};
+use serde::{Deserialize, Serialize};
+
 use super::{CallEvent, CallRef, EndReason, Side, TrackerConfig, TrackerStats};
 use crate::sdp::{self, Direction, RtpMap};
 use crate::{Message, NameAddr, StartLine};
@@ -18,20 +20,6 @@ use crate::{Message, NameAddr, StartLine};
 const MAX_FORKS: usize = 16;
 /// Most calls sharing one Call-ID (redirect and auth retries reuse it; more is hostile).
 const MAX_CALLS_PER_CALL_ID: usize = 16;
-
-/// What a side last announced, to emit [`CallEvent::Media`] only on change.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct MediaState {
-    rtp: Option<SocketAddr>,
-    rtcp: Option<SocketAddr>,
-    codecs: Vec<RtpMap>,
-    direction: Direction,
-}
-
-struct Fork {
-    tag: String,
-    failed: bool,
-}
 
 struct Call {
     id: CallRef,
@@ -48,10 +36,51 @@ struct Call {
     answered: bool,
     ended: bool,
     cancel_ns: Option<u64>,
-    forks: Vec<Fork>,
+    forks: Vec<DialogFork>,
     /// A fork failed while another was still alive; reported if nobody answers.
     pending_failure: Option<u16>,
-    media: [Option<MediaState>; 2],
+    /// What each side last announced, to emit [`CallEvent::Media`] only on change.
+    media: [Option<DialogMedia>; 2],
+}
+
+/// What a restarted recorder needs to go on following a dialog it followed before: its
+/// identity (Call-ID and caller tag match the later BYE, re-INVITEs and responses in both
+/// directions), the initial INVITE's CSeq (tells its responses from a re-INVITE's), how far the
+/// call got, and what each side last announced (so a repeated SDP is not a change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialogState {
+    pub call_id: String,
+    pub caller_tag: String,
+    pub started_ns: u64,
+    pub invite_cseq: u32,
+    pub invite_ns: u64,
+    pub ringing: bool,
+    pub answered: bool,
+    #[serde(default)]
+    pub cancel_ns: Option<u64>,
+    #[serde(default)]
+    pub forks: Vec<DialogFork>,
+    #[serde(default)]
+    pub pending_failure: Option<u16>,
+    /// Caller's, then callee's last media announcement.
+    #[serde(default)]
+    pub media: [Option<DialogMedia>; 2],
+}
+
+/// A callee tag of a dialog (see [`DialogState`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialogFork {
+    pub tag: String,
+    pub failed: bool,
+}
+
+/// What a side of a dialog last announced in SDP (see [`DialogState`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialogMedia {
+    pub rtp: Option<SocketAddr>,
+    pub rtcp: Option<SocketAddr>,
+    pub codecs: Vec<RtpMap>,
+    pub direction: Direction,
 }
 
 /// How a message relates to a known call.
@@ -73,6 +102,9 @@ pub struct Tracker {
     ended: VecDeque<(u64, CallRef)>,
     active: usize,
     stats: TrackerStats,
+    /// Calls a message changed or matched since the last [`Tracker::take_touched`], when
+    /// enabled (the daemon journals their state; offline replay does not need it).
+    touched: Option<Vec<CallRef>>,
 }
 
 fn side_index(side: Side) -> usize {
@@ -93,7 +125,87 @@ impl Tracker {
             ended: VecDeque::new(),
             active: 0,
             stats: TrackerStats::default(),
+            touched: None,
         }
+    }
+
+    /// Starts collecting the calls messages touch (see [`Tracker::take_touched`]).
+    pub fn track_touched(&mut self) {
+        self.touched.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves the calls touched since the last call into `out` (possibly with repeats). Empty
+    /// unless [`Tracker::track_touched`] was called.
+    pub fn take_touched(&mut self, out: &mut Vec<CallRef>) {
+        if let Some(t) = self.touched.as_mut() {
+            out.append(t);
+        }
+    }
+
+    fn touch(&mut self, call: CallRef) {
+        if let Some(t) = self.touched.as_mut() {
+            t.push(call);
+        }
+    }
+
+    /// The state of an active (not ended) call, to journal it.
+    pub fn snapshot(&self, call: CallRef) -> Option<DialogState> {
+        let c = self.calls.get(&call).filter(|c| !c.ended)?;
+        Some(DialogState {
+            call_id: c.call_id.clone(),
+            caller_tag: c.caller_tag.clone(),
+            started_ns: c.started_ns,
+            invite_cseq: c.invite_cseq,
+            invite_ns: c.invite_ns,
+            ringing: c.ringing,
+            answered: c.answered,
+            cancel_ns: c.cancel_ns,
+            forks: c.forks.clone(),
+            pending_failure: c.pending_failure,
+            media: c.media.clone(),
+        })
+    }
+
+    /// Follows again a call journaled by an earlier run (see [`DialogState`]); later messages
+    /// of the dialog (BYE, re-INVITE, responses) match it as if it had never been away. Emits
+    /// no events: the caller knows the call. Its timers (cancel grace, unanswered) count from
+    /// `now_ns`. `None` when the tracker is full.
+    pub fn restore(&mut self, state: &DialogState, now_ns: u64) -> Option<CallRef> {
+        if self.active >= self.cfg.max_calls
+            || self
+                .by_call_id
+                .get(&state.call_id)
+                .is_some_and(|v| v.len() >= MAX_CALLS_PER_CALL_ID)
+        {
+            self.stats.calls_dropped += 1;
+            return None;
+        }
+        self.clock = self.clock.max(now_ns);
+        let id = CallRef(self.next_id);
+        self.next_id += 1;
+        let call = Call {
+            id,
+            call_id: state.call_id.clone(),
+            caller_tag: state.caller_tag.clone(),
+            started_ns: state.started_ns,
+            invite_cseq: state.invite_cseq,
+            invite_ns: state.invite_ns,
+            activity_ns: now_ns,
+            ringing: state.ringing,
+            answered: state.answered,
+            ended: false,
+            cancel_ns: state.cancel_ns,
+            forks: state.forks.iter().take(MAX_FORKS).cloned().collect(),
+            pending_failure: state.pending_failure,
+            media: state.media.clone(),
+        };
+        self.calls.insert(id, call);
+        self.by_call_id
+            .entry(state.call_id.clone())
+            .or_default()
+            .push(id);
+        self.active += 1;
+        Some(id)
     }
 
     pub fn config(&self) -> &TrackerConfig {
@@ -146,6 +258,7 @@ impl Tracker {
                     self.stats.orphans += 1;
                     return;
                 };
+                self.touch(m.call);
                 let is_invite = cseq_method.eq_ignore_ascii_case("INVITE");
                 self.response(msg, *code, m, is_invite, cseq, to_tag, ts_ns, out);
             }
@@ -253,6 +366,7 @@ impl Tracker {
     ) {
         let from_tag = from.tag.as_deref().unwrap_or("");
         if let Some(m) = self.find(call_id, from_tag, None) {
+            self.touch(m.call);
             if let Some(call) = self.calls.get_mut(&m.call) {
                 if cseq <= call.invite_cseq {
                     // Retransmission, or the same INVITE seen again on the proxy's far side.
@@ -325,6 +439,7 @@ impl Tracker {
             .push(id);
         self.active += 1;
         self.stats.calls_started += 1;
+        self.touch(id);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -342,6 +457,7 @@ impl Tracker {
             self.stats.orphans += 1;
             return;
         };
+        self.touch(m.call);
         let Some(call) = self.calls.get_mut(&m.call) else {
             return;
         };
@@ -507,7 +623,7 @@ fn note_fork(call: &mut Call, tag: &str, failed: bool) {
     if let Some(f) = call.forks.iter_mut().find(|f| f.tag == tag) {
         f.failed |= failed;
     } else if call.forks.len() < MAX_FORKS {
-        call.forks.push(Fork {
+        call.forks.push(DialogFork {
             tag: tag.to_string(),
             failed,
         });
@@ -537,7 +653,7 @@ fn apply_sdp(
     let Some(audio) = sd.audio() else {
         return;
     };
-    let state = MediaState {
+    let state = DialogMedia {
         rtp: audio.rtp,
         rtcp: audio.rtcp,
         codecs: audio.codecs.clone(),

@@ -1,0 +1,559 @@
+//! The active-call repository: what a restarted CallTap needs to go on recording the calls an
+//! earlier run was recording when it died (crash, `kill -9`, reboot).
+//!
+//! One small JSON file per active call under `<data_dir>/active/`, named by the call's uuid.
+//! The media worker owning the call writes it from its flush tick (never from the packet path),
+//! at most once per flush interval: at once, made durable (temporary file, fsync, rename), when
+//! something that placement or the CDR depends on changed (a stream's SSRC, anchoring or codec,
+//! the dialog, answer, hold, DTMF, the call's end), and every [`DURABLE_NS`] anyway; in between,
+//! every [`COUNTERS_NS`] while packets flow, without the fsync (temporary file, rename), so
+//! counters and sequence numbers are at most that far behind after a process crash at the cost
+//! of a write, not a disk flush. Either way a crash leaves the old version or the new, never a
+//! torn one. The file is removed once the call's CDR is handed to the CDR thread.
+//!
+//! On start `calltap run` loads every file ([`CallStore::load`]) before capture begins; files it
+//! cannot read are logged, moved to `active/corrupt/` and counted, never fatal. A heartbeat file
+//! rewritten on the signalling tick tells the restarted run when the previous one was last
+//! alive: the start of each restored call's restart gap.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use calltap_media::{codec::CodecKind, quality::JitterEstimator, stream::StreamTimeline};
+use calltap_sip::{
+    dialog::DialogState,
+    sdp::{Direction, RtpMap},
+    NameAddr,
+};
+use serde::{Deserialize, Serialize};
+
+use super::cdr::{Dtmf, RestartGap};
+
+/// Subdirectory of the data dir holding the journal.
+pub const ACTIVE_DIR: &str = "active";
+/// Where unreadable journal files are moved.
+const CORRUPT_DIR: &str = "corrupt";
+const HEARTBEAT: &str = "heartbeat";
+/// Format of the files; a file of another version is set aside like a corrupt one.
+pub const VERSION: u32 = 1;
+/// A call whose state did not change materially is still journaled durably this often, so
+/// sequence numbers (16 bits: they wrap after 21 minutes of 20 ms packets) stay recent even
+/// after a power loss.
+pub const DURABLE_NS: u64 = 10_000_000_000;
+/// Packet counters are journaled (without fsync) this often while they change.
+pub const COUNTERS_NS: u64 = 2_000_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallStoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: journal version {found}, this CallTap reads {VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path}: file name does not match call uuid {uuid:?}")]
+    Name { path: PathBuf, uuid: String },
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> CallStoreError + '_ {
+    move |source| CallStoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where one side of the call receives media, as its SDP said (hold state included).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SideJournal {
+    pub rtp: Option<SocketAddr>,
+    pub rtcp: Option<SocketAddr>,
+    #[serde(default)]
+    pub codecs: Vec<RtpMap>,
+    pub direction: Option<Direction>,
+}
+
+/// One audio direction: the timeline (its RTP timestamp to sample position anchor, sequence
+/// state, highest position written, loss counters) and the quality counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DirJournal {
+    pub ssrc: Option<u32>,
+    pub timeline: Option<StreamTimeline>,
+    pub timeline_clock: u32,
+    pub last_ns: Option<u64>,
+    pub jitter: Option<JitterEstimator>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub codec: Option<String>,
+    pub kind: Option<CodecKind>,
+    pub rtcp_packets: u64,
+    pub rtcp_fraction_lost: Option<f64>,
+    pub rtcp_jitter_ms: Option<f64>,
+}
+
+/// The call's recording file as last flushed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WavJournal {
+    pub path: PathBuf,
+    pub rate: u32,
+    /// Byte offset of the sample data (the header's length).
+    pub data_offset: u64,
+    /// Frames written (data bytes / 4).
+    pub frames: u64,
+}
+
+/// Everything needed to continue one active call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CallJournal {
+    pub version: u32,
+    /// When this version was written (capture clock, ns since the epoch).
+    pub saved_ns: u64,
+    pub uuid: String,
+    pub call_id: String,
+    /// Interaction the call belongs to (the correlation header's value, else the Call-ID):
+    /// legs restored and legs seen after the restart keep grouping by it.
+    pub interaction: String,
+    pub from: NameAddr,
+    pub to: NameAddr,
+    pub caller_ip: IpAddr,
+    pub callee_ip: IpAddr,
+    pub start_ns: u64,
+    /// Media worker that owned the call.
+    pub worker: u32,
+    /// The SIP dialog, so the BYE (or re-INVITE) after the restart is recognised.
+    pub dialog: Option<DialogState>,
+    pub ringing_ns: Option<u64>,
+    pub answer_ns: Option<u64>,
+    /// Caller's and callee's media endpoints: the media map entries to re-install.
+    pub sides: [SideJournal; 2],
+    pub dirs: [DirJournal; 2],
+    #[serde(default)]
+    pub dtmf: Vec<Dtmf>,
+    /// Where the recording goes (also before it exists).
+    pub wav_path: PathBuf,
+    pub wav: Option<WavJournal>,
+    /// The raw RTP pcap of unsupported codecs exists (it is appended to, not recreated).
+    #[serde(default)]
+    pub raw_pcap: bool,
+    #[serde(default)]
+    pub unsupported: Vec<String>,
+    #[serde(default)]
+    pub ssrc_dirs: Vec<(u32, usize)>,
+    /// Gaps of earlier restarts (a call may survive several).
+    #[serde(default)]
+    pub restart_gaps: Vec<RestartGap>,
+    /// Signalling had ended the call (reason, time) when this was written.
+    pub ending: Option<(String, u64)>,
+    #[serde(default)]
+    pub write_failed: bool,
+    pub last_media_ns: u64,
+}
+
+/// What [`CallStore::load`] found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub calls: Vec<CallJournal>,
+    /// Files that could not be used (moved to `active/corrupt/`).
+    pub corrupt: u64,
+    /// Last heartbeat of the previous run, if it left one.
+    pub last_alive_ns: Option<u64>,
+}
+
+/// Handle on the journal directory; cheap to clone, one per worker.
+#[derive(Clone, Debug)]
+pub struct CallStore {
+    dir: PathBuf,
+}
+
+/// Journal file names come from uuids CallTap makes (hex and '-'); anything else is refused so
+/// a name can never leave the directory.
+fn safe_name(uuid: &str) -> bool {
+    !uuid.is_empty()
+        && uuid.len() <= 128
+        && uuid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl CallStore {
+    /// Opens (creating) the journal directory `dir` (normally `<data_dir>/active`).
+    pub fn open(dir: &Path) -> Result<CallStore, CallStoreError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        Ok(CallStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file_of(&self, uuid: &str) -> PathBuf {
+        self.dir.join(format!("{uuid}.json"))
+    }
+
+    /// Writes `j` atomically (temporary file, rename), with an fsync of the data before the
+    /// rename when `durable`. The directory entry is made durable by [`CallStore::sync`], once
+    /// per batch of saves.
+    pub fn save(&self, j: &CallJournal, durable: bool) -> Result<(), CallStoreError> {
+        let path = self.file_of(&j.uuid);
+        if !safe_name(&j.uuid) {
+            return Err(CallStoreError::Name {
+                path,
+                uuid: j.uuid.clone(),
+            });
+        }
+        let tmp = self.dir.join(format!(".{}.json.tmp", j.uuid));
+        let bytes = serde_json::to_vec(j).map_err(|source| CallStoreError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(&bytes).map_err(io_err(&tmp))?;
+        if durable {
+            f.sync_data().map_err(io_err(&tmp))?;
+        }
+        drop(f);
+        fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    /// fsyncs the directory, so renames and removals survive a power loss.
+    pub fn sync(&self) -> Result<(), CallStoreError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))
+    }
+
+    /// Forgets a call (its CDR has been handed on). A missing file is fine: the call may have
+    /// ended before its first journal write.
+    pub fn remove(&self, uuid: &str) -> Result<(), CallStoreError> {
+        if !safe_name(uuid) {
+            return Ok(());
+        }
+        let path = self.file_of(uuid);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Notes that this run is alive at `now_ns` (no fsync: after a process crash the page
+    /// cache has it; after a power loss it is at worst a little older).
+    pub fn beat(&self, now_ns: u64) -> Result<(), CallStoreError> {
+        let tmp = self.dir.join(".heartbeat.tmp");
+        let path = self.dir.join(HEARTBEAT);
+        fs::write(&tmp, format!("{now_ns}\n")).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    /// Reads every journal file. Unreadable ones are logged, moved aside and counted; leftover
+    /// temporary files of an interrupted write are removed (the previous version is intact).
+    pub fn load(&self) -> Loaded {
+        let mut out = Loaded {
+            last_alive_ns: fs::read_to_string(self.dir.join(HEARTBEAT))
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+            ..Loaded::default()
+        };
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!(
+                    "{}: cannot list the active-call journal: {e}",
+                    self.dir.display()
+                );
+                return out;
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.ends_with(".tmp") {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            if !name.ends_with(".json") || !path.is_file() {
+                continue;
+            }
+            match read_journal(&path) {
+                Ok(j) => out.calls.push(j),
+                Err(e) => {
+                    out.corrupt += 1;
+                    let aside = self.set_aside(&path);
+                    log::error!(
+                        "active-call journal: {e}; moved to {} (the call cannot be resumed)",
+                        aside.display()
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn set_aside(&self, path: &Path) -> PathBuf {
+        let dir = self.dir.join(CORRUPT_DIR);
+        let name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let mut to = dir.join(&name);
+        let mut n = 1;
+        while to.exists() && n < 1000 {
+            to = dir.join(format!("{}.{n}", name.to_string_lossy()));
+            n += 1;
+        }
+        let moved = fs::create_dir_all(&dir).and_then(|()| fs::rename(path, &to));
+        if let Err(e) = moved {
+            log::error!("{}: cannot move aside ({e}); removing it", path.display());
+            let _ = fs::remove_file(path);
+        }
+        to
+    }
+}
+
+fn read_journal(path: &Path) -> Result<CallJournal, CallStoreError> {
+    let mut bytes = Vec::new();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    io::Read::read_to_end(&mut f, &mut bytes).map_err(io_err(path))?;
+    // Read the version first, so a newer format is reported as such, not as garbage.
+    #[derive(Deserialize)]
+    struct Head {
+        version: u32,
+    }
+    let head: Head = serde_json::from_slice(&bytes).map_err(|source| CallStoreError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if head.version != VERSION {
+        return Err(CallStoreError::Version {
+            path: path.to_path_buf(),
+            found: head.version,
+        });
+    }
+    let j: CallJournal = serde_json::from_slice(&bytes).map_err(|source| CallStoreError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    if stem != j.uuid || !safe_name(&j.uuid) {
+        return Err(CallStoreError::Name {
+            path: path.to_path_buf(),
+            uuid: j.uuid,
+        });
+    }
+    Ok(j)
+}
+
+#[cfg(test)]
+mod tests {
+    use calltap_sip::dialog::{DialogFork, DialogMedia};
+
+    use super::*;
+
+    pub(crate) fn sample(uuid: &str) -> CallJournal {
+        let mut timeline = StreamTimeline::new(8000, 8000);
+        for i in 0..50u16 {
+            let _ = timeline.place(
+                0xabcd,
+                100 + i,
+                16_000 + u32::from(i) * 160,
+                8000 + u64::from(i) * 160,
+            );
+        }
+        let rtp: SocketAddr = "198.18.0.1:6000".parse().expect("addr");
+        CallJournal {
+            version: VERSION,
+            saved_ns: 1_700_000_010_000_000_000,
+            uuid: uuid.into(),
+            call_id: "abc@host".into(),
+            interaction: "ix-1".into(),
+            from: NameAddr {
+                user: Some("1000".into()),
+                uri: "sip:1000@a".into(),
+                tag: Some("ta".into()),
+                ..NameAddr::default()
+            },
+            to: NameAddr {
+                user: Some("2000".into()),
+                uri: "sip:2000@b".into(),
+                ..NameAddr::default()
+            },
+            caller_ip: "198.18.0.1".parse().expect("ip"),
+            callee_ip: "198.18.0.2".parse().expect("ip"),
+            start_ns: 1_700_000_000_000_000_000,
+            worker: 1,
+            dialog: Some(DialogState {
+                call_id: "abc@host".into(),
+                caller_tag: "ta".into(),
+                started_ns: 1_700_000_000_000_000_000,
+                invite_cseq: 2,
+                invite_ns: 1_700_000_000_100_000_000,
+                ringing: true,
+                answered: true,
+                cancel_ns: None,
+                forks: vec![DialogFork {
+                    tag: "tb".into(),
+                    failed: false,
+                }],
+                pending_failure: None,
+                media: [
+                    Some(DialogMedia {
+                        rtp: Some(rtp),
+                        rtcp: None,
+                        codecs: vec![],
+                        direction: Direction::SendRecv,
+                    }),
+                    None,
+                ],
+            }),
+            ringing_ns: Some(1_700_000_000_200_000_000),
+            answer_ns: Some(1_700_000_001_000_000_000),
+            sides: [
+                SideJournal {
+                    rtp: Some(rtp),
+                    rtcp: None,
+                    codecs: vec![RtpMap {
+                        pt: 0,
+                        encoding: "PCMU".into(),
+                        clock_rate: 8000,
+                        channels: 1,
+                    }],
+                    direction: Some(Direction::SendRecv),
+                },
+                SideJournal::default(),
+            ],
+            dirs: [
+                DirJournal {
+                    ssrc: Some(0xabcd),
+                    timeline: Some(timeline),
+                    timeline_clock: 8000,
+                    packets: 50,
+                    bytes: 8000,
+                    codec: Some("PCMU".into()),
+                    kind: Some(CodecKind::Pcmu),
+                    ..DirJournal::default()
+                },
+                DirJournal::default(),
+            ],
+            dtmf: vec![Dtmf {
+                side: "caller".into(),
+                digit: '5',
+                at_ms: 1200,
+                duration_ms: Some(100),
+                source: "rfc4733".into(),
+            }],
+            wav_path: "/tmp/x.wav".into(),
+            wav: Some(WavJournal {
+                path: "/tmp/x.wav".into(),
+                rate: 8000,
+                data_offset: 44,
+                frames: 16_000,
+            }),
+            raw_pcap: false,
+            unsupported: vec![],
+            ssrc_dirs: vec![(0xabcd, 0)],
+            restart_gaps: vec![RestartGap::new(1, 2_000_000)],
+            ending: None,
+            write_failed: false,
+            last_media_ns: 1_700_000_009_000_000_000,
+        }
+    }
+
+    #[test]
+    fn journal_round_trips_and_the_timeline_goes_on_where_it_was() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = CallStore::open(&tmp.path().join("active")).expect("open");
+        let j = sample("0001-0000-000000000001");
+        store.save(&j, true).expect("save");
+        store.sync().expect("sync");
+        store.beat(1_700_000_011_000_000_000).expect("beat");
+        let loaded = store.load();
+        assert_eq!((loaded.calls.len(), loaded.corrupt), (1, 0));
+        assert_eq!(loaded.last_alive_ns, Some(1_700_000_011_000_000_000));
+        let back = &loaded.calls[0];
+        assert_eq!(
+            serde_json::to_value(back).expect("json"),
+            serde_json::to_value(&j).expect("json"),
+            "every field survives"
+        );
+        assert_eq!(back.dialog, j.dialog);
+        // The restored timeline places the next packet exactly where the original would.
+        let mut orig = j.dirs[0].timeline.clone().expect("timeline");
+        let mut restored = back.dirs[0].timeline.clone().expect("timeline");
+        restored.resume();
+        // 3 s later (150 packets the recorder never saw).
+        let (seq, ts, at) = (100 + 50 + 150, 16_000 + 200 * 160, 8000 + 200 * 160 + 7);
+        let want = orig.place(0xabcd, seq, ts, at);
+        assert_eq!(restored.place(0xabcd, seq, ts, at), want);
+        assert_eq!(
+            want,
+            calltap_media::stream::Placement::Write {
+                pos: 8000 + 200 * 160
+            }
+        );
+        // Packets the recorder was down for are not network loss.
+        assert_eq!(restored.lost(), 0);
+        assert_eq!(orig.lost(), 150);
+
+        store.remove(&j.uuid).expect("remove");
+        store.remove(&j.uuid).expect("remove twice is fine");
+        assert!(store.load().calls.is_empty());
+    }
+
+    #[test]
+    fn corrupt_and_foreign_files_are_set_aside_and_counted() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("active");
+        let store = CallStore::open(&dir).expect("open");
+        store.save(&sample("good-1"), false).expect("save");
+        fs::write(dir.join("torn.json"), b"{\"version\": 1, \"uuid\": \"to").expect("write");
+        fs::write(dir.join("empty.json"), b"").expect("write");
+        let mut newer = serde_json::to_value(sample("newer")).expect("json");
+        newer["version"] = 99.into();
+        fs::write(dir.join("newer.json"), newer.to_string()).expect("write");
+        // A valid journal under the wrong name.
+        fs::write(
+            dir.join("renamed.json"),
+            serde_json::to_vec(&sample("other")).expect("json"),
+        )
+        .expect("write");
+        fs::write(dir.join(".x.json.tmp"), b"half").expect("write");
+        fs::write(dir.join("heartbeat"), b"garbage").expect("write");
+        let loaded = store.load();
+        assert_eq!(loaded.calls.len(), 1);
+        assert_eq!(loaded.calls[0].uuid, "good-1");
+        assert_eq!(loaded.corrupt, 4);
+        assert_eq!(loaded.last_alive_ns, None);
+        let aside: Vec<String> = fs::read_dir(dir.join(CORRUPT_DIR))
+            .expect("corrupt dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(aside.len(), 4, "{aside:?}");
+        assert!(!dir.join(".x.json.tmp").exists());
+        // Loading again finds only the good one: nothing is counted twice.
+        let again = store.load();
+        assert_eq!((again.calls.len(), again.corrupt), (1, 0));
+        // A uuid that could leave the directory is refused.
+        let mut bad = sample("x");
+        bad.uuid = "../evil".into();
+        assert!(store.save(&bad, true).is_err());
+    }
+}

@@ -1,0 +1,322 @@
+//! Crash resume through the real pipeline, offline: synthetic calls are fed to the signalling
+//! and media workers as `calltap run` drives them (with the active-call journal on), the
+//! workers are dropped mid-call as if the process had been killed, and a new set of workers
+//! (fewer of them) takes the journaled calls over. The result is compared with one run over the
+//! same packets that never crashed.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use calltap::{
+    capture::Record,
+    classify::{classify_frame, SharedMediaTable, UserTables},
+    cmd::replay::{media_config, tracker_config},
+    config::Config,
+    pipeline::{media::MediaWorker, signalling::SignallingWorker, Control},
+    store::{
+        callstore::{CallStore, ACTIVE_DIR},
+        cdr::Cdr,
+    },
+};
+use calltap_common::SIGNALLING_RING;
+use support::calls::{Call, Packet};
+
+const BASE: u64 = 1_700_000_000_000_000_000;
+const MS: u64 = 1_000_000;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("calltap-resume-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// The signalling and media workers of one `calltap run`, driven inline.
+struct Run {
+    tables: UserTables,
+    sig: SignallingWorker<SharedMediaTable>,
+    workers: Vec<MediaWorker>,
+    queue: Vec<(u32, Control)>,
+    done: Vec<Cdr>,
+    cdrs: Vec<Cdr>,
+    last_tick: u64,
+}
+
+impl Run {
+    fn new(data: &Path, workers: u32, store: Option<&CallStore>) -> Run {
+        let mut cfg = Config::load_with_env(None, &[]).expect("default config");
+        cfg.data_dir = data.to_path_buf();
+        cfg.workers = workers;
+        let table = SharedMediaTable::default();
+        let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
+        let mut sig = SignallingWorker::new(table, workers, tracker_config(&cfg), 0);
+        let mcfg = media_config(&cfg);
+        let mut media: Vec<MediaWorker> = (0..workers)
+            .map(|i| MediaWorker::new(i, mcfg.clone()))
+            .collect();
+        if let Some(store) = store {
+            sig = sig.with_store(store.clone());
+            media = media
+                .into_iter()
+                .map(|w| w.with_store(store.clone()))
+                .collect();
+        }
+        sig.set_sip_ports(&cfg.sip_ports);
+        Run {
+            tables,
+            sig,
+            workers: media,
+            queue: Vec::new(),
+            done: Vec::new(),
+            cdrs: Vec::new(),
+            last_tick: 0,
+        }
+    }
+
+    fn deliver(&mut self) {
+        for (w, msg) in self.queue.drain(..) {
+            if let Some(worker) = self.workers.get_mut(w as usize) {
+                worker.control(msg, &mut self.done);
+            }
+        }
+        self.cdrs.append(&mut self.done);
+    }
+
+    /// The 200 ms tick of `calltap run` (capture clock).
+    fn tick(&mut self, now: u64) {
+        self.sig.tick(now, &mut self.queue);
+        self.deliver();
+        let mut timeouts = Vec::new();
+        for w in self.workers.iter_mut() {
+            w.tick(now, &mut timeouts);
+            w.reap(now, &mut self.done);
+        }
+        for t in timeouts {
+            self.sig.media_timeout(t, &mut self.queue);
+        }
+        self.deliver();
+    }
+
+    fn feed(&mut self, packets: &[&Packet]) {
+        for p in packets {
+            let ts = BASE + p.at_ns;
+            while self.last_tick + 200 * MS <= ts {
+                self.last_tick = if self.last_tick == 0 {
+                    ts
+                } else {
+                    self.last_tick + 200 * MS
+                };
+                let now = self.last_tick;
+                self.tick(now);
+            }
+            let (v, meta) = classify_frame(&p.frame, &self.tables, ts, p.frame.len() as u32, 0);
+            let rec = Record {
+                meta,
+                frame: &p.frame,
+            };
+            if v.target == SIGNALLING_RING {
+                self.sig.handle(&rec, &mut self.queue);
+                self.deliver();
+            } else if let Some(w) = self.workers.get_mut(v.target as usize) {
+                if !w.packet(&rec) {
+                    w.unknown();
+                }
+            }
+        }
+    }
+
+    /// Ticks on (no packets) until `until`.
+    fn idle(&mut self, until: u64) {
+        while self.last_tick + 200 * MS <= until {
+            self.last_tick += 200 * MS;
+            let now = self.last_tick;
+            self.tick(now);
+        }
+    }
+
+    /// Graceful end: close what is open.
+    fn finish(mut self) -> Vec<Cdr> {
+        self.sig
+            .finish(self.last_tick, "capture_end", &mut self.queue);
+        self.deliver();
+        for w in self.workers.iter_mut() {
+            w.reap(u64::MAX, &mut self.done);
+        }
+        self.cdrs.append(&mut self.done);
+        self.cdrs
+    }
+}
+
+/// Packet i's payload: a mu-law ramp that never decodes to zero, so every sample tells where
+/// it came from.
+fn ramp(offset: u8) -> impl Fn(u32) -> Vec<u8> {
+    move |i| {
+        (0..160u32)
+            .map(|k| 0x10 + ((i * 7 + k + u32::from(offset)) % 0x60) as u8)
+            .collect()
+    }
+}
+
+fn samples(path: &Path) -> Vec<i16> {
+    let mut r = hound::WavReader::open(path).expect("open wav");
+    r.samples::<i16>()
+        .collect::<Result<_, _>>()
+        .expect("samples")
+}
+
+fn cdr_of<'a>(cdrs: &'a [Cdr], call_id: &str) -> &'a Cdr {
+    let mine: Vec<&Cdr> = cdrs.iter().filter(|c| c.call_id == call_id).collect();
+    assert_eq!(mine.len(), 1, "one CDR for {call_id}: {mine:#?}");
+    mine[0]
+}
+
+fn journal_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn killed_mid_call_resumes_the_same_wav_and_closes_calls_that_ended_meanwhile() {
+    // A: talks 1.02-5 s, the recorder dies at 5.1 s and is back at 7.5 s, A talks on 8-15 s
+    // (same SSRC, sequence and timestamps running on) and hangs up at 15 s.
+    let mut a = Call::new("resume-a@test");
+    a.invite(0, "sendrecv", false)
+        .respond(100, 180, "Ringing", None)
+        .respond(1000, 200, "OK", Some("sendrecv"))
+        .ack(1010)
+        .rtp(true, 1020, 0, 200, ramp(0), |_| false)
+        .rtp(false, 1020, 0, 200, ramp(33), |_| false)
+        .rtp(true, 8000, 349, 350, ramp(0), |_| false)
+        .rtp(false, 8000, 349, 350, ramp(33), |_| false)
+        .bye(15_000);
+    // B: the same until the crash, then hangs up while the recorder is down.
+    let mut b = Call::new("resume-b@test").callee_at([198, 18, 3, 1]);
+    b.invite(10, "sendrecv", false)
+        .respond(110, 180, "Ringing", None)
+        .respond(1000, 200, "OK", Some("sendrecv"))
+        .ack(1010)
+        .rtp(true, 1020, 0, 200, ramp(5), |_| false)
+        .rtp(false, 1020, 0, 200, ramp(77), |_| false)
+        .bye(6000);
+    let mut all: Vec<&Packet> = a.packets.iter().chain(b.packets.iter()).collect();
+    all.sort_by_key(|p| p.at_ns);
+    let crash_at = 5100 * MS;
+    let back_at = BASE + 7500 * MS;
+    let before: Vec<&Packet> = all.iter().copied().filter(|p| p.at_ns < crash_at).collect();
+    // What the recorder sees after it is back (B's BYE was sent while it was down).
+    let after: Vec<&Packet> = all
+        .iter()
+        .copied()
+        .filter(|p| BASE + p.at_ns >= back_at)
+        .collect();
+
+    // The reference: a recorder that never went down, seeing the same packets.
+    let ref_dir = scratch("reference");
+    let mut reference = Run::new(&ref_dir, 2, None);
+    let seen: Vec<&Packet> = before.iter().chain(after.iter()).copied().collect();
+    reference.feed(&seen);
+    let ref_cdrs = reference.finish();
+
+    // The run that is killed.
+    let dir = scratch("crash");
+    let active = dir.join(ACTIVE_DIR);
+    let store = CallStore::open(&active).expect("store");
+    let mut first = Run::new(&dir, 2, Some(&store));
+    first.feed(&before);
+    first.idle(BASE + crash_at);
+    assert!(first.cdrs.is_empty(), "nothing ended yet");
+    assert_eq!(journal_files(&active), 2, "both calls journaled");
+    let last_tick = first.last_tick;
+    // kill -9: no finish, no CDR, the WAV maps just go away.
+    drop(first);
+
+    // The restarted run, with one media worker fewer.
+    let loaded = store.load();
+    assert_eq!((loaded.calls.len(), loaded.corrupt), (2, 0));
+    assert_eq!(loaded.last_alive_ns, Some(last_tick));
+    let mut second = Run::new(&dir, 1, Some(&store));
+    second.sig.restore(
+        loaded.calls,
+        loaded.last_alive_ns,
+        back_at,
+        &mut second.queue,
+    );
+    second.deliver();
+    second.last_tick = back_at;
+    assert_eq!(second.sig.stats.calls_restored, 2);
+    second.feed(&after);
+    second.idle(BASE + 16_000 * MS);
+    let cdrs = second.finish();
+    assert_eq!(cdrs.len(), 2, "{cdrs:#?}");
+    assert_eq!(
+        journal_files(&active),
+        0,
+        "journal emptied as CDRs are handed off"
+    );
+
+    // A: ended by its BYE, one restart gap, the same recording as the reference, byte for byte.
+    let ca = cdr_of(&cdrs, "resume-a@test");
+    let ra = cdr_of(&ref_cdrs, "resume-a@test");
+    assert_eq!(ca.end_reason, "bye_caller");
+    assert_eq!(ca.uuid, ra.uuid);
+    assert_eq!(ca.end_ns, ra.end_ns);
+    assert_eq!(ca.restart_gaps.len(), 1, "{:?}", ca.restart_gaps);
+    let gap = &ca.restart_gaps[0];
+    assert_eq!((gap.from_ns, gap.to_ns), (last_tick, back_at));
+    assert_eq!(gap.ms, (back_at - last_tick) / MS);
+    assert!(ra.restart_gaps.is_empty());
+    let (wa, wr) = (
+        ca.recording.as_ref().expect("A recording"),
+        ra.recording.as_ref().expect("reference recording"),
+    );
+    assert!(wa.path.starts_with(&dir), "{}", wa.path.display());
+    assert_eq!(
+        wa.path.strip_prefix(&dir).ok(),
+        wr.path.strip_prefix(&ref_dir).ok(),
+        "same file name"
+    );
+    assert_eq!((wa.bytes, &wa.sha256), (wr.bytes, &wr.sha256));
+    assert_eq!(
+        std::fs::read(&wa.path).expect("A wav"),
+        std::fs::read(&wr.path).expect("reference wav")
+    );
+    // ... which has the audio at the right places and silence over the outage.
+    let s = samples(&wa.path);
+    // Sample index (interleaved) of a time from call start (the INVITE, at 0).
+    let at = |ms: u64| (ms * 8) as usize * 2;
+    assert!(s[at(2000)..at(4900)].iter().all(|&x| x != 0));
+    assert!(
+        s[at(5200)..at(7900)].iter().all(|&x| x == 0),
+        "silence over the gap"
+    );
+    assert!(s[at(8100)..at(14_900)].iter().all(|&x| x != 0));
+    // Packets of the outage are the recorder's gap, not network loss.
+    for st in &ca.streams {
+        assert_eq!(st.lost, 0, "{st:?}");
+    }
+
+    // B: ended while the recorder was down: closed after the grace period as recorder_restart,
+    // ending where the earlier run last knew it, with its audio from before the crash.
+    let cb = cdr_of(&cdrs, "resume-b@test");
+    let rb = cdr_of(&ref_cdrs, "resume-b@test");
+    assert_eq!(cb.end_reason, "recorder_restart");
+    assert_eq!(cb.uuid, rb.uuid);
+    assert_eq!(cb.end_ns, last_tick);
+    assert_eq!(cb.worker, 0, "moved to the remaining worker");
+    let (sb, srb) = (
+        samples(&cb.recording.as_ref().expect("B recording").path),
+        samples(&rb.recording.as_ref().expect("reference B").path),
+    );
+    assert!(sb.len() > at(4900));
+    assert_eq!(sb[..], srb[..sb.len()], "B's audio before the crash intact");
+    assert!(sb[at(1100)..at(4900)].iter().all(|&x| x != 0));
+
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&ref_dir);
+}
