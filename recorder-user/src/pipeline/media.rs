@@ -541,6 +541,12 @@ impl MediaWorker {
                 if let Some(c) = self.calls.get_mut(&call) {
                     let at = ts_ns.saturating_sub(c.setup.start_ns);
                     if c.gate.apply(action, at) {
+                        let closing = c.gate.state() != super::recording::RecordingState::Recording;
+                        if let (true, Some(w)) = (closing, c.wav.as_mut()) {
+                            if super::recording::blank_from(w, at).is_err() {
+                                self.stats.write_errors += 1;
+                            }
+                        }
                         c.recording_events.push(crate::store::cdr::RecordingEvent {
                             action: action.as_str().into(),
                             ts: rfc3339(ts_ns),

@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::wav::WavWriter;
+
 /// What an operator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -162,6 +164,23 @@ impl RecordingGate {
     }
 }
 
+/// Silences what `wav` already holds from `from_ns` after the call's start on: audio the
+/// worker wrote after a pause or stop was asked for but before the request reached it (at most
+/// the worker's control latency, a few packets), so the silence starts where the request was
+/// made rather than where it was applied.
+pub fn blank_from(wav: &mut WavWriter, from_ns: u64) -> std::io::Result<()> {
+    const ZEROS: [i16; 160] = [0; 160];
+    let mut at = frame(from_ns, wav.rate());
+    while at < wav.frames() {
+        let n = (wav.frames() - at).min(ZEROS.len() as u64) as usize;
+        for channel in 0..2 {
+            wav.write(channel, at, &ZEROS[..n])?;
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Frame position of `ns` after the call's start (`u64::MAX` stays open-ended).
 fn frame(ns: u64, rate: u32) -> u64 {
     if ns == u64::MAX {
@@ -236,6 +255,25 @@ mod tests {
         assert!(g.apply(RecordingAction::Pause, S));
         assert!(g.apply(RecordingAction::Stop, 2 * S));
         assert_eq!(g.final_frames(8000, 80000), 8000);
+    }
+
+    #[test]
+    fn blank_from_silences_audio_written_after_the_request() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut w = WavWriter::create(&tmp.path().join("a.wav"), 8000, 60).expect("wav");
+        let tone = [1000i16; 400];
+        for pos in (0..12_000).step_by(400) {
+            w.write(0, pos, &tone).expect("left");
+            w.write(1, pos, &tone).expect("right");
+        }
+        blank_from(&mut w, S + 2_500_000).expect("blank");
+        let f = w.finish().expect("finish");
+        let r = hound::WavReader::open(&f.path).expect("read");
+        let samples: Vec<i16> = r.into_samples().map(|s| s.expect("sample")).collect();
+        assert_eq!(samples.len(), 24_000);
+        // 1.0025 s = frame 8020: audio before, silence from there to the end.
+        assert!(samples[..8020 * 2].iter().all(|&s| s == 1000));
+        assert!(samples[8020 * 2..].iter().all(|&s| s == 0));
     }
 
     #[test]
