@@ -241,12 +241,7 @@ fn killed_mid_call_resumes_the_same_wav_and_closes_calls_that_ended_meanwhile() 
     assert_eq!((loaded.calls.len(), loaded.corrupt), (2, 0));
     assert_eq!(loaded.last_alive_ns, Some(last_tick));
     let mut second = Run::new(&dir, 1, Some(&store));
-    second.sig.restore(
-        loaded.calls,
-        loaded.last_alive_ns,
-        back_at,
-        &mut second.queue,
-    );
+    second.sig.restore(loaded, back_at, &mut second.queue);
     second.deliver();
     second.last_tick = back_at;
     assert_eq!(second.sig.stats.calls_restored, 2);

@@ -98,6 +98,8 @@ fn start_calltap(data_dir: &Path) -> (Proc, u64, u64) {
         ],
     )
     .env("CALLTAP_CALLS_RESTORE_GRACE_S", "2")
+    // sipp's X-CID groups legs into interactions; the grouping must survive the restart.
+    .env("CALLTAP_CALLS_CORRELATION_HEADER", "X-CID")
     .env("CALLTAP_API_LISTEN", "")
     .env(
         "RUST_LOG",
@@ -319,6 +321,12 @@ fn kill_9_mid_call_and_restart_continues_the_same_wav() {
     first.wait(Duration::from_secs(10)).expect("calltap killed");
     let journaled = journal_wav_paths(&data.join("active"));
     assert_eq!(journaled.len(), 2, "both calls journaled: {journaled:?}");
+    // A journal file the restart cannot read: set aside and counted, never fatal.
+    std::fs::write(
+        data.join("active/torn.json"),
+        b"{\"version\": 1, \"uuid\": \"to",
+    )
+    .expect("torn journal file");
 
     // B hangs up while calltap is down; then calltap comes back on the same data dir.
     let b_status = b_client.wait(Duration::from_secs(30));
@@ -362,6 +370,11 @@ fn kill_9_mid_call_and_restart_continues_the_same_wav() {
     )
     .expect("summary json");
     assert_eq!(summary["signalling"]["calls_restored"], 2, "{summary}");
+    assert_eq!(summary["signalling"]["journal_corrupt"], 1, "{summary}");
+    assert!(
+        data.join("active/corrupt/torn.json").is_file(),
+        "torn file set aside"
+    );
     assert!(
         journal_wav_paths(&data.join("active")).is_empty(),
         "journal emptied"
@@ -376,6 +389,8 @@ fn kill_9_mid_call_and_restart_continues_the_same_wav() {
     // A: ended by its BYE, in the WAV the first run started.
     let a = of(0);
     assert_eq!(a["end_reason"], "bye_caller", "{a}");
+    let call_id = a["call_id"].as_str().expect("call_id");
+    assert_eq!(a["interaction_id"], format!("lab-{call_id}"), "{a}");
     let a_path = a["recording"]["path"].as_str().expect("A recording");
     assert!(
         journaled.iter().any(|p| p == a_path),

@@ -467,7 +467,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0).with_store(callstore);
             sig.set_sip_ports(&sip_ports);
             let mut sink = sink;
-            sig.restore(resumed.calls, resumed.last_alive_ns, now_ns(), &mut sink);
+            sig.restore(resumed, now_ns(), &mut sink);
             signalling_thread(sig, sig_input, sink, to_rx, sd, n, sig_live)
         })?;
     let jsonl = cfg.data_dir.join("calls.jsonl");

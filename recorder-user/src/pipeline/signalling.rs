@@ -25,7 +25,7 @@ use super::{
 use crate::{
     capture::Record,
     store::{
-        callstore::{CallJournal, CallStore},
+        callstore::{CallJournal, CallStore, Loaded},
         cdr::RestartGap,
     },
 };
@@ -54,6 +54,8 @@ pub struct SignallingStats {
     /// already ended before it stopped).
     pub calls_restored: u64,
     pub calls_restored_ended: u64,
+    /// Journal files that could not be read (set aside in `active/corrupt/`).
+    pub journal_corrupt: u64,
 }
 
 /// How long unclaimed RTP waits for SIP that describes it, and how much of it is kept.
@@ -179,13 +181,13 @@ impl<T: MediaTable> SignallingWorker<T> {
     /// now); the time since `last_alive_ns` (the earlier run's heartbeat, else each journal's
     /// write time) up to `now` is each call's restart gap. Calls that had already ended only
     /// get their CDR written.
-    pub fn restore(
-        &mut self,
-        calls: Vec<CallJournal>,
-        last_alive_ns: Option<u64>,
-        now: u64,
-        sink: &mut dyn ControlSink,
-    ) {
+    pub fn restore(&mut self, loaded: Loaded, now: u64, sink: &mut dyn ControlSink) {
+        let Loaded {
+            calls,
+            corrupt,
+            last_alive_ns,
+        } = loaded;
+        self.stats.journal_corrupt += corrupt;
         for mut j in calls {
             let worker = if j.worker < self.workers {
                 j.worker
