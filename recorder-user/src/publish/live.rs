@@ -170,6 +170,10 @@ pub struct LiveCalls {
     /// because a media worker stops only once every sender of its channel is gone.
     workers: Mutex<Vec<Sender<Control>>>,
     listener: OnceLock<Listener>,
+    /// When this registry (this run) began: a call that started or was answered before it is
+    /// one the crash-resume journal handed over, whose events the earlier run already produced
+    /// (they wait in the webhook queue), so the listener does not hear them again.
+    since_ns: u64,
 }
 
 /// The few fields [`LiveSink`] takes from a control message before passing it on.
@@ -188,6 +192,7 @@ impl LiveCalls {
             reg: Mutex::new(Registry::default()),
             workers: Mutex::new(workers),
             listener: OnceLock::new(),
+            since_ns: now_ns(),
         })
     }
 
@@ -322,7 +327,9 @@ impl LiveCalls {
                 let uuid = c.uuid.clone();
                 reg.by_uuid.insert(uuid.clone(), *c);
                 if let (Some(f), Some(c)) = (self.listener.get(), reg.by_uuid.get(&uuid)) {
-                    f(LiveEvent::Started(c));
+                    if c.start_ns >= self.since_ns {
+                        f(LiveEvent::Started(c));
+                    }
                 }
                 return;
             }
@@ -344,7 +351,7 @@ impl LiveCalls {
             Note::Answered(_, ts) => {
                 if c.answered.is_none() {
                     c.answered = Some(rfc3339(ts));
-                    answered_now = true;
+                    answered_now = ts >= self.since_ns;
                 }
             }
             Note::Media(_, side, held) => c.held[side] = held,
@@ -447,36 +454,40 @@ pub(crate) mod tests {
             ev.lock().expect("events").push(s);
         });
         let mut sink = LiveSink::new(Vec::<(u32, Control)>::new(), live.clone());
-        sink.send(0, Control::Start(Box::new(setup(1))));
-        sink.send(0, Control::Start(Box::new(setup(2))));
+        // Calls of this run (see the restored-call test for calls of an earlier one).
+        let t0 = now_ns();
+        for n in [1, 2] {
+            let mut s = setup(n);
+            s.start_ns = t0 + n;
+            sink.send(0, Control::Start(Box::new(s)));
+        }
         sink.send(
             0,
             Control::Ringing {
                 call: CallRef(1),
-                ts_ns: 5,
+                ts_ns: t0 + 5,
             },
         );
         assert_eq!(
             live.get("uuid-1").map(|c| c.state),
             Some(CallState::Ringing)
         );
-        sink.send(
-            0,
-            Control::Answered {
-                call: CallRef(1),
-                ts_ns: 1_700_000_001_000_000_000,
-            },
-        );
-        sink.send(
-            0,
-            Control::Answered {
-                call: CallRef(1),
-                ts_ns: 1_700_000_002_000_000_000,
-            },
-        );
+        for ts_ns in [t0 + 1_000_000_000, t0 + 2_000_000_000] {
+            sink.send(
+                0,
+                Control::Answered {
+                    call: CallRef(1),
+                    ts_ns,
+                },
+            );
+        }
         let c = live.get("uuid-1").expect("listed");
         assert_eq!(c.state, CallState::Answered);
-        assert_eq!(c.answered.as_deref(), Some("2023-11-14T22:13:21.000Z"));
+        assert_eq!(
+            c.answered,
+            Some(rfc3339(t0 + 1_000_000_000)),
+            "first answer"
+        );
         sink.send(
             0,
             Control::Media {
@@ -546,6 +557,40 @@ pub(crate) mod tests {
             *events.lock().expect("events"),
             ["started uuid-1", "started uuid-2", "answered uuid-1"]
         );
+    }
+
+    #[test]
+    fn calls_restored_from_an_earlier_run_are_listed_but_not_announced_again() {
+        let (tx, _rx) = unbounded();
+        let live = LiveCalls::new(vec![tx]);
+        let heard = Arc::new(Mutex::new(0));
+        let h = heard.clone();
+        live.set_listener(move |_| *h.lock().expect("heard") += 1);
+        let mut sink = LiveSink::new(Vec::<(u32, Control)>::new(), live.clone());
+        // What signalling announces for a journaled call: its original start and answer.
+        sink.send(0, Control::Start(Box::new(setup(3))));
+        sink.send(
+            0,
+            Control::Answered {
+                call: CallRef(3),
+                ts_ns: 1_700_000_001_000_000_000,
+            },
+        );
+        let c = live.get("uuid-3").expect("listed");
+        assert_eq!(c.state, CallState::Answered);
+        assert_eq!(*heard.lock().expect("heard"), 0);
+        // A call of this run is announced.
+        let mut fresh = setup(4);
+        fresh.start_ns = now_ns();
+        sink.send(0, Control::Start(Box::new(fresh)));
+        sink.send(
+            0,
+            Control::Answered {
+                call: CallRef(4),
+                ts_ns: now_ns(),
+            },
+        );
+        assert_eq!(*heard.lock().expect("heard"), 2);
     }
 
     #[test]
