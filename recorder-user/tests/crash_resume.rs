@@ -1,8 +1,9 @@
 //! Crash resume through the real pipeline, offline: synthetic calls are fed to the signalling
 //! and media workers as `calltap run` drives them (with the active-call journal on), the
 //! workers are dropped mid-call as if the process had been killed, and a new set of workers
-//! (fewer of them) takes the journaled calls over. The result is compared with one run over the
-//! same packets that never crashed.
+//! (fewer of them) takes the journaled calls over: one call goes on, one hung up while the
+//! recorder was down, one had hung up just before the kill. The result is compared with one
+//! run over the same packets that never crashed.
 
 mod support;
 
@@ -204,7 +205,22 @@ fn killed_mid_call_resumes_the_same_wav_and_closes_calls_that_ended_meanwhile() 
         .rtp(true, 1020, 0, 200, ramp(5), |_| false)
         .rtp(false, 1020, 0, 200, ramp(77), |_| false)
         .bye(6000);
-    let mut all: Vec<&Packet> = a.packets.iter().chain(b.packets.iter()).collect();
+    // C: hangs up just before the crash; the journal written at the 5 s flush holds its end,
+    // but the worker is killed before the end grace period is over and its CDR is written.
+    let mut c = Call::new("resume-c@test").callee_at([198, 18, 4, 1]);
+    c.invite(20, "sendrecv", false)
+        .respond(120, 180, "Ringing", None)
+        .respond(1000, 200, "OK", Some("sendrecv"))
+        .ack(1010)
+        .rtp(true, 1020, 0, 185, ramp(9), |_| false)
+        .rtp(false, 1020, 0, 185, ramp(99), |_| false)
+        .bye(4750);
+    let mut all: Vec<&Packet> = a
+        .packets
+        .iter()
+        .chain(b.packets.iter())
+        .chain(c.packets.iter())
+        .collect();
     all.sort_by_key(|p| p.at_ns);
     let crash_at = 5100 * MS;
     let back_at = BASE + 7500 * MS;
@@ -230,25 +246,26 @@ fn killed_mid_call_resumes_the_same_wav_and_closes_calls_that_ended_meanwhile() 
     let mut first = Run::new(&dir, 2, Some(&store));
     first.feed(&before);
     first.idle(BASE + crash_at);
-    assert!(first.cdrs.is_empty(), "nothing ended yet");
-    assert_eq!(journal_files(&active), 2, "both calls journaled");
+    assert!(first.cdrs.is_empty(), "no CDR written yet");
+    assert_eq!(journal_files(&active), 3, "every call journaled");
     let last_tick = first.last_tick;
     // kill -9: no finish, no CDR, the WAV maps just go away.
     drop(first);
 
     // The restarted run, with one media worker fewer.
     let loaded = store.load();
-    assert_eq!((loaded.calls.len(), loaded.corrupt), (2, 0));
+    assert_eq!((loaded.calls.len(), loaded.corrupt), (3, 0));
     assert_eq!(loaded.last_alive_ns, Some(last_tick));
     let mut second = Run::new(&dir, 1, Some(&store));
     second.sig.restore(loaded, back_at, &mut second.queue);
     second.deliver();
     second.last_tick = back_at;
     assert_eq!(second.sig.stats.calls_restored, 2);
+    assert_eq!(second.sig.stats.calls_restored_ended, 1);
     second.feed(&after);
     second.idle(BASE + 16_000 * MS);
     let cdrs = second.finish();
-    assert_eq!(cdrs.len(), 2, "{cdrs:#?}");
+    assert_eq!(cdrs.len(), 3, "{cdrs:#?}");
     assert_eq!(
         journal_files(&active),
         0,
@@ -311,6 +328,21 @@ fn killed_mid_call_resumes_the_same_wav_and_closes_calls_that_ended_meanwhile() 
     assert!(sb.len() > at(4900));
     assert_eq!(sb[..], srb[..sb.len()], "B's audio before the crash intact");
     assert!(sb[at(1100)..at(4900)].iter().all(|&x| x != 0));
+
+    // C: its journaled end is honoured: the CDR is the one the reference wrote.
+    let cc = cdr_of(&cdrs, "resume-c@test");
+    let rc = cdr_of(&ref_cdrs, "resume-c@test");
+    assert_eq!(cc.end_reason, "bye_caller");
+    assert_eq!(
+        (cc.end_ns, cc.uuid.as_str()),
+        (BASE + 4750 * MS, rc.uuid.as_str())
+    );
+    assert!(cc.restart_gaps.is_empty(), "it had ended: no gap");
+    let (wc, wrc) = (
+        cc.recording.as_ref().expect("C recording"),
+        rc.recording.as_ref().expect("reference C"),
+    );
+    assert_eq!((wc.bytes, &wc.sha256), (wrc.bytes, &wrc.sha256));
 
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&ref_dir);
