@@ -43,6 +43,8 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("retention", "max_used_percent", "0"),
     ("retention", "spool_alarm_percent", "95"),
     ("api", "listen", "127.0.0.1:8080"),
+    ("api", "tls_cert", ""),
+    ("api", "tls_key", ""),
     ("webhooks", "url", ""),
     ("webhooks", "secret", ""),
     ("webhooks", "timeout_ms", "5000"),
@@ -118,6 +120,8 @@ pub struct Config {
     pub retention: crate::store::retention::RetentionConfig,
     /// Address of the management HTTP server (`/metrics`, REST API); None: no server.
     pub api_listen: Option<String>,
+    /// PEM certificate chain and private key: the management server speaks only HTTPS then.
+    pub api_tls: Option<(PathBuf, PathBuf)>,
     /// Where call events are POSTed (`http://HOST[:PORT]/PATH`); None: no webhooks.
     pub webhook_url: Option<String>,
     /// HMAC-SHA256 key of the `X-CallTap-Signature` header (required with a URL).
@@ -383,6 +387,7 @@ impl Config {
             "api",
             "IP:PORT, e.g. 127.0.0.1:8080 (empty: no HTTP server)",
         )?;
+        let api_tls = api_tls_from_raw(raw)?;
         let (hook, o) = raw.get("webhooks", "url");
         let hook = hook.trim();
         if !hook.is_empty() && parse_http_url(hook).is_none() {
@@ -453,6 +458,7 @@ impl Config {
             archive_retry_interval_ms,
             retention,
             api_listen,
+            api_tls,
             webhook_url: Some(hook.to_string()).filter(|s| !s.is_empty()),
             webhook_secret: secret.to_string(),
             webhook_timeout_ms,
@@ -592,6 +598,30 @@ fn archive_from_raw(
     ))
 }
 
+/// `[api] tls_cert` and `tls_key`: both (HTTPS) or neither (plain HTTP).
+fn api_tls_from_raw(raw: &Raw) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    let (cert, o_cert) = raw.get("api", "tls_cert");
+    let (key, o_key) = raw.get("api", "tls_key");
+    match (cert.trim(), key.trim()) {
+        ("", "") => Ok(None),
+        ("", k) => Err(bad(
+            o_key,
+            "api",
+            "tls_key",
+            k,
+            "tls_cert as well (both or neither)",
+        )),
+        (c, "") => Err(bad(
+            o_cert,
+            "api",
+            "tls_cert",
+            c,
+            "tls_key as well (both or neither)",
+        )),
+        (c, k) => Ok(Some((PathBuf::from(c), PathBuf::from(k)))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,6 +632,34 @@ mod tests {
         assert_eq!(c.sip_ports, vec![5060, 5080]);
         assert_eq!(c.source, SourceKind::Auto);
         assert!(c.drop_after_capture);
+    }
+
+    #[test]
+    fn api_tls_takes_both_files_or_neither() {
+        let c = Config::load_with_env(None, &[]).expect("defaults");
+        assert_eq!(c.api_tls, None);
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let both = env(&[
+            ("CALLTAP_API_TLS_CERT", "/etc/calltap/api.crt"),
+            ("CALLTAP_API_TLS_KEY", "/etc/calltap/api.key"),
+        ]);
+        let c = Config::load_with_env(None, &both).expect("both");
+        assert_eq!(
+            c.api_tls,
+            Some(("/etc/calltap/api.crt".into(), "/etc/calltap/api.key".into()))
+        );
+        let err = Config::load_with_env(None, &env(&[("CALLTAP_API_TLS_CERT", "/x.crt")]))
+            .expect_err("cert alone")
+            .to_string();
+        assert!(
+            err.contains("CALLTAP_API_TLS_CERT") && err.contains("tls_key"),
+            "{err}"
+        );
     }
 
     #[test]

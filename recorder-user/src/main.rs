@@ -233,6 +233,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { common } => {
             let cfg = load(&common)?;
+            if let Some((cert, key)) = &cfg.api_tls {
+                calltap::publish::tls::server_config(cert, key)?;
+            }
             println!(
                 "configuration OK: interfaces [{}], {} media workers, SIP ports {:?}, data dir {}",
                 cfg.interfaces.join(","),

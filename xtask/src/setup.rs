@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     "curl",
     // The independent G.722 decoder the corpus audio test compares against.
     "ffmpeg",
+    // Makes the certificates the management server's TLS tests use.
+    "openssl",
 ];
 
 pub fn run() -> Result<()> {

@@ -39,6 +39,7 @@ use crate::{
         http::{self, HttpServer},
         live::{LiveCalls, LiveEvent, LiveSink},
         metrics::{CaptureCounters, LiveStats, Metrics},
+        tls,
         webhook::{WebhookConfig, Webhooks},
     },
     store::{
@@ -144,6 +145,9 @@ impl ControlSink for Senders {
     }
 }
 
+/// Calls listed one by one in the run summary.
+const SUMMARY_CALLS: usize = 100_000;
+
 /// Shared shutdown state.
 struct Shutdown {
     stop: Arc<AtomicBool>,
@@ -169,7 +173,10 @@ struct RunSummary {
     ring_full_per_cpu: Vec<u64>,
     signalling: SignallingStats,
     workers: Vec<WorkerStats>,
+    /// The first [`SUMMARY_CALLS`] calls of the run (every CDR is in calls.jsonl and the store).
     calls: Vec<CallLine>,
+    /// Calls after those, counted only: a daemon up for months must not grow a list per call.
+    calls_not_listed: u64,
     /// The CDR database writer: rows stored, journaled, imported.
     cdr_store: WriterSnapshot,
     /// The recording archiver: files archived and queued, failures, spool disk alarm.
@@ -510,9 +517,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 http::router(metrics.clone()).merge(api::router(api)),
                 metrics.clone(),
             );
-            let server = HttpServer::start(addr, app)?;
+            let tls = match &cfg.api_tls {
+                Some((cert, key)) => Some(tls::server_config(cert, key)?),
+                None => None,
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let server = HttpServer::start_with(addr, app, tls)?;
             log::info!(
-                "API at http://{0}/api/v1, metrics at http://{0}/metrics",
+                "API at {scheme}://{0}/api/v1, metrics at {scheme}://{0}/metrics",
                 server.addr
             );
             Some(server)
@@ -532,6 +544,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
         };
         let mut lines = Vec::new();
+        let mut unlisted = 0u64;
         for cdr in cdr_rx.iter() {
             cdr_metrics.observe_call(&cdr);
             cdr_live.remove(&cdr.uuid);
@@ -556,17 +569,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
             // After calls.jsonl: a crash between the two is recovered from that line.
             archive_submit.submit(&cdr);
-            lines.push(CallLine {
-                call_id: cdr.call_id.clone(),
-                worker: cdr.worker,
-                caller: cdr.packets.caller,
-                callee: cdr.packets.callee,
-                rtcp: cdr.packets.rtcp,
-                end_reason: cdr.end_reason.clone(),
-            });
+            if lines.len() >= SUMMARY_CALLS {
+                unlisted += 1;
+            } else {
+                lines.push(CallLine {
+                    call_id: cdr.call_id.clone(),
+                    worker: cdr.worker,
+                    caller: cdr.packets.caller,
+                    callee: cdr.packets.callee,
+                    rtcp: cdr.packets.rtcp,
+                    end_reason: cdr.end_reason.clone(),
+                });
+            }
             writer.send(cdr);
         }
-        (lines, writer.finish())
+        (lines, unlisted, writer.finish())
     })?;
 
     let ready = cfg.data_dir.join("calltap.ready");
@@ -592,7 +609,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("media thread panicked"))?,
         );
     }
-    let (calls, cdr_store) = cdr_handle
+    let (calls, calls_not_listed, cdr_store) = cdr_handle
         .join()
         .map_err(|_| anyhow::anyhow!("cdr thread panicked"))?;
     // Every CDR is handed over: a last bounded attempt, the rest waits in the queue file.
@@ -613,6 +630,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         signalling,
         workers,
         calls,
+        calls_not_listed,
         cdr_store,
         archive,
     };

@@ -21,7 +21,7 @@ use axum::{
     Router,
 };
 
-use super::metrics::Metrics;
+use super::{metrics::Metrics, tls::TlsListener};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -32,6 +32,8 @@ pub enum HttpError {
     },
     #[error("starting the HTTP thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
 }
 
 /// The routes the management server always offers; the caller may merge more (the REST API).
@@ -82,6 +84,15 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `addr` now (so a wrong address fails the start) and serves `app` on its own thread.
     pub fn start(addr: &str, app: Router) -> Result<HttpServer, HttpError> {
+        Self::start_with(addr, app, None)
+    }
+
+    /// As [`HttpServer::start`], over TLS when `tls` is given (plain HTTP is then refused).
+    pub fn start_with(
+        addr: &str,
+        app: Router,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<HttpServer, HttpError> {
         let bind = |source| HttpError::Bind {
             addr: addr.to_string(),
             source,
@@ -117,10 +128,18 @@ impl HttpServer {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     };
-                    if let Err(e) = axum::serve(listener, app)
-                        .with_graceful_shutdown(stopped)
-                        .await
-                    {
+                    let served = match tls {
+                        Some(config) => match TlsListener::new(listener, config) {
+                            Ok(l) => axum::serve(l, app).with_graceful_shutdown(stopped).await,
+                            Err(e) => Err(e),
+                        },
+                        None => {
+                            axum::serve(listener, app)
+                                .with_graceful_shutdown(stopped)
+                                .await
+                        }
+                    };
+                    if let Err(e) = served {
                         log::error!("HTTP server: {e}");
                     }
                 });
@@ -147,6 +166,8 @@ impl Drop for HttpServer {
 mod tests {
     use std::io::{Read, Write};
 
+    use rustls_pki_types::pem::PemObject as _;
+
     use super::*;
     use crate::publish::metrics::{CaptureCounters, LiveStats};
 
@@ -160,6 +181,121 @@ mod tests {
         let mut body = String::new();
         s.read_to_string(&mut body).expect("read");
         body
+    }
+
+    /// A self-signed certificate for 127.0.0.1 made by the real openssl tool.
+    fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args([
+                "-subj",
+                "/CN=calltap-test",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            // An end-entity certificate (openssl's default for -x509 is a CA, which TLS clients
+            // refuse as a server certificate).
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-addext", "extendedKeyUsage=serverAuth"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl (Debian package openssl) runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (cert, key)
+    }
+
+    #[test]
+    fn serves_over_tls_with_the_configured_certificate_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = self_signed(dir.path());
+        let m = Arc::new(
+            Metrics::new(CaptureCounters::None, Arc::new(LiveStats::new(1)), None)
+                .expect("registry"),
+        );
+        m.set_capture_info("xdp", "driver");
+        let config = super::super::tls::server_config(&cert, &key).expect("tls config");
+        let server = HttpServer::start_with("127.0.0.1:0", router(m), Some(config)).expect("start");
+
+        // A client that trusts exactly this certificate gets the metrics.
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(&cert).expect("pem") {
+            roots.add(c.expect("cert")).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let conn = rustls::ClientConnection::new(Arc::new(client), name).expect("client");
+        let tcp = std::net::TcpStream::connect(server.addr).expect("connect");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut body = String::new();
+        // The server may close without close_notify after the response; what was read counts.
+        let _ = tls.read_to_string(&mut body);
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("calltap_capture_info{mode=\"driver\",source=\"xdp\"} 1"));
+
+        // Plain HTTP on the TLS port gets no HTTP answer.
+        let plain = get(server.addr, "/metrics");
+        assert!(!plain.contains("HTTP/1.1 200"), "{plain}");
+
+        // A client that does not trust the certificate fails the handshake.
+        let untrusted = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let conn = rustls::ClientConnection::new(Arc::new(untrusted), name).expect("client");
+        let tcp = std::net::TcpStream::connect(server.addr).expect("connect");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        assert!(tls
+            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .and_then(|_| tls.flush())
+            .is_err());
+        drop(server);
+    }
+
+    #[test]
+    fn unusable_tls_files_are_named_in_the_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = self_signed(dir.path());
+        let missing = dir.path().join("nope.pem");
+        let err = super::super::tls::server_config(&missing, &key)
+            .expect_err("missing cert")
+            .to_string();
+        assert!(
+            err.contains("tls_cert") && err.contains("nope.pem"),
+            "{err}"
+        );
+        let err = super::super::tls::server_config(&cert, &cert)
+            .expect_err("a certificate is not a key")
+            .to_string();
+        assert!(err.contains("tls_key"), "{err}");
+        let (other, _) = {
+            let d2 = dir.path().join("other");
+            std::fs::create_dir_all(&d2).expect("dir");
+            self_signed(&d2)
+        };
+        let err = super::super::tls::server_config(&other, &key)
+            .expect_err("mismatched pair")
+            .to_string();
+        assert!(err.contains("does not fit"), "{err}");
     }
 
     #[test]

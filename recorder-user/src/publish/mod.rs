@@ -6,4 +6,5 @@ pub mod console;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod tls;
 pub mod webhook;
