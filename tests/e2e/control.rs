@@ -533,6 +533,22 @@ fn live_calls_recording_control_webhooks_and_console() {
         assert!(rms(&path, ch, s_pos - 1600, s_pos - TOLERANCE) > 1000.0);
     }
     assert!(recording_events(&cdr(&untouched)).is_empty());
+    // The CDR store keeps them: the API's call detail lists them from the database.
+    let detail = wait_for(
+        "the paused call in the database",
+        Duration::from_secs(20),
+        || {
+            let (status, v) = api("GET", &format!("/calls/{paused}"), &viewer, None);
+            (status == 200).then_some(v)
+        },
+    );
+    let actions: Vec<&str> = detail["recording_events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["pause", "resume"], "{detail}");
 
     // Webhooks of phase 1: three per call, delivered already.
     let uuids1: BTreeSet<String> = [&paused, &stopped, &untouched]

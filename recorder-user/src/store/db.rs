@@ -266,6 +266,19 @@ macro_rules! backend_sql {
                     .execute(&mut **tx)
                     .await?;
                 }
+                for (n, e) in c.recording_events.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO recording_events (call_uuid, n, action, at, at_ms) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(&c.uuid)
+                    .bind(n as i64)
+                    .bind(&e.action)
+                    .bind(&e.ts)
+                    .bind(i(e.at_ms))
+                    .execute(&mut **tx)
+                    .await?;
+                }
                 if let Some(r) = rec {
                     sqlx::query(
                         "INSERT INTO recordings (call_uuid, path, bytes, sha256, sample_rate, \
@@ -651,7 +664,11 @@ pub(crate) mod tests {
                 raw_rtp_pcap: None,
             }),
             worker: n % 2,
-            recording_events: vec![],
+            recording_events: vec![crate::store::cdr::RecordingEvent {
+                action: "pause".into(),
+                ts: super::super::cdr::rfc3339(start_ns + 1_500_000_000),
+                at_ms: 1500,
+            }],
             restart_gaps: vec![crate::store::cdr::RestartGap::new(
                 1_700_000_002_000_000_000 + u64::from(n),
                 1_700_000_004_500_000_000 + u64::from(n),
@@ -697,6 +714,7 @@ pub(crate) mod tests {
         assert_eq!(count(&db, "recordings").await, 4);
         assert_eq!(count(&db, "interactions").await, 2);
         assert_eq!(count(&db, "restart_gaps").await, 4);
+        assert_eq!(count(&db, "recording_events").await, 4);
         let gap: (i64, i64) = on_pool!(&db, pool => sqlx::query_as(
             "SELECT ms, to_ns - from_ns FROM restart_gaps WHERE call_uuid = $1")
             .bind(&cdrs[2].uuid)

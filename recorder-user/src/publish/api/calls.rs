@@ -104,6 +104,14 @@ pub struct DtmfRow {
     pub source: String,
 }
 
+/// A recording control during the call (pause, resume, stop, start).
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct RecordingEventRow {
+    pub action: String,
+    pub ts: String,
+    pub at_ms: i64,
+}
+
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct RecordingRow {
     pub bytes: i64,
@@ -128,6 +136,7 @@ pub struct CallDetail {
     pub packets_rtcp: i64,
     pub streams: Vec<StreamRow>,
     pub dtmf: Vec<DtmfRow>,
+    pub recording_events: Vec<RecordingEventRow>,
     pub recording: Option<RecordingRow>,
     pub has_raw_rtp_pcap: bool,
 }
@@ -347,6 +356,13 @@ pub async fn detail(
         &args,
         fetch_all
     )?;
+    let recording_events = fetch!(
+        db,
+        RecordingEventRow,
+        "SELECT action, at AS ts, at_ms FROM recording_events WHERE call_uuid = $1 ORDER BY n",
+        &args,
+        fetch_all
+    )?;
     let recording = fetch!(
         db,
         RecordingRow,
@@ -364,6 +380,7 @@ pub async fn detail(
         packets_rtcp: extra.packets_rtcp,
         streams,
         dtmf,
+        recording_events,
         has_raw_rtp_pcap: recording.as_ref().is_some_and(|r| r.raw_rtp_pcap.is_some()),
         recording,
     }))

@@ -188,16 +188,20 @@ fn schemas() -> Value {
             "rtcp_fraction_lost": nullable("number"), "rtcp_jitter_ms": nullable("number")}},
         "Dtmf": {"type": "object", "properties": {
             "side": s, "digit": s, "at_ms": int, "duration_ms": nullable("integer"), "source": s}},
+        "RecordingEvent": {"type": "object", "required": ["action", "ts", "at_ms"], "properties": {
+            "action": {"type": "string", "enum": ["start", "stop", "pause", "resume"]},
+            "ts": {"type": "string", "format": "date-time"}, "at_ms": int}},
         "Recording": {"type": "object", "nullable": true, "properties": {
             "bytes": int, "sha256": s, "sample_rate": int, "channels": int, "duration_ms": int,
             "location": s}},
         "CallDetail": {"allOf": [{"$ref": "#/components/schemas/CallSummary"}, {"type": "object",
-            "required": ["streams", "dtmf", "has_raw_rtp_pcap"],
+            "required": ["streams", "dtmf", "recording_events", "has_raw_rtp_pcap"],
             "properties": {
                 "unsupported_codecs": s, "missing_directions": s,
                 "packets_caller": int, "packets_callee": int, "packets_rtcp": int,
                 "streams": {"type": "array", "items": {"$ref": "#/components/schemas/Stream"}},
                 "dtmf": {"type": "array", "items": {"$ref": "#/components/schemas/Dtmf"}},
+                "recording_events": {"type": "array", "description": "Recording control during the call, in order", "items": {"$ref": "#/components/schemas/RecordingEvent"}},
                 "recording": {"$ref": "#/components/schemas/Recording"},
                 "has_raw_rtp_pcap": {"type": "boolean"}}}]},
         "Status": {"type": "object", "required": ["version", "uptime_s", "data_dir", "database"], "properties": {

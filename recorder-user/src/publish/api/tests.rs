@@ -307,6 +307,9 @@ async fn detail_has_streams_dtmf_and_recording() {
     assert_eq!(d["streams"].as_array().expect("streams").len(), 2);
     assert_eq!(d["streams"][0]["direction"], "caller");
     assert_eq!(d["dtmf"][0]["digit"], "5");
+    assert_eq!(d["recording_events"][0]["action"], "pause");
+    assert_eq!(d["recording_events"][0]["at_ms"], 1500);
+    assert_eq!(d["recording_events"][0]["ts"], "2023-11-14T22:13:24.500Z");
     assert_eq!(d["recording"]["sample_rate"], 8000);
     assert!(d.get("recording_path").is_none(), "no server paths: {d}");
     let missing = get(&f.app, "/api/v1/calls/no-such-call", &f.viewer).await;
