@@ -29,8 +29,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `calltap run` on `m0` with `extra` arguments and waits until it reports ready.
+    /// Starts `calltap run` on `m0` with `extra` arguments in an empty `data_dir` and waits
+    /// until it reports ready.
     pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let _ = std::fs::remove_dir_all(data_dir);
+        Self::restart(data_dir, extra, env)
+    }
+
+    /// Like [`Daemon::start`], but keeps what an earlier run left in `data_dir` (spool, queues,
+    /// database): a restart.
+    pub fn restart(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let bin = calltap_bin();
         if !bin.exists() {
             bail!(
@@ -38,7 +46,6 @@ impl Daemon {
                 bin.display()
             );
         }
-        let _ = std::fs::remove_dir_all(data_dir);
         std::fs::create_dir_all(data_dir)?;
         let mut argv = vec![
             bin.to_str().context("bin path")?,

@@ -200,20 +200,31 @@ fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
-/// PyPI tools the tests drive: schemathesis generates API requests from the OpenAPI document.
+/// PyPI tools the tests drive: schemathesis generates API requests from the OpenAPI document;
+/// moto's server is the S3 emulator of the archive fault test (boto3 checks what it holds).
 fn python_tools() -> Result<()> {
-    if output("schemathesis", &["--version"]).is_ok() {
-        println!("setup: schemathesis present");
-        return Ok(());
-    }
-    println!("setup: installing schemathesis (pip)");
-    let pip_ok = Command::new("python3")
-        .args(["-m", "pip", "install", "-q", "schemathesis"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !pip_ok {
-        bail!("pip install schemathesis failed");
+    let tools: [(&str, &[&str], &str); 2] = [
+        ("schemathesis", &["--version"], "schemathesis"),
+        (
+            "python3",
+            &["-c", "import moto.server, flask_cors, boto3"],
+            "moto[server]",
+        ),
+    ];
+    for (probe, args, package) in tools {
+        if output(probe, args).is_ok() {
+            println!("setup: {package} present");
+            continue;
+        }
+        println!("setup: installing {package} (pip)");
+        let pip_ok = Command::new("python3")
+            .args(["-m", "pip", "install", "-q", package])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !pip_ok {
+            bail!("pip install {package} failed");
+        }
     }
     Ok(())
 }

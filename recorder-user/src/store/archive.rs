@@ -69,9 +69,10 @@ pub enum ArchiverError {
 }
 
 /// Called once per file after its archive copy verified and the spool copy is gone, with the
-/// call's uuid and the archive location (a path or `s3://bucket/key`): the hook for
-/// `recording.archived` webhooks. Runs on the archiver thread, so it must not block long.
-pub type OnArchived = Box<dyn Fn(&str, &str) + Send>;
+/// file's job (call uuid, size, sha256, whether it is the raw RTP pcap) and the archive location
+/// (a path or `s3://bucket/key`): the hook for `recording.archived` webhooks. Runs on the
+/// archiver thread, so it must not block long.
+pub type OnArchived = Box<dyn Fn(&queue::Job, &str) + Send>;
 
 #[derive(Clone, Debug)]
 pub struct ArchiveConfig {
@@ -583,7 +584,7 @@ impl Worker {
                         log::error!("{e}");
                     }
                     if let Some(hook) = &self.on_archived {
-                        hook(&job.uuid, &location);
+                        hook(&job, &location);
                     }
                 }
                 Outcome::Drop => {
@@ -799,7 +800,9 @@ impl Worker {
     async fn retention(&mut self) {
         let spool = self.cfg.spool.clone();
         let rcfg = self.cfg.retention;
-        match retention::fs_usage(&spool) {
+        // The spool directory appears with the first recording; until then its filesystem is
+        // the data dir's.
+        match retention::fs_usage(&spool).or_else(|_| retention::fs_usage(&self.cfg.data_dir)) {
             Ok(u) => {
                 let c = &self.counters;
                 c.spool_fs_size_bytes.store(u.size, Ordering::Release);
