@@ -119,8 +119,8 @@ fn dir_backend_archives_verifies_removes_spool_and_updates_the_row() {
     let hook_seen = seen.clone();
     let archiver = Archiver::start(
         config(&s, TargetSpec::Dir(s.archive.clone())),
-        Some(Box::new(move |uuid: &str, loc: &str| {
-            lock_vec(&hook_seen).push((uuid.to_string(), loc.to_string()));
+        Some(Box::new(move |job: &super::queue::Job, loc: &str| {
+            lock_vec(&hook_seen).push((job.uuid.clone(), loc.to_string()));
         })),
     )
     .expect("start");
