@@ -206,11 +206,12 @@ impl Queue {
         Ok(q)
     }
 
+    /// One line in one write (O_APPEND): in the page cache at once, so a process crash keeps
+    /// it; [`Shared::sync`] makes it survive a power cut, outside the lock.
     fn append(&mut self, line: &Line) -> io::Result<()> {
         let mut bytes = serde_json::to_vec(line).map_err(io::Error::other)?;
         bytes.push(b'\n');
-        self.file.write_all(&bytes)?;
-        self.file.sync_data()
+        self.file.write_all(&bytes)
     }
 
     fn push(&mut self, event: Event) -> io::Result<()> {
@@ -265,6 +266,8 @@ struct Shared {
     /// [`Webhooks::finish`] was called: the delivery thread drains and stops even while
     /// producers (the live-call registry's listener) still hold senders.
     stopping: std::sync::atomic::AtomicBool,
+    /// Lines were appended since the last fsync.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -273,7 +276,23 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stores `event` in the disk queue (or counts it dropped when the queue is full).
+    /// fsyncs the queue file if anything was appended, on a duplicate of its descriptor so
+    /// producers overflowing into the queue never wait for the disk.
+    fn sync(&self) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let (file, path) = {
+            let q = self.lock();
+            (q.file.try_clone(), q.path.clone())
+        };
+        if let Err(e) = file.and_then(|f| f.sync_data()) {
+            log::error!("webhooks: fsync {}: {e}", path.display());
+        }
+    }
+
+    /// Stores `event` in the disk queue (or counts it dropped when the queue is full); a
+    /// write, no fsync (see [`Shared::sync`]).
     fn store(&self, event: Event) {
         let mut q = self.lock();
         if q.pending.len() >= MAX_PENDING {
@@ -285,6 +304,7 @@ impl Shared {
             return;
         }
         let id = event.id.clone();
+        self.dirty.store(true, Ordering::Release);
         match q.push(event) {
             Ok(()) => {
                 self.counters
@@ -311,6 +331,7 @@ impl WebhookSender {
         if self.shared.stopping.load(Ordering::Acquire) {
             // The delivery thread may already have drained its channel for the last time.
             self.shared.store(event);
+            self.shared.sync();
             return;
         }
         match self.tx.try_send(event) {
@@ -406,6 +427,7 @@ impl Webhooks {
             queue: Mutex::new(queue),
             counters: counters.clone(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = bounded(CHANNEL);
         let delivery = Delivery {
@@ -442,12 +464,14 @@ impl Webhooks {
     }
 
     fn stop(&mut self) {
-        if let Some(s) = self.sender.take() {
-            s.shared.stopping.store(true, Ordering::Release);
-        }
+        let Some(s) = self.sender.take() else {
+            return;
+        };
+        s.shared.stopping.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        s.shared.sync();
     }
 }
 
@@ -499,6 +523,8 @@ impl Delivery {
             while let Ok(e) = self.rx.try_recv() {
                 self.shared.store(e);
             }
+            // Every event is on disk for good before its first delivery attempt.
+            self.shared.sync();
             if self.shared.stopping.load(Ordering::Acquire) {
                 stop_by.get_or_insert_with(|| Instant::now() + DRAIN_ON_STOP);
             }
@@ -519,7 +545,10 @@ impl Delivery {
             match rt.block_on(self.post(&event)) {
                 Ok(()) => {
                     let mut q = self.shared.lock();
-                    // Only this thread removes events, so the front is still `event`.
+                    // Only this thread removes events, so the front is still `event`. The ack
+                    // is fsync'd on the next round: lost only by a power cut, when the event is
+                    // delivered once more (same id).
+                    self.shared.dirty.store(true, Ordering::Release);
                     if let Err(e) = q.ack() {
                         log::error!("webhooks: {}: {e}", q.path.display());
                     }

@@ -290,6 +290,7 @@ fn a_full_channel_overflows_to_the_disk_queue() {
         queue: Mutex::new(Queue::open(&path).expect("open")),
         counters: Arc::default(),
         stopping: AtomicBool::new(false),
+        dirty: AtomicBool::new(false),
     });
     let (tx, rx) = bounded(2);
     let sender = WebhookSender {
