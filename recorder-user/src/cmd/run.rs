@@ -43,8 +43,10 @@ use crate::{
         webhook::{WebhookConfig, Webhooks},
     },
     store::{
-        archive::{ArchiveConfig, ArchiveSnapshot, Archiver},
-        callstore::{CallStore, ACTIVE_DIR},
+        archive::{
+            queue::Job, target::TargetSpec, ArchiveConfig, ArchiveSnapshot, Archiver, OnArchived,
+        },
+        callstore::{CallStore, JournalWriter, ACTIVE_DIR},
         cdr::{Cdr, JsonlSink},
         writer::{CdrWriter, WriterConfig, WriterSnapshot},
     },
@@ -482,7 +484,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let writer = CdrWriter::start(WriterConfig::from_config(&cfg))?;
     // Finished recordings: spool -> archive, retention, disk alarm. Its own thread; handing a
     // file over never waits for the archive. `archiver.counters()` is the metrics handle.
-    let archiver = Archiver::start(ArchiveConfig::from_config(&cfg), None)?;
+    // With an archive configured, each archived WAV is a recording.archived webhook (the raw
+    // RTP pcap beside it is not; without an archive, recordings stay where call.ended says).
+    let archiving = !matches!(cfg.archive_target, TargetSpec::Spool);
+    let hooks = webhooks
+        .as_ref()
+        .and_then(Webhooks::sender)
+        .filter(|_| archiving);
+    let on_archived = hooks.map(|hooks| {
+        Box::new(move |job: &Job, location: &str| {
+            if !job.raw {
+                hooks.recording_archived(
+                    &job.uuid,
+                    location,
+                    job.bytes.unwrap_or(0),
+                    job.sha256.as_deref().unwrap_or(""),
+                );
+            }
+        }) as OnArchived
+    });
+    let archiver = Archiver::start(ArchiveConfig::from_config(&cfg), on_archived)?;
     let archive_submit = archiver.submitter();
     let capture_counters = match (&counters, &af) {
         (Some(c), _) => CaptureCounters::Xdp(c.clone()),
@@ -505,6 +526,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     metrics.set_inputs(fills);
     metrics.set_spool(cfg.recordings_dir());
     // The management server; started before the ready file so a watcher can scrape at once.
+    metrics.set_archive(archiver.counters());
+    // Without webhooks configured the series stay at zero, so dashboards show "none" rather
+    // than "no data".
+    metrics.set_webhooks(
+        webhooks
+            .as_ref()
+            .map(Webhooks::counters)
+            .unwrap_or_default(),
+    );
     let http_server = match &cfg.api_listen {
         Some(addr) => {
             let api = api::ApiState::connecting(&cfg, Some(writer.counters()));
@@ -610,6 +640,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let (calls, calls_not_listed, cdr_store) = cdr_handle
+    // The workers are gone: the journal thread writes what they queued (the calls they closed
+    // are removed) and ends.
+    let journal = journal_thread.finish();
+    log::info!(
+        "active-call journal: {} writes, {} removals, {} errors",
+        journal.writes,
+        journal.removals,
+        journal.errors
+    );
         .join()
         .map_err(|_| anyhow::anyhow!("cdr thread panicked"))?;
     // Every CDR is handed over: a last bounded attempt, the rest waits in the queue file.

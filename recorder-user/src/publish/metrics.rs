@@ -20,9 +20,11 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use super::webhook::WebhookCounters;
 use crate::{
     capture::{xdp::XdpCounters, InputFill},
     store::{
+        archive::{ArchiveCounters, ArchiveSnapshot},
         cdr::Cdr,
         writer::{Mode, WriterCounters},
     },
@@ -149,6 +151,9 @@ const CLASSES: &[(u32, &str)] = &[
     (counter::RTCP, "rtcp"),
 ];
 
+/// Reads one counter out of an archive snapshot.
+type ArchiveField = fn(&ArchiveSnapshot) -> u64;
+
 /// The registry and every metric CallTap exports.
 pub struct Metrics {
     registry: Registry,
@@ -173,6 +178,17 @@ pub struct Metrics {
     worker_lag: GaugeVec,
     spool_fs: IntGaugeVec,
     api_requests: IntCounterVec,
+    /// Archive and webhook series, from their threads' counters at scrape time.
+    archive_queue: IntGaugeVec,
+    archive_up: IntGauge,
+    spool_alarm: IntGauge,
+    archive_failures: IntCounterVec,
+    /// Plain archive/retention counters with the snapshot field each one reads.
+    archive_counters: Vec<(IntCounter, ArchiveField)>,
+    webhook_queue: IntGauge,
+    webhook_events: IntCounterVec,
+    webhook_failures: IntCounter,
+    webhook_retries: IntCounter,
     sources: Sources,
 }
 
@@ -184,6 +200,8 @@ struct Sources {
     inputs: OnceLock<Vec<(String, InputFill)>>,
     /// The recordings spool, for the filesystem gauges.
     spool: OnceLock<PathBuf>,
+    archive: OnceLock<Arc<ArchiveCounters>>,
+    webhooks: OnceLock<Arc<WebhookCounters>>,
 }
 
 /// Sets a counter to a value read from a monotonic source.
@@ -241,6 +259,64 @@ impl Metrics {
             Ok::<_, prometheus::Error>(g)
         };
         registry.register(Box::new(live.flush_seconds.clone()))?;
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let archive_up = gauge(
+            "calltap_archive_up",
+            "1 while the archive is reachable (last attempt succeeded), 0 after a failure.",
+        )?;
+        let spool_alarm = gauge(
+            "calltap_spool_disk_full_alarm",
+            "1 while the spool filesystem is above [retention] spool_alarm_percent.",
+        )?;
+        let webhook_queue = gauge(
+            "calltap_webhook_queue_events",
+            "Webhook events waiting for delivery (including those restored from disk).",
+        )?;
+        let archive_fields: [(&str, &str, ArchiveField); 7] = [
+            (
+                "calltap_archive_failures_total",
+                "Archive attempts that failed (archive unavailable, copy did not verify).",
+                |s| s.failures_total,
+            ),
+            (
+                "calltap_archive_files_total",
+                "Recordings archived and verified (spool copy removed).",
+                |s| s.archived_total,
+            ),
+            (
+                "calltap_archive_bytes_total",
+                "Bytes of recordings archived and verified.",
+                |s| s.bytes_archived_total,
+            ),
+            (
+                "calltap_archive_retries_total",
+                "Archive attempts that retried an earlier failure.",
+                |s| s.retries_total,
+            ),
+            (
+                "calltap_archive_db_updates_total",
+                "Database rows moved to their archive location.",
+                |s| s.db_updates_total,
+            ),
+            (
+                "calltap_retention_deleted_files_total",
+                "Archived recordings deleted by retention.",
+                |s| s.retention_deleted_total,
+            ),
+            (
+                "calltap_retention_deleted_bytes_total",
+                "Bytes of archived recordings deleted by retention.",
+                |s| s.retention_deleted_bytes_total,
+            ),
+        ];
+        let archive_counters = archive_fields
+            .into_iter()
+            .map(|(name, help, f)| Ok((counter(name, help)?, f)))
+            .collect::<Result<Vec<_>, prometheus::Error>>()?;
         let cdr_rows = [
             (
                 "written",
@@ -352,6 +428,34 @@ impl Metrics {
                 "Management HTTP requests by route template and status code.",
                 &["route", "status"],
             )?,
+            archive_queue: gauge_vec(
+                "calltap_archive_queue_files",
+                "Files in the archive queue (queued) and, of those, not yet copied (unarchived).",
+                &["state"],
+            )?,
+            archive_up,
+            spool_alarm,
+            archive_failures: counter_vec(
+                "calltap_archive_problems_total",
+                "Archive problems by kind: verify (copy did not match), source_mismatch (spool \
+                 file differs from its CDR; kept), missing (file gone), db_update (row not moved).",
+                &["kind"],
+            )?,
+            archive_counters,
+            webhook_queue,
+            webhook_events: counter_vec(
+                "calltap_webhook_events_total",
+                "Webhook events by outcome: queued, delivered, dropped (queue full).",
+                &["outcome"],
+            )?,
+            webhook_failures: counter(
+                "calltap_webhook_delivery_failures_total",
+                "Webhook delivery attempts that failed (refused, timeout, non-2xx).",
+            )?,
+            webhook_retries: counter(
+                "calltap_webhook_retries_total",
+                "Webhook delivery attempts that retried an earlier failure.",
+            )?,
             registry,
             sources: Sources {
                 capture,
@@ -359,6 +463,8 @@ impl Metrics {
                 writer,
                 inputs: OnceLock::new(),
                 spool: OnceLock::new(),
+                archive: OnceLock::new(),
+                webhooks: OnceLock::new(),
             },
         })
     }
@@ -371,6 +477,16 @@ impl Metrics {
     /// The recordings spool whose filesystem the scrape reports.
     pub fn set_spool(&self, dir: PathBuf) {
         let _ = self.sources.spool.set(dir);
+    }
+
+    /// The archiver's counters, read at each scrape.
+    pub fn set_archive(&self, c: Arc<ArchiveCounters>) {
+        let _ = self.sources.archive.set(c);
+    }
+
+    /// The webhook deliverer's counters, read at each scrape.
+    pub fn set_webhooks(&self, c: Arc<WebhookCounters>) {
+        let _ = self.sources.webhooks.set(c);
     }
 
     /// Counts one management HTTP request (`route` is the matched template, never a raw path).
@@ -473,6 +589,41 @@ impl Metrics {
             for (label, fill) in inputs {
                 self.ring_fill.with_label_values(&[label]).set(fill.ratio());
             }
+        }
+        if let Some(a) = self.sources.archive.get() {
+            let s = a.snapshot();
+            for (state, v) in [("queued", s.queue_len), ("unarchived", s.queue_unarchived)] {
+                self.archive_queue
+                    .with_label_values(&[state])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+            self.archive_up.set(i64::from(s.archive_up));
+            self.spool_alarm.set(i64::from(s.disk_full_alarm));
+            for (kind, v) in [
+                ("verify", s.verify_failures_total),
+                ("source_mismatch", s.source_mismatches_total),
+                ("missing", s.missing_total),
+                ("db_update", s.db_update_failures_total),
+            ] {
+                set_counter(&self.archive_failures.with_label_values(&[kind]), v);
+            }
+            for (c, f) in &self.archive_counters {
+                set_counter(c, f(&s));
+            }
+        }
+        if let Some(w) = self.sources.webhooks.get() {
+            let s = w.snapshot();
+            self.webhook_queue
+                .set(i64::try_from(s.pending).unwrap_or(i64::MAX));
+            for (outcome, v) in [
+                ("queued", s.queued),
+                ("delivered", s.delivered),
+                ("dropped", s.dropped),
+            ] {
+                set_counter(&self.webhook_events.with_label_values(&[outcome]), v);
+            }
+            set_counter(&self.webhook_failures, s.failures);
+            set_counter(&self.webhook_retries, s.retries);
         }
         if let Some(dir) = self.sources.spool.get() {
             match filesystem(dir) {
@@ -605,6 +756,16 @@ mod tests {
             .lag_ns
             .store(1_500_000, Ordering::Relaxed);
         m.sources.live.flush_seconds.observe(0.002);
+        let archive = Arc::new(ArchiveCounters::default());
+        archive.archived_total.store(5, Ordering::Relaxed);
+        archive.failures_total.store(2, Ordering::Relaxed);
+        archive.verify_failures_total.store(1, Ordering::Relaxed);
+        archive.queue_len.store(3, Ordering::Relaxed);
+        archive
+            .disk_full_alarm
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        m.set_archive(archive);
+        m.set_webhooks(Arc::new(WebhookCounters::default()));
         let text = m.render();
         for line in [
             "calltap_capture_packets_total{cpu=\"all\"} 10",
@@ -625,6 +786,15 @@ mod tests {
             "calltap_cdr_store_mode{mode=\"starting\"} 1",
             "calltap_cdr_rows_journaled_total 0",
             "calltap_cdr_rows_pending_import 0",
+            "calltap_archive_files_total 5",
+            "calltap_archive_failures_total 2",
+            "calltap_archive_problems_total{kind=\"verify\"} 1",
+            "calltap_archive_queue_files{state=\"queued\"} 3",
+            "calltap_archive_up 0",
+            "calltap_spool_disk_full_alarm 1",
+            "calltap_webhook_queue_events 0",
+            "calltap_webhook_events_total{outcome=\"delivered\"} 0",
+            "calltap_webhook_delivery_failures_total 0",
             "calltap_worker_ring_fill_ratio{worker=\"signalling\"} 0.25",
             "calltap_worker_lag_seconds{worker=\"0\"} 0.0015",
             "calltap_recording_flush_seconds_bucket{le=\"0.0025\"} 1",
