@@ -322,3 +322,43 @@ fn files_outside_the_spool_are_refused() {
     assert!(jobs[1].raw && jobs[1].sha256.is_none());
     assert_eq!(jobs[1].rel, "2026/01/02/call-5.pcap");
 }
+
+#[test]
+fn jobs_that_find_the_channel_full_go_to_the_queue_file_and_are_archived() {
+    let s = spool();
+    let cdrs: Vec<Cdr> = (0..20).map(|i| call(&s, i, 64 + i as usize)).collect();
+    let archiver =
+        Archiver::start(config(&s, TargetSpec::Dir(s.archive.clone())), None).expect("start");
+    let counters = archiver.counters();
+    // A submitter whose channel is always full: every job takes the overflow path.
+    let (full, _keep) = bounded(1);
+    full.try_send(jobs_of(&cdrs[0], &s.spool).remove(0))
+        .expect("fill");
+    let submitter = ArchiveSubmitter {
+        tx: Some(full),
+        queue: archiver.queue.clone(),
+        spool: s.spool.clone(),
+    };
+    for c in &cdrs {
+        submitter.submit(c);
+    }
+    wait_for("every file archived", || {
+        counters.snapshot().archived_total == 20
+    });
+    archiver.finish();
+    assert_eq!(walk_names(&s.archive).len(), 20);
+    assert!(walk_names(&s.spool).is_empty());
+}
+
+#[test]
+fn a_nearly_full_spool_raises_the_alarm() {
+    let s = spool();
+    let mut cfg = config(&s, TargetSpec::Spool);
+    // Any real filesystem is at least 1% used.
+    cfg.retention.spool_alarm_percent = 1;
+    let archiver = Archiver::start(cfg, None).expect("start");
+    let counters = archiver.counters();
+    wait_for("alarm", || counters.snapshot().disk_full_alarm);
+    let snap = archiver.finish();
+    assert!(snap.spool_fs_size_bytes > 0 && snap.spool_fs_used_fraction > 0.0);
+}
