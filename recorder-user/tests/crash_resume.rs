@@ -16,7 +16,7 @@ use calltap::{
     config::Config,
     pipeline::{media::MediaWorker, signalling::SignallingWorker, Control},
     store::{
-        callstore::{CallStore, ACTIVE_DIR},
+        callstore::{CallStore, JournalWriter, ACTIVE_DIR},
         cdr::Cdr,
     },
 };
@@ -57,10 +57,12 @@ impl Run {
             .map(|i| MediaWorker::new(i, mcfg.clone()))
             .collect();
         if let Some(store) = store {
-            sig = sig.with_store(store.clone());
+            // Inline: the file system work happens at once, so the kill below comes after it.
+            let journal = JournalWriter::inline(store.clone());
+            sig = sig.with_store(journal.clone());
             media = media
                 .into_iter()
-                .map(|w| w.with_store(store.clone()))
+                .map(|w| w.with_store(journal.clone()))
                 .collect();
         }
         sig.set_sip_ports(&cfg.sip_ports);

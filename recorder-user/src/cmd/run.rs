@@ -421,10 +421,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             resumed.calls.len()
         );
     }
+    let (journal, journal_thread) = JournalWriter::start(callstore)?;
     for (i, input) in inputs.into_iter().enumerate() {
         let (tx, rx) = unbounded::<Control>();
         ctl_txs.push(tx);
-        let worker = MediaWorker::new(i as u32, mcfg.clone()).with_store(callstore.clone());
+        let worker = MediaWorker::new(i as u32, mcfg.clone()).with_store(journal.clone());
         let (cdrs, timeouts, sd, lv) = (
             cdr_tx.clone(),
             to_tx.clone(),
@@ -473,7 +474,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let sig_handle = thread::Builder::new()
         .name("signalling".into())
         .spawn(move || {
-            let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0).with_store(callstore);
+            let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0).with_store(journal);
             sig.set_sip_ports(&sip_ports);
             let mut sink = sink;
             sig.restore(resumed, now_ns(), &mut sink);
@@ -525,7 +526,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     metrics.set_inputs(fills);
     metrics.set_spool(cfg.recordings_dir());
-    // The management server; started before the ready file so a watcher can scrape at once.
     metrics.set_archive(archiver.counters());
     // Without webhooks configured the series stay at zero, so dashboards show "none" rather
     // than "no data".
@@ -535,6 +535,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .map(Webhooks::counters)
             .unwrap_or_default(),
     );
+    // The management server; started before the ready file so a watcher can scrape at once.
     let http_server = match &cfg.api_listen {
         Some(addr) => {
             let api = api::ApiState::connecting(&cfg, Some(writer.counters()));
@@ -639,7 +640,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("media thread panicked"))?,
         );
     }
-    let (calls, calls_not_listed, cdr_store) = cdr_handle
     // The workers are gone: the journal thread writes what they queued (the calls they closed
     // are removed) and ends.
     let journal = journal_thread.finish();
@@ -649,6 +649,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         journal.removals,
         journal.errors
     );
+    let (calls, calls_not_listed, cdr_store) = cdr_handle
         .join()
         .map_err(|_| anyhow::anyhow!("cdr thread panicked"))?;
     // Every CDR is handed over: a last bounded attempt, the rest waits in the queue file.

@@ -34,8 +34,8 @@ use crate::{
     capture::Record,
     store::{
         callstore::{
-            CallJournal, CallStore, DirJournal, SideJournal, WavJournal, COUNTERS_NS, DURABLE_NS,
-            VERSION,
+            CallJournal, DirJournal, JournalWriter, SideJournal, WavJournal, COUNTERS_NS,
+            DURABLE_NS, VERSION,
         },
         cdr::{rfc3339, Cdr, Dtmf, PacketCounts, Party, Recording, RestartGap, StreamQuality},
         paths::{expand, PathFields},
@@ -365,7 +365,7 @@ pub struct MediaWorker {
     resampled: Box<[i16; PCM_MAX]>,
     last_flush_ns: u64,
     /// The active-call journal (`calltap run`; replay has none).
-    store: Option<CallStore>,
+    store: Option<JournalWriter>,
     pub stats: WorkerStats,
 }
 
@@ -391,7 +391,7 @@ impl MediaWorker {
     }
 
     /// Journals this worker's active calls in `store` (see [`crate::store::callstore`]).
-    pub fn with_store(mut self, store: CallStore) -> MediaWorker {
+    pub fn with_store(mut self, store: JournalWriter) -> MediaWorker {
         self.store = Some(store);
         self
     }
@@ -886,7 +886,6 @@ impl MediaWorker {
         let Some(store) = &self.store else {
             return;
         };
-        let mut wrote = false;
         let mut failed = None;
         for c in self.calls.values_mut() {
             let m = material(c);
@@ -903,7 +902,7 @@ impl MediaWorker {
             if !durable && !counters {
                 continue;
             }
-            match store.save(&journal_of(c, self.id, now), durable) {
+            match store.save(journal_of(c, self.id, now), durable) {
                 Ok(()) => {
                     self.stats.journal_writes += 1;
                     c.journal.dirty = false;
@@ -912,18 +911,12 @@ impl MediaWorker {
                     c.journal.packets = packets;
                     if durable {
                         c.journal.durable_ns = now;
-                        wrote = true;
                     }
                 }
                 Err(e) => {
                     self.stats.journal_errors += 1;
                     failed = Some(e);
                 }
-            }
-        }
-        if wrote {
-            if let Err(e) = store.sync() {
-                failed = Some(e);
             }
         }
         if let Some(e) = failed {

@@ -25,7 +25,7 @@ use super::{
 use crate::{
     capture::Record,
     store::{
-        callstore::{CallJournal, CallStore, Loaded},
+        callstore::{CallJournal, JournalWriter, Loaded},
         cdr::RestartGap,
     },
 };
@@ -95,7 +95,7 @@ pub struct SignallingWorker<T: MediaTable> {
     recently_ended: HashMap<MediaKey, (CallRef, u32, u64)>,
     /// The active-call journal: dialog changes are sent to the owning media worker (which
     /// journals the call), and a heartbeat is written on the tick.
-    store: Option<CallStore>,
+    store: Option<JournalWriter>,
     touched: Vec<CallRef>,
     next_untracked: u64,
     pub stats: SignallingStats,
@@ -169,7 +169,7 @@ impl<T: MediaTable> SignallingWorker<T> {
     }
 
     /// Turns the active-call journal on (see [`crate::store::callstore`]).
-    pub fn with_store(mut self, store: CallStore) -> Self {
+    pub fn with_store(mut self, store: JournalWriter) -> Self {
         self.tracker.track_touched();
         self.store = Some(store);
         self
