@@ -293,7 +293,12 @@ impl Archiver {
         };
         let handle = thread::Builder::new()
             .name("archive".into())
-            .spawn(move || rt.block_on(worker.run()))
+            .spawn(move || {
+                rt.block_on(worker.run());
+                // A copy blocked on a hung NAS must not hold up the daemon's exit: the queue
+                // file still lists that file for the next run.
+                rt.shutdown_timeout(Duration::from_secs(2));
+            })
             .map_err(ArchiverError::Spawn)?;
         let spool = cfg.spool;
         Ok(Archiver {

@@ -224,9 +224,21 @@ impl Target {
                     want.clone(),
                     rel.to_string(),
                 );
-                tokio::task::spawn_blocking(move || copy_to_dir(&spool, &dest, &want, &rel))
-                    .await
-                    .map_err(|e| ArchiveError::Unavailable(format!("copy task: {e}")))?
+                // A hung NAS (hard NFS mount) blocks the copy's system calls: give up waiting
+                // after a generous bound (a minute plus one second per MiB) so the archiver
+                // goes on retrying and reporting instead of hanging with it.
+                let limit = Duration::from_secs(60 + want.bytes / (1 << 20));
+                let copy =
+                    tokio::task::spawn_blocking(move || copy_to_dir(&spool, &dest, &want, &rel));
+                match tokio::time::timeout(limit, copy).await {
+                    Ok(done) => {
+                        done.map_err(|e| ArchiveError::Unavailable(format!("copy task: {e}")))?
+                    }
+                    Err(_) => Err(ArchiveError::Unavailable(format!(
+                        "copying to {} took longer than {limit:?}",
+                        root.display()
+                    ))),
+                }
             }
             Target::S3 { store, prefix, .. } => {
                 let key = object_key(prefix, rel);
