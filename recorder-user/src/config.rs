@@ -519,6 +519,18 @@ fn archive_from_raw(
     let (t, o) = raw.get("archive", "target");
     let target =
         TargetSpec::parse(t).map_err(|expected| bad(o, "archive", "target", t, expected))?;
+    if let TargetSpec::Dir(root) = &target {
+        let data = std::path::Path::new(raw.get("storage", "data_dir").0.trim());
+        if root.starts_with(data) || data.starts_with(root) {
+            return Err(bad(
+                o,
+                "archive",
+                "target",
+                t,
+                "a directory outside [storage] data_dir (archiving into it would delete the only copy)",
+            ));
+        }
+    }
     let opt =
         |key: &str| Some(raw.get("archive", key).0.trim().to_string()).filter(|s| !s.is_empty());
     let endpoint = opt("s3_endpoint");
@@ -849,6 +861,10 @@ mod tests {
         );
         for (pairs, key) in [
             (vec![("CALLTAP_ARCHIVE_TARGET", "relative/dir")], "target"),
+            (
+                vec![("CALLTAP_ARCHIVE_TARGET", "/var/lib/calltap/archive")],
+                "target",
+            ),
             (
                 vec![
                     ("CALLTAP_ARCHIVE_TARGET", "s3://calls"),

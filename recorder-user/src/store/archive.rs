@@ -66,6 +66,21 @@ pub enum ArchiverError {
     Spawn(std::io::Error),
     #[error("creating the archiver's runtime: {0}")]
     Runtime(std::io::Error),
+    /// Archiving into the data dir (or the data dir into the archive) would delete the only
+    /// copy of a recording, and retention would sweep the database and journals.
+    #[error(
+        "[archive] target {archive} overlaps the data dir {data}: the archive must be a \
+         directory of its own, outside the data dir"
+    )]
+    Overlap { archive: String, data: String },
+}
+
+/// True when one of the two directories lies inside the other (or they are the same), also
+/// through symlinks for the parts that exist.
+fn overlaps(a: &Path, b: &Path) -> bool {
+    let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let (a, b) = (real(a), real(b));
+    a.starts_with(&b) || b.starts_with(&a)
 }
 
 /// Called once per file after its archive copy verified and the spool copy is gone, with the
@@ -258,6 +273,14 @@ impl Archiver {
         cfg: ArchiveConfig,
         on_archived: Option<OnArchived>,
     ) -> Result<Archiver, ArchiverError> {
+        if let TargetSpec::Dir(root) = &cfg.target {
+            if overlaps(root, &cfg.data_dir) {
+                return Err(ArchiverError::Overlap {
+                    archive: root.display().to_string(),
+                    data: cfg.data_dir.display().to_string(),
+                });
+            }
+        }
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| QueueError::Io {
             path: cfg.data_dir.clone(),
             source,
@@ -853,7 +876,10 @@ impl Worker {
                 .unwrap_or_default()
             }
             Some(Target::Dir(root)) => tokio::task::spawn_blocking(move || {
-                retention::sweep_dir(&root, &rcfg, now, true, &|_, _| true)
+                // Only recordings: the archive root may be a share with other files on it.
+                retention::sweep_dir(&root, &rcfg, now, true, &|p, _| {
+                    matches!(p.extension().and_then(|e| e.to_str()), Some("wav" | "pcap"))
+                })
             })
             .await
             .unwrap_or_default(),

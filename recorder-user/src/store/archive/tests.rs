@@ -362,3 +362,21 @@ fn a_nearly_full_spool_raises_the_alarm() {
     let snap = archiver.finish();
     assert!(snap.spool_fs_size_bytes > 0 && snap.spool_fs_used_fraction > 0.0);
 }
+
+#[test]
+fn an_archive_dir_overlapping_the_data_dir_is_refused() {
+    let s = spool();
+    for root in [
+        s.data.clone(),
+        s.spool.join("archive"),
+        s.data.parent().expect("p").to_path_buf(),
+    ] {
+        let err = Archiver::start(config(&s, TargetSpec::Dir(root.clone())), None)
+            .err()
+            .unwrap_or_else(|| panic!("{} accepted", root.display()));
+        assert!(matches!(err, ArchiverError::Overlap { .. }), "{err}");
+    }
+    Archiver::start(config(&s, TargetSpec::Dir(s.archive.clone())), None)
+        .expect("a separate directory")
+        .finish();
+}
