@@ -217,11 +217,29 @@ fn killed_mid_call_resumes_the_same_wav_and_closes_calls_that_ended_meanwhile() 
         .rtp(true, 1020, 0, 185, ramp(9), |_| false)
         .rtp(false, 1020, 0, 185, ramp(99), |_| false)
         .bye(4750);
+    // D: put on hold at 3 s (re-INVITE sendonly, no audio since), still on hold through the
+    // outage and after it: silence is expected, so it is not closed as recorder_restart; it
+    // resumes after the restart and hangs up at 14 s.
+    let mut d = Call::new("resume-d@test").callee_at([198, 18, 5, 1]);
+    d.invite(30, "sendrecv", false)
+        .respond(130, 180, "Ringing", None)
+        .respond(1000, 200, "OK", Some("sendrecv"))
+        .ack(1010)
+        .rtp(true, 1020, 0, 99, ramp(3), |_| false)
+        .invite(3000, "sendonly", true)
+        .respond(3010, 200, "OK", Some("recvonly"))
+        .ack(3020)
+        .invite(12_000, "sendrecv", true)
+        .respond(12_010, 200, "OK", Some("sendrecv"))
+        .ack(12_020)
+        .rtp(true, 12_040, 550, 90, ramp(3), |_| false)
+        .bye(14_000);
     let mut all: Vec<&Packet> = a
         .packets
         .iter()
         .chain(b.packets.iter())
         .chain(c.packets.iter())
+        .chain(d.packets.iter())
         .collect();
     all.sort_by_key(|p| p.at_ns);
     let crash_at = 5100 * MS;
@@ -249,25 +267,25 @@ fn killed_mid_call_resumes_the_same_wav_and_closes_calls_that_ended_meanwhile() 
     first.feed(&before);
     first.idle(BASE + crash_at);
     assert!(first.cdrs.is_empty(), "no CDR written yet");
-    assert_eq!(journal_files(&active), 3, "every call journaled");
+    assert_eq!(journal_files(&active), 4, "every call journaled");
     let last_tick = first.last_tick;
     // kill -9: no finish, no CDR, the WAV maps just go away.
     drop(first);
 
     // The restarted run, with one media worker fewer.
     let loaded = store.load();
-    assert_eq!((loaded.calls.len(), loaded.corrupt), (3, 0));
+    assert_eq!((loaded.calls.len(), loaded.corrupt), (4, 0));
     assert_eq!(loaded.last_alive_ns, Some(last_tick));
     let mut second = Run::new(&dir, 1, Some(&store));
     second.sig.restore(loaded, back_at, &mut second.queue);
     second.deliver();
     second.last_tick = back_at;
-    assert_eq!(second.sig.stats.calls_restored, 2);
+    assert_eq!(second.sig.stats.calls_restored, 3);
     assert_eq!(second.sig.stats.calls_restored_ended, 1);
     second.feed(&after);
     second.idle(BASE + 16_000 * MS);
     let cdrs = second.finish();
-    assert_eq!(cdrs.len(), 3, "{cdrs:#?}");
+    assert_eq!(cdrs.len(), 4, "{cdrs:#?}");
     assert_eq!(
         journal_files(&active),
         0,
@@ -346,6 +364,55 @@ fn killed_mid_call_resumes_the_same_wav_and_closes_calls_that_ended_meanwhile() 
     );
     assert_eq!((wc.bytes, &wc.sha256), (wrc.bytes, &wrc.sha256));
 
+    // D: on hold through the outage, so not closed by the grace period; the resume re-INVITE
+    // and the BYE match the restored dialog; same recording as the reference.
+    let cd = cdr_of(&cdrs, "resume-d@test");
+    let rd = cdr_of(&ref_cdrs, "resume-d@test");
+    assert_eq!(cd.end_reason, "bye_caller", "{cd:#?}");
+    assert_eq!(cd.end_ns, rd.end_ns);
+    assert_eq!(cd.restart_gaps.len(), 1);
+    let (wd, wrd) = (
+        cd.recording.as_ref().expect("D recording"),
+        rd.recording.as_ref().expect("reference D"),
+    );
+    assert_eq!((wd.bytes, &wd.sha256), (wrd.bytes, &wrd.sha256));
+
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&ref_dir);
+}
+
+/// Found by the test above: two calls behind one caller endpoint (a PBX or SBC sending all its
+/// calls' media from one address), on different workers; a re-INVITE (hold) of the call that
+/// claimed the endpoint last cleared its "shared" mark, so the other call's audio to that endpoint went
+/// to the wrong worker and into the wrong recording. The mark now survives the re-INVITE.
+#[test]
+fn reinvite_keeps_a_shared_endpoint_shared() {
+    let mut first = Call::new("shared-1@test");
+    first
+        .invite(0, "sendrecv", false)
+        .respond(100, 200, "OK", Some("sendrecv"))
+        .ack(110)
+        .rtp(false, 200, 0, 250, ramp(40), |_| false)
+        .bye(5300);
+    let mut second = Call::new("shared-2@test").callee_at([198, 18, 6, 1]);
+    second
+        .invite(20, "sendrecv", false)
+        .respond(120, 200, "OK", Some("sendrecv"))
+        .ack(130)
+        .invite(1000, "sendonly", true)
+        .respond(1010, 200, "OK", Some("recvonly"))
+        .ack(1020)
+        .bye(5400);
+    let dir = scratch("shared");
+    let mut run = Run::new(&dir, 2, None);
+    let mut all: Vec<&Packet> = first.packets.iter().chain(second.packets.iter()).collect();
+    all.sort_by_key(|p| p.at_ns);
+    run.feed(&all);
+    let cdrs = run.finish();
+    let one = cdr_of(&cdrs, "shared-1@test");
+    let two = cdr_of(&cdrs, "shared-2@test");
+    assert_ne!(one.worker, two.worker, "the calls are on different workers");
+    assert_eq!(one.packets.callee, 250, "{one:#?}");
+    assert_eq!(two.packets.callee + two.packets.caller, 0, "{two:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

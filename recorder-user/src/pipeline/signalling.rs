@@ -86,6 +86,9 @@ pub struct SignallingWorker<T: MediaTable> {
     routes: HashMap<CallRef, Route>,
     /// Which call currently owns a media key in the table (two calls may reuse an endpoint).
     owners: HashMap<MediaKey, CallRef>,
+    /// Keys marked shared in the table (several live calls use the endpoint): a re-INVITE of
+    /// the owner must not clear the mark, or the other calls' packets go to the owner's worker.
+    shared: std::collections::HashSet<MediaKey>,
     events: Vec<CallEvent>,
     node: u32,
     /// Unclaimed media waiting (bounded, briefly) for the SIP that will claim it.
@@ -156,6 +159,7 @@ impl<T: MediaTable> SignallingWorker<T> {
             load: vec![0; workers as usize],
             routes: HashMap::new(),
             owners: HashMap::new(),
+            shared: std::collections::HashSet::new(),
             events: Vec::new(),
             node,
             pending: std::collections::VecDeque::new(),
@@ -550,6 +554,19 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.sip_ports.extend(ports.iter().copied());
     }
 
+    /// A configuration reload: new call limits, and SIP ports to recognise from now on (the
+    /// classifier's table learns them too).
+    pub fn reconfigure(&mut self, tracker: TrackerConfig, added_sip_ports: &[u16]) {
+        self.tracker.set_config(tracker);
+        for &port in added_sip_ports {
+            if let Err(e) = self.table.learn_sip_port(port) {
+                log::error!("reload: SIP port {port} not added to the classifier: {e}");
+                self.stats.media_table_errors += 1;
+            }
+        }
+        self.set_sip_ports(added_sip_ports);
+    }
+
     fn message(
         &mut self,
         msg: &Message,
@@ -648,10 +665,17 @@ impl<T: MediaTable> SignallingWorker<T> {
     /// Steers `key` to `worker` for `call`. Another live call on the same endpoint marks it
     /// shared, so packets sent to it are told apart by their source.
     fn claim(&mut self, key: MediaKey, call: CallRef, worker: u32) {
-        let shared = self
-            .owners
-            .insert(key, call)
-            .is_some_and(|prev| prev != call && self.routes.contains_key(&prev));
+        let shared = match self.owners.insert(key, call) {
+            Some(prev) if prev != call => self.routes.contains_key(&prev),
+            // The owner claims again (re-INVITE): shared as before.
+            Some(_) => self.shared.contains(&key),
+            None => false,
+        };
+        if shared {
+            self.shared.insert(key);
+        } else {
+            self.shared.remove(&key);
+        }
         let flags = if shared {
             calltap_common::media_flags::SHARED
         } else {
@@ -669,6 +693,7 @@ impl<T: MediaTable> SignallingWorker<T> {
     fn release(&mut self, key: &MediaKey, call: CallRef) {
         if self.owners.get(key) == Some(&call) {
             self.owners.remove(key);
+            self.shared.remove(key);
             self.table.remove(key);
         }
     }
