@@ -45,10 +45,14 @@ const CONSOLE: &str = "127.0.0.1:15023";
 const SECRET: &str = "e2e-webhook-secret";
 /// WAV sample rate of G.711 calls.
 const RATE: u64 = 8000;
-/// How far a control's effect may sit from the position its timestamp names: the RTP packet
-/// in flight when it arrived (20 ms), the timeline's anchor on the first packet, and the
-/// 80-sample blocks the silence is measured in.
-const TOLERANCE: u64 = 2 * 160 + 80;
+/// How far the silence of a pause may sit from the positions its control timestamps name:
+/// one RTP packet (20 ms, the timeline's anchor on the first packet) and the 80-sample blocks
+/// the silence is measured in. The worker blanks audio written after a pause was asked for and
+/// writes held audio from after a resume, so the latency of the request does not count.
+const TOLERANCE: u64 = 160 + 80;
+/// How much longer than the stop position a stopped file may be: the packets already written
+/// past the stop when it arrived stay in the file (as silence).
+const STOP_TOLERANCE: u64 = 2 * 160 + 80;
 
 fn work_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("calltap-e2e-{name}"));
@@ -522,7 +526,7 @@ fn live_calls_recording_control_webhooks_and_console() {
     let (_, frames) = silent_blocks(&path);
     eprintln!("stopped at {s_pos}, recording ends at {frames} (samples)");
     assert!(
-        frames.abs_diff(s_pos) <= TOLERANCE,
+        frames.abs_diff(s_pos) <= STOP_TOLERANCE,
         "recording ends at {frames}, stopped at {s_pos}"
     );
     assert!(
@@ -530,7 +534,7 @@ fn live_calls_recording_control_webhooks_and_console() {
         "{c}"
     );
     for ch in 0..2 {
-        assert!(rms(&path, ch, s_pos - 1600, s_pos - TOLERANCE) > 1000.0);
+        assert!(rms(&path, ch, s_pos - 1600, s_pos - STOP_TOLERANCE) > 1000.0);
     }
     assert!(recording_events(&cdr(&untouched)).is_empty());
     // The CDR store keeps them: the API's call detail lists them from the database.

@@ -542,8 +542,13 @@ impl MediaWorker {
                     let at = ts_ns.saturating_sub(c.setup.start_ns);
                     if c.gate.apply(action, at) {
                         let closing = c.gate.state() != super::recording::RecordingState::Recording;
-                        if let (true, Some(w)) = (closing, c.wav.as_mut()) {
-                            if super::recording::blank_from(w, at).is_err() {
+                        if let Some(w) = c.wav.as_mut() {
+                            let done = if closing {
+                                super::recording::blank_from(w, at)
+                            } else {
+                                c.gate.close_span(w)
+                            };
+                            if done.is_err() {
                                 self.stats.write_errors += 1;
                             }
                         }
@@ -809,19 +814,8 @@ impl MediaWorker {
             }
         }
         if let Some(w) = c.wav.as_mut() {
-            let mut res = Ok(());
-            if c.gate.is_clear() {
-                res = w.write(sender, pos, samples);
-            } else {
-                // Paused or stopped spans stay silence: only the parts outside them are written.
-                c.gate.open_parts(w.rate(), pos, samples.len(), |off, len| {
-                    let r = w.write(sender, pos + off as u64, &samples[off..off + len]);
-                    if res.is_ok() {
-                        res = r;
-                    }
-                });
-            }
-            if let Err(e) = res {
+            // Paused or stopped spans stay silence: only the parts outside them are written.
+            if let Err(e) = c.gate.write(w, sender, pos, samples) {
                 self.stats.write_errors += 1;
                 if !c.write_failed {
                     // Once per call: the disk is full or failing; the CDR is still written.

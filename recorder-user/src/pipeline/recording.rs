@@ -90,6 +90,25 @@ pub struct RecordingGate {
     state: RecordingState,
     /// (from, to) in nanoseconds after the call's start; `to` is `u64::MAX` while open.
     spans: Vec<(u64, u64)>,
+    /// The latest packets kept out while a span is open: a resume reaches the worker some
+    /// milliseconds after it was asked for, and the audio of those milliseconds (after the
+    /// resume time, but gated when it arrived) is written from here when the span closes.
+    held: Vec<Held>,
+    /// Next slot of `held` to overwrite once it is full.
+    held_next: usize,
+}
+
+/// Packets of a paused call kept for [`RecordingGate::close_span`]: about 160 ms per direction.
+const HOLD_PACKETS: usize = 16;
+/// Samples kept per packet: 20 ms at 16 kHz; longer packets keep their end.
+const HOLD_SAMPLES: usize = 320;
+
+#[derive(Debug, Clone)]
+struct Held {
+    channel: usize,
+    pos: u64,
+    len: usize,
+    samples: [i16; HOLD_SAMPLES],
 }
 
 impl RecordingGate {
@@ -125,6 +144,65 @@ impl RecordingGate {
     /// Nothing was ever gated: the per-packet fast path.
     pub fn is_clear(&self) -> bool {
         self.spans.is_empty()
+    }
+
+    /// Writes `samples` (channel `channel`, from frame `pos`) except the parts inside gated
+    /// spans; while a span is open the packet is also held (see [`Held`]).
+    pub fn write(
+        &mut self,
+        wav: &mut WavWriter,
+        channel: usize,
+        pos: u64,
+        samples: &[i16],
+    ) -> std::io::Result<()> {
+        if self.spans.is_empty() {
+            return wav.write(channel, pos, samples);
+        }
+        let mut res = Ok(());
+        self.open_parts(wav.rate(), pos, samples.len(), |off, len| {
+            let r = wav.write(channel, pos + off as u64, &samples[off..off + len]);
+            if res.is_ok() {
+                res = r;
+            }
+        });
+        if self.spans.last().is_some_and(|s| s.1 == u64::MAX) {
+            self.hold(channel, pos, samples);
+        }
+        res
+    }
+
+    fn hold(&mut self, channel: usize, pos: u64, samples: &[i16]) {
+        let skip = samples.len().saturating_sub(HOLD_SAMPLES);
+        let kept = &samples[skip..];
+        let mut h = Held {
+            channel,
+            pos: pos + skip as u64,
+            len: kept.len(),
+            samples: [0; HOLD_SAMPLES],
+        };
+        h.samples[..kept.len()].copy_from_slice(kept);
+        if self.held.len() < HOLD_PACKETS * 2 {
+            self.held.push(h);
+        } else {
+            self.held[self.held_next] = h;
+            self.held_next = (self.held_next + 1) % self.held.len();
+        }
+    }
+
+    /// After a resume or start: writes what was held that lies after the resume time.
+    pub fn close_span(&mut self, wav: &mut WavWriter) -> std::io::Result<()> {
+        let held = std::mem::take(&mut self.held);
+        self.held_next = 0;
+        let mut res = Ok(());
+        for h in &held {
+            if let Err(e) = self.write(wav, h.channel, h.pos, &h.samples[..h.len]) {
+                res = Err(e);
+            }
+        }
+        // Keep the allocation for the next pause.
+        self.held = held;
+        self.held.clear();
+        res
     }
 
     /// Calls `write(offset, len)` for each part of the `n` samples that start at frame `pos`
@@ -274,6 +352,32 @@ mod tests {
         // 1.0025 s = frame 8020: audio before, silence from there to the end.
         assert!(samples[..8020 * 2].iter().all(|&s| s == 1000));
         assert!(samples[8020 * 2..].iter().all(|&s| s == 0));
+    }
+
+    #[test]
+    fn audio_after_the_resume_time_that_arrived_before_the_resume_is_written() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut w = WavWriter::create(&tmp.path().join("a.wav"), 8000, 60).expect("wav");
+        let mut g = RecordingGate::default();
+        let tone = [700i16; 160];
+        g.write(&mut w, 0, 7840, &tone).expect("before");
+        assert!(g.apply(RecordingAction::Pause, S));
+        // Arrive while paused: one inside the pause, one after the (not yet known) resume time,
+        // straddling it.
+        g.write(&mut w, 0, 12000, &tone).expect("paused");
+        g.write(&mut w, 1, 15920, &tone).expect("straddling");
+        assert!(g.apply(RecordingAction::Resume, 2 * S));
+        g.close_span(&mut w).expect("close");
+        g.write(&mut w, 0, 16080, &tone).expect("after");
+        let f = w.finish().expect("finish");
+        let r = hound::WavReader::open(&f.path).expect("read");
+        let s: Vec<i16> = r.into_samples().map(|s| s.expect("sample")).collect();
+        let left = |i: usize| s[2 * i];
+        let right = |i: usize| s[2 * i + 1];
+        assert_eq!(left(7900), 700);
+        assert_eq!(left(12050), 0);
+        assert_eq!((right(15999), right(16000), right(16079)), (0, 700, 700));
+        assert_eq!(left(16100), 700);
     }
 
     #[test]
