@@ -12,6 +12,7 @@
 //! lab is to exercise CallTap against the same kernel paths and peers a site would have.
 
 pub mod daemon;
+pub mod load;
 pub mod netns;
 pub mod postgres;
 pub mod root;
