@@ -167,6 +167,9 @@ pub fn parse_http_url(url: &str) -> Option<(String, u16, String)> {
     Some((host.to_string(), port, path.to_string()))
 }
 
+/// Every key's effective value by (section, key), after file and environment.
+pub type Resolved = BTreeMap<(String, String), String>;
+
 /// Raw values with where each came from, for error messages.
 struct Raw {
     values: BTreeMap<(String, String), (String, String)>,
@@ -240,6 +243,15 @@ impl Config {
         file: Option<&std::path::Path>,
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
+        Self::resolve(file, env).map(|(c, _)| c)
+    }
+
+    /// As [`Config::load_with_env`], also returning every key's effective value, so a reload
+    /// can tell exactly which keys changed.
+    pub fn resolve(
+        file: Option<&std::path::Path>,
+        env: &[(String, String)],
+    ) -> Result<(Config, Resolved), ConfigError> {
         let mut raw = Raw {
             values: BTreeMap::new(),
         };
@@ -285,7 +297,13 @@ impl Config {
                 }
             }
         }
-        Self::from_raw(&raw)
+        let config = Self::from_raw(&raw)?;
+        let resolved = raw
+            .values
+            .into_iter()
+            .map(|(k, (v, _origin))| (k, v))
+            .collect();
+        Ok((config, resolved))
     }
 
     fn from_raw(raw: &Raw) -> Result<Config, ConfigError> {

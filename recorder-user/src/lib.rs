@@ -9,4 +9,5 @@ pub mod cmd;
 pub mod config;
 pub mod pipeline;
 pub mod publish;
+pub mod reload;
 pub mod store;

@@ -132,21 +132,49 @@ fn real_main() -> anyhow::Result<ExitCode> {
             source,
             workers,
         } => {
-            let mut cfg = load(&common)?;
+            // The command line wins over file and environment, at start and on every reload.
+            let mut cli_keys = Vec::new();
+            if common.data_dir.is_some() {
+                cli_keys.push(("storage", "data_dir"));
+            }
             if !interfaces.is_empty() {
-                cfg.interfaces = interfaces;
+                cli_keys.push(("capture", "interfaces"));
             }
-            if let Some(s) = source {
-                cfg.source = match s {
-                    Source::Auto => SourceKind::Auto,
-                    Source::Xdp => SourceKind::Xdp,
-                    Source::AfPacket => SourceKind::AfPacket,
-                };
+            if source.is_some() {
+                cli_keys.push(("capture", "source"));
             }
-            if let Some(w) = workers {
-                cfg.workers = w.clamp(1, calltap_common::MAX_WORKERS);
+            if workers.is_some() {
+                cli_keys.push(("capture", "workers"));
             }
-            run::run(cfg)?;
+            let data_dir = common.data_dir.clone();
+            let overrides = move |cfg: &mut Config| {
+                if let Some(d) = &data_dir {
+                    cfg.data_dir = d.clone();
+                }
+                if !interfaces.is_empty() {
+                    cfg.interfaces = interfaces.clone();
+                }
+                if let Some(s) = source {
+                    cfg.source = match s {
+                        Source::Auto => SourceKind::Auto,
+                        Source::Xdp => SourceKind::Xdp,
+                        Source::AfPacket => SourceKind::AfPacket,
+                    };
+                }
+                if let Some(w) = workers {
+                    cfg.workers = w.clamp(1, calltap_common::MAX_WORKERS);
+                }
+            };
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let (mut cfg, running) = Config::resolve(common.config.as_deref(), &env)?;
+            overrides(&mut cfg);
+            let reload = run::ReloadSource {
+                file: common.config.clone(),
+                running,
+                cli_keys,
+                overrides: Box::new(overrides),
+            };
+            run::run(cfg, Some(reload))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay {

@@ -11,6 +11,7 @@
 //! Everything here shells out to the real tools (`ip`, `tc`, `sipp`, `tshark`): the point of the
 //! lab is to exercise CallTap against the same kernel paths and peers a site would have.
 
+pub mod api;
 pub mod daemon;
 pub mod load;
 pub mod netns;

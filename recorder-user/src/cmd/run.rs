@@ -7,7 +7,7 @@ use std::{
     path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -42,6 +42,7 @@ use crate::{
         tls,
         webhook::{WebhookConfig, Webhooks},
     },
+    reload::{Change, Reloader},
     store::{
         archive::{
             queue::Job, target::TargetSpec, ArchiveConfig, ArchiveSnapshot, Archiver, OnArchived,
@@ -145,6 +146,28 @@ impl ControlSink for Senders {
             let _ = tx.send(msg);
         }
     }
+}
+
+/// A reload's new call limits and added SIP ports, for the signalling thread.
+type SignallingSettings = (calltap_sip::dialog::TrackerConfig, Vec<u16>);
+
+/// What reaches the signalling thread besides captured records.
+struct SignallingFeeds {
+    /// Calls a media worker found silent for too long.
+    timeouts: Receiver<MediaTimeout>,
+    settings: Receiver<SignallingSettings>,
+}
+
+/// How `calltap run` re-reads its configuration on SIGHUP, `POST /api/v1/reload` and the
+/// console's `reload`.
+pub struct ReloadSource {
+    pub file: Option<std::path::PathBuf>,
+    /// Every key's value at start ([`Config::resolve`]).
+    pub running: crate::config::Resolved,
+    /// (section, key) set on the command line, which a file change cannot override.
+    pub cli_keys: Vec<(&'static str, &'static str)>,
+    /// Re-applies the command line to a freshly loaded configuration.
+    pub overrides: Box<dyn Fn(&mut Config) + Send + Sync>,
 }
 
 /// Calls listed one by one in the run summary.
@@ -275,14 +298,18 @@ fn signalling_thread<T: MediaTable>(
     mut sig: SignallingWorker<T>,
     mut input: Input,
     mut sink: LiveSink<Senders>,
-    timeouts: Receiver<MediaTimeout>,
+    from: SignallingFeeds,
     shutdown: Arc<Shutdown>,
     workers: u32,
     live: Arc<LiveStats>,
 ) -> SignallingStats {
+    let SignallingFeeds { timeouts, settings } = from;
     let mut last_tick = Instant::now();
     loop {
         let n = input.drain(BATCH, |rec| sig.handle(rec, &mut sink));
+        while let Ok((tracker, ports)) = settings.try_recv() {
+            sig.reconfigure(tracker, &ports);
+        }
         while let Ok(t) = timeouts.try_recv() {
             sig.media_timeout(t, &mut sink);
         }
@@ -311,8 +338,8 @@ fn signalling_thread<T: MediaTable>(
     }
 }
 
-/// Runs until SIGINT or SIGTERM.
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+/// Runs until SIGINT or SIGTERM; SIGHUP reloads the configuration (`reload`).
+pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     if cfg.interfaces.is_empty() {
         bail!("no capture interface: give --interface IF or set [capture] interfaces");
     }
@@ -449,6 +476,30 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     drop((cdr_tx, to_tx));
     // Active calls for the API and console, fed by the signalling worker's control messages.
     let live_calls = LiveCalls::new(ctl_txs.clone());
+    let (settings_tx, settings_rx) = unbounded::<SignallingSettings>();
+    // The reloader's way to the workers; emptied at shutdown, since the workers stop only when
+    // every sender of their control channel is gone.
+    let reload_targets = Arc::new(Mutex::new(ctl_txs.clone()));
+    let reloader = reload.map(|r| {
+        let workers_ctl = reload_targets.clone();
+        let overrides = r.overrides;
+        Arc::new(Reloader::new(
+            r.file,
+            r.running,
+            &r.cli_keys,
+            move |c| overrides(c),
+            move |change: &Change<'_>| {
+                let media = media_config(change.config);
+                for tx in workers_ctl.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    let _ = tx.send(Control::Settings(Box::new(media.clone())));
+                }
+                let _ = settings_tx.send((
+                    tracker_config(change.config),
+                    change.added_sip_ports.to_vec(),
+                ));
+            },
+        ))
+    });
     let sink = LiveSink::new(Senders(ctl_txs), live_calls.clone());
     // Webhooks: started/answered from the registry (signalling thread), ended from the cdr
     // thread; `webhooks.sender()` is also the handle for `recording_archived`.
@@ -478,7 +529,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             sig.set_sip_ports(&sip_ports);
             let mut sink = sink;
             sig.restore(resumed, now_ns(), &mut sink);
-            signalling_thread(sig, sig_input, sink, to_rx, sd, n, sig_live)
+            let feeds = SignallingFeeds {
+                timeouts: to_rx,
+                settings: settings_rx,
+            };
+            signalling_thread(sig, sig_input, sink, feeds, sd, n, sig_live)
         })?;
     let jsonl = cfg.data_dir.join("calls.jsonl");
     // Database, or CSV journal while the database is away; never blocks this thread.
@@ -544,6 +599,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 interfaces: cfg.interfaces.clone(),
             });
             api.set_live(live_calls.clone());
+            if let Some(r) = &reloader {
+                api.set_reloader(r.clone());
+            }
             let app = http::track_requests(
                 http::router(metrics.clone()).merge(api::router(api)),
                 metrics.clone(),
@@ -562,7 +620,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let console = start_console(&cfg, &live_calls, &metrics, &writer, &webhooks, &source, n);
+    let console = start_console(ConsoleParts {
+        cfg: &cfg,
+        live_calls: &live_calls,
+        metrics: &metrics,
+        writer: &writer,
+        webhooks: &webhooks,
+        source: &source,
+        workers: n,
+        reloader: reloader.clone(),
+    });
     let cdr_metrics = metrics.clone();
     let cdr_live = live_calls.clone();
     let cdr_hooks = webhooks.as_ref().and_then(Webhooks::sender);
@@ -626,10 +693,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     );
     while !shutdown.stop.load(Ordering::Acquire) {
         thread::sleep(Duration::from_millis(100));
+        if RELOAD_REQUESTED.swap(false, Ordering::AcqRel) {
+            match &reloader {
+                Some(r) => match r.reload() {
+                    Ok(report) => log::info!("SIGHUP: configuration reloaded: {report}"),
+                    Err(e) => log::error!("SIGHUP: {e}"),
+                },
+                None => log::warn!("SIGHUP: this run has no configuration source to reload"),
+            }
+        }
     }
     log::info!("stopping: draining rings and closing open calls");
     // The workers stop once every sender of their control channel is gone.
     live_calls.close();
+    reload_targets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
     let signalling = sig_handle
         .join()
         .map_err(|_| anyhow::anyhow!("signalling thread panicked"))?;
@@ -687,17 +767,31 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the console reports on and acts through.
+struct ConsoleParts<'a> {
+    cfg: &'a Config,
+    live_calls: &'a Arc<LiveCalls>,
+    metrics: &'a Arc<Metrics>,
+    writer: &'a CdrWriter,
+    webhooks: &'a Option<Webhooks>,
+    source: &'a str,
+    workers: u32,
+    reloader: Option<Arc<Reloader>>,
+}
+
 /// The telnet console on `[console] listen`; the daemon runs on without it when the address is
 /// taken (it is a troubleshooting aid, not worth refusing to record over).
-fn start_console(
-    cfg: &Config,
-    live_calls: &Arc<LiveCalls>,
-    metrics: &Arc<Metrics>,
-    writer: &CdrWriter,
-    webhooks: &Option<Webhooks>,
-    source: &str,
-    workers: u32,
-) -> Option<Console> {
+fn start_console(parts: ConsoleParts<'_>) -> Option<Console> {
+    let ConsoleParts {
+        cfg,
+        live_calls,
+        metrics,
+        writer,
+        webhooks,
+        source,
+        workers,
+        reloader,
+    } = parts;
     let listen = cfg.console_listen.clone()?;
     let started = Instant::now();
     let (live, store, ifs, data_dir) = (
@@ -736,10 +830,15 @@ fn start_console(
     let backend = ConsoleBackend {
         status: Box::new(status),
         stats: Box::new(stats),
-        reload: Box::new(|| {
-            "reload: live configuration reload is not implemented; nothing was changed. \
-             Restart calltap (systemctl restart calltap) to apply configuration changes.\n"
-                .to_string()
+        reload: Box::new(move || match &reloader {
+            Some(r) => match r.reload() {
+                Ok(report) => {
+                    log::info!("console: configuration reloaded: {report}");
+                    format!("reload: {report}\n")
+                }
+                Err(e) => format!("reload: {e}\n"),
+            },
+            None => "reload: this run has no configuration source to reload\n".to_string(),
         }),
     };
     let cfg = ConsoleConfig {
@@ -772,13 +871,18 @@ fn write_summary(path: &Path, summary: &RunSummary) -> anyhow::Result<()> {
 }
 
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+static RELOAD_REQUESTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP_REQUESTED.store(true, Ordering::Release);
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGHUP {
+        RELOAD_REQUESTED.store(true, Ordering::Release);
+    } else {
+        STOP_REQUESTED.store(true, Ordering::Release);
+    }
 }
 
 fn install_signal_handlers(shutdown: &Arc<Shutdown>) -> anyhow::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         let prev = unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
         if prev == libc::SIG_ERR {

@@ -408,6 +408,20 @@ impl MediaWorker {
                     self.unknown();
                 }
             }
+            Control::Settings(new) => {
+                // Where recordings live and the restore grace belong to the process run.
+                let MediaConfig {
+                    path_template,
+                    flush_interval_ns,
+                    media_timeout_ns,
+                    max_call_secs,
+                    ..
+                } = *new;
+                self.cfg.path_template = path_template;
+                self.cfg.flush_interval_ns = flush_interval_ns;
+                self.cfg.media_timeout_ns = media_timeout_ns;
+                self.cfg.max_call_secs = max_call_secs;
+            }
             Control::Start(setup) => {
                 self.stats.calls_started += 1;
                 let start_secs = setup.start_ns / 1_000_000_000;

@@ -128,6 +128,9 @@ pub enum Control {
     /// classifier's table; the signalling worker hands it to the owner (rare: a call's first
     /// packets only, so the copy does not matter).
     Packet(Box<OwnedRecord>),
+    /// A configuration reload changed the worker's settings (path template, flush interval,
+    /// timeouts): calls already open keep their files; new values apply from now on.
+    Settings(Box<media::MediaConfig>),
 }
 
 /// A journaled call handed to its (possibly new) media worker on start.

@@ -115,6 +115,12 @@ fn side_index(side: Side) -> usize {
 }
 
 impl Tracker {
+    /// Takes new limits (a configuration reload); calls in progress are judged by them from
+    /// the next check on.
+    pub fn set_config(&mut self, cfg: TrackerConfig) {
+        self.cfg = cfg;
+    }
+
     pub fn new(cfg: TrackerConfig) -> Tracker {
         Tracker {
             cfg,

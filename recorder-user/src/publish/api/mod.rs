@@ -80,6 +80,8 @@ struct Inner {
     writer: Option<Arc<WriterCounters>>,
     /// The calls in progress, once `calltap run` has its workers.
     live: std::sync::OnceLock<Arc<LiveCalls>>,
+    /// Configuration reload, once `calltap run` has its threads.
+    reload: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
 }
 
 impl ApiState {
@@ -110,6 +112,7 @@ impl ApiState {
                 capture: Mutex::new(None),
                 writer,
                 live: std::sync::OnceLock::new(),
+                reload: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -126,6 +129,10 @@ impl ApiState {
 
     pub fn live(&self) -> Option<&Arc<LiveCalls>> {
         self.inner.live.get()
+    }
+
+    pub fn set_reloader(&self, reloader: Arc<crate::reload::Reloader>) {
+        let _ = self.inner.reload.set(reloader);
     }
 
     /// The CDR database, connecting first if needed; 503 while it cannot be reached.
@@ -161,6 +168,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `POST /api/v1/reload`: re-reads the configuration; what changed is applied or listed as
+/// needing a restart. An invalid file changes nothing (409 with the file, key and expectation).
+async fn reload(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::reload::ReloadReport>, ApiError> {
+    let reloader = state
+        .inner
+        .reload
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::Unavailable("no running recorder to reload".into()))?;
+    let report = tokio::task::spawn_blocking(move || reloader.reload())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    log::info!("configuration reloaded through the API: {report}");
+    Ok(Json(report))
+}
+
 /// The API routes, all under `/api/v1`, with their auth, body limit and timeout layers.
 pub fn router(state: ApiState) -> Router {
     let viewer = Router::new()
@@ -181,6 +207,7 @@ pub fn router(state: ApiState) -> Router {
         ));
     let admin = Router::new()
         .route("/tokens", get(tokens_list).post(tokens_create))
+        .route("/reload", post(reload))
         .route_layer(from_fn_with_state(
             (state.clone(), Role::Admin),
             auth::require,

@@ -19,6 +19,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/calls/{uuid}/recording", "operator"),
     ("get", "/tokens", "admin"),
     ("post", "/tokens", "admin"),
+    ("post", "/reload", "admin"),
 ];
 
 fn nullable(t: &str) -> Value {
@@ -144,6 +145,12 @@ pub fn document() -> Value {
             "/calls/{uuid}": {"get": detail},
             "/calls/active": {"get": op("Calls in progress, oldest first", "viewer", json_ok("200", "ActiveCallList"), &["401", "403"])},
             "/calls/{uuid}/recording": {"get": recording, "post": control},
+            "/reload": {"post": op(
+                "Reload the configuration file and environment: changed keys that apply live (call timeouts, path template, flush interval, added SIP ports) take effect for what comes next without dropping calls; the others are listed as needing a restart. An invalid file changes nothing (409).",
+                "admin",
+                json_ok("200", "ReloadReport"),
+                &["401", "403", "409", "503"],
+            )},
             "/tokens": {
                 "get": op("List API tokens (never the tokens themselves)", "admin", json_ok("200", "TokenList"), &["401", "403", "503"]),
                 "post": token_create,
@@ -222,6 +229,10 @@ fn schemas() -> Value {
                 "state": {"type": "string", "enum": ["setup", "ringing", "answered", "held", "ending"]},
                 "worker": int,
                 "recording": {"type": "string", "enum": ["recording", "paused", "stopped"]}}},
+        "ReloadReport": {"type": "object", "required": ["applied", "needs_restart"], "properties": {
+            "applied": {"type": "array", "items": s.clone(), "description": "section.key now in effect"},
+            "needs_restart": {"type": "array", "items": s.clone(), "description": "section.key that take effect after a restart"},
+        }},
         "ActiveCallList": {"type": "object", "required": ["calls"], "properties": {
             "calls": {"type": "array", "items": {"$ref": "#/components/schemas/ActiveCall"}}}},
         "RecordingControl": {"type": "object", "required": ["action"], "additionalProperties": false, "properties": {
