@@ -173,12 +173,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn reload(
     State(state): State<ApiState>,
 ) -> Result<Json<crate::reload::ReloadReport>, ApiError> {
-    let reloader = state
-        .inner
-        .reload
-        .get()
-        .cloned()
-        .ok_or_else(|| ApiError::Unavailable("no running recorder to reload".into()))?;
+    let reloader =
+        state.inner.reload.get().cloned().ok_or_else(|| {
+            ApiError::Conflict("this server has no configuration to reload".into())
+        })?;
     let report = tokio::task::spawn_blocking(move || reloader.reload())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?

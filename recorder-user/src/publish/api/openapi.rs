@@ -149,7 +149,7 @@ pub fn document() -> Value {
                 "Reload the configuration file and environment: changed keys that apply live (call timeouts, path template, flush interval, added SIP ports) take effect for what comes next without dropping calls; the others are listed as needing a restart. An invalid file changes nothing (409).",
                 "admin",
                 json_ok("200", "ReloadReport"),
-                &["401", "403", "409", "503"],
+                &["401", "403", "409"],
             )},
             "/tokens": {
                 "get": op("List API tokens (never the tokens themselves)", "admin", json_ok("200", "TokenList"), &["401", "403", "503"]),

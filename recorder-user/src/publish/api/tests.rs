@@ -102,6 +102,17 @@ async fn fixture_on(pg: Option<calltap_lab::postgres::Postgres>) -> Fixture {
     let live = LiveCalls::new(vec![tx]);
     crate::publish::live::tests::start_call(&live, 1);
     state.set_live(live.clone());
+    // A reloader over a real (empty) file: POST /reload answers with what changed (nothing).
+    let ini = tmp.path().join("calltap.ini");
+    std::fs::write(&ini, "").expect("ini");
+    let (_, running) = Config::resolve(Some(&ini), &[]).expect("resolve");
+    state.set_reloader(std::sync::Arc::new(crate::reload::Reloader::new(
+        Some(ini),
+        running,
+        &[],
+        |_| {},
+        |_| {},
+    )));
     let app = router(state);
     Fixture {
         _tmp: tmp,
