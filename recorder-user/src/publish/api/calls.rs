@@ -112,6 +112,16 @@ pub struct RecordingEventRow {
     pub at_ms: i64,
 }
 
+/// A span the recorder was down during the call (crash, kill, reboot); silence in the file.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct RestartGapRow {
+    #[serde(rename = "from")]
+    pub from_at: String,
+    #[serde(rename = "to")]
+    pub to_at: String,
+    pub ms: i64,
+}
+
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct RecordingRow {
     pub bytes: i64,
@@ -137,6 +147,7 @@ pub struct CallDetail {
     pub streams: Vec<StreamRow>,
     pub dtmf: Vec<DtmfRow>,
     pub recording_events: Vec<RecordingEventRow>,
+    pub restart_gaps: Vec<RestartGapRow>,
     pub recording: Option<RecordingRow>,
     pub has_raw_rtp_pcap: bool,
 }
@@ -363,6 +374,13 @@ pub async fn detail(
         &args,
         fetch_all
     )?;
+    let restart_gaps = fetch!(
+        db,
+        RestartGapRow,
+        "SELECT from_at, to_at, ms FROM restart_gaps WHERE call_uuid = $1 ORDER BY n",
+        &args,
+        fetch_all
+    )?;
     let recording = fetch!(
         db,
         RecordingRow,
@@ -381,6 +399,7 @@ pub async fn detail(
         streams,
         dtmf,
         recording_events,
+        restart_gaps,
         has_raw_rtp_pcap: recording.as_ref().is_some_and(|r| r.raw_rtp_pcap.is_some()),
         recording,
     }))

@@ -198,17 +198,21 @@ fn schemas() -> Value {
         "RecordingEvent": {"type": "object", "required": ["action", "ts", "at_ms"], "properties": {
             "action": {"type": "string", "enum": ["start", "stop", "pause", "resume"]},
             "ts": {"type": "string", "format": "date-time"}, "at_ms": int}},
+        "RestartGap": {"type": "object", "required": ["from", "to", "ms"], "properties": {
+            "from": {"type": "string", "format": "date-time"},
+            "to": {"type": "string", "format": "date-time"}, "ms": int}},
         "Recording": {"type": "object", "nullable": true, "properties": {
             "bytes": int, "sha256": s, "sample_rate": int, "channels": int, "duration_ms": int,
             "location": s}},
         "CallDetail": {"allOf": [{"$ref": "#/components/schemas/CallSummary"}, {"type": "object",
-            "required": ["streams", "dtmf", "recording_events", "has_raw_rtp_pcap"],
+            "required": ["streams", "dtmf", "recording_events", "restart_gaps", "has_raw_rtp_pcap"],
             "properties": {
                 "unsupported_codecs": s, "missing_directions": s,
                 "packets_caller": int, "packets_callee": int, "packets_rtcp": int,
                 "streams": {"type": "array", "items": {"$ref": "#/components/schemas/Stream"}},
                 "dtmf": {"type": "array", "items": {"$ref": "#/components/schemas/Dtmf"}},
                 "recording_events": {"type": "array", "description": "Recording control during the call, in order", "items": {"$ref": "#/components/schemas/RecordingEvent"}},
+                "restart_gaps": {"type": "array", "description": "Spans the recorder was down during the call (crash, kill, reboot): silence in the file", "items": {"$ref": "#/components/schemas/RestartGap"}},
                 "recording": {"$ref": "#/components/schemas/Recording"},
                 "has_raw_rtp_pcap": {"type": "boolean"}}}]},
         "Status": {"type": "object", "required": ["version", "uptime_s", "data_dir", "database"], "properties": {
