@@ -29,6 +29,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("calls", "max_duration_s", "14400"),
     ("calls", "unanswered_timeout_s", "180"),
     ("calls", "correlation_header", ""),
+    ("recording", "default", "record"),
     ("database", "url", ""),
     ("database", "retry_interval_ms", "2000"),
     ("database", "write_timeout_ms", "2000"),
@@ -103,6 +104,8 @@ pub struct Config {
     pub max_duration_s: u64,
     pub unanswered_timeout_s: u64,
     pub correlation_header: Option<String>,
+    /// `[recording] default`: what happens to a call no recording rule matches.
+    pub recording_default: crate::pipeline::rules::RuleAction,
     /// CDR database URL; None: SQLite `calltap.db` in the data dir.
     pub database_url: Option<String>,
     /// First pause before reconnecting to the database (doubled per failure, up to 8x).
@@ -375,6 +378,9 @@ impl Config {
             return Err(bad(o, "storage", "flush_interval_ms", "0", "at least 1 ms"));
         }
         let (corr, _) = raw.get("calls", "correlation_header");
+        let (mode, o) = raw.get("recording", "default");
+        let recording_default = crate::pipeline::rules::RuleAction::parse(mode.trim())
+            .ok_or_else(|| bad(o, "recording", "default", mode, "record, skip or on_demand"))?;
         let (url, o) = raw.get("database", "url");
         let url = url.trim();
         if !url.is_empty() && crate::store::db::Backend::of_url(url).is_none() {
@@ -468,6 +474,7 @@ impl Config {
             max_duration_s: parse_num(raw, "calls", "max_duration_s", "seconds")?,
             unanswered_timeout_s: parse_num(raw, "calls", "unanswered_timeout_s", "seconds")?,
             correlation_header: Some(corr.trim().to_string()).filter(|s| !s.is_empty()),
+            recording_default,
             database_url: Some(url.to_string()).filter(|s| !s.is_empty()),
             db_retry_interval_ms,
             db_write_timeout_ms,
@@ -741,6 +748,18 @@ mod tests {
             "0".to_string(),
         )];
         assert!(Config::load_with_env(None, &env).is_err());
+    }
+
+    #[test]
+    fn recording_default_is_validated() {
+        use crate::pipeline::rules::RuleAction;
+        let c = Config::load_with_env(None, &[]).expect("defaults");
+        assert_eq!(c.recording_default, RuleAction::Record);
+        let env = |v: &str| vec![("CALLTAP_RECORDING_DEFAULT".to_string(), v.to_string())];
+        let c = Config::load_with_env(None, &env("on_demand")).expect("on_demand");
+        assert_eq!(c.recording_default, RuleAction::OnDemand);
+        let e = Config::load_with_env(None, &env("never")).expect_err("bad mode");
+        assert!(e.to_string().contains("record, skip or on_demand"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::{
     config::{Config, SourceKind},
     pipeline::{
         media::{MediaWorker, WorkerStats},
+        rules::{LiveRules, RuleSet},
         signalling::{SignallingStats, SignallingWorker},
         Control, ControlSink, MediaTable, MediaTimeout,
     },
@@ -522,11 +523,17 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         Some(t) => Box::new(t),
         None => Box::new(table.clone()),
     };
+    // Recording rules: the default mode until the database hands over the rules (retried in the
+    // background); the API replaces them after each change.
+    let rules = LiveRules::new(RuleSet::default_only(cfg.recording_default));
+    crate::store::rules::spawn_loader(&cfg, rules.clone(), shutdown.stop.clone())?;
+    let sig_rules = rules.clone();
     let sig_handle = thread::Builder::new()
         .name("signalling".into())
         .spawn(move || {
             let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0).with_store(journal);
             sig.set_sip_ports(&sip_ports);
+            sig.set_rules(sig_rules);
             let mut sink = sink;
             sig.restore(resumed, now_ns(), &mut sink);
             let feeds = SignallingFeeds {
@@ -599,6 +606,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
                 interfaces: cfg.interfaces.clone(),
             });
             api.set_live(live_calls.clone());
+            api.set_rules(rules.clone());
             if let Some(r) = &reloader {
                 api.set_reloader(r.clone());
             }

@@ -29,7 +29,10 @@ use calltap_sip::{
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use serde::Serialize;
 
-use super::{media_key, CallSetup, Control, MediaTimeout, Restored};
+use super::{
+    media_key, recording::RecordingAction, rules::RuleAction, CallSetup, Control, MediaTimeout,
+    Restored,
+};
 use crate::{
     capture::Record,
     store::{
@@ -152,6 +155,9 @@ struct ActiveCall {
     /// Operator pause/stop: spans kept out of the file, and the events for the CDR.
     gate: super::recording::RecordingGate,
     recording_events: Vec<crate::store::cdr::RecordingEvent>,
+    /// No file may be created (yet): a `skip` call (never), an `on_demand` call until an
+    /// operator starts it; the file is then created at the next audio packet.
+    no_file: bool,
 }
 
 /// Per-call state of the active-call journal; all of it is touched from control messages and
@@ -438,6 +444,7 @@ impl MediaWorker {
                 );
                 let raw_path = wav_path.with_extension("rtp.pcap");
                 let start = setup.start_ns;
+                let mode = setup.recording.action;
                 self.calls.insert(
                     setup.call,
                     Box::new(ActiveCall {
@@ -462,8 +469,14 @@ impl MediaWorker {
                         },
                         ending: None,
                         write_failed: false,
-                        gate: Default::default(),
+                        gate: match mode {
+                            RuleAction::Record => Default::default(),
+                            RuleAction::Skip | RuleAction::OnDemand => {
+                                super::recording::RecordingGate::stopped()
+                            }
+                        },
                         recording_events: Vec::new(),
+                        no_file: mode != RuleAction::Record,
                     }),
                 );
             }
@@ -555,6 +568,11 @@ impl MediaWorker {
                 if let Some(c) = self.calls.get_mut(&call) {
                     let at = ts_ns.saturating_sub(c.setup.start_ns);
                     if c.gate.apply(action, at) {
+                        if action == RecordingAction::Start
+                            && c.setup.recording.action == RuleAction::OnDemand
+                        {
+                            c.no_file = false;
+                        }
                         let closing = c.gate.state() != super::recording::RecordingState::Recording;
                         if let Some(w) = c.wav.as_mut() {
                             let done = if closing {
@@ -812,6 +830,9 @@ impl MediaWorker {
             &self.resampled[..n2]
         };
         if c.wav.is_none() {
+            if c.no_file {
+                return;
+            }
             if c.write_failed {
                 // Already failed (disk full): counted, logged once.
                 self.stats.write_errors += 1;
@@ -1049,7 +1070,8 @@ impl MediaWorker {
         // audio came; unanswered attempts only when early media arrived.
         // A recording that failed during the call is not replaced by a silent file at its end:
         // the CDR says there is no recording rather than offering silence as the call's audio.
-        if c.wav.is_none() && !c.write_failed && (c.answer_ns.is_some() || any_audio) {
+        if c.wav.is_none() && !c.no_file && !c.write_failed && (c.answer_ns.is_some() || any_audio)
+        {
             match WavWriter::create(&c.wav_path, 8000, self.cfg.max_call_secs) {
                 Ok(w) => c.wav = Some(w),
                 Err(e) => {
@@ -1145,6 +1167,8 @@ impl MediaWorker {
             recording,
             worker: self.id,
             recording_events: std::mem::take(&mut c.recording_events),
+            recording_mode: Some(s.recording.action.as_str().into()),
+            rule_id: s.recording.rule_id,
         }
     }
 }
@@ -1255,6 +1279,9 @@ fn rtcp(c: &mut ActiveCall, sender: usize, payload: &[u8]) {
 /// Keeps RTP CallTap cannot decode in a pcap beside the recording, so nothing is lost.
 fn raw_rtp(c: &mut ActiveCall, rec: &Record<'_>, stats: &mut WorkerStats) {
     if c.raw.is_none() {
+        if c.no_file {
+            return;
+        }
         if c.write_failed {
             // Creating it failed before: no retry (and no log line) per packet.
             stats.write_errors += 1;

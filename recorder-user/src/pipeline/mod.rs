@@ -7,6 +7,7 @@
 
 pub mod media;
 pub mod recording;
+pub mod rules;
 pub mod signalling;
 
 use std::net::SocketAddr;
@@ -56,6 +57,9 @@ pub struct CallSetup {
     pub caller_ip: std::net::IpAddr,
     pub callee_ip: std::net::IpAddr,
     pub start_ns: u64,
+    /// Whether (and why) the call is recorded: decided once, at call start, by the recording
+    /// rules ([`rules::LiveRules`]).
+    pub recording: rules::RecordingMode,
 }
 
 impl CallSetup {
@@ -71,6 +75,9 @@ impl CallSetup {
             caller_ip: j.caller_ip,
             callee_ip: j.callee_ip,
             start_ns: j.start_ns,
+            // The journal does not keep the decision: a call taken over after a restart is
+            // recorded (its file, if any, already exists).
+            recording: rules::RecordingMode::default(),
         }
     }
 }

@@ -112,6 +112,17 @@ struct Held {
 }
 
 impl RecordingGate {
+    /// A gate stopped from the call's start (on-demand recording, see
+    /// [`super::rules::RuleAction::OnDemand`]): nothing is written until a `start`, and the
+    /// span before it is silence.
+    pub fn stopped() -> RecordingGate {
+        RecordingGate {
+            state: RecordingState::Stopped,
+            spans: vec![(0, u64::MAX)],
+            ..RecordingGate::default()
+        }
+    }
+
     /// Applies `action` at `at_ns` after the call's start; false (and no change) when the
     /// transition is not valid in the current state.
     pub fn apply(&mut self, action: RecordingAction, at_ns: u64) -> bool {
@@ -333,6 +344,19 @@ mod tests {
         assert!(g.apply(RecordingAction::Pause, S));
         assert!(g.apply(RecordingAction::Stop, 2 * S));
         assert_eq!(g.final_frames(8000, 80000), 8000);
+    }
+
+    #[test]
+    fn on_demand_gate_is_silent_until_started() {
+        let mut g = RecordingGate::stopped();
+        assert_eq!(g.state(), RecordingState::Stopped);
+        assert!(!g.is_clear());
+        assert_eq!(parts(&g, 0, 160), vec![]);
+        assert_eq!(g.final_frames(8000, 80000), 0);
+        assert!(!g.apply(RecordingAction::Resume, S));
+        assert!(g.apply(RecordingAction::Start, 2 * S));
+        assert_eq!(parts(&g, 15920, 160), vec![(80, 80)]);
+        assert_eq!(g.final_frames(8000, 80000), 80000);
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct SignallingWorker<T: MediaTable> {
     store: Option<JournalWriter>,
     touched: Vec<CallRef>,
     next_untracked: u64,
+    /// Recording rules, consulted once per new call; `None` records every call.
+    rules: Option<std::sync::Arc<super::rules::LiveRules>>,
     pub stats: SignallingStats,
 }
 
@@ -168,8 +170,14 @@ impl<T: MediaTable> SignallingWorker<T> {
             store: None,
             touched: Vec::new(),
             next_untracked: UNTRACKED_CALLS,
+            rules: None,
             stats: SignallingStats::default(),
         }
+    }
+
+    /// Decides each new call's recording by `rules` (see [`super::rules`]).
+    pub fn set_rules(&mut self, rules: std::sync::Arc<super::rules::LiveRules>) {
+        self.rules = Some(rules);
     }
 
     /// Turns the active-call journal on (see [`crate::store::callstore`]).
@@ -726,6 +734,14 @@ impl<T: MediaTable> SignallingWorker<T> {
                         },
                     );
                     let uuid = call_uuid(ts_ns, call, self.node);
+                    let recording = self.rules.as_ref().map_or_else(Default::default, |r| {
+                        r.decide(&super::rules::CallFacts {
+                            from: &from,
+                            to: &to,
+                            caller_ip,
+                            callee_ip,
+                        })
+                    });
                     sink.send(
                         worker,
                         Control::Start(Box::new(CallSetup {
@@ -738,6 +754,7 @@ impl<T: MediaTable> SignallingWorker<T> {
                             caller_ip,
                             callee_ip,
                             start_ns: ts_ns,
+                            recording,
                         })),
                     );
                 }

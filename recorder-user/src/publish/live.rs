@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::{
     pipeline::{
         recording::{RecordingAction, RecordingState, MAX_TRANSITIONS},
+        rules::RuleAction,
         CallSetup, Control, ControlSink,
     },
     store::cdr::rfc3339,
@@ -70,6 +71,10 @@ pub struct LiveCall {
     pub state: CallState,
     pub worker: u32,
     pub recording: RecordingState,
+    /// What the recording rules decided at call start (`record`, `skip`, `on_demand`) and the
+    /// rule that did (`null`: the default mode).
+    pub recording_mode: RuleAction,
+    pub rule_id: Option<i64>,
     #[serde(skip)]
     pub start_ns: u64,
     #[serde(skip)]
@@ -95,7 +100,13 @@ impl LiveCall {
             answered: None,
             state: CallState::Setup,
             worker,
-            recording: RecordingState::Recording,
+            // A skipped or on-demand call has no audio until (for on-demand) someone starts it.
+            recording: match s.recording.action {
+                RuleAction::Record => RecordingState::Recording,
+                RuleAction::Skip | RuleAction::OnDemand => RecordingState::Stopped,
+            },
+            recording_mode: s.recording.action,
+            rule_id: s.recording.rule_id,
             start_ns: s.start_ns,
             call: s.call,
             ringing: false,
@@ -261,6 +272,13 @@ impl LiveCalls {
             .ok_or_else(|| ControlError::NotFound(uuid.to_string()))?;
         if c.state == CallState::Ending {
             return Err(ControlError::Ending);
+        }
+        // A rule excluded the call from recording (privacy, compliance): nothing may record it.
+        if c.recording_mode == RuleAction::Skip {
+            return Err(ControlError::InvalidTransition {
+                action: action.as_str(),
+                state: "excluded by a skip recording rule",
+            });
         }
         let next = c
             .recording
@@ -431,6 +449,7 @@ pub(crate) mod tests {
             caller_ip: "198.18.0.1".parse().expect("ip"),
             callee_ip: "198.18.0.2".parse().expect("ip"),
             start_ns: 1_700_000_000_000_000_000 + n,
+            recording: Default::default(),
         }
     }
 
@@ -615,5 +634,46 @@ pub(crate) mod tests {
             live.get("uuid-7").map(|c| c.recording),
             Some(RecordingState::Recording)
         );
+    }
+
+    #[test]
+    fn rule_modes_are_listed_on_demand_starts_stopped_and_skip_refuses_control() {
+        use crate::pipeline::rules::RecordingMode;
+        let (tx, rx) = unbounded();
+        let live = LiveCalls::new(vec![tx]);
+        let mut sink = LiveSink::new(Vec::<(u32, Control)>::new(), live.clone());
+        for (n, action) in [(1, RuleAction::OnDemand), (2, RuleAction::Skip)] {
+            let mut s = setup(n);
+            s.recording = RecordingMode {
+                action,
+                rule_id: Some(40 + n as i64),
+            };
+            sink.send(0, Control::Start(Box::new(s)));
+        }
+        let od = live.get("uuid-1").expect("on demand");
+        assert_eq!(
+            (od.recording, od.recording_mode, od.rule_id),
+            (RecordingState::Stopped, RuleAction::OnDemand, Some(41))
+        );
+        let c = live
+            .control("uuid-1", RecordingAction::Start)
+            .expect("start on demand");
+        assert_eq!(c.recording, RecordingState::Recording);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Control::Recording {
+                action: RecordingAction::Start,
+                ..
+            })
+        ));
+        assert!(matches!(
+            live.control("uuid-2", RecordingAction::Start),
+            Err(ControlError::InvalidTransition { .. })
+        ));
+        assert!(rx.try_recv().is_err(), "nothing sent for a skipped call");
+        let json = serde_json::to_value(live.get("uuid-2").expect("skip")).expect("json");
+        assert_eq!(json["recording_mode"], "skip");
+        assert_eq!(json["rule_id"], 42);
+        assert_eq!(json["recording"], "stopped");
     }
 }

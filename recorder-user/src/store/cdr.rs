@@ -109,6 +109,13 @@ pub struct Cdr {
     /// Operator recording control during the call (pause, resume, stop, start), in order.
     #[serde(default)]
     pub recording_events: Vec<RecordingEvent>,
+    /// What the recording rules decided at call start: `record`, `skip` (so `recording` is
+    /// null by design, not by failure) or `on_demand`; `None` in CDRs of older versions.
+    #[serde(default)]
+    pub recording_mode: Option<String>,
+    /// The rule that decided it; `None` when the default mode applied.
+    #[serde(default)]
+    pub rule_id: Option<i64>,
 }
 
 /// One recording control event of a call.

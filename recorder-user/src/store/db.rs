@@ -279,6 +279,15 @@ macro_rules! backend_sql {
                     .execute(&mut **tx)
                     .await?;
                 }
+                // Columns of migration 0005, set apart so the long insert above stays as it is.
+                if c.recording_mode.is_some() {
+                    sqlx::query("UPDATE calls SET recording_mode = $2, rule_id = $3 WHERE uuid = $1")
+                        .bind(&c.uuid)
+                        .bind(&c.recording_mode)
+                        .bind(c.rule_id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 if let Some(r) = rec {
                     sqlx::query(
                         "INSERT INTO recordings (call_uuid, path, bytes, sha256, sample_rate, \
@@ -673,6 +682,8 @@ pub(crate) mod tests {
                 1_700_000_002_000_000_000 + u64::from(n),
                 1_700_000_004_500_000_000 + u64::from(n),
             )],
+            recording_mode: Some("record".into()),
+            rule_id: None,
         }
     }
 

@@ -7,5 +7,6 @@ pub mod csv_journal;
 pub mod db;
 pub mod paths;
 pub mod retention;
+pub mod rules;
 pub mod wav;
 pub mod writer;

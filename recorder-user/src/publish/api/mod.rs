@@ -13,6 +13,7 @@ pub mod auth;
 pub mod calls;
 pub mod errors;
 pub mod openapi;
+pub mod rules;
 
 use std::{
     path::PathBuf,
@@ -25,7 +26,7 @@ use axum::{
     http::StatusCode,
     middleware::from_fn_with_state,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,9 @@ struct Inner {
     live: std::sync::OnceLock<Arc<LiveCalls>>,
     /// Configuration reload, once `calltap run` has its threads.
     reload: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
+    /// The recording rules in force, once `calltap run` has them: replaced after each change
+    /// through `/rules`.
+    rules: std::sync::OnceLock<Arc<crate::pipeline::rules::LiveRules>>,
 }
 
 impl ApiState {
@@ -113,6 +117,7 @@ impl ApiState {
                 writer,
                 live: std::sync::OnceLock::new(),
                 reload: std::sync::OnceLock::new(),
+                rules: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -129,6 +134,20 @@ impl ApiState {
 
     pub fn live(&self) -> Option<&Arc<LiveCalls>> {
         self.inner.live.get()
+    }
+
+    /// Connects the recording rules in force (see [`rules`]); set once.
+    pub fn set_rules(&self, rules: Arc<crate::pipeline::rules::LiveRules>) {
+        let _ = self.inner.rules.set(rules);
+    }
+
+    pub fn rules(&self) -> Option<&Arc<crate::pipeline::rules::LiveRules>> {
+        self.inner.rules.get()
+    }
+
+    /// `[recording] default` of the configuration the state was built with.
+    pub fn recording_default(&self) -> crate::pipeline::rules::RuleAction {
+        self.inner.cfg.recording_default
     }
 
     pub fn set_reloader(&self, reloader: Arc<crate::reload::Reloader>) {
@@ -193,6 +212,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/calls/active", get(active::list))
         .route("/calls/{uuid}", get(calls::detail))
         .route("/calls/{uuid}/recording", get(calls::recording))
+        .route("/rules", get(rules::list))
+        .route("/rules/{id}", get(rules::get))
         .route_layer(from_fn_with_state(
             (state.clone(), Role::Viewer),
             auth::require,
@@ -206,6 +227,8 @@ pub fn router(state: ApiState) -> Router {
     let admin = Router::new()
         .route("/tokens", get(tokens_list).post(tokens_create))
         .route("/reload", post(reload))
+        .route("/rules", post(rules::create))
+        .route("/rules/{id}", put(rules::update).delete(rules::delete))
         .route_layer(from_fn_with_state(
             (state.clone(), Role::Admin),
             auth::require,

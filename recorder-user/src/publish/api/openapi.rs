@@ -20,6 +20,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/tokens", "admin"),
     ("post", "/tokens", "admin"),
     ("post", "/reload", "admin"),
+    ("get", "/rules", "viewer"),
+    ("post", "/rules", "admin"),
+    ("get", "/rules/{id}", "viewer"),
+    ("put", "/rules/{id}", "admin"),
+    ("delete", "/rules/{id}", "admin"),
 ];
 
 fn nullable(t: &str) -> Value {
@@ -35,7 +40,7 @@ fn error_responses(codes: &[&str]) -> Value {
             "403" => "The token's role is not allowed to do this",
             "404" => "Not found",
             "413" => "Request body too large",
-            "409" => "Not possible in the call's current state",
+            "409" => "Not possible in the resource's current state (a call's recording, a rule name already taken)",
             "416" => "Range not satisfiable",
             _ => "The CDR database is not answering",
         };
@@ -129,6 +134,44 @@ pub fn document() -> Value {
         ),
         json!({"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TokenRequest"}}}}}),
     );
+    let rule_body = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RuleRequest"}}}});
+    let id_param = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "format": "int64"}});
+    let rules_create = with(
+        op(
+            "Create a recording rule (applies to calls that start from now on)",
+            "admin",
+            json_ok("201", "Rule"),
+            &["400", "401", "403", "409", "413", "503"],
+        ),
+        json!({"requestBody": rule_body.clone()}),
+    );
+    let rule_get = with(
+        op(
+            "One recording rule",
+            "viewer",
+            json_ok("200", "Rule"),
+            &["400", "401", "403", "404", "503"],
+        ),
+        json!({"parameters": [id_param.clone()]}),
+    );
+    let rule_put = with(
+        op(
+            "Replace a recording rule whole (applies to calls that start from now on)",
+            "admin",
+            json_ok("200", "Rule"),
+            &["400", "401", "403", "404", "409", "413", "503"],
+        ),
+        json!({"parameters": [id_param.clone()], "requestBody": rule_body}),
+    );
+    let rule_delete = with(
+        op(
+            "Delete a recording rule",
+            "admin",
+            json!({"204": {"description": "Deleted"}}),
+            &["400", "401", "403", "404", "503"],
+        ),
+        json!({"parameters": [id_param]}),
+    );
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -151,6 +194,11 @@ pub fn document() -> Value {
                 json_ok("200", "ReloadReport"),
                 &["401", "403", "409"],
             )},
+            "/rules": {
+                "get": op("Recording rules in evaluation order (priority, then id; the first enabled match decides a new call's recording) and the default mode for calls no rule matches", "viewer", json_ok("200", "RuleList"), &["401", "403", "503"]),
+                "post": rules_create,
+            },
+            "/rules/{id}": {"get": rule_get, "put": rule_put, "delete": rule_delete},
             "/tokens": {
                 "get": op("List API tokens (never the tokens themselves)", "admin", json_ok("200", "TokenList"), &["401", "403", "503"]),
                 "post": token_create,
@@ -167,6 +215,8 @@ fn schemas() -> Value {
     let int = json!({"type": "integer"});
     let s = json!({"type": "string"});
     let num = json!({"type": "number"});
+    let pattern = json!({"type": "string", "nullable": true, "minLength": 1, "maxLength": crate::pipeline::rules::MAX_PATTERN});
+    let action = json!({"type": "string", "enum": ["record", "skip", "on_demand"], "description": "record: from the first packet; skip: no file at all; on_demand: no audio until an operator starts it"});
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
@@ -232,7 +282,9 @@ fn schemas() -> Value {
                 "answered": {"type": "string", "format": "date-time", "nullable": true},
                 "state": {"type": "string", "enum": ["setup", "ringing", "answered", "held", "ending"]},
                 "worker": int,
-                "recording": {"type": "string", "enum": ["recording", "paused", "stopped"]}}},
+                "recording": {"type": "string", "enum": ["recording", "paused", "stopped"]},
+                "recording_mode": {"type": "string", "enum": ["record", "skip", "on_demand"], "description": "What the recording rules decided at call start"},
+                "rule_id": {"type": "integer", "nullable": true, "description": "The deciding rule; null: the default mode"}}},
         "ReloadReport": {"type": "object", "required": ["applied", "needs_restart"], "properties": {
             "applied": {"type": "array", "items": s.clone(), "description": "section.key now in effect"},
             "needs_restart": {"type": "array", "items": s.clone(), "description": "section.key that take effect after a restart"},
@@ -248,6 +300,25 @@ fn schemas() -> Value {
         "TokenRequest": {"type": "object", "required": ["role"], "additionalProperties": false, "properties": {
             "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
             "name": {"type": "string", "maxLength": 200}}},
+        "RuleMatch": {"type": "object", "additionalProperties": false,
+            "description": "Conditions, all optional and ANDed. Number patterns and domain are globs over the whole value, case-insensitive: * any run, ? one character (a prefix is 1234*). caller/callee: SIP From/To user part; party: either. IPs: an address or CIDR (v4 or v6); ip: either party. domain: host of From or To.",
+            "properties": {
+                "caller": pattern.clone(), "callee": pattern.clone(), "party": pattern.clone(),
+                "caller_ip": nullable("string"), "callee_ip": nullable("string"), "ip": nullable("string"),
+                "domain": pattern}},
+        "RuleRequest": {"type": "object", "required": ["name", "action"], "additionalProperties": false, "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": crate::pipeline::rules::MAX_NAME, "description": "Unique"},
+            "priority": {"type": "integer", "minimum": 0, "maximum": crate::pipeline::rules::MAX_PRIORITY, "default": super::rules::DEFAULT_PRIORITY, "description": "Lower is evaluated first"},
+            "enabled": {"type": "boolean", "default": true},
+            "action": action.clone(),
+            "match": {"$ref": "#/components/schemas/RuleMatch"}}},
+        "Rule": {"type": "object", "required": ["id", "name", "priority", "enabled", "action", "match"], "properties": {
+            "id": int, "name": s, "priority": int, "enabled": {"type": "boolean"},
+            "action": action.clone(),
+            "match": {"$ref": "#/components/schemas/RuleMatch"}}},
+        "RuleList": {"type": "object", "required": ["rules", "default"], "properties": {
+            "rules": {"type": "array", "items": {"$ref": "#/components/schemas/Rule"}},
+            "default": action}},
         "TokenCreated": {"type": "object", "required": ["id", "role", "token"], "properties": {
             "id": int, "role": s, "name": s, "token": s}},
     })

@@ -1,0 +1,687 @@
+//! Recording rules: which calls are recorded, skipped, or recorded only when an operator asks.
+//!
+//! Rules live in the database (`recording_rules`, managed through `/api/v1/rules`); the daemon
+//! keeps a compiled snapshot ([`RuleSet`]) in a [`LiveRules`] that the signalling worker reads
+//! once per new call (SIP rate, never per RTP packet) and that the API replaces after every
+//! change. Compiling up front (patterns lowercased into bytes, CIDRs into masks) keeps a
+//! decision to a few comparisons per rule and free of allocation.
+//!
+//! Matching: every condition a rule sets must hold (AND); unset conditions match anything. The
+//! enabled rule with the lowest `priority` (then lowest `id`) that matches wins; when none does,
+//! the configured default (`[recording] default`) applies.
+//!
+//! Number patterns are *globs* over the whole SIP user part (From for the caller, To for the
+//! callee), case-insensitive: `*` is any run of characters (also none), `?` exactly one, any
+//! other character itself. A prefix is written `1234*`; a pattern without wildcards matches
+//! that exact user. A party without a user part matches no pattern. The domain condition is the
+//! same kind of glob over the host part of From or To (either side matches). IP conditions take
+//! an address or a CIDR (`10.0.0.0/8`, `2001:db8::/32`); IPv4-mapped IPv6 addresses of a party
+//! are compared as IPv4.
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, RwLock},
+};
+
+use calltap_sip::NameAddr;
+use serde::{Deserialize, Serialize};
+
+/// Longest pattern or domain accepted: far above any real number or host name, it bounds the
+/// matcher's work per call.
+pub const MAX_PATTERN: usize = 128;
+/// Longest rule name accepted.
+pub const MAX_NAME: usize = 200;
+/// Highest priority accepted (lowest is 0).
+pub const MAX_PRIORITY: i64 = i32::MAX as i64;
+
+/// What happens to a call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    /// Recorded from the first packet (CallTap's behaviour without rules).
+    #[default]
+    Record,
+    /// Never recorded: no file at all; the CDR is still written.
+    Skip,
+    /// No audio until an operator starts the recording (`POST /calls/{uuid}/recording`).
+    OnDemand,
+}
+
+impl RuleAction {
+    pub fn parse(s: &str) -> Option<RuleAction> {
+        match s {
+            "record" => Some(RuleAction::Record),
+            "skip" => Some(RuleAction::Skip),
+            "on_demand" => Some(RuleAction::OnDemand),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleAction::Record => "record",
+            RuleAction::Skip => "skip",
+            RuleAction::OnDemand => "on_demand",
+        }
+    }
+}
+
+/// The recording decision for one call: the action and the rule that chose it (`None`: the
+/// default applied).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RecordingMode {
+    #[serde(rename = "recording_mode")]
+    pub action: RuleAction,
+    pub rule_id: Option<i64>,
+}
+
+/// A rule's match conditions, as stored and as the API takes them. All optional, ANDed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Conditions {
+    /// Glob over the caller's (From) user part.
+    pub caller: Option<String>,
+    /// Glob over the callee's (To) user part.
+    pub callee: Option<String>,
+    /// Glob over either party's user part.
+    pub party: Option<String>,
+    /// Address or CIDR of the caller (source of the INVITE).
+    pub caller_ip: Option<String>,
+    /// Address or CIDR of the callee.
+    pub callee_ip: Option<String>,
+    /// Address or CIDR of either party.
+    pub ip: Option<String>,
+    /// Glob over the host part of From or To.
+    pub domain: Option<String>,
+}
+
+/// A stored rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    pub id: i64,
+    pub name: String,
+    pub priority: i64,
+    pub enabled: bool,
+    pub action: RuleAction,
+    #[serde(rename = "match")]
+    pub conditions: Conditions,
+}
+
+/// Why a rule cannot be used; `field` names the offending request field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct RuleError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> RuleError {
+    RuleError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A glob compiled for matching: lowercased bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Glob(Box<[u8]>);
+
+impl Glob {
+    fn compile(field: &'static str, p: &str) -> Result<Glob, RuleError> {
+        if p.is_empty() {
+            return Err(invalid(field, "empty pattern"));
+        }
+        if p.len() > MAX_PATTERN {
+            return Err(invalid(field, format!("longer than {MAX_PATTERN} bytes")));
+        }
+        if p.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(invalid(
+                field,
+                "whitespace or control characters in pattern",
+            ));
+        }
+        Ok(Glob(p.as_bytes().to_ascii_lowercase().into_boxed_slice()))
+    }
+
+    /// Whole-string glob match, ASCII case-insensitive, without allocating: the classic
+    /// two-pointer walk that backtracks only to the last `*` (linear in practice, bounded by
+    /// `MAX_PATTERN` times the input).
+    fn matches(&self, s: &str) -> bool {
+        let (p, s) = (&self.0[..], s.as_bytes());
+        let (mut pi, mut si) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while si < s.len() {
+            match p.get(pi) {
+                Some(b'*') => {
+                    star = Some((pi, si));
+                    pi += 1;
+                }
+                Some(&c) if c == b'?' || c == s[si].to_ascii_lowercase() => {
+                    pi += 1;
+                    si += 1;
+                }
+                _ => match star {
+                    Some((sp, ss)) => {
+                        pi = sp + 1;
+                        si = ss + 1;
+                        star = Some((sp, ss + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        p[pi..].iter().all(|&c| c == b'*')
+    }
+
+    fn matches_opt(&self, s: Option<&str>) -> bool {
+        s.is_some_and(|s| self.matches(s))
+    }
+}
+
+/// An address block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cidr {
+    V4 { net: u32, mask: u32 },
+    V6 { net: u128, mask: u128 },
+}
+
+impl Cidr {
+    fn parse(field: &'static str, s: &str) -> Result<Cidr, RuleError> {
+        let bad = |why: &str| invalid(field, format!("{s:?}: {why}"));
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("expected an IP address or CIDR (a.b.c.d/n, x:y::/n)"))?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u32 = match prefix {
+            None => max,
+            Some(p) => p
+                .parse()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| bad(&format!("prefix length must be 0..={max}")))?,
+        };
+        Ok(match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+                Cidr::V4 {
+                    net: u32::from(a) & mask,
+                    mask,
+                }
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                Cidr::V6 {
+                    net: u128::from(a) & mask,
+                    mask,
+                }
+            }
+        })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        match (self, ip.to_canonical()) {
+            (Cidr::V4 { net, mask }, IpAddr::V4(a)) => u32::from(a) & mask == *net,
+            (Cidr::V6 { net, mask }, IpAddr::V6(a)) => u128::from(a) & mask == *net,
+            _ => false,
+        }
+    }
+}
+
+/// A rule ready for matching.
+#[derive(Clone, Debug)]
+struct Compiled {
+    id: i64,
+    action: RuleAction,
+    caller: Option<Glob>,
+    callee: Option<Glob>,
+    party: Option<Glob>,
+    caller_ip: Option<Cidr>,
+    callee_ip: Option<Cidr>,
+    ip: Option<Cidr>,
+    domain: Option<Glob>,
+}
+
+/// What a rule is matched against.
+#[derive(Clone, Copy, Debug)]
+pub struct CallFacts<'a> {
+    pub from: &'a NameAddr,
+    pub to: &'a NameAddr,
+    pub caller_ip: IpAddr,
+    pub callee_ip: IpAddr,
+}
+
+impl Compiled {
+    fn matches(&self, f: &CallFacts<'_>) -> bool {
+        let (from_user, to_user) = (f.from.user.as_deref(), f.to.user.as_deref());
+        self.caller
+            .as_ref()
+            .is_none_or(|g| g.matches_opt(from_user))
+            && self.callee.as_ref().is_none_or(|g| g.matches_opt(to_user))
+            && self
+                .party
+                .as_ref()
+                .is_none_or(|g| g.matches_opt(from_user) || g.matches_opt(to_user))
+            && self.caller_ip.is_none_or(|c| c.contains(f.caller_ip))
+            && self.callee_ip.is_none_or(|c| c.contains(f.callee_ip))
+            && self
+                .ip
+                .is_none_or(|c| c.contains(f.caller_ip) || c.contains(f.callee_ip))
+            && self.domain.as_ref().is_none_or(|g| {
+                g.matches_opt(f.from.host.as_deref()) || g.matches_opt(f.to.host.as_deref())
+            })
+    }
+}
+
+/// Checks a rule's fields (what the API and the store accept); `Ok` means it compiles.
+pub fn validate(name: &str, priority: i64, conditions: &Conditions) -> Result<(), RuleError> {
+    if name.trim().is_empty() {
+        return Err(invalid("name", "empty"));
+    }
+    if name.len() > MAX_NAME || name.contains('\0') {
+        return Err(invalid("name", format!("at most {MAX_NAME} bytes, no NUL")));
+    }
+    if !(0..=MAX_PRIORITY).contains(&priority) {
+        return Err(invalid("priority", format!("must be 0..={MAX_PRIORITY}")));
+    }
+    compile_conditions(0, RuleAction::Record, conditions).map(drop)
+}
+
+fn compile_conditions(id: i64, action: RuleAction, c: &Conditions) -> Result<Compiled, RuleError> {
+    let glob =
+        |field, p: &Option<String>| p.as_deref().map(|p| Glob::compile(field, p)).transpose();
+    let cidr = |field, p: &Option<String>| p.as_deref().map(|p| Cidr::parse(field, p)).transpose();
+    Ok(Compiled {
+        id,
+        action,
+        caller: glob("match.caller", &c.caller)?,
+        callee: glob("match.callee", &c.callee)?,
+        party: glob("match.party", &c.party)?,
+        caller_ip: cidr("match.caller_ip", &c.caller_ip)?,
+        callee_ip: cidr("match.callee_ip", &c.callee_ip)?,
+        ip: cidr("match.ip", &c.ip)?,
+        domain: glob("match.domain", &c.domain)?,
+    })
+}
+
+/// The compiled, ordered, enabled rules and the default.
+#[derive(Clone, Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Compiled>,
+    default: RuleAction,
+}
+
+impl RuleSet {
+    /// Compiles `rules` (disabled ones dropped, the rest ordered by priority then id). A rule
+    /// that does not compile (a row written by hand into the database) is left out and logged:
+    /// one bad row must not stop the others from applying.
+    pub fn new(rules: &[Rule], default: RuleAction) -> RuleSet {
+        let mut sorted: Vec<&Rule> = rules.iter().filter(|r| r.enabled).collect();
+        sorted.sort_by_key(|r| (r.priority, r.id));
+        let rules = sorted
+            .into_iter()
+            .filter_map(
+                |r| match compile_conditions(r.id, r.action, &r.conditions) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        log::error!("recording rule {} ({:?}) ignored: {e}", r.id, r.name);
+                        None
+                    }
+                },
+            )
+            .collect();
+        RuleSet { rules, default }
+    }
+
+    /// Only the default: what applies before the rules are loaded.
+    pub fn default_only(default: RuleAction) -> RuleSet {
+        RuleSet {
+            rules: Vec::new(),
+            default,
+        }
+    }
+
+    pub fn default_action(&self) -> RuleAction {
+        self.default
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The decision for a call: the first matching rule's action, else the default.
+    pub fn decide(&self, facts: &CallFacts<'_>) -> RecordingMode {
+        self.rules.iter().find(|r| r.matches(facts)).map_or(
+            RecordingMode {
+                action: self.default,
+                rule_id: None,
+            },
+            |r| RecordingMode {
+                action: r.action,
+                rule_id: Some(r.id),
+            },
+        )
+    }
+}
+
+/// The rule set in force, shared by the signalling worker (reads it once per new call) and
+/// the API and the loader in `calltap run` (replace it whole). Readers clone the inner `Arc`
+/// and drop the lock at once, so a replacement never waits for a decision and vice versa.
+#[derive(Debug)]
+pub struct LiveRules {
+    set: RwLock<Arc<RuleSet>>,
+}
+
+impl LiveRules {
+    pub fn new(set: RuleSet) -> Arc<LiveRules> {
+        Arc::new(LiveRules {
+            set: RwLock::new(Arc::new(set)),
+        })
+    }
+
+    pub fn get(&self) -> Arc<RuleSet> {
+        // A panic while holding the lock can only have happened around a whole-value swap.
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the rules, keeping the default.
+    pub fn replace(&self, rules: &[Rule]) {
+        let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
+        *set = Arc::new(RuleSet::new(rules, set.default));
+    }
+
+    /// Changes the default (configuration reload), keeping the rules.
+    pub fn set_default(&self, default: RuleAction) {
+        let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**set).clone();
+        next.default = default;
+        *set = Arc::new(next);
+    }
+
+    /// The decision for a new call under the current rules.
+    pub fn decide(&self, facts: &CallFacts<'_>) -> RecordingMode {
+        self.get().decide(facts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn party(user: Option<&str>, host: &str) -> NameAddr {
+        NameAddr {
+            user: user.map(str::to_string),
+            host: Some(host.to_string()),
+            uri: format!("sip:{}@{host}", user.unwrap_or("")),
+            ..NameAddr::default()
+        }
+    }
+
+    fn rule(id: i64, priority: i64, action: RuleAction, c: Conditions) -> Rule {
+        Rule {
+            id,
+            name: format!("r{id}"),
+            priority,
+            enabled: true,
+            action,
+            conditions: c,
+        }
+    }
+
+    fn decide(set: &RuleSet, from: &str, to: &str, src: &str, dst: &str) -> RecordingMode {
+        let (f, t) = (
+            party(Some(from), "pbx.example.com"),
+            party(Some(to), "carrier.net"),
+        );
+        set.decide(&CallFacts {
+            from: &f,
+            to: &t,
+            caller_ip: src.parse().expect("ip"),
+            callee_ip: dst.parse().expect("ip"),
+        })
+    }
+
+    fn glob(p: &str, s: &str) -> bool {
+        Glob::compile("p", p).expect("glob").matches(s)
+    }
+
+    #[test]
+    fn globs_match_the_whole_user_part() {
+        assert!(glob("1234", "1234"));
+        assert!(!glob("1234", "12345"));
+        assert!(!glob("1234", "123"));
+        assert!(glob("12*", "12"));
+        assert!(glob("12*", "129999"));
+        assert!(!glob("12*", "0129"));
+        assert!(glob("*99", "100099"));
+        assert!(!glob("*99", "1009"));
+        assert!(glob("1?3", "123"));
+        assert!(!glob("1?3", "13"));
+        assert!(glob("*", ""));
+        assert!(glob("a*b*c", "aXXbYbZc"));
+        assert!(!glob("a*b*c", "aXXbYbZ"));
+        assert!(glob("Alice", "aLICE"));
+        assert!(glob("+4930*", "+4930123"));
+        // Worst-case backtracking stays bounded (and correct).
+        let long = "a".repeat(MAX_PATTERN);
+        assert!(!glob(&format!("{}b", "*a".repeat(60)), &long));
+    }
+
+    #[test]
+    fn patterns_and_cidrs_are_validated_with_the_field_named() {
+        let bad = |c: Conditions| validate("n", 1, &c).expect_err("invalid").field;
+        assert_eq!(
+            bad(Conditions {
+                caller: Some(String::new()),
+                ..Default::default()
+            }),
+            "match.caller"
+        );
+        assert_eq!(
+            bad(Conditions {
+                party: Some("a b".into()),
+                ..Default::default()
+            }),
+            "match.party"
+        );
+        assert_eq!(
+            bad(Conditions {
+                domain: Some("x".repeat(MAX_PATTERN + 1)),
+                ..Default::default()
+            }),
+            "match.domain"
+        );
+        for cidr in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "fe80::/129",
+            "x",
+            "1.2.3.4/-1",
+        ] {
+            assert_eq!(
+                bad(Conditions {
+                    ip: Some(cidr.into()),
+                    ..Default::default()
+                }),
+                "match.ip",
+                "{cidr}"
+            );
+        }
+        assert_eq!(
+            validate("", 1, &Conditions::default())
+                .expect_err("name")
+                .field,
+            "name"
+        );
+        assert_eq!(
+            validate("n", -1, &Conditions::default())
+                .expect_err("priority")
+                .field,
+            "priority"
+        );
+        assert!(validate("n", 0, &Conditions::default()).is_ok());
+        assert_eq!(RuleAction::parse("on_demand"), Some(RuleAction::OnDemand));
+        assert_eq!(RuleAction::parse("Record"), None);
+    }
+
+    #[test]
+    fn cidr_v4_v6_and_mapped() {
+        let c = |s: &str| Cidr::parse("ip", s).expect("cidr");
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(c("198.18.0.0/15").contains(ip("198.19.255.1")));
+        assert!(!c("198.18.0.0/15").contains(ip("198.20.0.1")));
+        assert!(c("198.18.0.1").contains(ip("198.18.0.1")));
+        assert!(!c("198.18.0.1").contains(ip("198.18.0.2")));
+        assert!(c("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(!c("0.0.0.0/0").contains(ip("::1")));
+        assert!(c("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!c("2001:db8::/32").contains(ip("2001:db9::1")));
+        assert!(c("::/0").contains(ip("fe80::1")));
+        // A party seen as IPv4-mapped IPv6 is compared as IPv4, both ways round.
+        assert!(c("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")));
+        assert!(c("::ffff:10.0.0.1").contains(ip("10.0.0.1")));
+        // Host bits set in the network are ignored.
+        assert!(c("10.1.2.3/8").contains(ip("10.200.0.0")));
+    }
+
+    #[test]
+    fn first_enabled_match_by_priority_wins_else_default() {
+        let caller = |p: &str| Conditions {
+            caller: Some(p.into()),
+            ..Default::default()
+        };
+        let mut disabled = rule(1, 0, RuleAction::Record, caller("*"));
+        disabled.enabled = false;
+        let rules = vec![
+            rule(7, 50, RuleAction::OnDemand, caller("1*")),
+            disabled,
+            rule(3, 10, RuleAction::Skip, caller("100?")),
+            // Same priority as rule 7: the lower id goes first.
+            rule(2, 50, RuleAction::Record, caller("10*")),
+        ];
+        let set = RuleSet::new(&rules, RuleAction::Skip);
+        assert_eq!(set.len(), 3);
+        let d = |from: &str| decide(&set, from, "2000", "10.0.0.1", "10.0.0.2");
+        assert_eq!(
+            d("1001"),
+            RecordingMode {
+                action: RuleAction::Skip,
+                rule_id: Some(3)
+            }
+        );
+        assert_eq!(d("10011").rule_id, Some(2));
+        assert_eq!(d("10011").action, RuleAction::Record);
+        assert_eq!(d("1900").rule_id, Some(7));
+        assert_eq!(
+            d("2000"),
+            RecordingMode {
+                action: RuleAction::Skip,
+                rule_id: None
+            }
+        );
+        assert_eq!(
+            RuleSet::default().decide(&CallFacts {
+                from: &party(None, "h"),
+                to: &party(None, "h"),
+                caller_ip: "::1".parse().expect("ip"),
+                callee_ip: "::1".parse().expect("ip"),
+            }),
+            RecordingMode::default()
+        );
+    }
+
+    #[test]
+    fn conditions_are_anded_and_sides_are_respected() {
+        let c = Conditions {
+            callee: Some("2*".into()),
+            caller_ip: Some("10.0.0.0/8".into()),
+            domain: Some("*.example.com".into()),
+            ..Default::default()
+        };
+        let set = RuleSet::new(&[rule(1, 1, RuleAction::Skip, c)], RuleAction::Record);
+        let hit = |from: &str, to: &str, src: &str, dst: &str| {
+            decide(&set, from, to, src, dst).rule_id == Some(1)
+        };
+        assert!(hit("1000", "2000", "10.9.9.9", "192.0.2.1"));
+        assert!(!hit("1000", "3000", "10.9.9.9", "192.0.2.1"));
+        assert!(!hit("2000", "1000", "10.9.9.9", "192.0.2.1"));
+        assert!(!hit("1000", "2000", "192.0.2.1", "10.9.9.9"));
+        // party and ip match either side.
+        let either = Conditions {
+            party: Some("555".into()),
+            ip: Some("2001:db8::/32".into()),
+            ..Default::default()
+        };
+        let set = RuleSet::new(
+            &[rule(4, 1, RuleAction::OnDemand, either)],
+            RuleAction::Record,
+        );
+        for (from, to, src, dst) in [
+            ("555", "1", "2001:db8::1", "::2"),
+            ("1", "555", "::2", "2001:db8::9"),
+        ] {
+            assert_eq!(decide(&set, from, to, src, dst).rule_id, Some(4));
+        }
+        assert_eq!(decide(&set, "1", "2", "2001:db8::1", "::2").rule_id, None);
+        assert_eq!(decide(&set, "555", "2", "::3", "::2").rule_id, None);
+        // A domain matches the callee's host as well; a missing user part matches no pattern.
+        let dom = Conditions {
+            domain: Some("CARRIER.net".into()),
+            ..Default::default()
+        };
+        let set = RuleSet::new(&[rule(5, 1, RuleAction::Skip, dom)], RuleAction::Record);
+        assert_eq!(decide(&set, "1", "2", "::1", "::2").rule_id, Some(5));
+        let any_caller = Conditions {
+            caller: Some("*".into()),
+            ..Default::default()
+        };
+        let set = RuleSet::new(
+            &[rule(6, 1, RuleAction::Skip, any_caller)],
+            RuleAction::Record,
+        );
+        let anonymous = party(None, "h");
+        let facts = CallFacts {
+            from: &anonymous,
+            to: &anonymous,
+            caller_ip: "::1".parse().expect("ip"),
+            callee_ip: "::1".parse().expect("ip"),
+        };
+        assert_eq!(set.decide(&facts).rule_id, None);
+    }
+
+    #[test]
+    fn live_rules_replace_keeps_default_and_a_bad_stored_row_is_skipped() {
+        let live = LiveRules::new(RuleSet::default_only(RuleAction::OnDemand));
+        assert_eq!(
+            decide(&live.get(), "1", "2", "::1", "::2").action,
+            RuleAction::OnDemand
+        );
+        let bad = rule(
+            9,
+            0,
+            RuleAction::Record,
+            Conditions {
+                ip: Some("nonsense".into()),
+                ..Default::default()
+            },
+        );
+        let good = rule(10, 5, RuleAction::Skip, Conditions::default());
+        live.replace(&[bad, good]);
+        let set = live.get();
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.default_action(), RuleAction::OnDemand);
+        assert_eq!(decide(&set, "1", "2", "::1", "::2").rule_id, Some(10));
+        live.set_default(RuleAction::Record);
+        assert_eq!(live.get().default_action(), RuleAction::Record);
+        assert_eq!(live.get().len(), 1);
+    }
+}
