@@ -4,13 +4,16 @@
 //! 1. XDP program cost per packet by class, through `BPF_PROG_TEST_RUN` (needs root).
 //! 2. Userspace pipeline throughput: a capture of N concurrent G.711 calls replayed through the
 //!    same classifier, signalling and media code as live capture, on one core; recordings are
-//!    verified afterwards (every call, every packet).
+//!    verified afterwards (every call, every packet; a sample of WAVs sample for sample against
+//!    the deterministic payloads of `calltap_lab::load`).
 //! 3. Memory per active call: RSS while all N calls are open, over N.
-//! 4. Live zero-loss capacity (root, tcpreplay): the same kind of capture played at its real
-//!    rate into the SPAN lab (from the caller namespace, so the switch mirrors it to CallTap on
-//!    XDP), for growing numbers of concurrent calls; the largest with no ring-full drop and
-//!    every call's every packet recorded is reported, with the generator's own CPU use.
-//!    Steps: `CALLTAP_BENCH_LIVE_STEPS` (default "250,500,1000,2000"); empty skips.
+//! 4. Live zero-loss capacity (root): `calltap-loadgen` (tests/src/bin/loadgen.rs) sends N
+//!    concurrent calls in real time from the caller namespace into the SPAN lab (the switch
+//!    mirrors them to CallTap on XDP), for growing N; the largest N with no ring-full drop,
+//!    every call's every packet recorded and a sample of WAVs sample-exact is reported, with
+//!    the generator's own CPU use and how late it fell behind its schedule (so a generator limit
+//!    shows as one). tcpreplay of the same traffic is the fallback when the generator is not
+//!    built. Steps: `CALLTAP_BENCH_LIVE_STEPS` (default "250,500,1000,2000"); empty skips.
 //!
 //! 5. Allocations per RTP packet: a counting global allocator around two replays of the same
 //!    calls, one twice as long as the other; the difference over the extra RTP packets is what
@@ -27,19 +30,14 @@ mod frames;
 
 use std::{
     collections::BTreeMap,
-    fs::File,
-    io::BufWriter,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use calltap::{capture::xdp::XdpCapture, config::Config, pipeline::MediaTable};
 use calltap_common::{MediaKey, MediaValue, XdpConfig, MAX_WORKERS};
+use calltap_lab::load::{check_recording, write_pcap, LoadSpec};
 use frames::{eth, ipv4, rtp, udp};
-use pcap_file::{
-    pcap::{PcapHeader, PcapPacket, PcapWriter},
-    DataLink,
-};
 
 /// Counts heap allocations so the bench can show the RTP path does none.
 struct Counting;
@@ -159,123 +157,50 @@ fn xdp_costs(out: &mut BTreeMap<String, f64>) {
     }
 }
 
-/// N concurrent calls, both directions 50 packets/s for `seconds`, written in time order.
-fn write_load(path: &Path, calls: u32, seconds: u32) -> u64 {
-    let file = BufWriter::new(File::create(path).expect("create pcap"));
-    let mut w = PcapWriter::with_header(
-        file,
-        PcapHeader {
-            datalink: DataLink::ETHERNET,
-            ..PcapHeader::default()
-        },
-    )
-    .expect("pcap header");
-    let base = 1_700_000_000u64 * 1_000_000_000;
-    let ip = |side: u8, k: u32| [10, side, (k / 250) as u8, (k % 250) as u8 + 1];
-    let mut put = |at_ns: u64, frame: &[u8]| {
-        w.write_packet(&PcapPacket::new(
-            Duration::from_nanos(base + at_ns),
-            frame.len() as u32,
-            frame,
-        ))
-        .expect("write");
-    };
-    let sip = |k: u32, text: String| {
-        eth(
-            0x0800,
-            &ipv4(17, ip(1, k), ip(2, k), &udp(5060, 5060, text.as_bytes())),
-        )
-    };
-    let sip_back = |k: u32, text: String| {
-        eth(
-            0x0800,
-            &ipv4(17, ip(2, k), ip(1, k), &udp(5060, 5060, text.as_bytes())),
-        )
-    };
-    let hdr = |k: u32, method: &str, cseq: u32, tag: bool| {
-        format!(
-            "Via: SIP/2.0/UDP 10.1.0.1:5060;branch=z9hG4bK{k}{cseq}\r\nFrom: <sip:agent{k}@pbx>;tag=f{k}\r\nTo: <sip:cust{k}@carrier>{}\r\nCall-ID: load-{k}@bench\r\nCSeq: {cseq} {method}\r\n",
-            if tag { ";tag=t" } else { "" }
-        )
-    };
-    let sdp = |a: [u8; 4]| {
-        format!("v=0\r\no=- 1 1 IN IP4 {0}.{1}.{2}.{3}\r\ns=-\r\nc=IN IP4 {0}.{1}.{2}.{3}\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n", a[0], a[1], a[2], a[3])
-    };
-    let mut rtp_packets = 0u64;
-    let stagger = 1_000_000_000u64 / u64::from(calls.max(1));
-    for k in 0..calls {
-        let t = u64::from(k) * stagger;
-        let body = sdp(ip(1, k));
-        put(t, &sip(k, format!("INVITE sip:cust{k}@carrier SIP/2.0\r\n{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}", hdr(k, "INVITE", 1, false), body.len())));
-        let body = sdp(ip(2, k));
-        put(t + 1_000_000, &sip_back(k, format!("SIP/2.0 200 OK\r\n{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}", hdr(k, "INVITE", 1, true), body.len())));
-        put(
-            t + 2_000_000,
-            &sip(
-                k,
-                format!(
-                    "ACK sip:cust{k}@carrier SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
-                    hdr(k, "ACK", 1, true)
-                ),
-            ),
-        );
+/// N concurrent calls, both directions 50 packets/s for `seconds`, written in time order by
+/// the lab's call model (the same traffic `calltap-loadgen` sends live). Returns the RTP
+/// packets written and the model, which the checks use to know what every recording must hold.
+fn write_load(path: &Path, calls: u32, seconds: u32) -> (u64, LoadSpec) {
+    let spec = LoadSpec::new(calls, seconds);
+    let written = write_pcap(path, &spec, None).expect("write load pcap");
+    assert_eq!(written.rtp, spec.rtp_packets(), "load pcap incomplete");
+    (written.rtp, spec)
+}
+
+/// Up to `n` CDRs spread over the run (first, last and between): WAV checks are a sample
+/// because decoding every recording would dominate the bench.
+fn sample<T: Clone>(items: &[T], n: usize) -> Vec<T> {
+    if items.len() <= n {
+        return items.to_vec();
     }
-    let packets = seconds * 50;
-    for p in 0..packets {
-        for k in 0..calls {
-            let t = 1_000_000_000 + u64::from(p) * 20_000_000 + u64::from(k) * stagger / 50;
-            let payload = [(0x80 + (p + k) % 100) as u8; 160];
-            put(
-                t,
-                &eth(
-                    0x0800,
-                    &ipv4(
-                        17,
-                        ip(1, k),
-                        ip(2, k),
-                        &udp(30000, 30000, &rtp(0, p as u16, p * 160, k, &payload)),
-                    ),
-                ),
-            );
-            put(
-                t + 100_000,
-                &eth(
-                    0x0800,
-                    &ipv4(
-                        17,
-                        ip(2, k),
-                        ip(1, k),
-                        &udp(
-                            30000,
-                            30000,
-                            &rtp(0, p as u16, p * 160, k | 1 << 31, &payload),
-                        ),
-                    ),
-                ),
-            );
-            rtp_packets += 2;
-        }
+    (0..n)
+        .map(|i| items[i * (items.len() - 1) / (n - 1).max(1)].clone())
+        .collect()
+}
+
+/// Checks recordings (Call-ID, WAV path) sample for sample against the audio the model sent:
+/// caller left, callee right. Returns how many were checked; Err names the first bad one.
+fn verify_wavs(spec: &LoadSpec, recordings: &[(String, PathBuf)]) -> Result<usize, String> {
+    for (call_id, path) in recordings {
+        let call = spec
+            .call_index(call_id)
+            .ok_or_else(|| format!("{call_id}: not a call of this run"))?;
+        let mut wav =
+            hound::WavReader::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let samples: Vec<i16> = wav
+            .samples::<i16>()
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        check_recording(spec, call, &samples)
+            .map_err(|e| format!("{} ({call_id}): {e:#}", path.display()))?;
     }
-    let end = 1_000_000_000 + u64::from(packets) * 20_000_000 + 100_000_000;
-    for k in 0..calls {
-        put(
-            end + u64::from(k) * stagger,
-            &sip(
-                k,
-                format!(
-                    "BYE sip:cust{k}@carrier SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
-                    hdr(k, "BYE", 2, true)
-                ),
-            ),
-        );
-    }
-    rtp_packets
+    Ok(recordings.len())
 }
 
 fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u32) {
     let pcap = dir.join("load.pcap");
     let t = Instant::now();
-    let rtp_packets = write_load(&pcap, calls, seconds);
+    let (rtp_packets, spec) = write_load(&pcap, calls, seconds);
     eprintln!(
         "pipeline: wrote {} calls x {seconds} s ({rtp_packets} RTP packets) in {:.1?}",
         calls,
@@ -290,6 +215,7 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
         let rss_before = rss_kib();
         let mut rss_open = 0;
         let mut cdrs = Vec::new();
+        let mut recordings = Vec::new();
         let t = Instant::now();
         let summary = calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&pcap), |cdr| {
             if cdrs.is_empty() {
@@ -297,6 +223,9 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
                 rss_open = rss_kib();
             }
             cdrs.push((cdr.packets.caller, cdr.packets.callee));
+            if let Some(rec) = &cdr.recording {
+                recordings.push((cdr.call_id.clone(), rec.path.clone()));
+            }
         });
         let secs = t.elapsed().as_secs_f64();
         let complete = cdrs
@@ -304,8 +233,10 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
             .filter(|(a, b)| *a == u64::from(seconds) * 50 && *b == u64::from(seconds) * 50)
             .count();
         assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+        let wavs = verify_wavs(&spec, &sample(&recordings, 5))
+            .unwrap_or_else(|e| panic!("pipeline: a recording differs from what was sent: {e}"));
         eprintln!(
-            "pipeline: {workers} worker(s) (inline, one core): {:.2} s, {:.0} RTP pkt/s, {} of {} calls complete",
+            "pipeline: {workers} worker(s) (inline, one core): {:.2} s, {:.0} RTP pkt/s, {} of {} calls complete, {wavs} WAVs sample-exact",
             secs,
             rtp_packets as f64 / secs,
             complete,
@@ -361,7 +292,7 @@ fn rtp_path_allocations(out: &mut BTreeMap<String, f64>, dir: &Path) {
     let mut runs = Vec::new();
     for seconds in [4u32, 8] {
         let pcap = dir.join(format!("alloc-{seconds}.pcap"));
-        let rtp = write_load(&pcap, calls, seconds);
+        let (rtp, _) = write_load(&pcap, calls, seconds);
         let (_, allocs, complete) =
             replay_once(&dir.join("alloc-data"), &pcap, u64::from(seconds) * 50);
         let _ = std::fs::remove_file(&pcap);
@@ -393,7 +324,8 @@ fn tshark_secs(out: &mut BTreeMap<String, f64>, pcap: &Path, rtp_packets: u64) -
         Ok(o) if o.status.success() => {
             let streams = String::from_utf8_lossy(&o.stdout)
                 .lines()
-                .filter(|l| l.contains("ITU-T G.711 PCMU"))
+                // Older tshark names the payload "ITU-T G.711 PCMU", newer "g711U".
+                .filter(|l| l.contains("G.711 PCMU") || l.contains("g711U"))
                 .count();
             eprintln!(
                 "tshark -z rtp,streams: {tshark:.2} s ({:.0} RTP pkt/s, {streams} G.711 streams found)",
@@ -433,31 +365,149 @@ fn cpu_children_secs() -> f64 {
     t(ru.ru_utime) + t(ru.ru_stime)
 }
 
+/// The generator binary (`cargo xtask bench` builds it in release and passes
+/// `CALLTAP_LOADGEN_BIN`); None when it is not built.
+fn loadgen_bin() -> Option<PathBuf> {
+    let bin = std::env::var_os("CALLTAP_LOADGEN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("release/calltap-loadgen"));
+    bin.is_file().then_some(bin)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// What the generator of one live step did.
+struct Sent {
+    /// It sent every frame of the run (and exited cleanly).
+    complete: bool,
+    rtp: u64,
+    /// Wall-clock seconds it took, against the schedule's own length.
+    wall: f64,
+    schedule: f64,
+    cpu_pct: f64,
+    late_max_ms: f64,
+    late_p99_ms: f64,
+}
+
+/// Plays one step with `calltap-loadgen` in the caller namespace (real time, sendmmsg).
+fn send_with_loadgen(bin: &Path, dir: &Path, spec: &LoadSpec) -> Sent {
+    let stats_path = dir.join(format!("loadgen-{}.json", spec.run));
+    let _ = std::fs::remove_file(&stats_path);
+    let mut argv: Vec<String> = vec![bin.display().to_string()];
+    for (k, v) in [
+        ("--interface", "a0".to_owned()),
+        ("--calls", spec.calls.to_string()),
+        ("--seconds", spec.seconds.to_string()),
+        ("--rate", spec.rate.to_string()),
+        ("--run", spec.run.to_string()),
+        ("--stats-json", stats_path.display().to_string()),
+    ] {
+        argv.push(k.to_owned());
+        argv.push(v);
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let child = calltap_lab::netns::ns_command(calltap_lab::netns::NS_UAC, &argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn();
+    // The generator bounds itself (schedule + 30 s); this bounds the bench if it hangs anyway.
+    let limit = spec.duration() + Duration::from_secs(60);
+    let status = child
+        .map_err(anyhow::Error::from)
+        .and_then(|mut c| calltap_lab::sipp::wait_bounded(&mut c, limit));
+    let stats: serde_json::Value = std::fs::read_to_string(&stats_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let num = |k: &str| stats[k].as_f64().unwrap_or(0.0);
+    Sent {
+        complete: matches!(status, Ok(Some(s)) if s.success())
+            && stats["complete"].as_bool() == Some(true),
+        rtp: stats["rtp"].as_u64().unwrap_or(0),
+        wall: num("wall_secs"),
+        schedule: num("schedule_secs"),
+        cpu_pct: num("cpu_pct"),
+        late_max_ms: num("late_max_ms"),
+        late_p99_ms: num("late_p99_ms"),
+    }
+}
+
+/// The fallback when the generator is not built: the same traffic as a pcap through
+/// `tcpreplay` (which tops out near 40k packets/s here, so the figure is the player's).
+fn send_with_tcpreplay(dir: &Path, spec: &LoadSpec) -> Sent {
+    let pcap = dir.join(format!("live-{}.pcap", spec.calls));
+    let rtp = write_pcap(&pcap, spec, None).map_or(0, |w| w.rtp);
+    let cpu0 = cpu_children_secs();
+    let t = Instant::now();
+    let status = calltap_lab::netns::ns_command(
+        calltap_lab::netns::NS_UAC,
+        &[
+            "tcpreplay",
+            "-q",
+            "--preload-pcap",
+            "-i",
+            "a0",
+            pcap.to_str().unwrap_or_default(),
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .status();
+    let wall = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&pcap);
+    Sent {
+        complete: status.is_ok_and(|s| s.success()),
+        rtp,
+        wall,
+        schedule: spec.duration().as_secs_f64(),
+        cpu_pct: 100.0 * (cpu_children_secs() - cpu0) / wall.max(1e-9),
+        late_max_ms: f64::NAN,
+        late_p99_ms: f64::NAN,
+    }
+}
+
 fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
     let steps: Vec<u32> = std::env::var("CALLTAP_BENCH_LIVE_STEPS")
         .unwrap_or_else(|_| "250,500,1000,2000".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
+    let loadgen = loadgen_bin();
+    let tcpreplay = std::process::Command::new("tcpreplay")
+        .arg("--version")
+        .output()
+        .is_ok();
     // SAFETY: geteuid has no preconditions.
-    if steps.is_empty()
-        || unsafe { libc::geteuid() } != 0
-        || std::process::Command::new("tcpreplay")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        eprintln!("live: skipped (needs root, tcpreplay and CALLTAP_BENCH_LIVE_STEPS)");
+    if steps.is_empty() || unsafe { libc::geteuid() } != 0 || (loadgen.is_none() && !tcpreplay) {
+        eprintln!(
+            "live: skipped (needs root, calltap-loadgen or tcpreplay, and CALLTAP_BENCH_LIVE_STEPS)"
+        );
         return;
     }
+    match &loadgen {
+        Some(bin) => eprintln!("live: generator {}", bin.display()),
+        None => eprintln!(
+            "live: calltap-loadgen not built (cargo build -p calltap-lab --release --bin calltap-loadgen): falling back to tcpreplay"
+        ),
+    }
+    out.insert(
+        "live_generator_tcpreplay".into(),
+        f64::from(u8::from(loadgen.is_none())),
+    );
     let Ok(_lab) = calltap_lab::Lab::acquire() else {
         eprintln!("live: lab unavailable");
         return;
     };
     let mut best = 0u32;
     for n in steps {
-        let pcap = dir.join(format!("live-{n}.pcap"));
-        let rtp = write_load(&pcap, n, seconds);
+        let mut spec = LoadSpec::new(n, seconds);
+        // Each step is its own run: Call-IDs, SSRCs and payloads differ from the last step's.
+        spec.run = n;
         let data = dir.join(format!("live-{n}"));
         let daemon = match calltap_lab::daemon::Daemon::start(&data, &["--source", "xdp"], &[]) {
             Ok(d) => d,
@@ -466,33 +516,20 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
                 break;
             }
         };
-        let cpu0 = cpu_children_secs();
         let pid = daemon.pid();
         let daemon_cpu0 = pid.map_or(0.0, process_cpu_secs);
         let t = Instant::now();
-        let status = calltap_lab::netns::ns_command(
-            calltap_lab::netns::NS_UAC,
-            &[
-                "tcpreplay",
-                "-q",
-                "--preload-pcap",
-                "-i",
-                "a0",
-                pcap.to_str().unwrap_or_default(),
-            ],
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-        let gen_cpu = cpu_children_secs() - cpu0;
+        let sent = match &loadgen {
+            Some(bin) => send_with_loadgen(bin, dir, &spec),
+            None => send_with_tcpreplay(dir, &spec),
+        };
         let wall = t.elapsed().as_secs_f64();
         let daemon_cpu = pid.map_or(0.0, process_cpu_secs) - daemon_cpu0;
         std::thread::sleep(Duration::from_secs(1));
         // Stopping waits for every call to be finished and its CDR written.
         let summary = daemon.stop().unwrap_or_default();
         let cdrs = calltap_lab::daemon::read_jsonl(&data.join("calls.jsonl")).unwrap_or_default();
-        let _ = std::fs::remove_file(&pcap);
-        let want = u64::from(seconds) * 50;
+        let want = u64::from(spec.packets_per_direction());
         let complete = cdrs
             .iter()
             .filter(|c| {
@@ -500,18 +537,38 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
                     && c["packets"]["callee"].as_u64() == Some(want)
             })
             .count();
+        let recordings: Vec<(String, PathBuf)> = cdrs
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c["call_id"].as_str()?.to_owned(),
+                    PathBuf::from(c["recording"]["path"].as_str()?),
+                ))
+            })
+            .collect();
+        let wavs = verify_wavs(&spec, &sample(&recordings, 3));
         let ring_full = summary["counters"]["ring_full"]
             .as_u64()
             .unwrap_or(u64::MAX);
-        let ok = status.is_ok_and(|s| s.success()) && ring_full == 0 && complete == n as usize;
-        // The generator shares this 2-core machine: when it cannot send at the capture's own
-        // pace, the calls arrive stretched, and only the rate it reached counts.
-        let pps = rtp as f64 / wall;
-        let realtime_calls = (pps / 100.0).min(f64::from(n));
+        let ok = sent.complete && ring_full == 0 && complete == n as usize && wavs.is_ok();
+        // A generator that cannot keep its schedule stretches the calls: only the rate it
+        // reached counts, as real-time calls (100 RTP packets/s each).
+        let stretch = (sent.wall / sent.schedule.max(1e-9)).max(1.0);
+        let realtime_calls = f64::from(n) / stretch;
+        let pps = sent.rtp as f64 / sent.wall.max(1e-9);
         eprintln!(
-            "live: {n} calls offered, sent at {pps:.0} pkt/s (= {realtime_calls:.0} real-time calls{}): {complete}/{n} calls complete, ring_full {ring_full}, generator CPU {:.0}% of a core{}",
+            "live: {n} calls offered, {} RTP sent at {pps:.0} pkt/s in {:.2} s for a {:.2} s schedule (= {realtime_calls:.0} real-time calls{}), generator CPU {:.0}% of a core, late max {:.1} ms p99 {:.1} ms: {complete}/{n} calls complete, ring_full {ring_full}, WAVs {}{}",
+            sent.rtp,
+            sent.wall,
+            sent.schedule,
             if realtime_calls < f64::from(n) * 0.9 { ", generator-limited" } else { "" },
-            100.0 * gen_cpu / wall,
+            sent.cpu_pct,
+            sent.late_max_ms,
+            sent.late_p99_ms,
+            match &wavs {
+                Ok(k) => format!("{k} sample-exact"),
+                Err(e) => format!("WRONG: {e}"),
+            },
             if ok { "" } else { "  <- loss" }
         );
         if !ok {
@@ -529,13 +586,22 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
             })
             .unwrap_or_default();
             eprintln!(
-                "live: loss detail: offered {} RTP, counters {}, signalling {}, workers {}, m0: {veth}",
-                rtp, summary["counters"], summary["signalling"], summary["workers"]
+                "live: loss detail: generator complete {}, offered {} RTP, counters {}, signalling {}, workers {}, m0: {veth}",
+                sent.complete,
+                spec.rtp_packets(),
+                summary["counters"],
+                summary["signalling"],
+                summary["workers"]
             );
         }
         let _ = std::fs::remove_dir_all(&data);
         if !ok {
             out.insert("live_first_lossy_calls".into(), f64::from(n));
+            out.insert("live_first_lossy_generator_cpu_pct".into(), sent.cpu_pct);
+            out.insert(
+                "live_first_lossy_generator_late_max_ms".into(),
+                sent.late_max_ms,
+            );
             break;
         }
         best = best.max(realtime_calls as u32);
@@ -546,7 +612,12 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
                 .unwrap_or(0.0)
                 .max(pps),
         );
-        out.insert("live_generator_cpu_pct".into(), 100.0 * gen_cpu / wall);
+        // The generator's figures at the largest zero-loss step: how close it was to its own
+        // limit when CallTap's was measured.
+        out.insert("live_generator_cpu_pct".into(), sent.cpu_pct);
+        out.insert("live_generator_late_max_ms".into(), sent.late_max_ms);
+        out.insert("live_generator_late_p99_ms".into(), sent.late_p99_ms);
+        out.insert("live_generator_pps".into(), pps);
         // Percent of one core per 1,000 real-time calls, all of calltap's threads together.
         let per_1000 = 100.0 * daemon_cpu / wall / (realtime_calls / 1000.0).max(1e-9);
         eprintln!(
@@ -563,10 +634,7 @@ fn main() {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let calls = env_num("CALLTAP_BENCH_CALLS", 400) as u32;
     let seconds = env_num("CALLTAP_BENCH_SECONDS", 20) as u32;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("bench");
+    let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir).expect("bench dir");
     let mut out = BTreeMap::new();
     xdp_costs(&mut out);
