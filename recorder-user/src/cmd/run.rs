@@ -606,6 +606,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
                 interfaces: cfg.interfaces.clone(),
             });
             api.set_live(live_calls.clone());
+            api.set_metrics(metrics.clone());
             api.set_rules(rules.clone());
             if let Some(r) = &reloader {
                 api.set_reloader(r.clone());

@@ -679,6 +679,78 @@ impl Metrics {
     }
 }
 
+/// The recorder's health for `GET /api/v1/status`: the same sources as the scrape, as JSON.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Health {
+    pub workers: Vec<WorkerHealth>,
+    /// How full the signalling ring/queue is (0-1).
+    pub signalling_ring_fill: Option<f64>,
+    pub active_calls: u64,
+    pub archive: Option<ArchiveHealth>,
+    pub webhooks: Option<super::webhook::WebhookSnapshot>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkerHealth {
+    pub worker: u32,
+    pub records: u64,
+    pub active_calls: u64,
+    /// 0-1; None before capture starts.
+    pub ring_fill: Option<f64>,
+    pub lag_ms: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ArchiveHealth {
+    pub queued: u64,
+    pub unarchived: u64,
+    pub up: bool,
+    pub disk_full_alarm: bool,
+    pub failures_total: u64,
+    pub spool_used_fraction: f64,
+}
+
+impl Metrics {
+    pub fn health(&self) -> Health {
+        let live = &self.sources.live;
+        let fill = |label: &str| {
+            self.sources
+                .inputs
+                .get()
+                .and_then(|v| v.iter().find(|(l, _)| l == label))
+                .map(|(_, f)| f.ratio())
+        };
+        Health {
+            workers: live
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WorkerHealth {
+                    worker: i as u32,
+                    records: w.records.load(Ordering::Relaxed),
+                    active_calls: w.active_calls.load(Ordering::Relaxed),
+                    ring_fill: fill(&i.to_string()),
+                    lag_ms: w.lag_ns.load(Ordering::Relaxed) as f64 / 1e6,
+                })
+                .collect(),
+            signalling_ring_fill: fill("signalling"),
+            active_calls: live.active_calls.load(Ordering::Relaxed),
+            archive: self.sources.archive.get().map(|a| {
+                let s = a.snapshot();
+                ArchiveHealth {
+                    queued: s.queue_len,
+                    unarchived: s.queue_unarchived,
+                    up: s.archive_up,
+                    disk_full_alarm: s.disk_full_alarm,
+                    failures_total: s.failures_total,
+                    spool_used_fraction: s.spool_fs_used_fraction,
+                }
+            }),
+            webhooks: self.sources.webhooks.get().map(|w| w.snapshot()),
+        }
+    }
+}
+
 /// A filesystem's figures in bytes.
 pub struct FsUsage {
     pub size: u64,

@@ -83,6 +83,8 @@ struct Inner {
     live: std::sync::OnceLock<Arc<LiveCalls>>,
     /// Configuration reload, once `calltap run` has its threads.
     reload: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
+    /// Workers, rings, archive and webhook state for the status page.
+    metrics: std::sync::OnceLock<Arc<crate::publish::metrics::Metrics>>,
     /// The recording rules in force, once `calltap run` has them: replaced after each change
     /// through `/rules`.
     rules: std::sync::OnceLock<Arc<crate::pipeline::rules::LiveRules>>,
@@ -117,6 +119,7 @@ impl ApiState {
                 writer,
                 live: std::sync::OnceLock::new(),
                 reload: std::sync::OnceLock::new(),
+                metrics: std::sync::OnceLock::new(),
                 rules: std::sync::OnceLock::new(),
             }),
         }
@@ -148,6 +151,11 @@ impl ApiState {
     /// `[recording] default` of the configuration the state was built with.
     pub fn recording_default(&self) -> crate::pipeline::rules::RuleAction {
         self.inner.cfg.recording_default
+    }
+
+    /// Adds workers, rings, archive and webhooks to `GET /status`.
+    pub fn set_metrics(&self, metrics: Arc<crate::publish::metrics::Metrics>) {
+        let _ = self.inner.metrics.set(metrics);
     }
 
     pub fn set_reloader(&self, reloader: Arc<crate::reload::Reloader>) {
@@ -281,6 +289,9 @@ struct Status {
     capture: Option<CaptureInfo>,
     database: DatabaseStatus,
     cdr_store: Option<WriterSnapshot>,
+    /// Workers, rings, archive queue, webhooks (when `calltap run` serves the API).
+    #[serde(flatten)]
+    health: Option<crate::publish::metrics::Health>,
 }
 
 /// `GET /api/v1/status`
@@ -306,6 +317,7 @@ async fn status(State(state): State<ApiState>) -> Json<Status> {
             reachable,
         },
         cdr_store: s.writer.as_ref().map(|w| w.snapshot()),
+        health: s.metrics.get().map(|m| m.health()),
     })
 }
 

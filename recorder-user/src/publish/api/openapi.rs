@@ -271,7 +271,16 @@ fn schemas() -> Value {
                 "source": s, "interfaces": {"type": "array", "items": s}}},
             "database": {"type": "object", "properties": {
                 "backend": s, "reachable": {"type": "boolean"}}},
-            "cdr_store": {"type": "object", "nullable": true, "description": "CDR writer counters (mode: starting, database or csv)"}}},
+            "cdr_store": {"type": "object", "nullable": true, "description": "CDR writer counters (mode: starting, database or csv)"},
+            "workers": {"type": "array", "description": "Media workers: records taken, calls owned, input ring fill (0-1), processing lag", "items": {"type": "object", "properties": {
+                "worker": int, "records": int, "active_calls": int, "ring_fill": nullable("number"), "lag_ms": num}}},
+            "signalling_ring_fill": nullable("number"),
+            "active_calls": int,
+            "archive": {"type": "object", "nullable": true, "description": "Archive queue and spool disk", "properties": {
+                "queued": int, "unarchived": int, "up": {"type": "boolean"}, "disk_full_alarm": {"type": "boolean"},
+                "failures_total": int, "spool_used_fraction": num}},
+            "webhooks": {"type": "object", "nullable": true, "description": "Webhook delivery counters", "properties": {
+                "queued": int, "delivered": int, "failures": int, "retries": int, "dropped": int, "pending": int}}}},
         "ActiveCall": {"type": "object",
             "required": ["uuid", "call_id", "from_uri", "to_uri", "start", "state", "worker", "recording"],
             "properties": {

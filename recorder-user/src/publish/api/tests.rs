@@ -644,6 +644,41 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
     eprintln!("{text}");
 }
 
+/// With `calltap run`'s metrics attached, the status page reports workers (ring fill, lag),
+/// active calls and the archive queue from the same sources as the scrape.
+#[tokio::test]
+async fn status_reports_workers_rings_and_archive() {
+    use std::sync::atomic::Ordering;
+
+    use crate::publish::metrics::{CaptureCounters, LiveStats, Metrics};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut cfg = Config::load_with_env(None, &[]).expect("defaults");
+    cfg.data_dir = tmp.path().to_path_buf();
+    let db = Db::connect(&cfg.database_url(), T).await.expect("db");
+    let (_, viewer) = auth::create_token(&db, Role::Viewer, "v")
+        .await
+        .expect("token");
+    let live = std::sync::Arc::new(LiveStats::new(2));
+    live.workers[1].active_calls.store(7, Ordering::Relaxed);
+    live.workers[1].lag_ns.store(3_000_000, Ordering::Relaxed);
+    live.active_calls.store(7, Ordering::Relaxed);
+    let m = std::sync::Arc::new(Metrics::new(CaptureCounters::None, live, None).expect("m"));
+    let archive = std::sync::Arc::new(crate::store::archive::ArchiveCounters::default());
+    archive.queue_len.store(4, Ordering::Relaxed);
+    m.set_archive(archive);
+    let state = ApiState::new(db, &cfg, None);
+    state.set_metrics(m);
+    let a = get(&router(state), "/api/v1/status", &viewer).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let j = a.json();
+    assert_eq!(j["workers"].as_array().map(Vec::len), Some(2), "{j}");
+    assert_eq!(j["workers"][1]["active_calls"], 7);
+    assert_eq!(j["workers"][1]["lag_ms"], 3.0);
+    assert_eq!(j["active_calls"], 7);
+    assert_eq!(j["archive"]["queued"], 4);
+    assert_eq!(j["archive"]["up"], false);
+}
+
 /// `calltap run`'s state connects on first use: it works once the database is there, and
 /// answers 503 in the error shape while it is not (the API never holds up the daemon's start).
 #[tokio::test]
