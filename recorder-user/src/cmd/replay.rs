@@ -58,6 +58,10 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
     let n = cfg.worker_count();
     let mut sig = SignallingWorker::new(table, n, tracker_config(cfg), 0);
     sig.set_sip_ports(&cfg.sip_ports);
+    // Offline: no rules database, but `[recording] default` applies as it does live.
+    sig.set_rules(crate::pipeline::rules::LiveRules::new(
+        crate::pipeline::rules::RuleSet::default_only(cfg.recording_default),
+    ));
     let mcfg = media_config(cfg);
     let mut workers: Vec<MediaWorker> = (0..n).map(|i| MediaWorker::new(i, mcfg.clone())).collect();
     let mut queue: Vec<(u32, Control)> = Vec::new();

@@ -658,6 +658,65 @@ mod tests {
         assert_eq!(set.decide(&facts).rule_id, None);
     }
 
+    /// The media worker's side, through the replay pipeline over public captures (a G.711 call,
+    /// and a G.726 one whose RTP would be kept raw): `skip` and an `on_demand` call nobody
+    /// starts leave CDRs with no recording and no file at all; `record` records them.
+    #[test]
+    fn skip_and_unstarted_on_demand_calls_leave_no_file() {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
+        if !corpus.join("MANIFEST.md").exists() {
+            eprintln!(
+                "SKIP: public capture corpus not found at {}",
+                corpus.display()
+            );
+            return;
+        }
+        let files = [
+            corpus.join("sip-rtp-g711.pcap"),
+            corpus.join("sip-rtp-g726.pcap"),
+        ];
+        for mode in [RuleAction::Skip, RuleAction::OnDemand, RuleAction::Record] {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let mut cfg = crate::config::Config::load_with_env(None, &[]).expect("config");
+            cfg.data_dir = tmp.path().to_path_buf();
+            cfg.recording_default = mode;
+            let mut cdrs = Vec::new();
+            crate::cmd::replay::replay(&cfg, &files, |c| cdrs.push(c.clone()));
+            assert!(cdrs.len() >= 2, "{mode:?}: {} calls", cdrs.len());
+            let mut files_left = 0;
+            if let Ok(walk) = std::fs::read_dir(cfg.recordings_dir()) {
+                let mut todo: Vec<_> = walk.flatten().map(|e| e.path()).collect();
+                while let Some(p) = todo.pop() {
+                    match std::fs::read_dir(&p) {
+                        Ok(d) => todo.extend(d.flatten().map(|e| e.path())),
+                        Err(_) => files_left += 1,
+                    }
+                }
+            }
+            let mut recorded = 0;
+            for c in &cdrs {
+                assert_eq!(c.recording_mode.as_deref(), Some(mode.as_str()));
+                assert_eq!(c.rule_id, None);
+                if let Some(r) = &c.recording {
+                    recorded += 1 + usize::from(r.raw_rtp_pcap.is_some());
+                }
+            }
+            let audio = cdrs
+                .iter()
+                .filter(|c| c.packets.caller + c.packets.callee > 0)
+                .count();
+            assert!(audio >= 2, "{mode:?}: the calls' media was followed");
+            if mode == RuleAction::Record {
+                // Every recorded call has its WAV (and raw RTP pcap for G.726), nothing else.
+                assert!(recorded > audio, "{mode:?}: {recorded} files in the CDRs");
+                assert_eq!(files_left, recorded, "{mode:?}");
+            } else {
+                assert_eq!(recorded, 0, "{mode:?}: a CDR names a recording");
+                assert_eq!(files_left, 0, "{mode:?}: files were written");
+            }
+        }
+    }
+
     #[test]
     fn live_rules_replace_keeps_default_and_a_bad_stored_row_is_skipped() {
         let live = LiveRules::new(RuleSet::default_only(RuleAction::OnDemand));
