@@ -359,6 +359,53 @@ mod tests {
         rt().block_on(crud(&url));
     }
 
+    /// `calltap run`'s loader: the default mode while the database cannot be reached (and the
+    /// thread ends on stop), the stored rules once it can.
+    #[test]
+    fn loader_keeps_the_default_until_the_database_answers() {
+        use std::sync::{atomic::AtomicBool, Arc};
+
+        use crate::pipeline::rules::RuleSet;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut cfg = crate::config::Config::load_with_env(None, &[]).expect("defaults");
+        cfg.data_dir = tmp.path().to_path_buf();
+        cfg.recording_default = RuleAction::OnDemand;
+        cfg.db_retry_interval_ms = 100;
+        let url = cfg.database_url();
+        rt().block_on(async {
+            let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+            create(&db, &input("a", 1, RuleAction::Skip))
+                .await
+                .expect("create");
+            db.close().await;
+        });
+        let live = LiveRules::new(RuleSet::default_only(cfg.recording_default));
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_loader(&cfg, live.clone(), stop.clone())
+            .expect("spawn")
+            .join()
+            .expect("loader");
+        assert_eq!(live.get().len(), 1);
+        assert_eq!(live.get().default_action(), RuleAction::OnDemand);
+
+        // Nothing listens on port 1: the loader retries until stopped, the default stays.
+        let mut down = cfg.clone();
+        down.database_url = Some("postgres://calltap@127.0.0.1:1/none".into());
+        down.db_write_timeout_ms = 1;
+        let live = LiveRules::new(RuleSet::default_only(RuleAction::Skip));
+        let handle = spawn_loader(&down, live.clone(), stop.clone()).expect("spawn");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!handle.is_finished(), "the loader gave up");
+        assert!(live.get().is_empty());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !handle.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "loader ignored stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(live.get().default_action(), RuleAction::Skip);
+    }
+
     #[test]
     fn rules_crud_postgres() {
         if !calltap_lab::postgres::require_postgres("rules_crud_postgres") {
