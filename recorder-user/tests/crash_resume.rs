@@ -14,7 +14,9 @@ use calltap::{
     classify::{classify_frame, SharedMediaTable, UserTables},
     cmd::replay::{media_config, tracker_config},
     config::Config,
-    pipeline::{media::MediaWorker, signalling::SignallingWorker, Control},
+    pipeline::{
+        media::MediaWorker, recording::RecordingAction, signalling::SignallingWorker, Control,
+    },
     store::{
         callstore::{CallStore, JournalWriter, ACTIVE_DIR},
         cdr::Cdr,
@@ -42,6 +44,8 @@ struct Run {
     done: Vec<Cdr>,
     cdrs: Vec<Cdr>,
     last_tick: u64,
+    /// (worker, call) of every call started or taken over, in order.
+    calls: Vec<(u32, calltap_sip::dialog::CallRef)>,
 }
 
 impl Run {
@@ -74,11 +78,17 @@ impl Run {
             done: Vec::new(),
             cdrs: Vec::new(),
             last_tick: 0,
+            calls: Vec::new(),
         }
     }
 
     fn deliver(&mut self) {
         for (w, msg) in self.queue.drain(..) {
+            match &msg {
+                Control::Start(s) => self.calls.push((w, s.call)),
+                Control::Restore(r) => self.calls.push((w, r.call)),
+                _ => {}
+            }
             if let Some(worker) = self.workers.get_mut(w as usize) {
                 worker.control(msg, &mut self.done);
             }
@@ -377,6 +387,103 @@ fn killed_mid_call_resumes_the_same_wav_and_closes_calls_that_ended_meanwhile() 
     );
     assert_eq!((wd.bytes, &wd.sha256), (wrd.bytes, &wrd.sha256));
 
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&ref_dir);
+}
+
+/// Operator recording control (as the API sends it) to the `n`th call this run saw.
+fn control(run: &mut Run, n: usize, action: RecordingAction, at_ms: u64) {
+    let (w, call) = run.calls[n];
+    let msg = Control::Recording {
+        call,
+        action,
+        ts_ns: BASE + at_ms * MS,
+    };
+    run.workers[w as usize].control(msg, &mut run.done);
+}
+
+/// A call paused by an operator before the crash stays paused after the restart (the journal
+/// keeps the control events and replays them into the restored call), and a resume after the
+/// restart brings its audio back: the file equals that of a recorder that never went down.
+#[test]
+fn a_paused_call_stays_paused_across_a_restart() {
+    let mut a = Call::new("paused@test");
+    a.invite(0, "sendrecv", false)
+        .respond(100, 180, "Ringing", None)
+        .respond(1000, 200, "OK", Some("sendrecv"))
+        .ack(1010)
+        .rtp(true, 1020, 0, 650, ramp(0), |_| false)
+        .rtp(false, 1020, 0, 650, ramp(33), |_| false)
+        .bye(15_000);
+    let (pause_ms, crash_ms, back_ms, resume_ms) = (2000, 5100, 7500, 10_000);
+    let part = |from: u64, to: u64| -> Vec<&Packet> {
+        a.packets
+            .iter()
+            .filter(|p| p.at_ns >= from * MS && p.at_ns < to * MS)
+            .collect()
+    };
+
+    // The reference never goes down but misses the same packets.
+    let ref_dir = scratch("paused-reference");
+    let mut reference = Run::new(&ref_dir, 1, None);
+    reference.feed(&part(0, pause_ms));
+    control(&mut reference, 0, RecordingAction::Pause, pause_ms);
+    reference.feed(&part(pause_ms, crash_ms));
+    reference.feed(&part(back_ms, resume_ms));
+    control(&mut reference, 0, RecordingAction::Resume, resume_ms);
+    reference.feed(&part(resume_ms, 20_000));
+    let ref_cdrs = reference.finish();
+
+    let dir = scratch("paused");
+    let active = dir.join(ACTIVE_DIR);
+    let store = CallStore::open(&active).expect("store");
+    let mut first = Run::new(&dir, 1, Some(&store));
+    first.feed(&part(0, pause_ms));
+    control(&mut first, 0, RecordingAction::Pause, pause_ms);
+    first.feed(&part(pause_ms, crash_ms));
+    first.idle(BASE + crash_ms * MS);
+    drop(first);
+
+    let mut second = Run::new(&dir, 1, Some(&store));
+    second
+        .sig
+        .restore(store.load(), BASE + back_ms * MS, &mut second.queue);
+    second.deliver();
+    second.last_tick = BASE + back_ms * MS;
+    second.feed(&part(back_ms, resume_ms));
+    control(&mut second, 0, RecordingAction::Resume, resume_ms);
+    second.feed(&part(resume_ms, 20_000));
+    let cdrs = second.finish();
+
+    let (c, r) = (
+        cdr_of(&cdrs, "paused@test"),
+        cdr_of(&ref_cdrs, "paused@test"),
+    );
+    let actions = |c: &Cdr| -> Vec<String> {
+        c.recording_events
+            .iter()
+            .map(|e| e.action.clone())
+            .collect()
+    };
+    assert_eq!(actions(c), ["pause", "resume"], "{:?}", c.recording_events);
+    assert_eq!(actions(c), actions(r));
+    let s = samples(&c.recording.as_ref().expect("recording").path);
+    let at = |ms: u64| (ms * 8) as usize * 2;
+    assert!(
+        s[at(1100)..at(1900)].iter().all(|&x| x != 0),
+        "audio before the pause"
+    );
+    assert!(
+        s[at(2100)..at(9900)].iter().all(|&x| x == 0),
+        "paused before the crash, still paused after it"
+    );
+    // 650 packets from 1.02 s: the audio ends at 14.02 s.
+    assert!(s[at(10_100)..at(13_900)].iter().all(|&x| x != 0), "resumed");
+    assert_eq!(
+        s,
+        samples(&r.recording.as_ref().expect("reference").path),
+        "the same file as the recorder that never went down"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&ref_dir);
 }

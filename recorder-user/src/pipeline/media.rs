@@ -589,6 +589,7 @@ impl MediaWorker {
                             ts: rfc3339(ts_ns),
                             at_ms: at / 1_000_000,
                         });
+                        c.journal.dirty = true;
                     }
                 }
             }
@@ -1004,6 +1005,19 @@ impl MediaWorker {
             d.rtcp_jitter_ms = dj.rtcp_jitter_ms;
         }
         c.dtmf = j.dtmf;
+        // Operator control before the crash, replayed in order into the fresh gate (the call's
+        // rule decision set its initial state in Start).
+        for ev in &j.recording_events {
+            if let Some(action) = RecordingAction::parse(&ev.action) {
+                if c.gate.apply(action, ev.at_ms.saturating_mul(1_000_000))
+                    && action == RecordingAction::Start
+                    && c.setup.recording.action == RuleAction::OnDemand
+                {
+                    c.no_file = false;
+                }
+            }
+        }
+        c.recording_events = j.recording_events;
         c.unsupported = j.unsupported.into_iter().collect();
         c.ssrc_dirs = j.ssrc_dirs;
         c.write_failed = j.write_failed;
@@ -1229,6 +1243,8 @@ fn journal_of(c: &ActiveCall, worker: u32, now: u64) -> CallJournal {
         unsupported: c.unsupported.iter().cloned().collect(),
         ssrc_dirs: c.ssrc_dirs.clone(),
         restart_gaps: c.journal.restart_gaps.clone(),
+        recording: s.recording,
+        recording_events: c.recording_events.clone(),
         ending: c.ending.clone(),
         write_failed: c.write_failed,
         last_media_ns: c.last_media_ns,

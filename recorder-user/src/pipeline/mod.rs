@@ -75,9 +75,7 @@ impl CallSetup {
             caller_ip: j.caller_ip,
             callee_ip: j.callee_ip,
             start_ns: j.start_ns,
-            // The journal does not keep the decision: a call taken over after a restart is
-            // recorded (its file, if any, already exists).
-            recording: rules::RecordingMode::default(),
+            recording: j.recording,
         }
     }
 }

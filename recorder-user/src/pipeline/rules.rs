@@ -68,7 +68,7 @@ impl RuleAction {
 
 /// The recording decision for one call: the action and the rule that chose it (`None`: the
 /// default applied).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordingMode {
     #[serde(rename = "recording_mode")]
     pub action: RuleAction,

@@ -164,6 +164,14 @@ pub struct CallJournal {
     /// Gaps of earlier restarts (a call may survive several).
     #[serde(default)]
     pub restart_gaps: Vec<RestartGap>,
+    /// The recording decision made at call start (rules), so a restored call is recorded, or
+    /// not, as before; journals of older versions mean "record".
+    #[serde(default)]
+    pub recording: crate::pipeline::rules::RecordingMode,
+    /// Operator recording control so far (start/stop/pause/resume), replayed into the restored
+    /// call's gate so paused and stopped spans stay silent and on-demand calls stay as asked.
+    #[serde(default)]
+    pub recording_events: Vec<crate::store::cdr::RecordingEvent>,
     /// Signalling had ended the call (reason, time) when this was written.
     pub ending: Option<(String, u64)>,
     #[serde(default)]
@@ -650,6 +658,15 @@ mod tests {
             unsupported: vec![],
             ssrc_dirs: vec![(0xabcd, 0)],
             restart_gaps: vec![RestartGap::new(1, 2_000_000)],
+            recording: crate::pipeline::rules::RecordingMode {
+                action: crate::pipeline::rules::RuleAction::OnDemand,
+                rule_id: Some(7),
+            },
+            recording_events: vec![crate::store::cdr::RecordingEvent {
+                action: "start".into(),
+                ts: "2023-11-14T22:13:21.500Z".into(),
+                at_ms: 1500,
+            }],
             ending: None,
             write_failed: false,
             last_media_ns: 1_700_000_009_000_000_000,
