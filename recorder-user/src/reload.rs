@@ -23,6 +23,9 @@ pub const LIVE_KEYS: &[(&str, &str)] = &[
     ("storage", "flush_interval_ms"),
     // Ports can be added live (the classifier learns them); removing one needs a restart.
     ("capture", "sip_ports"),
+    // Calls that start after the reload get the new default (rules themselves change live
+    // through the API).
+    ("recording", "default"),
 ];
 
 #[derive(Debug, thiserror::Error)]

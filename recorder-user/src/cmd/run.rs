@@ -477,12 +477,15 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     drop((cdr_tx, to_tx));
     // Active calls for the API and console, fed by the signalling worker's control messages.
     let live_calls = LiveCalls::new(ctl_txs.clone());
+    // Recording rules: the default mode until the database hands over the rules (see below).
+    let rules = LiveRules::new(RuleSet::default_only(cfg.recording_default));
     let (settings_tx, settings_rx) = unbounded::<SignallingSettings>();
     // The reloader's way to the workers; emptied at shutdown, since the workers stop only when
     // every sender of their control channel is gone.
     let reload_targets = Arc::new(Mutex::new(ctl_txs.clone()));
     let reloader = reload.map(|r| {
         let workers_ctl = reload_targets.clone();
+        let reload_rules = rules.clone();
         let overrides = r.overrides;
         Arc::new(Reloader::new(
             r.file,
@@ -498,6 +501,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
                     tracker_config(change.config),
                     change.added_sip_ports.to_vec(),
                 ));
+                reload_rules.set_default(change.config.recording_default);
             },
         ))
     });
@@ -525,7 +529,6 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     };
     // Recording rules: the default mode until the database hands over the rules (retried in the
     // background); the API replaces them after each change.
-    let rules = LiveRules::new(RuleSet::default_only(cfg.recording_default));
     crate::store::rules::spawn_loader(&cfg, rules.clone(), shutdown.stop.clone())?;
     let sig_rules = rules.clone();
     let sig_handle = thread::Builder::new()
