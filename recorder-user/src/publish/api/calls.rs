@@ -69,6 +69,10 @@ pub struct CallSummary {
     #[serde(skip)]
     pub recording_path: Option<String>,
     pub recording_bytes: Option<i64>,
+    /// The recording decision at call start (record, skip, on_demand; null for calls stored
+    /// before rules existed) and the rule that made it (null: the default mode).
+    pub recording_mode: Option<String>,
+    pub rule_id: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -163,7 +167,8 @@ struct Extra {
 
 const SUMMARY_COLUMNS: &str = "uuid, call_id, interaction_id, from_user, from_display, from_uri, \
     to_user, to_display, to_uri, src_ip, dst_ip, start_at, answer_at, end_at, start_ns, \
-    duration_ms, talk_ms, end_reason, codecs, recording_path, recording_bytes";
+    duration_ms, talk_ms, end_reason, codecs, recording_path, recording_bytes, recording_mode, \
+    rule_id";
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

@@ -234,6 +234,8 @@ fn schemas() -> Value {
                 "duration_ms": int, "talk_ms": int, "end_reason": s,
                 "codecs": {"type": "string", "description": "comma-separated"},
                 "recording_bytes": nullable("integer"),
+                "recording_mode": {"type": "string", "nullable": true, "enum": ["record", "skip", "on_demand", null], "description": "Recording decision at call start (recording rules)"},
+                "rule_id": {"type": "integer", "nullable": true, "description": "The rule that decided; null: the default mode"},
             }},
         "CallPage": {"type": "object", "required": ["calls"], "properties": {
             "calls": {"type": "array", "items": {"$ref": "#/components/schemas/CallSummary"}},

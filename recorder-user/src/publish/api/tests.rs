@@ -322,6 +322,7 @@ async fn detail_has_streams_dtmf_and_recording() {
     assert_eq!(d["recording_events"][0]["at_ms"], 1500);
     assert_eq!(d["recording_events"][0]["ts"], "2023-11-14T22:13:24.500Z");
     assert_eq!(d["restart_gaps"][0]["ms"], 2500, "{d}");
+    assert_eq!(d["recording_mode"], "record", "{d}");
     assert_eq!(d["restart_gaps"][0]["from"], "2023-11-14T22:13:22.000Z");
     assert_eq!(d["recording"]["sample_rate"], 8000);
     assert!(d.get("recording_path").is_none(), "no server paths: {d}");
