@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     "ffmpeg",
     // Makes the certificates the management server's TLS tests use.
     "openssl",
+    // The real client the console test logs in with.
+    "telnet",
 ];
 
 pub fn run() -> Result<()> {

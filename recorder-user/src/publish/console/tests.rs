@@ -231,3 +231,73 @@ fn idle_sessions_close_and_sessions_are_bounded() {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The real `telnet` client (Debian's telnet, installed by `cargo xtask setup`) logs in with the
+/// password, runs commands and quits: option negotiation with a real client works end to end.
+#[test]
+fn the_real_telnet_client_logs_in_and_runs_commands() {
+    use std::process::{Command, Stdio};
+    let Ok(bin) = which::which("telnet") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "telnet is not installed (cargo xtask setup installs it)"
+        );
+        eprintln!("SKIP: telnet not installed (apt install telnet)");
+        return;
+    };
+    let (con, rx) = console(Some("pw"), IDLE);
+    let mut child = Command::new(bin)
+        .arg(con.addr.ip().to_string())
+        .arg(con.addr.port().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("telnet runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // telnet reads its terminal line by line; pauses let each answer come back first.
+    for line in [
+        "pw",
+        "show status",
+        "show calls",
+        "record pause uuid-9",
+        "quit",
+    ] {
+        std::thread::sleep(Duration::from_millis(300));
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("to telnet");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stdin);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("telnet output");
+    assert!(out.contains("Password: "), "{out}");
+    assert!(out.contains("status: fine"), "{out}");
+    assert!(out.contains("uuid-9"), "{out}");
+    assert!(out.contains("bye"), "{out}");
+    assert!(!out.contains("pw\r\n"), "the password was echoed: {out}");
+    // The pause reached the call's worker.
+    assert!(
+        rx.try_iter().any(|m| matches!(
+            m,
+            Control::Recording {
+                action: crate::pipeline::recording::RecordingAction::Pause,
+                ..
+            }
+        )),
+        "no pause sent"
+    );
+}
