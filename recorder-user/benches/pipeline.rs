@@ -9,8 +9,9 @@
 //! 3. Memory per active call: RSS while all N calls are open, over N.
 //! 4. Live zero-loss capacity (root): `calltap-loadgen` (tests/src/bin/loadgen.rs) sends N
 //!    concurrent calls in real time from the caller namespace into the SPAN lab (the switch
-//!    mirrors them to CallTap on XDP), for growing N; the largest N with no ring-full drop,
-//!    every call's every packet recorded and a sample of WAVs sample-exact is reported, with
+//!    mirrors them to CallTap on XDP), for growing N; the largest N (before the first lossy
+//!    step) with no ring-full drop, every call's every packet recorded and a sample of WAVs
+//!    sample-exact is reported; every step's figures are kept (`live_step_N_*`), with
 //!    the generator's own CPU use and how late it fell behind its schedule (so a generator limit
 //!    shows as one). tcpreplay of the same traffic is the fallback when the generator is not
 //!    built. Steps: `CALLTAP_BENCH_LIVE_STEPS` (default "250,500,1000,2000"); empty skips.
@@ -504,6 +505,8 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
         return;
     };
     let mut best = 0u32;
+    // Set at the first lossy step: zero_loss_calls counts only the steps before it.
+    let mut lossy = false;
     for n in steps {
         let mut spec = LoadSpec::new(n, seconds);
         // Each step is its own run: Call-IDs, SSRCs and payloads differ from the last step's.
@@ -537,6 +540,14 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
                     && c["packets"]["callee"].as_u64() == Some(want)
             })
             .count();
+        // Packets the CDRs lack, per direction: where the loss is when there is some.
+        let missing = |side: &str| {
+            cdrs.iter()
+                .map(|c| want.saturating_sub(c["packets"][side].as_u64().unwrap_or(0)))
+                .sum::<u64>()
+                + want * (u64::from(n).saturating_sub(cdrs.len() as u64))
+        };
+        let (missing_caller, missing_callee) = (missing("caller"), missing("callee"));
         let recordings: Vec<(String, PathBuf)> = cdrs
             .iter()
             .filter_map(|c| {
@@ -586,23 +597,41 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
             })
             .unwrap_or_default();
             eprintln!(
-                "live: loss detail: generator complete {}, offered {} RTP, counters {}, signalling {}, workers {}, m0: {veth}",
+                "live: loss detail: generator complete {}, offered {} RTP, {} CDRs missing {missing_caller} caller and {missing_callee} callee packets, counters {}, signalling {}, workers {}, m0: {veth}",
                 sent.complete,
                 spec.rtp_packets(),
+                cdrs.len(),
                 summary["counters"],
                 summary["signalling"],
                 summary["workers"]
             );
         }
         let _ = std::fs::remove_dir_all(&data);
-        if !ok {
-            out.insert("live_first_lossy_calls".into(), f64::from(n));
-            out.insert("live_first_lossy_generator_cpu_pct".into(), sent.cpu_pct);
-            out.insert(
-                "live_first_lossy_generator_late_max_ms".into(),
-                sent.late_max_ms,
-            );
-            break;
+        // Per step, so the table shows where loss starts and what each side spent on the way:
+        // the steps go on after the first loss (they are bounded by the list), because the
+        // generator's own figures at higher rates say whether it or CallTap is the limit.
+        let daemon_pct = 100.0 * daemon_cpu / wall;
+        for (key, value) in [
+            ("complete_calls", complete as f64),
+            ("generator_cpu_pct", sent.cpu_pct),
+            ("generator_late_p99_ms", sent.late_p99_ms),
+            ("generator_late_max_ms", sent.late_max_ms),
+            ("generator_pps", pps),
+            ("calltap_cpu_pct", daemon_pct),
+        ] {
+            out.insert(format!("live_step_{n}_{key}"), value);
+        }
+        if !ok || lossy {
+            if !lossy {
+                out.insert("live_first_lossy_calls".into(), f64::from(n));
+                out.insert("live_first_lossy_generator_cpu_pct".into(), sent.cpu_pct);
+                out.insert(
+                    "live_first_lossy_generator_late_max_ms".into(),
+                    sent.late_max_ms,
+                );
+            }
+            lossy = true;
+            continue;
         }
         best = best.max(realtime_calls as u32);
         out.insert(
@@ -619,10 +648,9 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
         out.insert("live_generator_late_p99_ms".into(), sent.late_p99_ms);
         out.insert("live_generator_pps".into(), pps);
         // Percent of one core per 1,000 real-time calls, all of calltap's threads together.
-        let per_1000 = 100.0 * daemon_cpu / wall / (realtime_calls / 1000.0).max(1e-9);
+        let per_1000 = daemon_pct / (realtime_calls / 1000.0).max(1e-9);
         eprintln!(
-            "live: calltap used {:.0}% of a core: {per_1000:.1}% of a core per 1,000 calls",
-            100.0 * daemon_cpu / wall
+            "live: calltap used {daemon_pct:.0}% of a core: {per_1000:.1}% of a core per 1,000 calls"
         );
         out.insert("live_cpu_pct_per_1000_calls".into(), per_1000);
     }
