@@ -1,12 +1,9 @@
 //! The userspace side of classification: the same [`calltap_common::classify::classify`] the XDP
 //! program runs, with tables that live in process memory instead of BPF maps.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, RwLock,
-    },
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, RwLock,
 };
 
 use calltap_common::{
@@ -20,7 +17,8 @@ use crate::pipeline::MediaTable;
 /// capture thread (reader).
 #[derive(Clone)]
 pub struct SharedMediaTable {
-    inner: Arc<RwLock<HashMap<MediaKey, MediaValue>>>,
+    /// foldhash (seeded per process): looked up for every captured UDP packet.
+    inner: Arc<RwLock<foldhash::HashMap<MediaKey, MediaValue>>>,
     sip_ports: Arc<[AtomicU64]>,
 }
 
