@@ -93,7 +93,7 @@ impl Run {
                 worker.control(msg, &mut self.done);
             }
         }
-        self.cdrs.append(&mut self.done);
+        self.take_cdrs();
     }
 
     /// The 200 ms tick of `calltap run` (capture clock).
@@ -149,6 +149,15 @@ impl Run {
     }
 
     /// Graceful end: close what is open.
+    /// Takes the finished calls' CDRs as `calltap run`'s CDR thread does: sealed (fsync'd,
+    /// sha256 filled in).
+    fn take_cdrs(&mut self) {
+        for mut cdr in self.done.drain(..) {
+            cdr.seal_recording();
+            self.cdrs.push(cdr);
+        }
+    }
+
     fn finish(mut self) -> Vec<Cdr> {
         self.sig
             .finish(self.last_tick, "capture_end", &mut self.queue);
@@ -156,7 +165,7 @@ impl Run {
         for w in self.workers.iter_mut() {
             w.reap(u64::MAX, &mut self.done);
         }
-        self.cdrs.append(&mut self.done);
+        self.take_cdrs();
         self.cdrs
     }
 }

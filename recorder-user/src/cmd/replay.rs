@@ -120,8 +120,9 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
                 }
                 deliver(&mut queue, &mut workers, &mut done);
             }
-            for cdr in done.drain(..) {
+            for mut cdr in done.drain(..) {
                 calls += 1;
+                cdr.seal_recording();
                 on_cdr(&cdr);
             }
         });
@@ -141,8 +142,9 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
     for w in workers.iter_mut() {
         w.reap(u64::MAX, &mut done);
     }
-    for cdr in done.drain(..) {
+    for mut cdr in done.drain(..) {
         calls += 1;
+        cdr.seal_recording();
         on_cdr(&cdr);
     }
     ReplaySummary {

@@ -450,10 +450,14 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         );
     }
     let (journal, journal_thread) = JournalWriter::start(callstore)?;
+    // Finished calls leave the journal when their CDR is in calls.jsonl (the CDR thread).
+    let cdr_journal = journal.clone();
     for (i, input) in inputs.into_iter().enumerate() {
         let (tx, rx) = unbounded::<Control>();
         ctl_txs.push(tx);
-        let worker = MediaWorker::new(i as u32, mcfg.clone()).with_store(journal.clone());
+        let worker = MediaWorker::new(i as u32, mcfg.clone())
+            .with_store(journal.clone())
+            .keep_journal_until_stored();
         let (cdrs, timeouts, sd, lv) = (
             cdr_tx.clone(),
             to_tx.clone(),
@@ -655,7 +659,9 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         };
         let mut lines = Vec::new();
         let mut unlisted = 0u64;
-        for cdr in cdr_rx.iter() {
+        for mut cdr in cdr_rx.iter() {
+            // fsync and sha256 of the recording: here, not on the media worker's thread.
+            cdr.seal_recording();
             cdr_metrics.observe_call(&cdr);
             cdr_live.remove(&cdr.uuid);
             if let Some(h) = &cdr_hooks {
@@ -676,6 +682,10 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
                 if let Err(e) = s.write(&cdr) {
                     log::error!("{}: {e}", s.path().display());
                 }
+            }
+            // The CDR is stored: a crash from now on must not restore the call.
+            if let Err(e) = cdr_journal.remove(&cdr.uuid) {
+                log::warn!("active-call journal: {e}");
             }
             // After calls.jsonl: a crash between the two is recovered from that line.
             archive_submit.submit(&cdr);
@@ -732,8 +742,11 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("media thread panicked"))?,
         );
     }
-    // The workers are gone: the journal thread writes what they queued (the calls they closed
-    // are removed) and ends.
+    let (calls, calls_not_listed, cdr_store) = cdr_handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("cdr thread panicked"))?;
+    // The workers and the CDR thread are gone: the journal thread writes what they queued (the
+    // calls they closed are removed) and ends.
     let journal = journal_thread.finish();
     log::info!(
         "active-call journal: {} writes, {} removals, {} errors",
@@ -741,9 +754,6 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         journal.removals,
         journal.errors
     );
-    let (calls, calls_not_listed, cdr_store) = cdr_handle
-        .join()
-        .map_err(|_| anyhow::anyhow!("cdr thread panicked"))?;
     // Every CDR is handed over: a last bounded attempt, the rest waits in the queue file.
     let archive = archiver.finish();
     let totals = match (&counters, &af) {

@@ -5,7 +5,7 @@
 //! the file's memory map: no locks, no allocation, no system calls.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     fs::{File, OpenOptions},
     io::BufWriter,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -351,20 +351,24 @@ fn endpoints(rec: &Record<'_>) -> Option<(SocketAddr, SocketAddr)> {
     ))
 }
 
+/// The worker's per-packet maps: foldhash, seeded per process (keys come from SDP, i.e. from
+/// the network, so the seed must not be guessable), at a fraction of SipHash's cost.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
+
 /// Largest decoded packet we handle: 120 ms of 16 kHz audio, doubled for resampling.
 const PCM_MAX: usize = 16_000 * 120 / 1000 * 2;
 
 pub struct MediaWorker {
     pub id: u32,
     cfg: MediaConfig,
-    calls: HashMap<CallRef, Box<ActiveCall>>,
-    endpoints: HashMap<MediaKey, (CallRef, Side)>,
+    calls: FastMap<CallRef, Box<ActiveCall>>,
+    endpoints: FastMap<MediaKey, (CallRef, Side)>,
     /// Endpoints of calls in their end grace period: consulted only when no live call claims a
     /// packet, so a new call reusing an endpoint at once gets its own packets.
-    ending_endpoints: HashMap<MediaKey, (CallRef, Side)>,
+    ending_endpoints: FastMap<MediaKey, (CallRef, Side)>,
     /// Endpoints several live calls of this worker use: packets sent to them are attributed by
     /// their source endpoint first.
-    shared: std::collections::HashSet<MediaKey>,
+    shared: foldhash::HashSet<MediaKey>,
     /// Calls signalling has ended, in end order: finished once their grace period is over.
     ending_queue: std::collections::VecDeque<(u64, CallRef)>,
     pcm: Box<[i16; PCM_MAX]>,
@@ -372,6 +376,8 @@ pub struct MediaWorker {
     last_flush_ns: u64,
     /// The active-call journal (`calltap run`; replay has none).
     store: Option<JournalWriter>,
+    /// See [`MediaWorker::keep_journal_until_stored`].
+    journal_kept: bool,
     pub stats: WorkerStats,
 }
 
@@ -380,15 +386,16 @@ impl MediaWorker {
         MediaWorker {
             id,
             cfg,
-            calls: HashMap::with_capacity(1024),
-            endpoints: HashMap::with_capacity(4096),
-            ending_endpoints: HashMap::new(),
-            shared: std::collections::HashSet::new(),
+            calls: FastMap::with_capacity_and_hasher(1024, Default::default()),
+            endpoints: FastMap::with_capacity_and_hasher(4096, Default::default()),
+            ending_endpoints: FastMap::default(),
+            shared: foldhash::HashSet::default(),
             ending_queue: std::collections::VecDeque::new(),
             pcm: Box::new([0; PCM_MAX]),
             resampled: Box::new([0; PCM_MAX]),
             last_flush_ns: 0,
             store: None,
+            journal_kept: false,
             stats: WorkerStats {
                 id,
                 ..WorkerStats::default()
@@ -399,6 +406,14 @@ impl MediaWorker {
     /// Journals this worker's active calls in `store` (see [`crate::store::callstore`]).
     pub fn with_store(mut self, store: JournalWriter) -> MediaWorker {
         self.store = Some(store);
+        self
+    }
+
+    /// Leaves a finished call's journal entry to whoever takes its CDR (`calltap run`'s CDR
+    /// thread removes it once the CDR is in calls.jsonl): a crash in between then restores
+    /// the call instead of losing its CDR.
+    pub fn keep_journal_until_stored(mut self) -> MediaWorker {
+        self.journal_kept = true;
         self
     }
 
@@ -644,8 +659,9 @@ impl MediaWorker {
             self.stats.calls_ended += 1;
             let (reason, at) = c.ending.take().unwrap_or_default();
             let cdr = self.finish(c, reason, at);
-            // The CDR goes to the CDR thread now: the journal has done its job.
-            if let Some(store) = &self.store {
+            // The CDR is handed on now: the journal has done its job, unless the taker
+            // removes the entry itself once the CDR is stored.
+            if let Some(store) = self.store.as_ref().filter(|_| !self.journal_kept) {
                 if let Err(e) = store.remove(&cdr.uuid) {
                     log::warn!("active-call journal: {e}");
                 }
@@ -672,7 +688,7 @@ impl MediaWorker {
         // that side. Live calls first, then calls in their end grace period.
         let (dst_key, src_key) = (media_key(dst), media_key(src));
         let by_src_first = !self.shared.is_empty() && self.shared.contains(&dst_key);
-        let lookup = |map: &HashMap<MediaKey, (CallRef, Side)>| {
+        let lookup = |map: &FastMap<MediaKey, (CallRef, Side)>| {
             let by_dst = || {
                 map.get(&dst_key)
                     .map(|&(call, side)| (call, 1 - side_index(side)))
@@ -1104,15 +1120,17 @@ impl MediaWorker {
             if w.extend_to(frames).is_err() {
                 self.stats.write_errors += 1;
             }
-            match w.finish() {
+            // Closed here, sealed (fsync, sha256) by whoever takes the CDR: see `Recording`.
+            match w.close() {
                 Ok(f) => Some(Recording {
                     duration_ms: f.frames * 1000 / f.rate.max(1) as u64,
                     path: f.path,
                     bytes: f.bytes,
-                    sha256: f.sha256,
+                    sha256: String::new(),
                     sample_rate: f.rate,
                     channels: 2,
                     raw_rtp_pcap: raw_rtp_pcap.clone(),
+                    pending_seal: true,
                 }),
                 Err(e) => {
                     self.stats.write_errors += 1;

@@ -61,6 +61,39 @@ pub struct Recording {
     pub duration_ms: u64,
     /// Raw RTP of payload types CallTap cannot decode, kept beside the WAV.
     pub raw_rtp_pcap: Option<PathBuf>,
+    /// The media worker closed the file at call end, but it is not yet fsync'd and `sha256`
+    /// is not yet known: [`Recording::seal`] does both, off the media worker's thread. Never
+    /// serialized: a CDR that leaves the process is sealed.
+    #[serde(skip)]
+    pub pending_seal: bool,
+}
+
+impl Recording {
+    /// Makes the file durable and fills in `sha256` (see `pending_seal`); a no-op when done.
+    /// On an error `sha256` stays empty (unknown): the archive then hashes the file itself.
+    pub fn seal(&mut self) -> io::Result<()> {
+        if !self.pending_seal {
+            return Ok(());
+        }
+        self.pending_seal = false;
+        self.sha256 = crate::store::wav::seal(&self.path)?;
+        Ok(())
+    }
+}
+
+impl Cdr {
+    /// [`Recording::seal`] of the call's recording, if it has one; errors are logged (the CDR
+    /// itself is kept: it says where the file is).
+    pub fn seal_recording(&mut self) {
+        if let Some(r) = self.recording.as_mut() {
+            if let Err(e) = r.seal() {
+                log::error!(
+                    "{}: cannot make the recording durable: {e}",
+                    r.path.display()
+                );
+            }
+        }
+    }
 }
 
 /// One call. Also what the CDR store reads back from the CSV journal (which carries it as

@@ -671,6 +671,7 @@ pub(crate) mod tests {
                 channels: 2,
                 duration_ms: 2000,
                 raw_rtp_pcap: None,
+                pending_seal: false,
             }),
             worker: n % 2,
             recording_events: vec![crate::store::cdr::RecordingEvent {

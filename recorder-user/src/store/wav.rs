@@ -271,30 +271,66 @@ impl WavWriter {
         Ok(())
     }
 
-    /// Final header, exact file length, fsync, and the file's size and sha256.
-    pub fn finish(mut self) -> io::Result<FinishedWav> {
+    /// Final header, exact file length, fsync, and the file's size and sha256: [`close`] and
+    /// [`seal`] in one go.
+    ///
+    /// [`close`]: WavWriter::close
+    pub fn finish(self) -> io::Result<FinishedWav> {
+        let closed = self.close()?;
+        let sha256 = seal(&closed.path)?;
+        Ok(FinishedWav {
+            path: closed.path,
+            bytes: closed.bytes,
+            sha256,
+            frames: closed.frames,
+            rate: closed.rate,
+        })
+    }
+
+    /// Final header and exact file length; the mapping is gone. Cheap (no waiting for the
+    /// disk), so the media worker does it at call end; the file's data reaches the disk with
+    /// [`seal`], which the CDR thread runs: fsync and hashing a long call take long enough
+    /// (an hour of audio is 115 MB) to stall every other call of the worker.
+    pub fn close(mut self) -> io::Result<ClosedWav> {
         self.write_header();
-        self.map.flush()?;
         let bytes = HEADER + self.frames * BYTES_PER_FRAME;
         let WavWriter {
-            path, file, map, ..
+            path,
+            file,
+            map,
+            frames,
+            rate,
+            ..
         } = self;
+        // Unmapping keeps the written pages: they are dirty in the page cache and reach the
+        // file as any write does; `seal` waits for that.
         drop(map);
         file.set_len(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        let sha256 = sha256_file(&path)?;
-        Ok(FinishedWav {
+        Ok(ClosedWav {
             path,
             bytes,
-            sha256,
-            frames: self.frames,
-            rate: self.rate,
+            frames,
+            rate,
         })
     }
 }
 
-/// Hex sha256 of a file's contents.
+/// A recording whose writing is over, not yet known to be on disk (see [`WavWriter::close`]).
+#[derive(Clone, Debug)]
+pub struct ClosedWav {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub frames: u64,
+    pub rate: u32,
+}
+
+/// Makes a closed recording durable (fsync: the data written through the mapping included)
+/// and returns its sha256.
+pub fn seal(path: &Path) -> io::Result<String> {
+    File::open(path)?.sync_all()?;
+    sha256_file(path)
+}
+
 /// Makes `file` `len` bytes long with its blocks really allocated. A sparse file (plain
 /// `set_len`) would fail only when a page of the mapping is first written on a full disk, and
 /// that failure is a SIGBUS that kills the recorder; allocating up front turns it into an
@@ -316,6 +352,7 @@ fn allocate(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
+/// Hex sha256 of a file's contents.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut f = File::open(path)?;
     let mut hasher = Sha256::new();
@@ -361,6 +398,31 @@ mod tests {
         assert_eq!(s[300_000 * 2 + 1], 7);
         assert!(s[30..300_000 * 2].iter().all(|&x| x == 0));
         assert_eq!(done.sha256, sha256_file(&path).expect("hash"));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn close_then_seal_gives_the_finished_file_and_its_hash() {
+        let dir = std::env::temp_dir().join(format!("calltap-wav-seal-{}", std::process::id()));
+        let path = dir.join("s.wav");
+        let mut w = WavWriter::create(&path, 8000, 60).expect("create");
+        w.write(0, 0, &[11; 160]).expect("write");
+        w.write(1, 8000, &[-3; 160]).expect("write");
+        let closed = w.close().expect("close");
+        assert_eq!(closed.frames, 8160);
+        // Closed: the exact length and a valid header already, before any fsync.
+        assert_eq!(fs::metadata(&path).expect("meta").len(), closed.bytes);
+        assert_eq!(closed.bytes, HEADER + 8160 * BYTES_PER_FRAME);
+        let r = hound::WavReader::open(&path).expect("valid WAV once closed");
+        let s: Vec<i16> = r
+            .into_samples::<i16>()
+            .map(|s| s.expect("sample"))
+            .collect();
+        assert_eq!(&s[..4], &[11, 0, 11, 0]);
+        assert_eq!(&s[16_000..16_004], &[0, -3, 0, -3]);
+        let sha = seal(&path).expect("seal");
+        assert_eq!(sha, sha256_file(&path).expect("hash"));
+        assert_eq!(sha.len(), 64);
         let _ = fs::remove_dir_all(dir);
     }
 
