@@ -173,7 +173,9 @@ fn capture_loop(
     counters: Arc<[AtomicU64; COUNTERS as usize]>,
     stop: Arc<AtomicBool>,
 ) {
-    let count = |i: u32, by: u64| counters[i as usize].fetch_add(by, Ordering::Relaxed);
+    // Counted locally and published once per block: an atomic add per packet and counter
+    // would cost more than classifying the packet.
+    let mut local = [0u64; COUNTERS as usize];
     let mut block = 0u32;
     while !stop.load(Ordering::Acquire) {
         // SAFETY: block < BLOCK_NR, so the block lies inside the mapping.
@@ -186,6 +188,8 @@ fn capture_loop(
             };
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&mut pfd, 1, 50) };
+            // Quiet: keep the media table replica current (see `UserTables::refresh`).
+            tables.refresh();
             continue;
         }
         let num = read_u32(base, 12);
@@ -208,6 +212,11 @@ fn capture_loop(
                 let frame = unsafe { std::slice::from_raw_parts(hdr.add(mac), snaplen) };
                 let ts = sec * 1_000_000_000 + nsec;
                 let (v, meta) = classify_frame(frame, &tables, ts, wire, ifindex);
+                let mut count = |i: u32, by: u64| {
+                    if let Some(c) = local.get_mut(i as usize) {
+                        *c += by;
+                    }
+                };
                 count(counter::SEEN, 1);
                 count(counter::BYTES, wire as u64);
                 count(counter_for(v.class), 1);
@@ -229,7 +238,7 @@ fn capture_loop(
                         workers.get(v.target as usize)
                     };
                     if tx.is_none_or(|tx| tx.try_send(rec).is_err()) {
-                        count(counter::RING_FULL, 1);
+                        local[counter::RING_FULL as usize] += 1;
                     }
                 }
             }
@@ -237,6 +246,11 @@ fn capture_loop(
                 break;
             }
             off += next;
+        }
+        for (shared, n) in counters.iter().zip(local.iter_mut()) {
+            if *n != 0 {
+                shared.fetch_add(std::mem::take(n), Ordering::Relaxed);
+            }
         }
         // Hand the block back to the kernel.
         // SAFETY: block_status is a u32 at offset 8 of the block descriptor.

@@ -1,24 +1,49 @@
 //! The userspace side of classification: the same [`calltap_common::classify::classify`] the XDP
 //! program runs, with tables that live in process memory instead of BPF maps.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, RwLock,
+use std::{
+    cell::RefCell,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, PoisonError, RwLock,
+    },
 };
 
 use calltap_common::{
     classify::{classify, Tables, Verdict},
     MediaKey, MediaValue, PacketMeta, XdpConfig,
 };
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::pipeline::MediaTable;
 
+/// foldhash, seeded per process: keys come from SDP, i.e. from the network.
+type Map = foldhash::HashMap<MediaKey, MediaValue>;
+
+/// One change to the media table, as sent to every reader's replica.
+enum Change {
+    Insert(MediaKey, MediaValue),
+    Remove(MediaKey),
+}
+
+/// The table itself, and where each reader's replica gets the changes.
+#[derive(Default)]
+struct Authority {
+    map: Map,
+    readers: Vec<Sender<Change>>,
+}
+
 /// Media endpoints and learned SIP ports, shared by the signalling worker (writer) and the
-/// capture thread (reader).
+/// capture threads (readers).
+///
+/// A reader looks up every captured UDP packet, a writer changes the table a few times per
+/// call: so readers do not share the table, each keeps a replica ([`UserTables`]) that the
+/// writer's changes reach through a channel. A lookup is then a local hash probe plus a check
+/// that the channel is empty (plain loads); a shared lock's atomic read-modify-write per packet
+/// cost more than the rest of classification.
 #[derive(Clone)]
 pub struct SharedMediaTable {
-    /// foldhash (seeded per process): looked up for every captured UDP packet.
-    inner: Arc<RwLock<foldhash::HashMap<MediaKey, MediaValue>>>,
+    inner: Arc<RwLock<Authority>>,
     sip_ports: Arc<[AtomicU64]>,
 }
 
@@ -35,28 +60,55 @@ impl Default for SharedMediaTable {
 
 impl SharedMediaTable {
     pub fn len(&self) -> usize {
-        self.inner.read().map(|m| m.len()).unwrap_or(0)
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// A new reader's replica: the table as it is now, then every later change.
+    fn replica(&self) -> Replica {
+        let mut a = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        a.readers.push(tx);
+        Replica {
+            map: a.map.clone(),
+            changes: rx,
+        }
+    }
+
+    fn change(&self, change: impl Fn() -> Change, apply: impl FnOnce(&mut Map)) {
+        let mut a = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        apply(&mut a.map);
+        // A reader that is gone (its capture thread ended) is forgotten.
+        a.readers.retain(|tx| tx.send(change()).is_ok());
+    }
 }
 
 impl MediaTable for SharedMediaTable {
     fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String> {
-        let mut map = self
-            .inner
-            .write()
-            .map_err(|_| "media table poisoned".to_string())?;
-        map.insert(key, owner);
+        self.change(
+            || Change::Insert(key, owner),
+            |m| {
+                m.insert(key, owner);
+            },
+        );
         Ok(())
     }
 
     fn remove(&mut self, key: &MediaKey) {
-        if let Ok(mut map) = self.inner.write() {
-            map.remove(key);
-        }
+        let key = *key;
+        self.change(
+            || Change::Remove(key),
+            |m| {
+                m.remove(&key);
+            },
+        );
     }
 
     fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
@@ -69,11 +121,43 @@ impl MediaTable for SharedMediaTable {
     }
 }
 
-/// The classifier's tables in userspace.
-#[derive(Clone)]
+/// One reader's copy of the media table.
+struct Replica {
+    map: Map,
+    changes: Receiver<Change>,
+}
+
+impl Replica {
+    fn catch_up(&mut self) {
+        for c in self.changes.try_iter() {
+            match c {
+                Change::Insert(k, v) => {
+                    self.map.insert(k, v);
+                }
+                Change::Remove(k) => {
+                    self.map.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+/// The classifier's tables in userspace, for one capture thread (a clone gets its own
+/// replica of the media table).
 pub struct UserTables {
     pub media: SharedMediaTable,
+    replica: RefCell<Replica>,
     pub config: XdpConfig,
+}
+
+impl Clone for UserTables {
+    fn clone(&self) -> Self {
+        UserTables {
+            media: self.media.clone(),
+            replica: RefCell::new(self.media.replica()),
+            config: self.config,
+        }
+    }
 }
 
 impl UserTables {
@@ -82,13 +166,27 @@ impl UserTables {
         for &p in sip_ports {
             let _ = media.learn_sip_port(p);
         }
-        UserTables { media, config }
+        UserTables {
+            replica: RefCell::new(media.replica()),
+            media,
+            config,
+        }
+    }
+
+    /// Applies pending changes to the replica. Lookups do it as needed; a capture thread
+    /// calls this when it is idle too, so the changes of a quiet interface do not pile up.
+    pub fn refresh(&self) {
+        self.replica.borrow_mut().catch_up();
     }
 }
 
 impl Tables for UserTables {
     fn media(&self, key: &MediaKey) -> Option<MediaValue> {
-        self.media.inner.read().ok()?.get(key).copied()
+        let mut r = self.replica.borrow_mut();
+        if !r.changes.is_empty() {
+            r.catch_up();
+        }
+        r.map.get(key).copied()
     }
 
     fn is_sip_port(&self, port: u16) -> bool {
@@ -128,4 +226,55 @@ pub fn classify_frame(
         _pad: [0; 2],
     };
     (v, meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(worker: u32) -> MediaValue {
+        MediaValue { worker, flags: 0 }
+    }
+
+    #[test]
+    fn replicas_see_every_change_and_new_readers_start_from_the_current_table() {
+        let mut table = SharedMediaTable::default();
+        let a = MediaKey::v4([198, 18, 0, 1], 20_000);
+        let b = MediaKey::v4([198, 18, 0, 2], 20_002);
+        table.insert(a, owner(1)).expect("insert");
+        let reader = UserTables::new(XdpConfig::default(), &[5060], table.clone());
+        assert_eq!(reader.media(&a), Some(owner(1)));
+        assert_eq!(reader.media(&b), None);
+
+        table.insert(b, owner(0)).expect("insert");
+        table.insert(a, owner(0)).expect("move");
+        assert_eq!(reader.media(&b), Some(owner(0)));
+        assert_eq!(reader.media(&a), Some(owner(0)), "a moved owner is seen");
+
+        let second = reader.clone();
+        table.remove(&a);
+        assert_eq!(reader.media(&a), None);
+        assert_eq!(second.media(&a), None);
+        assert_eq!(second.media(&b), Some(owner(0)), "snapshot taken at clone");
+        assert!(reader.is_sip_port(5060) && second.is_sip_port(5060));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_dropped_reader_is_forgotten_and_an_idle_one_catches_up_on_refresh() {
+        let mut table = SharedMediaTable::default();
+        let reader = UserTables::new(XdpConfig::default(), &[], table.clone());
+        let gone = reader.clone();
+        drop(gone);
+        for port in 0..100 {
+            table
+                .insert(MediaKey::v4([198, 18, 0, 1], port), owner(0))
+                .expect("insert");
+        }
+        assert_eq!(table.inner.read().expect("lock").readers.len(), 1);
+        assert_eq!(reader.replica.borrow().changes.len(), 100);
+        reader.refresh();
+        assert!(reader.replica.borrow().changes.is_empty());
+        assert_eq!(reader.replica.borrow().map.len(), 100);
+    }
 }
