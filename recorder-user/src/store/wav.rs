@@ -199,12 +199,20 @@ impl WavWriter {
         }
         let end = pos + n;
         self.ensure(end)?;
-        let base = (HEADER + pos * BYTES_PER_FRAME + channel * 2) as usize;
-        let stride = BYTES_PER_FRAME as usize;
-        let dst = &mut self.map[base..base + (n as usize - 1) * stride + 2];
-        for (i, s) in samples[..n as usize].iter().enumerate() {
-            let at = i * stride;
-            dst[at..at + 2].copy_from_slice(&s.to_le_bytes());
+        // Whole frames, each sample stored into its channel's half: one loop per channel so
+        // the offset is a constant (this loop is most of the per-packet work otherwise).
+        let start = (HEADER + pos * BYTES_PER_FRAME) as usize;
+        let frames = &mut self.map[start..(HEADER + end * BYTES_PER_FRAME) as usize];
+        let frames = frames.chunks_exact_mut(BYTES_PER_FRAME as usize);
+        let samples = &samples[..n as usize];
+        if channel == 0 {
+            for (f, s) in frames.zip(samples) {
+                f[0..2].copy_from_slice(&s.to_le_bytes());
+            }
+        } else {
+            for (f, s) in frames.zip(samples) {
+                f[2..4].copy_from_slice(&s.to_le_bytes());
+            }
         }
         self.frames = self.frames.max(end);
         Ok(())
