@@ -74,6 +74,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
     let mut packets = 0u64;
     let mut skipped = 0u64;
     let mut errors = Vec::new();
+    let mut sealer = Sealer::start();
 
     let deliver =
         |queue: &mut Vec<(u32, Control)>, workers: &mut Vec<MediaWorker>, done: &mut Vec<Cdr>| {
@@ -120,10 +121,9 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
                 }
                 deliver(&mut queue, &mut workers, &mut done);
             }
-            for mut cdr in done.drain(..) {
+            for cdr in done.drain(..) {
                 calls += 1;
-                cdr.seal_recording();
-                on_cdr(&cdr);
+                sealer.submit(cdr, &mut on_cdr);
             }
         });
         match result {
@@ -142,11 +142,11 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
     for w in workers.iter_mut() {
         w.reap(u64::MAX, &mut done);
     }
-    for mut cdr in done.drain(..) {
+    for cdr in done.drain(..) {
         calls += 1;
-        cdr.seal_recording();
-        on_cdr(&cdr);
+        sealer.submit(cdr, &mut on_cdr);
     }
+    sealer.finish(&mut on_cdr);
     ReplaySummary {
         packets,
         skipped_link_types: skipped,
@@ -159,5 +159,77 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
         workers: workers.iter().map(|w| w.stats.clone()).collect(),
         calls,
         errors,
+    }
+}
+
+/// Seals finished recordings (fsync, sha256) on a thread of its own, as `calltap run`'s CDR
+/// thread does: waiting for the disk once per call would otherwise pace the whole replay. One
+/// thread, so CDRs still reach the caller in the order the calls finished.
+struct Sealer {
+    thread: Option<(
+        crossbeam_channel::Sender<Cdr>,
+        crossbeam_channel::Receiver<Cdr>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+impl Sealer {
+    fn start() -> Sealer {
+        let (tx, rx) = crossbeam_channel::unbounded::<Cdr>();
+        let (sealed_tx, sealed_rx) = crossbeam_channel::unbounded::<Cdr>();
+        let spawned = std::thread::Builder::new()
+            .name("seal".into())
+            .spawn(move || {
+                for mut cdr in rx {
+                    cdr.seal_recording();
+                    if sealed_tx.send(cdr).is_err() {
+                        break;
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => Sealer {
+                thread: Some((tx, sealed_rx, h)),
+            },
+            Err(e) => {
+                log::warn!("no sealing thread ({e}): recordings are sealed inline");
+                Sealer { thread: None }
+            }
+        }
+    }
+
+    /// Queues `cdr`, and passes on those sealed so far.
+    fn submit(&mut self, mut cdr: Cdr, on_cdr: &mut impl FnMut(&Cdr)) {
+        if let Some((tx, sealed, _)) = &self.thread {
+            match tx.send(cdr) {
+                Ok(()) => {
+                    for c in sealed.try_iter() {
+                        on_cdr(&c);
+                    }
+                    return;
+                }
+                // The thread is gone: in order, what it finished, then this one inline.
+                Err(e) => {
+                    cdr = e.into_inner();
+                    for c in sealed.try_iter() {
+                        on_cdr(&c);
+                    }
+                    self.thread = None;
+                }
+            }
+        }
+        cdr.seal_recording();
+        on_cdr(&cdr);
+    }
+
+    /// Waits for the rest.
+    fn finish(self, on_cdr: &mut impl FnMut(&Cdr)) {
+        if let Some((tx, sealed, handle)) = self.thread {
+            drop(tx);
+            for c in sealed.iter() {
+                on_cdr(&c);
+            }
+            let _ = handle.join();
+        }
     }
 }
