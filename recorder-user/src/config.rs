@@ -50,6 +50,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("webhooks", "secret", ""),
     ("webhooks", "timeout_ms", "5000"),
     ("webhooks", "max_backoff_ms", "60000"),
+    ("webhooks", "ca_file", ""),
     ("console", "listen", "127.0.0.1:5023"),
     ("console", "password", ""),
 ];
@@ -65,6 +66,16 @@ pub enum ConfigError {
         key: String,
         value: String,
         expected: &'static str,
+    },
+    /// A value of the right form naming something that cannot be used (a file that does not
+    /// exist or does not hold what it should).
+    #[error("{origin}: [{section}] {key} = {value:?}: {reason}")]
+    Unusable {
+        origin: String,
+        section: String,
+        key: String,
+        value: String,
+        reason: String,
     },
     #[error("{origin}: unknown key [{section}] {key} (known keys: see packaging/calltap.ini)")]
     UnknownKey {
@@ -125,8 +136,11 @@ pub struct Config {
     pub api_listen: Option<String>,
     /// PEM certificate chain and private key: the management server speaks only HTTPS then.
     pub api_tls: Option<(PathBuf, PathBuf)>,
-    /// Where call events are POSTed (`http://HOST[:PORT]/PATH`); None: no webhooks.
+    /// Where call events are POSTed (`http[s]://HOST[:PORT]/PATH`); None: no webhooks.
     pub webhook_url: Option<String>,
+    /// PEM certificates trusted for an https webhook URL besides the system's CAs (a private
+    /// CA, or the receiver's own self-signed certificate).
+    pub webhook_ca_file: Option<PathBuf>,
     /// HMAC-SHA256 key of the `X-CallTap-Signature` header (required with a URL).
     pub webhook_secret: String,
     /// Bound on one delivery attempt (connect, send, answer).
@@ -139,10 +153,23 @@ pub struct Config {
     pub console_password: Option<String>,
 }
 
-/// Splits an `http://HOST[:PORT][/PATH]` URL into host, port and path (HTTPS is not supported:
-/// deliver to a local TLS-terminating proxy when the receiver is remote).
-pub fn parse_http_url(url: &str) -> Option<(String, u16, String)> {
-    let rest = url.strip_prefix("http://")?;
+/// A webhook receiver's address: `http://` or `https://`, host, port, path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    pub tls: bool,
+    /// As written (an IPv6 address keeps its brackets).
+    pub host: String,
+    pub port: u16,
+    /// With the query, if any; `/` when the URL has none.
+    pub path: String,
+}
+
+/// Splits an `http[s]://HOST[:PORT][/PATH]` URL (ports default to 80 and 443).
+pub fn parse_http_url(url: &str) -> Option<HttpUrl> {
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://")?),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -161,13 +188,24 @@ pub fn parse_http_url(url: &str) -> Option<(String, u16, String)> {
     };
     let port = match port.strip_prefix(':') {
         Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0)?,
-        None if port.is_empty() => 80,
+        None if port.is_empty() => {
+            if tls {
+                443
+            } else {
+                80
+            }
+        }
         None => return None,
     };
     if host.is_empty() || host == "[]" {
         return None;
     }
-    Some((host.to_string(), port, path.to_string()))
+    Some(HttpUrl {
+        tls,
+        host: host.to_string(),
+        port,
+        path: path.to_string(),
+    })
 }
 
 /// Every key's effective value by (section, key), after file and environment.
@@ -420,7 +458,7 @@ impl Config {
                 "webhooks",
                 "url",
                 hook,
-                "http://HOST[:PORT][/PATH] (https: through a local TLS proxy; empty: no webhooks)",
+                "http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH] (empty: no webhooks)",
             ));
         }
         let (secret, o) = raw.get("webhooks", "secret");
@@ -433,6 +471,23 @@ impl Config {
                 "a secret to sign webhook bodies with (required when [webhooks] url is set)",
             ));
         }
+        let (ca_file, o) = raw.get("webhooks", "ca_file");
+        let webhook_ca_file = match ca_file.trim() {
+            "" => None,
+            f => {
+                let path = PathBuf::from(f);
+                if let Err(why) = crate::publish::webhook::read_ca_file(&path) {
+                    return Err(ConfigError::Unusable {
+                        origin: o.to_string(),
+                        section: "webhooks".into(),
+                        key: "ca_file".into(),
+                        value: f.to_string(),
+                        reason: format!("expected a readable PEM file of CA certificates: {why}"),
+                    });
+                }
+                Some(path)
+            }
+        };
         let webhook_timeout_ms: u64 = parse_num(raw, "webhooks", "timeout_ms", "milliseconds")?;
         let webhook_max_backoff_ms: u64 =
             parse_num(raw, "webhooks", "max_backoff_ms", "milliseconds")?;
@@ -485,6 +540,7 @@ impl Config {
             api_listen,
             api_tls,
             webhook_url: Some(hook.to_string()).filter(|s| !s.is_empty()),
+            webhook_ca_file,
             webhook_secret: secret.to_string(),
             webhook_timeout_ms,
             webhook_max_backoff_ms,
@@ -799,7 +855,7 @@ mod tests {
             (vec![("CALLTAP_WEBHOOKS_URL", "http://x/")], "secret"),
             (
                 vec![
-                    ("CALLTAP_WEBHOOKS_URL", "https://x/"),
+                    ("CALLTAP_WEBHOOKS_URL", "ftp://x/"),
                     ("CALLTAP_WEBHOOKS_SECRET", "s"),
                 ],
                 "url",
@@ -819,27 +875,68 @@ mod tests {
     }
 
     #[test]
-    fn http_urls_split_into_host_port_and_path() {
-        let p = |u: &str| parse_http_url(u);
-        assert_eq!(p("http://h/x?y=1"), Some(("h".into(), 80, "/x?y=1".into())));
+    fn http_urls_split_into_scheme_host_port_and_path() {
+        let p = |u: &str| parse_http_url(u).map(|u| (u.tls, u.host, u.port, u.path));
+        assert_eq!(
+            p("http://h/x?y=1"),
+            Some((false, "h".into(), 80, "/x?y=1".into()))
+        );
         assert_eq!(
             p("http://10.0.0.1:8081"),
-            Some(("10.0.0.1".into(), 8081, "/".into()))
+            Some((false, "10.0.0.1".into(), 8081, "/".into()))
         );
         assert_eq!(
             p("http://[::1]:9/a"),
-            Some(("[::1]".into(), 9, "/a".into()))
+            Some((false, "[::1]".into(), 9, "/a".into()))
+        );
+        assert_eq!(
+            p("https://hooks.example.com/calltap"),
+            Some((true, "hooks.example.com".into(), 443, "/calltap".into()))
+        );
+        assert_eq!(
+            p("https://[::1]:8443"),
+            Some((true, "[::1]".into(), 8443, "/".into()))
         );
         for bad in [
-            "https://h/",
             "http://",
+            "https://",
             "http://h:0/",
-            "http://h:x/",
+            "https://h:x/",
             "http://u@h/",
             "ftp://h",
+            "HTTP://h/",
         ] {
             assert_eq!(p(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn webhook_ca_file_must_hold_pem_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = |file: &std::path::Path| {
+            vec![
+                ("CALLTAP_WEBHOOKS_URL".to_string(), "https://h/".to_string()),
+                ("CALLTAP_WEBHOOKS_SECRET".to_string(), "s".to_string()),
+                (
+                    "CALLTAP_WEBHOOKS_CA_FILE".to_string(),
+                    file.display().to_string(),
+                ),
+            ]
+        };
+        let missing = dir.path().join("missing.pem");
+        let e = Config::load_with_env(None, &env(&missing)).expect_err("missing file");
+        assert!(e.to_string().contains("ca_file"), "{e}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").expect("write");
+        let e = Config::load_with_env(None, &env(&junk)).expect_err("no certificate");
+        assert!(
+            e.to_string().contains("ca_file") && e.to_string().contains("no PEM certificate"),
+            "{e}"
+        );
+        let (cert, _key) = crate::publish::tls::self_signed_for_tests(dir.path());
+        let c = Config::load_with_env(None, &env(&cert)).expect("a real certificate");
+        assert_eq!(c.webhook_ca_file.as_deref(), Some(cert.as_path()));
+        assert_eq!(c.webhook_url.as_deref(), Some("https://h/"));
     }
 
     #[test]

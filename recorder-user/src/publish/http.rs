@@ -183,40 +183,10 @@ mod tests {
         body
     }
 
-    /// A self-signed certificate for 127.0.0.1 made by the real openssl tool.
-    fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        let out = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-            .args([
-                "-subj",
-                "/CN=calltap-test",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ])
-            // An end-entity certificate (openssl's default for -x509 is a CA, which TLS clients
-            // refuse as a server certificate).
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .args(["-addext", "extendedKeyUsage=serverAuth"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl (Debian package openssl) runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (cert, key)
-    }
-
     #[test]
     fn serves_over_tls_with_the_configured_certificate_only() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key) = self_signed(dir.path());
+        let (cert, key) = super::super::tls::self_signed_for_tests(dir.path());
         let m = Arc::new(
             Metrics::new(CaptureCounters::None, Arc::new(LiveStats::new(1)), None)
                 .expect("registry"),
@@ -274,7 +244,7 @@ mod tests {
     #[test]
     fn unusable_tls_files_are_named_in_the_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key) = self_signed(dir.path());
+        let (cert, key) = super::super::tls::self_signed_for_tests(dir.path());
         let missing = dir.path().join("nope.pem");
         let err = super::super::tls::server_config(&missing, &key)
             .expect_err("missing cert")
@@ -290,7 +260,7 @@ mod tests {
         let (other, _) = {
             let d2 = dir.path().join("other");
             std::fs::create_dir_all(&d2).expect("dir");
-            self_signed(&d2)
+            super::super::tls::self_signed_for_tests(&d2)
         };
         let err = super::super::tls::server_config(&other, &key)
             .expect_err("mismatched pair")

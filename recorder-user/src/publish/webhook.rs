@@ -38,7 +38,10 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::live::LiveCall;
-use crate::{config::parse_http_url, store::cdr::Cdr};
+use crate::{
+    config::{parse_http_url, HttpUrl},
+    store::cdr::Cdr,
+};
 
 /// Events waiting in memory between producers and the delivery thread.
 const CHANNEL: usize = 1024;
@@ -55,8 +58,10 @@ const DRAIN_ON_STOP: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error("[webhooks] url {0:?}: expected http://HOST[:PORT][/PATH]")]
+    #[error("[webhooks] url {0:?}: expected http[s]://HOST[:PORT][/PATH]")]
     Url(String),
+    #[error("[webhooks] TLS: {0}")]
+    Tls(String),
     #[error("webhook queue {path}: {source}")]
     Queue { path: PathBuf, source: io::Error },
     #[error("webhook delivery thread: {0}")]
@@ -70,6 +75,8 @@ pub struct WebhookConfig {
     pub secret: String,
     pub timeout: Duration,
     pub max_backoff: Duration,
+    /// Trusted besides the system's CAs for an https URL.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl WebhookConfig {
@@ -80,6 +87,7 @@ impl WebhookConfig {
             secret: cfg.webhook_secret.clone(),
             timeout: Duration::from_millis(cfg.webhook_timeout_ms),
             max_backoff: Duration::from_millis(cfg.webhook_max_backoff_ms),
+            ca_file: cfg.webhook_ca_file.clone(),
         })
     }
 }
@@ -398,6 +406,99 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// The certificates of a PEM file (`[webhooks] ca_file`).
+pub fn read_ca_file(path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::{pem::PemObject as _, CertificateDer};
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in the file".into());
+    }
+    Ok(certs)
+}
+
+/// How an https receiver is checked: the system's CA certificates (Debian's ca-certificates)
+/// and those of `ca_file`.
+fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, WebhookError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (system, _unparsable) = roots.add_parsable_certificates(native.certs);
+    if let Some(f) = ca_file {
+        let certs = read_ca_file(f)
+            .map_err(|e| WebhookError::Tls(format!("ca_file = {}: {e}", f.display())))?;
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| WebhookError::Tls(format!("ca_file = {}: {e}", f.display())))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(WebhookError::Tls(
+            "no CA certificate to check the receiver with: install ca-certificates or set \
+             [webhooks] ca_file"
+                .into(),
+        ));
+    }
+    log::debug!(
+        "webhooks: {system} system CA certificates, {} in all",
+        roots.len()
+    );
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| WebhookError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The TLS side of an https receiver: the connector and the name its certificate must carry.
+type TlsTarget = (
+    tokio_rustls::TlsConnector,
+    rustls_pki_types::ServerName<'static>,
+);
+
+fn tls_target(url: &HttpUrl, ca_file: Option<&Path>) -> Result<Option<TlsTarget>, WebhookError> {
+    if !url.tls {
+        return Ok(None);
+    }
+    let host = url.host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| WebhookError::Tls(format!("host {host:?}: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(client_config(ca_file)?);
+    Ok(Some((connector, name)))
+}
+
+/// One HTTP/1.1 exchange over `io` (plain TCP or TLS): the answer's status.
+async fn exchange<I>(
+    io: I,
+    req: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<hyper::StatusCode, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt as _;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(conn);
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string());
+    let status = match resp {
+        Ok(resp) => {
+            let status = resp.status();
+            // Read (and discard) the answer so the exchange completes cleanly.
+            let _ = resp.into_body().collect().await;
+            Ok(status)
+        }
+        Err(e) => Err(e),
+    };
+    driver.abort();
+    status
+}
+
 /// The running delivery: its thread and the producers' handle.
 pub struct Webhooks {
     sender: Option<WebhookSender>,
@@ -409,6 +510,7 @@ impl Webhooks {
     /// Opens (and replays) the queue at `queue_path` and starts the delivery thread.
     pub fn start(cfg: WebhookConfig, queue_path: &Path) -> Result<Webhooks, WebhookError> {
         let target = parse_http_url(&cfg.url).ok_or_else(|| WebhookError::Url(cfg.url.clone()))?;
+        let tls = tls_target(&target, cfg.ca_file.as_deref())?;
         let queue = Queue::open(queue_path).map_err(|source| WebhookError::Queue {
             path: queue_path.to_path_buf(),
             source,
@@ -433,6 +535,7 @@ impl Webhooks {
         let delivery = Delivery {
             cfg,
             target,
+            tls,
             shared: shared.clone(),
             rx,
         };
@@ -483,7 +586,8 @@ impl Drop for Webhooks {
 
 struct Delivery {
     cfg: WebhookConfig,
-    target: (String, u16, String),
+    target: HttpUrl,
+    tls: Option<TlsTarget>,
     shared: Arc<Shared>,
     rx: Receiver<Event>,
 }
@@ -581,14 +685,37 @@ impl Delivery {
         }
     }
 
-    /// One attempt: connect, POST, read the status; everything bounded by the timeout.
+    /// One attempt: connect (and TLS for https), POST, read the status; everything bounded by
+    /// the timeout.
     async fn post(&self, event: &Event) -> Result<(), String> {
-        use http_body_util::{BodyExt as _, Full};
+        use http_body_util::Full;
         use hyper::{header, Request};
 
         let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
         let sig = signature(self.cfg.secret.as_bytes(), &body);
-        let (host, port, path) = &self.target;
+        let HttpUrl {
+            tls,
+            host,
+            port,
+            path,
+        } = &self.target;
+        let authority = if *port == if *tls { 443 } else { 80 } {
+            host.clone()
+        } else {
+            format!("{host}:{port}")
+        };
+        let req = Request::post(path.as_str())
+            .header(header::HOST, authority)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("calltap/", env!("CARGO_PKG_VERSION")),
+            )
+            .header("X-CallTap-Event", event.kind.as_str())
+            .header("X-CallTap-Delivery", event.id.as_str())
+            .header("X-CallTap-Signature", sig)
+            .body(Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
         let attempt = async {
             let addr = format!(
                 "{}:{port}",
@@ -597,33 +724,16 @@ impl Delivery {
             let stream = tokio::net::TcpStream::connect(&addr)
                 .await
                 .map_err(|e| format!("connect {addr}: {e}"))?;
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|e| e.to_string())?;
-            let driver = tokio::spawn(conn);
-            let authority = if *port == 80 {
-                host.clone()
-            } else {
-                format!("{host}:{port}")
+            let status = match &self.tls {
+                Some((connector, name)) => {
+                    let stream = connector
+                        .connect(name.clone(), stream)
+                        .await
+                        .map_err(|e| format!("TLS with {addr}: {e}"))?;
+                    exchange(hyper_util::rt::TokioIo::new(stream), req).await?
+                }
+                None => exchange(hyper_util::rt::TokioIo::new(stream), req).await?,
             };
-            let req = Request::post(path.as_str())
-                .header(header::HOST, authority)
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(
-                    header::USER_AGENT,
-                    concat!("calltap/", env!("CARGO_PKG_VERSION")),
-                )
-                .header("X-CallTap-Event", event.kind.as_str())
-                .header("X-CallTap-Delivery", event.id.as_str())
-                .header("X-CallTap-Signature", sig)
-                .body(Full::new(bytes::Bytes::from(body)))
-                .map_err(|e| e.to_string())?;
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            // Read (and discard) the answer so the exchange completes cleanly.
-            let _ = resp.into_body().collect().await;
-            driver.abort();
             if status.is_success() {
                 Ok(())
             } else {

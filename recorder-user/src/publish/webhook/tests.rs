@@ -24,6 +24,11 @@ struct Receiver {
 
 impl Receiver {
     fn start(addr: &str) -> Receiver {
+        Receiver::start_with(addr, None)
+    }
+
+    /// With `tls`, the receiver speaks only HTTPS with that certificate.
+    fn start_with(addr: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let listener = TcpListener::bind(addr).expect("bind receiver");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -45,44 +50,21 @@ impl Receiver {
                 };
                 let _ = stream.set_nonblocking(false);
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut r = BufReader::new(stream);
-                let (mut len, mut sig) = (0usize, String::new());
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        break;
+                match &tls {
+                    Some(cfg) => {
+                        let Ok(conn) = rustls::ServerConnection::new(cfg.clone()) else {
+                            continue;
+                        };
+                        let mut s = rustls::StreamOwned::new(conn, stream);
+                        answer(&mut s, &ev, &bad, &fl);
+                        s.conn.send_close_notify();
+                        let _ = s.flush();
                     }
-                    let l = line.trim_end();
-                    if l.is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = l.split_once(':') {
-                        match k.to_ascii_lowercase().as_str() {
-                            "content-length" => len = v.trim().parse().unwrap_or(0),
-                            "x-calltap-signature" => sig = v.trim().to_string(),
-                            _ => {}
-                        }
+                    None => {
+                        let mut s = stream;
+                        answer(&mut s, &ev, &bad, &fl);
                     }
                 }
-                let mut body = vec![0; len];
-                if r.read_exact(&mut body).is_err() {
-                    continue;
-                }
-                let failing = fl.load(Ordering::Acquire);
-                if !failing {
-                    if signature(SECRET.as_bytes(), &body) != sig {
-                        bad.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Ok(e) = serde_json::from_slice::<Event>(&body) {
-                        ev.lock().expect("events").push(e);
-                    }
-                }
-                let status = if failing { "500 Oops" } else { "200 OK" };
-                let _ = write!(
-                    r.get_mut(),
-                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                );
             }
         });
         Receiver {
@@ -122,12 +104,60 @@ impl Drop for Receiver {
     }
 }
 
+/// Reads one request from `stream`, records its event (checking the signature) and answers.
+fn answer(
+    stream: &mut (impl std::io::Read + std::io::Write),
+    ev: &Mutex<Vec<Event>>,
+    bad: &AtomicU64,
+    fl: &AtomicBool,
+) {
+    let mut r = BufReader::new(stream);
+    let (mut len, mut sig) = (0usize, String::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            match k.to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().unwrap_or(0),
+                "x-calltap-signature" => sig = v.trim().to_string(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    if r.read_exact(&mut body).is_err() {
+        return;
+    }
+    let failing = fl.load(Ordering::Acquire);
+    if !failing {
+        if signature(SECRET.as_bytes(), &body) != sig {
+            bad.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(e) = serde_json::from_slice::<Event>(&body) {
+            ev.lock().expect("events").push(e);
+        }
+    }
+    let status = if failing { "500 Oops" } else { "200 OK" };
+    let _ = write!(
+        r.get_mut(),
+        "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+}
+
 fn config(addr: SocketAddr) -> WebhookConfig {
     WebhookConfig {
         url: format!("http://{addr}/hooks"),
         secret: SECRET.into(),
         timeout: Duration::from_secs(2),
         max_backoff: Duration::from_millis(400),
+        ca_file: None,
     }
 }
 
@@ -303,4 +333,70 @@ fn a_full_channel_overflows_to_the_disk_queue() {
     assert_eq!(rx.len(), 2);
     assert_eq!(shared.lock().pending.len(), 3);
     let _ = addr;
+}
+
+#[test]
+fn https_receivers_get_events_when_their_certificate_is_trusted_and_never_otherwise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = crate::publish::tls::self_signed_for_tests(dir.path());
+    let server = crate::publish::tls::server_config(&cert, &key).expect("server config");
+    let rx = Receiver::start_with("127.0.0.1:0", Some(server.clone()));
+    let https = |addr: SocketAddr, ca_file: Option<PathBuf>| WebhookConfig {
+        url: format!("https://{addr}/hooks"),
+        ca_file,
+        ..config(addr)
+    };
+
+    // The receiver's self-signed certificate is in ca_file: delivered, signed, once each.
+    let hooks = Webhooks::start(
+        https(rx.addr, Some(cert.clone())),
+        &dir.path().join("trusted.queue"),
+    )
+    .expect("start");
+    let sender = hooks.sender().expect("sender");
+    for n in 0..3 {
+        sender.send(event(n));
+    }
+    wait_for("3 events over https", || rx.ids().len() >= 3);
+    drop(sender);
+    let counters = hooks.counters().snapshot();
+    hooks.finish();
+    assert_eq!(
+        rx.ids(),
+        [
+            "uuid-0.call.started",
+            "uuid-1.call.started",
+            "uuid-2.call.started"
+        ]
+    );
+    assert_eq!(rx.bad_signatures.load(Ordering::Relaxed), 0);
+    assert_eq!(counters.delivered, 3);
+
+    // Trusting only the system's CAs, the same receiver is refused: nothing is sent to it, the
+    // event stays queued and the failures are counted.
+    let queue = dir.path().join("untrusted.queue");
+    let hooks = Webhooks::start(https(rx.addr, None), &queue).expect("start");
+    let sender = hooks.sender().expect("sender");
+    sender.send(event(9));
+    let c = hooks.counters();
+    wait_for("a refused attempt", || c.snapshot().failures >= 2);
+    drop(sender);
+    let after = c.snapshot();
+    hooks.finish();
+    assert_eq!(after.delivered, 0);
+    assert_eq!(after.pending, 1);
+    assert_eq!(rx.ids().len(), 3, "the untrusted receiver got nothing");
+
+    // A ca_file without a certificate stops the start with a clear error.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "nothing\n").expect("write");
+    let err = Webhooks::start(https(rx.addr, Some(junk)), &dir.path().join("j.queue"))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("ca_file") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    rx.shut();
 }
