@@ -276,7 +276,7 @@ impl Metrics {
             "calltap_webhook_queue_events",
             "Webhook events waiting for delivery (including those restored from disk).",
         )?;
-        let archive_fields: [(&str, &str, ArchiveField); 7] = [
+        let archive_fields: [(&str, &str, ArchiveField); 8] = [
             (
                 "calltap_archive_failures_total",
                 "Archive attempts that failed (archive unavailable, copy did not verify).",
@@ -311,6 +311,11 @@ impl Metrics {
                 "calltap_retention_deleted_bytes_total",
                 "Bytes of archived recordings deleted by retention.",
                 |s| s.retention_deleted_bytes_total,
+            ),
+            (
+                "calltap_retention_db_marked_total",
+                "Database rows of recordings marked deleted by retention (the API answers 410).",
+                |s| s.retention_db_marked_total,
             ),
         ];
         let archive_counters = archive_fields
@@ -430,7 +435,8 @@ impl Metrics {
             )?,
             archive_queue: gauge_vec(
                 "calltap_archive_queue_files",
-                "Files in the archive queue (queued) and, of those, not yet copied (unarchived).",
+                "Files in the archive queue (queued) and, of those, not yet copied (unarchived); \
+                 recordings retention deleted whose database row is not marked yet (deleted_unmarked).",
                 &["state"],
             )?,
             archive_up,
@@ -592,7 +598,11 @@ impl Metrics {
         }
         if let Some(a) = self.sources.archive.get() {
             let s = a.snapshot();
-            for (state, v) in [("queued", s.queue_len), ("unarchived", s.queue_unarchived)] {
+            for (state, v) in [
+                ("queued", s.queue_len),
+                ("unarchived", s.queue_unarchived),
+                ("deleted_unmarked", s.retention_db_pending),
+            ] {
                 self.archive_queue
                     .with_label_values(&[state])
                     .set(i64::try_from(v).unwrap_or(i64::MAX));

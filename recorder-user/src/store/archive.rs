@@ -14,6 +14,11 @@
 //! behind a bounded channel: [`Archiver::submit`] never waits for the archive; when the channel
 //! is full the caller writes the jobs to the queue file itself and the thread picks them up on
 //! its next pass. The same thread runs retention ([`super::retention`]) and the disk alarm.
+//!
+//! Retention's deletions reach the database the same way: each recording file is noted in the
+//! queue before it is deleted, and once it is gone its `recordings` row is marked deleted
+//! (`deleted_ns`, `deleted_reason = 'retention'`), retried with backoff while the database is
+//! away, so the API can answer 410 Gone (deleted, and when) instead of 404.
 
 pub mod queue;
 pub mod target;
@@ -34,7 +39,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::Serialize;
 
 use self::{
-    queue::{Job, Queue, QueueError, QUEUE_FILE},
+    queue::{Deletion, Job, Queue, QueueError, QUEUE_FILE},
     target::{is_safe_rel, ArchiveError, Expected, S3Options, Target, TargetSpec},
 };
 use super::{
@@ -57,6 +62,8 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 const DB_UPDATE_GIVE_UP_S: u64 = 7 * 86_400;
 /// On stop, how long the archiver keeps trying what is queued before leaving it to the next run.
 const FINAL_PASS: Duration = Duration::from_secs(10);
+/// `recordings.deleted_reason` of a recording retention deleted.
+pub const RETENTION_REASON: &str = "retention";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiverError {
@@ -152,6 +159,10 @@ pub struct ArchiveCounters {
     pub archive_up: AtomicBool,
     pub retention_deleted_total: AtomicU64,
     pub retention_deleted_bytes_total: AtomicU64,
+    /// Recordings retention deleted whose database row does not say so yet (queued).
+    pub retention_db_pending: AtomicU64,
+    /// Database rows marked deleted by retention.
+    pub retention_db_marked_total: AtomicU64,
 }
 
 /// A copy of [`ArchiveCounters`] for reports.
@@ -177,6 +188,8 @@ pub struct ArchiveSnapshot {
     pub archive_up: bool,
     pub retention_deleted_total: u64,
     pub retention_deleted_bytes_total: u64,
+    pub retention_db_pending: u64,
+    pub retention_db_marked_total: u64,
 }
 
 impl ArchiveCounters {
@@ -202,6 +215,8 @@ impl ArchiveCounters {
             archive_up: self.archive_up.load(Ordering::Acquire),
             retention_deleted_total: g(&self.retention_deleted_total),
             retention_deleted_bytes_total: g(&self.retention_deleted_bytes_total),
+            retention_db_pending: g(&self.retention_db_pending),
+            retention_db_marked_total: g(&self.retention_db_marked_total),
         }
     }
 }
@@ -218,6 +233,55 @@ fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The note for a file retention is about to delete from `target` (`file`: a path under the
+/// spool or archive root, or an object key): the paths its `recordings` row may hold. None for
+/// the raw RTP pcap beside a WAV, which no row names in `recordings.path`.
+fn deletion_of(target: &Target, spool: &Path, file: &str, at_ns: u64) -> Option<Deletion> {
+    if file.ends_with(".pcap") {
+        return None;
+    }
+    let in_spool = |rel: &str| spool.join(rel).display().to_string();
+    let (object, stored) = match target {
+        // No archive: the row keeps the spool path.
+        Target::Spool => (false, vec![file.to_string()]),
+        Target::Dir(root) => {
+            let mut stored = vec![file.to_string()];
+            if let Some(rel) = Path::new(file)
+                .strip_prefix(root)
+                .ok()
+                .and_then(|r| r.to_str())
+            {
+                stored.push(in_spool(rel));
+            }
+            (false, stored)
+        }
+        Target::S3 { bucket, prefix, .. } => {
+            let rel = if prefix.is_empty() {
+                Some(file)
+            } else {
+                file.strip_prefix(prefix.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+            };
+            let mut stored = vec![format!("s3://{bucket}/{file}")];
+            stored.extend(rel.map(in_spool));
+            (true, stored)
+        }
+    };
+    Some(Deletion {
+        file: file.to_string(),
+        object,
+        stored,
+        at_ns,
+        reason: RETENTION_REASON.to_string(),
+    })
 }
 
 /// The jobs for a CDR's files: the WAV and the raw RTP pcap beside it. Files outside the spool
@@ -504,6 +568,9 @@ impl Worker {
         let q = lock(&self.queue);
         let unarchived = q.entries().filter(|e| e.archived.is_none()).count();
         self.counters
+            .retention_db_pending
+            .store(q.deletions().count() as u64, Ordering::Release);
+        self.counters
             .queue_len
             .store(q.len() as u64, Ordering::Release);
         self.counters
@@ -751,15 +818,19 @@ impl Worker {
         let Some(url) = self.cfg.database_url.clone() else {
             return;
         };
-        let waiting: Vec<(Job, String, u64)> = lock(&self.queue)
-            .entries()
-            .filter_map(|e| {
-                e.archived
-                    .as_ref()
-                    .map(|(l, at)| (e.job.clone(), l.clone(), *at))
-            })
-            .collect();
-        if waiting.is_empty() {
+        let (waiting, deletions): (Vec<(Job, String, u64)>, Vec<Deletion>) = {
+            let q = lock(&self.queue);
+            let waiting = q
+                .entries()
+                .filter_map(|e| {
+                    e.archived
+                        .as_ref()
+                        .map(|(l, at)| (e.job.clone(), l.clone(), *at))
+                })
+                .collect();
+            (waiting, q.deletions().cloned().collect())
+        };
+        if waiting.is_empty() && deletions.is_empty() {
             return;
         }
         if self.db.is_none() {
@@ -774,6 +845,7 @@ impl Worker {
         }
         let Some(db) = self.db.clone() else { return };
         let mut retry = false;
+        let mut db_down = false;
         for (job, location, at_s) in waiting {
             match db
                 .set_recording_location(
@@ -808,15 +880,127 @@ impl Worker {
                     log::debug!("archive: database: {e}");
                     self.db = None;
                     retry = true;
+                    db_down = true;
                     break;
                 }
             }
+        }
+        if !db_down {
+            retry |= self.mark_deletions(&db, deletions).await;
         }
         self.publish_queue_len();
         if retry {
             self.db_backoff();
         } else {
             self.db_failures = 0;
+        }
+    }
+
+    /// Marks the rows of recordings retention deleted; true when some must be tried again.
+    async fn mark_deletions(&mut self, db: &Db, deletions: Vec<Deletion>) -> bool {
+        let mut retry = false;
+        for d in deletions {
+            let stale = now_ns().saturating_sub(d.at_ns) / 1_000_000_000 > DB_UPDATE_GIVE_UP_S;
+            match self.is_gone(&d).await {
+                Some(true) => {}
+                Some(false) => {
+                    // Noted, then not deleted (the deletion failed, or the recorder stopped in
+                    // between): the recording is still there; a later sweep notes it again.
+                    log::warn!(
+                        "retention: {} is still there; its recording is not marked deleted",
+                        d.file
+                    );
+                    self.deletion_done(&d.file);
+                    continue;
+                }
+                None if stale => {
+                    log::warn!(
+                        "retention: cannot tell whether {} was deleted; not marking its recording",
+                        d.file
+                    );
+                    self.deletion_done(&d.file);
+                    continue;
+                }
+                None => {
+                    retry = true;
+                    continue;
+                }
+            }
+            match db
+                .mark_recording_deleted(&d.stored, d.at_ns, &d.reason, self.cfg.db_timeout)
+                .await
+            {
+                Ok(n) if n > 0 => {
+                    add(&self.counters.retention_db_marked_total, 1);
+                    self.deletion_done(&d.file);
+                }
+                Ok(_) if stale => {
+                    log::warn!(
+                        "retention: no database row names {} a week after it was deleted; \
+                         not marking it",
+                        d.file
+                    );
+                    self.deletion_done(&d.file);
+                }
+                // The CDR row is not stored yet (CSV journal), or the file is no recording.
+                Ok(_) => retry = true,
+                Err(e) => {
+                    add(&self.counters.db_update_failures_total, 1);
+                    log::debug!("retention: database: {e}");
+                    self.db = None;
+                    return true;
+                }
+            }
+        }
+        retry
+    }
+
+    /// Whether a noted file is really gone; None when that cannot be told now (the object
+    /// store does not answer).
+    async fn is_gone(&mut self, d: &Deletion) -> Option<bool> {
+        if !d.object {
+            return match std::fs::symlink_metadata(&d.file) {
+                Ok(_) => Some(false),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(true),
+                Err(_) => None,
+            };
+        }
+        let key = object_store::path::Path::parse(&d.file).ok();
+        match (self.target(), key) {
+            (Some(Target::S3 { store, .. }), Some(key)) => match store.head(&key).await {
+                Ok(_) => Some(false),
+                Err(object_store::Error::NotFound { .. }) => Some(true),
+                Err(_) => None,
+            },
+            // The archive is no longer the object store the file was in: nothing to check.
+            _ => Some(true),
+        }
+    }
+
+    fn deletion_done(&self, file: &str) {
+        if let Err(e) = lock(&self.queue).deletion_done(file) {
+            log::error!("{e}");
+        }
+    }
+
+    /// The hook retention calls just before it deletes a file: notes the deletion in the
+    /// queue file (durably), so the recording's row is marked once the file is gone, however
+    /// long the database is away.
+    fn deletion_noter(&self, target: &Target) -> impl Fn(&str) + Send + Sync + 'static {
+        let queue = self.queue.clone();
+        let target = target.clone();
+        let spool = self.cfg.spool.clone();
+        let enabled = self.cfg.database_url.is_some();
+        move |file: &str| {
+            if !enabled {
+                return;
+            }
+            let Some(d) = deletion_of(&target, &spool, file, now_ns()) else {
+                return;
+            };
+            if let Err(e) = lock(&queue).add_deletion(d) {
+                log::error!("retention: {e}: the database will not show {file} as deleted");
+            }
         }
     }
 
@@ -866,38 +1050,59 @@ impl Worker {
             return;
         }
         let now = SystemTime::now();
-        let sweep = match self.target() {
-            Some(Target::Spool) => {
+        let Some(target) = self.target() else {
+            return;
+        };
+        let note = self.deletion_noter(&target);
+        let sweep = match target {
+            Target::Spool => {
                 let root = spool.clone();
                 tokio::task::spawn_blocking(move || {
-                    retention::sweep_dir(&root, &rcfg, now, false, &|_, m| {
-                        retention::is_finished_spool_file(m)
-                    })
+                    retention::sweep_dir(
+                        &root,
+                        &rcfg,
+                        now,
+                        false,
+                        &|_, m| retention::is_finished_spool_file(m),
+                        &|p| note(&p.to_string_lossy()),
+                    )
                 })
                 .await
                 .unwrap_or_default()
             }
-            Some(Target::Dir(root)) => tokio::task::spawn_blocking(move || {
+            Target::Dir(root) => tokio::task::spawn_blocking(move || {
                 // Only recordings: the archive root may be a share with other files on it.
-                retention::sweep_dir(&root, &rcfg, now, true, &|p, _| {
-                    matches!(p.extension().and_then(|e| e.to_str()), Some("wav" | "pcap"))
-                })
+                retention::sweep_dir(
+                    &root,
+                    &rcfg,
+                    now,
+                    true,
+                    &|p, _| matches!(p.extension().and_then(|e| e.to_str()), Some("wav" | "pcap")),
+                    &|p| note(&p.to_string_lossy()),
+                )
             })
             .await
             .unwrap_or_default(),
-            Some(Target::S3 { store, prefix, .. }) => {
-                match retention::sweep_objects(store.as_ref(), &prefix, rcfg.archive_days, now)
-                    .await
+            Target::S3 { store, prefix, .. } => {
+                match retention::sweep_objects(
+                    store.as_ref(),
+                    &prefix,
+                    rcfg.archive_days,
+                    now,
+                    &note,
+                )
+                .await
                 {
                     Ok(s) => s,
                     Err(e) => {
                         log::warn!("retention: {e}");
+                        self.publish_queue_len();
                         return;
                     }
                 }
             }
-            None => return,
         };
+        self.publish_queue_len();
         if sweep.files > 0 {
             log::info!(
                 "retention: deleted {} archived recordings ({} bytes)",

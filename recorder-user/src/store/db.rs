@@ -555,6 +555,41 @@ impl Db {
             .map_err(self.query_err())
     }
 
+    /// Marks the recording whose `recordings.path` is one of `stored` (its archive location and
+    /// the spool path the row may still hold) as deleted at `at_ns` for `reason` (`retention`):
+    /// `recordings.deleted_ns` and `deleted_reason`, migration 0007. An earlier mark is kept, so
+    /// retrying is harmless. Returns the rows that now carry a mark for the file (also those
+    /// marked before); 0 when no row names it (its CDR may still be in the CSV journal).
+    pub async fn mark_recording_deleted(
+        &self,
+        stored: &[String],
+        at_ns: u64,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<u64, DbError> {
+        if stored.is_empty() {
+            return Ok(0);
+        }
+        let places: Vec<String> = (0..stored.len()).map(|k| format!("${}", k + 3)).collect();
+        let sql = format!(
+            "UPDATE recordings SET deleted_ns = COALESCE(deleted_ns, $1), \
+             deleted_reason = COALESCE(deleted_reason, $2) WHERE path IN ({})",
+            places.join(", ")
+        );
+        let work = async {
+            on_pool!(self, pool => {
+                let mut q = sqlx::query(&sql).bind(i(at_ns)).bind(reason);
+                for p in stored {
+                    q = q.bind(p);
+                }
+                q.execute(pool).await.map(|r| r.rows_affected())
+            })
+        };
+        bounded(self.backend(), timeout, work)
+            .await?
+            .map_err(self.query_err())
+    }
+
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await);
     }
@@ -754,6 +789,65 @@ pub(crate) mod tests {
         db.close().await;
     }
 
+    async fn case_retention_marks_a_recording_deleted(url: &str) {
+        let db = Db::connect(url, T).await.expect("connect");
+        let cdrs: Vec<Cdr> = (0..2).map(sample_cdr).collect();
+        db.insert_batch(&rows(&cdrs), StoredVia::Direct, T)
+            .await
+            .expect("insert");
+        let spool = "/var/lib/calltap/recordings/1.wav";
+        let archived = "/nas/calls/1.wav";
+        // The row still names the spool copy (its archive update is not applied yet): retention
+        // finds it by either path.
+        let stored = vec![archived.to_string(), spool.to_string()];
+        let at = 1_800_000_000_123_456_789u64;
+        let mark = |stored: Vec<String>, at: u64, reason: &'static str| {
+            let db = db.clone();
+            async move {
+                db.mark_recording_deleted(&stored, at, reason, T)
+                    .await
+                    .expect("mark")
+            }
+        };
+        assert_eq!(mark(stored.clone(), at, "retention").await, 1);
+        // A retry (or a second note) finds the row and keeps the first mark.
+        assert_eq!(mark(stored, at + 1, "other").await, 1);
+        // The archive update moves the row afterwards; the mark stays with it.
+        let moved = db
+            .set_recording_location(&cdrs[1].uuid, spool, archived, false, T)
+            .await
+            .expect("move");
+        assert_eq!(moved, 1);
+        // A file no row names: nothing marked.
+        assert_eq!(
+            mark(vec!["/nas/calls/other.wav".into()], at, "retention").await,
+            0
+        );
+        let marks: Vec<(String, String, Option<i64>, Option<String>)> = on_pool!(&db, pool =>
+            sqlx::query_as("SELECT call_uuid, path, deleted_ns, deleted_reason FROM recordings \
+                            ORDER BY call_uuid")
+                .fetch_all(pool).await)
+        .expect("marks");
+        assert_eq!(
+            marks,
+            vec![
+                (
+                    cdrs[0].uuid.clone(),
+                    "/var/lib/calltap/recordings/0.wav".to_string(),
+                    None,
+                    None
+                ),
+                (
+                    cdrs[1].uuid.clone(),
+                    archived.to_string(),
+                    Some(i(at)),
+                    Some("retention".to_string())
+                ),
+            ]
+        );
+        db.close().await;
+    }
+
     async fn case_journal_import_twice_creates_no_duplicates(url: &str, dir: &Path) {
         let db = Db::connect(url, T).await.expect("connect");
         let cdrs: Vec<Cdr> = (10..60).map(sample_cdr).collect();
@@ -902,6 +996,7 @@ pub(crate) mod tests {
             d
         };
         rt.block_on(case_insert_is_idempotent_with_children(&fresh("insert")));
+        rt.block_on(case_retention_marks_a_recording_deleted(&fresh("deleted")));
         let d = case_dir("twice");
         rt.block_on(case_journal_import_twice_creates_no_duplicates(
             &fresh("twice"),

@@ -7,6 +7,10 @@
 //! when no archive is configured, spool files the archiver has marked finished (read-only, see
 //! `archive`). Files of calls in progress, and finished files not archived yet, are writable
 //! and never touched.
+//!
+//! Each file is announced to a `deleting` hook just before it is deleted: the archiver notes it
+//! in its queue so the recording's database row is marked deleted (`recordings.deleted_ns`),
+//! retried while the database is away.
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -115,30 +119,35 @@ fn walk(
 /// Deletes eligible files under `root` older than `cfg.archive_days`, then the oldest eligible
 /// ones while the filesystem is fuller than `cfg.max_used_percent`. Hidden files (partial
 /// copies) are never candidates. With `prune_dirs`, empty directories left behind are removed
-/// (not in the spool, where a media worker may be about to create a file in one).
+/// (not in the spool, where a media worker may be about to create a file in one). `deleting` is
+/// called with each file just before it is deleted.
 pub fn sweep_dir(
     root: &Path,
     cfg: &RetentionConfig,
     now: SystemTime,
     prune_dirs: bool,
     eligible: &dyn Fn(&Path, &std::fs::Metadata) -> bool,
+    deleting: &dyn Fn(&Path),
 ) -> Sweep {
     let mut files = Vec::new();
     walk(root, eligible, &mut files);
     files.sort_by_key(|c| c.mtime);
     let mut sweep = Sweep::default();
-    let delete = |c: &Candidate, sweep: &mut Sweep| match std::fs::remove_file(&c.path) {
-        Ok(()) => {
-            sweep.files += 1;
-            sweep.bytes += c.bytes;
-            if let Some(dir) = c.path.parent().filter(|_| prune_dirs) {
-                remove_empty_dirs(root, dir);
+    let delete = |c: &Candidate, sweep: &mut Sweep| {
+        deleting(&c.path);
+        match std::fs::remove_file(&c.path) {
+            Ok(()) => {
+                sweep.files += 1;
+                sweep.bytes += c.bytes;
+                if let Some(dir) = c.path.parent().filter(|_| prune_dirs) {
+                    remove_empty_dirs(root, dir);
+                }
+                true
             }
-            true
-        }
-        Err(e) => {
-            log::warn!("retention: deleting {}: {e}", c.path.display());
-            false
+            Err(e) => {
+                log::warn!("retention: deleting {}: {e}", c.path.display());
+                false
+            }
         }
     };
     let mut rest = files.as_slice();
@@ -188,11 +197,13 @@ fn remove_empty_dirs(root: &Path, mut dir: &Path) {
 }
 
 /// Deletes objects under `prefix` older than `days` days (an object store has no watermark).
+/// `deleting` is called with each object's key just before it is deleted.
 pub async fn sweep_objects(
     store: &dyn ObjectStore,
     prefix: &str,
     days: u32,
     now: SystemTime,
+    deleting: &dyn Fn(&str),
 ) -> Result<Sweep, object_store::Error> {
     let mut sweep = Sweep::default();
     if days == 0 {
@@ -211,6 +222,7 @@ pub async fn sweep_objects(
         }
     }
     for meta in old {
+        deleting(meta.location.as_ref());
         store.delete(&meta.location).await?;
         sweep.files += 1;
         sweep.bytes += meta.size;
@@ -249,9 +261,27 @@ mod tests {
             archive_days: 30,
             ..RetentionConfig::default()
         };
-        let sweep = sweep_dir(root, &cfg, SystemTime::now(), false, &|_, m| {
-            is_finished_spool_file(m)
-        });
+        // The hook hears of each file while it still exists (the archiver notes it for the
+        // database before it goes).
+        let announced = std::sync::Mutex::new(Vec::new());
+        let sweep = sweep_dir(
+            root,
+            &cfg,
+            SystemTime::now(),
+            false,
+            &|_, m| is_finished_spool_file(m),
+            &|p| {
+                let present = p.exists();
+                announced
+                    .lock()
+                    .expect("announced")
+                    .push((p.to_path_buf(), present));
+            },
+        );
+        assert_eq!(
+            announced.into_inner().expect("announced"),
+            vec![(root.join("2020/01/old-finished.wav"), true)]
+        );
         assert_eq!(
             sweep,
             Sweep {
@@ -280,9 +310,14 @@ mod tests {
             max_used_percent: 1,
             ..RetentionConfig::default()
         };
-        let sweep = sweep_dir(root, &cfg, SystemTime::now(), false, &|_, m| {
-            is_finished_spool_file(m)
-        });
+        let sweep = sweep_dir(
+            root,
+            &cfg,
+            SystemTime::now(),
+            false,
+            &|_, m| is_finished_spool_file(m),
+            &|_| {},
+        );
         assert_eq!(sweep.files, 2);
         assert!(root.join("a/unarchived.wav").exists());
         // A watermark of 100% deletes nothing.
@@ -291,7 +326,7 @@ mod tests {
             max_used_percent: 100,
             ..RetentionConfig::default()
         };
-        let sweep = sweep_dir(root, &cfg, SystemTime::now(), false, &|_, _| true);
+        let sweep = sweep_dir(root, &cfg, SystemTime::now(), false, &|_, _| true, &|_| {});
         assert_eq!(sweep.files, 0);
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::{errors::ApiError, sql::Arg, ApiState};
-use crate::store::{archive, db::Db};
+use crate::store::{archive, cdr::rfc3339, db::Db};
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
@@ -137,6 +137,24 @@ pub struct RecordingRow {
     /// Whether a raw RTP pcap (unsupported codec) was kept beside the WAV.
     #[serde(skip)]
     pub raw_rtp_pcap: Option<String>,
+    #[serde(skip)]
+    pub deleted_ns: Option<i64>,
+    /// When the file was deleted (RFC 3339) and why (`retention`); null while it exists.
+    #[sqlx(skip)]
+    pub deleted: Option<String>,
+    pub deleted_reason: Option<String>,
+}
+
+/// RFC 3339 of a stored nanosecond time.
+fn time_of(ns: i64) -> String {
+    rfc3339(u64::try_from(ns).unwrap_or(0))
+}
+
+/// Whether a call's recording file was deleted on purpose (`recordings.deleted_ns`).
+#[derive(sqlx::FromRow)]
+struct Deletion {
+    deleted_ns: Option<i64>,
+    deleted_reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -386,14 +404,17 @@ pub async fn detail(
         &args,
         fetch_all
     )?;
-    let recording = fetch!(
+    let mut recording = fetch!(
         db,
         RecordingRow,
-        "SELECT bytes, sha256, sample_rate, channels, duration_ms, location, raw_rtp_pcap \
-         FROM recordings WHERE call_uuid = $1 ORDER BY id LIMIT 1",
+        "SELECT bytes, sha256, sample_rate, channels, duration_ms, location, raw_rtp_pcap, \
+         deleted_ns, deleted_reason FROM recordings WHERE call_uuid = $1 ORDER BY id LIMIT 1",
         &args,
         fetch_optional
     )?;
+    if let Some(r) = recording.as_mut() {
+        r.deleted = r.deleted_ns.map(time_of);
+    }
     Ok(Json(CallDetail {
         call,
         unsupported_codecs: extra.unsupported_codecs,
@@ -489,7 +510,29 @@ pub async fn recording(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let UrlPath(uuid) = uuid?;
-    let call = find_call(state.db().await?, &uuid).await?;
+    let db = state.db().await?;
+    let call = find_call(db, &uuid).await?;
+    // Deleted on purpose: say so (and when), not 404 as if there never was a recording.
+    let args = [Arg::S(uuid.clone())];
+    let deletion = fetch!(
+        db,
+        Deletion,
+        "SELECT deleted_ns, deleted_reason FROM recordings WHERE call_uuid = $1 \
+         ORDER BY id LIMIT 1",
+        &args,
+        fetch_optional
+    )?;
+    if let Some(Deletion {
+        deleted_ns: Some(ns),
+        deleted_reason,
+    }) = deletion
+    {
+        let by = deleted_reason.map_or(String::new(), |r| format!(" by {r}"));
+        return Err(ApiError::Gone(format!(
+            "the recording of call {uuid:?} was deleted{by} at {}",
+            time_of(ns)
+        )));
+    }
     let no_file = || ApiError::NotFound(format!("call {uuid:?} has no recording file"));
     let stored = call.recording_path.as_deref().ok_or_else(no_file)?;
     // In the spool, else in the archive (the row may still name the spool copy: it is updated

@@ -25,6 +25,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     NotFound(String),
+    /// It existed and was deleted on purpose (a recording retention deleted); the message says
+    /// when and why.
+    #[error("{0}")]
+    Gone(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("request body larger than {limit} bytes")]
@@ -49,6 +53,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Gone(_) => "gone",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::TooLarge { .. } => "payload_too_large",
             ApiError::Conflict(_) => "conflict",
@@ -64,6 +69,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

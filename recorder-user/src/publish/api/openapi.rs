@@ -39,6 +39,7 @@ fn error_responses(codes: &[&str]) -> Value {
             "401" => "Missing or invalid bearer token",
             "403" => "The token's role is not allowed to do this",
             "404" => "Not found",
+            "410" => "The recording existed and was deleted (by retention): the message says when and why; the call's detail has recording.deleted and recording.deleted_reason",
             "413" => "Request body too large",
             "409" => "Not possible in the resource's current state (a call's recording, a rule name already taken)",
             "416" => "Range not satisfiable",
@@ -112,7 +113,7 @@ pub fn document() -> Value {
                 "200": {"description": "The whole file", "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}},
                 "206": {"description": "One byte range (Content-Range)", "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}},
             }),
-            &["400", "401", "403", "404", "416", "503"],
+            &["400", "401", "403", "404", "410", "416", "503"],
         ),
         json!({"parameters": [uuid_param.clone(), {"name": "Range", "in": "header", "required": false, "schema": {"type": "string"}, "description": "bytes=START-END, bytes=START- or bytes=-SUFFIX"}]}),
     );
@@ -253,9 +254,13 @@ fn schemas() -> Value {
         "RestartGap": {"type": "object", "required": ["from", "to", "ms"], "properties": {
             "from": {"type": "string", "format": "date-time"},
             "to": {"type": "string", "format": "date-time"}, "ms": int}},
-        "Recording": {"type": "object", "nullable": true, "properties": {
+        "Recording": {"type": "object", "nullable": true,
+            "required": ["bytes", "sha256", "sample_rate", "channels", "duration_ms", "location", "deleted", "deleted_reason"],
+            "properties": {
             "bytes": int, "sha256": s, "sample_rate": int, "channels": int, "duration_ms": int,
-            "location": s}},
+            "location": s,
+            "deleted": {"type": "string", "format": "date-time", "nullable": true, "description": "When the file was deleted (the download then answers 410 Gone); null while it exists"},
+            "deleted_reason": {"type": "string", "nullable": true, "description": "Why it was deleted: retention (older than [retention] archive_days, or the oldest when the disk passed max_used_percent); null while it exists"}}},
         "CallDetail": {"allOf": [{"$ref": "#/components/schemas/CallSummary"}, {"type": "object",
             "required": ["streams", "dtmf", "recording_events", "restart_gaps", "has_raw_rtp_pcap"],
             "properties": {

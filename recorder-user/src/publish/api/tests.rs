@@ -26,6 +26,9 @@ struct Fixture {
     /// The WAV bytes of call 3.
     wav3: Vec<u8>,
     outside: std::path::PathBuf,
+    /// The store behind `app`, and where call n's recording is (`2026/{n}.wav` for n < 9).
+    db: Db,
+    rec_dir: std::path::PathBuf,
     _pg: Option<calltap_lab::postgres::Postgres>,
     /// One live call, `uuid-1`, on worker 0, whose control channel is `worker0`.
     live: Arc<LiveCalls>,
@@ -97,7 +100,7 @@ async fn fixture_on(pg: Option<calltap_lab::postgres::Postgres>) -> Fixture {
         token(Role::Operator).await,
         token(Role::Viewer).await,
     );
-    let state = ApiState::new(db, &cfg, None);
+    let state = ApiState::new(db.clone(), &cfg, None);
     let (tx, worker0) = crossbeam_channel::unbounded();
     let live = LiveCalls::new(vec![tx]);
     crate::publish::live::tests::start_call(&live, 1);
@@ -122,6 +125,8 @@ async fn fixture_on(pg: Option<calltap_lab::postgres::Postgres>) -> Fixture {
         viewer,
         wav3,
         outside,
+        db,
+        rec_dir,
         _pg: pg,
         live,
         worker0,
@@ -231,7 +236,96 @@ async fn search_detail_download_and_tokens_on_postgres() {
     );
     let tokens = get(&f.app, "/api/v1/tokens", &f.admin).await.json();
     assert_eq!(tokens["tokens"].as_array().map(Vec::len), Some(3));
+    deleted_case(&f).await;
     search_case(f).await;
+}
+
+/// A recording retention deleted is gone (410, saying when and why), not missing (404); the
+/// detail still lists it, with the deletion time and reason.
+#[tokio::test]
+async fn a_recording_deleted_by_retention_answers_410_and_the_detail_says_when() {
+    deleted_case(&fixture().await).await;
+}
+
+async fn deleted_case(f: &Fixture) {
+    // Retention deletes call 5's file and marks its row (2027-01-15T08:00:00.250Z).
+    let file5 = f.rec_dir.join("2026/5.wav");
+    std::fs::remove_file(&file5).expect("delete");
+    let stored = vec![file5.display().to_string()];
+    let at = 1_800_000_000_250_000_000;
+    let marked =
+        f.db.mark_recording_deleted(&stored, at, "retention", T)
+            .await
+            .expect("mark");
+    assert_eq!(marked, 1);
+    let when = "2027-01-15T08:00:00.250Z";
+
+    let uri = format!("/api/v1/calls/{}/recording", uuid(5));
+    for range in [None, Some("bytes=0-99")] {
+        let extra: Vec<(&str, &str)> = range.iter().map(|r| ("range", *r)).collect();
+        let a = call(
+            &f.app,
+            Method::GET,
+            &uri,
+            Some(&f.viewer),
+            &extra,
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(a.error(StatusCode::GONE), "gone", "range {range:?}");
+        assert_eq!(a.headers[header::CONTENT_TYPE], "application/json");
+        let message = a.json()["error"]["message"]
+            .as_str()
+            .expect("message")
+            .to_string();
+        assert!(
+            message.contains("deleted by retention") && message.contains(when),
+            "{message}"
+        );
+    }
+    let d = get(&f.app, &format!("/api/v1/calls/{}", uuid(5)), &f.viewer).await;
+    assert_eq!(d.status, StatusCode::OK);
+    let d = d.json();
+    assert_eq!(d["recording"]["deleted"], when, "{d}");
+    assert_eq!(d["recording"]["deleted_reason"], "retention", "{d}");
+    assert_eq!(d["recording"]["sample_rate"], 8000, "{d}");
+
+    // A recording that is there: served, and its detail says not deleted (null, not absent).
+    let a = get(
+        &f.app,
+        &format!("/api/v1/calls/{}/recording", uuid(3)),
+        &f.viewer,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body, f.wav3);
+    let d = get(&f.app, &format!("/api/v1/calls/{}", uuid(3)), &f.viewer)
+        .await
+        .json();
+    let rec = d["recording"].as_object().expect("recording");
+    assert_eq!(rec.get("deleted"), Some(&Value::Null), "{d}");
+    assert_eq!(rec.get("deleted_reason"), Some(&Value::Null), "{d}");
+
+    // A file that vanished without retention saying so is still just not found.
+    std::fs::remove_file(f.rec_dir.join("2026/4.wav")).expect("delete");
+    let a = get(
+        &f.app,
+        &format!("/api/v1/calls/{}/recording", uuid(4)),
+        &f.viewer,
+    )
+    .await;
+    assert_eq!(a.error(StatusCode::NOT_FOUND), "not_found");
+
+    // The document promises the 410 and the new fields.
+    let doc = openapi::document();
+    let gone = &doc["paths"]["/calls/{uuid}/recording"]["get"]["responses"]["410"];
+    assert_eq!(
+        gone["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Error"
+    );
+    let props = &doc["components"]["schemas"]["Recording"]["properties"];
+    assert_eq!(props["deleted"]["format"], "date-time");
+    assert_eq!(props["deleted_reason"]["nullable"], true);
 }
 
 async fn search_case(f: Fixture) {

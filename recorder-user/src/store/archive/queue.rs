@@ -1,6 +1,7 @@
 //! The archive queue: recordings handed over at call end and not yet archived (or archived with
-//! the database row not yet pointed at the archive), kept in `archive-queue.jsonl` in the data
-//! dir so a restart, crash or reboot forgets none of them.
+//! the database row not yet pointed at the archive), and recordings retention deletes whose
+//! database row does not say so yet, kept in `archive-queue.jsonl` in the data dir so a restart,
+//! crash or reboot forgets none of them.
 //!
 //! The file is an append-only log of operations, each line fsync'd before the operation counts;
 //! opening replays it (a torn last line from a crash is ignored) and rewrites it compacted
@@ -39,6 +40,24 @@ pub struct Job {
     pub raw: bool,
 }
 
+/// A recording retention deletes: noted before the file goes, kept until its database row says
+/// it was deleted (`recordings.deleted_ns`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Deletion {
+    /// The file deleted: a local path, or with `object` an object key in the S3 archive. The
+    /// database is marked only once it is really gone (a crash may fall between the note and
+    /// the deletion).
+    pub file: String,
+    #[serde(default)]
+    pub object: bool,
+    /// What the `recordings.path` of its row may hold: the archive location and, if the row
+    /// was never pointed there, the spool path.
+    pub stored: Vec<String>,
+    /// When (nanoseconds since the epoch) and why (`retention`).
+    pub at_ns: u64,
+    pub reason: String,
+}
+
 /// A job and how far it got.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -62,6 +81,10 @@ enum Op {
     },
     /// How far `calls.jsonl` has been read for finished recordings (see `Archiver`).
     JsonlOffset(u64),
+    Deletion(Deletion),
+    DeletionDone {
+        file: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +101,8 @@ pub struct Queue {
     by_rel: HashMap<String, u64>,
     next_seq: u64,
     jsonl_offset: u64,
+    /// By file deleted.
+    deletions: BTreeMap<String, Deletion>,
     /// Lines in the file, to decide when to compact.
     lines: u64,
 }
@@ -100,6 +125,7 @@ impl Queue {
             by_rel: HashMap::new(),
             next_seq: 0,
             jsonl_offset: 0,
+            deletions: BTreeMap::new(),
             lines: 0,
         };
         let reader = BufReader::new(File::open(path).map_err(err)?);
@@ -148,6 +174,17 @@ impl Queue {
                 self.entries.remove(&seq);
             }
             Op::JsonlOffset(n) => self.jsonl_offset = n,
+            Op::Deletion(d) => {
+                if self.deletions.contains_key(&d.file) {
+                    return false;
+                }
+                self.deletions.insert(d.file.clone(), d);
+            }
+            Op::DeletionDone { file } => {
+                if self.deletions.remove(&file).is_none() {
+                    return false;
+                }
+            }
         }
         true
     }
@@ -165,6 +202,8 @@ impl Queue {
             Op::Add(job) => self.by_rel.contains_key(&job.rel),
             Op::Archived { rel, .. } | Op::Done { rel } => !self.by_rel.contains_key(rel),
             Op::JsonlOffset(n) => *n == self.jsonl_offset,
+            Op::Deletion(d) => self.deletions.contains_key(&d.file),
+            Op::DeletionDone { file } => !self.deletions.contains_key(file),
         };
         if noop {
             return Ok(false);
@@ -178,7 +217,7 @@ impl Queue {
         self.file.sync_data().map_err(self.io_err())?;
         self.lines += 1;
         self.apply(op);
-        if self.lines > 2 * self.entries.len() as u64 + 256 {
+        if self.lines > 2 * (self.entries.len() + self.deletions.len()) as u64 + 256 {
             self.compact()?;
         }
         Ok(true)
@@ -220,6 +259,25 @@ impl Queue {
         self.log(Op::JsonlOffset(n)).map(drop)
     }
 
+    /// Notes that retention deletes `d.file`; false when it is already noted.
+    pub fn add_deletion(&mut self, d: Deletion) -> Result<bool, QueueError> {
+        self.log(Op::Deletion(d))
+    }
+
+    /// The database row of deleted `file` says so (or nothing more can be done).
+    pub fn deletion_done(&mut self, file: &str) -> Result<(), QueueError> {
+        self.log(Op::DeletionDone {
+            file: file.to_string(),
+        })
+        .map(drop)
+    }
+
+    /// Deleted recordings whose database row does not say so yet.
+    pub fn deletions(&self) -> impl Iterator<Item = &Deletion> {
+        self.deletions.values()
+    }
+
+    /// Archive jobs queued (deletions not counted).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -261,6 +319,9 @@ impl Queue {
                     at_s: *at_s,
                 })?;
             }
+        }
+        for d in self.deletions.values() {
+            push(&Op::Deletion(d.clone()))?;
         }
         let write = || -> io::Result<File> {
             let mut f = File::create(&tmp)?;
@@ -322,6 +383,35 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text.lines().count(), 1 + 4 + 1, "{text}");
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn retention_deletions_survive_reopen_until_done() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join(QUEUE_FILE);
+        let deletion = |n: u32| Deletion {
+            file: format!("/nas/{n}.wav"),
+            object: false,
+            stored: vec![
+                format!("/nas/{n}.wav"),
+                format!("/spool/recordings/{n}.wav"),
+            ],
+            at_ns: 1_800_000_000_000_000_000 + u64::from(n),
+            reason: "retention".into(),
+        };
+        {
+            let mut q = Queue::open(&path).expect("open");
+            q.add(job(1)).expect("add");
+            assert!(q.add_deletion(deletion(1)).expect("note"));
+            assert!(!q.add_deletion(deletion(1)).expect("again"), "noted once");
+            q.add_deletion(deletion(2)).expect("note");
+            q.deletion_done("/nas/1.wav").expect("done");
+            assert_eq!(q.len(), 1, "deletions are not archive jobs");
+        }
+        let q = Queue::open(&path).expect("reopen");
+        let left: Vec<Deletion> = q.deletions().cloned().collect();
+        assert_eq!(left, vec![deletion(2)]);
+        assert_eq!(q.len(), 1);
     }
 
     #[test]

@@ -380,3 +380,147 @@ fn an_archive_dir_overlapping_the_data_dir_is_refused() {
         .expect("a separate directory")
         .finish();
 }
+
+/// `recordings` rows by call: (uuid, deleted_ns, deleted_reason).
+fn deletion_marks(s: &Spool) -> Vec<(String, Option<i64>, Option<String>)> {
+    let url = format!("sqlite://{}", s.data.join("calltap.db").display());
+    rt().block_on(async {
+        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        let Db::Sqlite(pool) = &db else {
+            panic!("sqlite")
+        };
+        let rows = sqlx::query_as(
+            "SELECT call_uuid, deleted_ns, deleted_reason FROM recordings ORDER BY call_uuid",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("rows");
+        db.close().await;
+        rows
+    })
+}
+
+/// Moves a call's finished recording from the spool into the archive (as an earlier run did)
+/// and backdates it `age_days`; returns its archive path.
+fn archived(s: &Spool, cdr: &Cdr, age_days: u64) -> PathBuf {
+    let r = cdr.recording.as_ref().expect("rec");
+    let dest = s.archive.join(rel_of(s, cdr));
+    std::fs::create_dir_all(dest.parent().expect("parent")).expect("dir");
+    std::fs::rename(&r.path, &dest).expect("archive");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&dest)
+        .expect("open");
+    f.set_modified(SystemTime::now() - Duration::from_secs(age_days * 86_400))
+        .expect("mtime");
+    dest
+}
+
+fn now_ns_i64() -> i64 {
+    i64::try_from(now_ns()).expect("ns")
+}
+
+#[test]
+fn retention_marks_deleted_recordings_in_the_database_even_after_it_was_away() {
+    let s = spool();
+    let cdrs: Vec<Cdr> = (0..3).map(|n| call(&s, n, 2_000)).collect();
+    store_cdrs(&s, &cdrs);
+    // Calls 0 and 1 were archived 40 days ago; call 0's row still names the spool copy (its
+    // archive update never ran), call 1's the archive copy. Call 2 is a day old.
+    let old0 = archived(&s, &cdrs[0], 40);
+    let old1 = archived(&s, &cdrs[1], 40);
+    let young = archived(&s, &cdrs[2], 1);
+    let pcap0 = old0.with_extension("rtp.pcap");
+    std::fs::write(&pcap0, b"raw rtp").expect("pcap");
+    std::fs::File::options()
+        .write(true)
+        .open(&pcap0)
+        .expect("open")
+        .set_modified(SystemTime::now() - Duration::from_secs(40 * 86_400))
+        .expect("mtime");
+    let spool1 = cdrs[1].recording.as_ref().expect("rec").path.clone();
+    rt().block_on(async {
+        let url = format!("sqlite://{}", s.data.join("calltap.db").display());
+        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        let n = db
+            .set_recording_location(
+                &cdrs[1].uuid,
+                &spool1.to_string_lossy(),
+                &old1.to_string_lossy(),
+                false,
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("location");
+        assert_eq!(n, 1);
+        db.close().await;
+    });
+    let mut cfg = config(&s, TargetSpec::Dir(s.archive.clone()));
+    cfg.retention.archive_days = 30;
+
+    // Run 1: the database cannot be reached. Retention deletes anyway; the deletions wait in
+    // the queue file.
+    let before = now_ns_i64();
+    let mut away = cfg.clone();
+    away.database_url = Some("sqlite:///proc/calltap-no-such-dir/calltap.db".into());
+    let archiver = Archiver::start(away, None).expect("start");
+    let counters = archiver.counters();
+    wait_for("retention with the database away", || {
+        let snap = counters.snapshot();
+        snap.retention_deleted_total == 3 && snap.retention_db_pending == 2
+    });
+    let snap = archiver.finish();
+    assert_eq!(snap.retention_db_marked_total, 0, "{snap:?}");
+    let after = now_ns_i64();
+    assert!(!old0.exists() && !old1.exists() && !pcap0.exists());
+    assert!(young.exists());
+    assert!(
+        deletion_marks(&s).iter().all(|(_, ns, _)| ns.is_none()),
+        "marked without a database"
+    );
+    let q = Queue::open(&s.data.join(QUEUE_FILE)).expect("queue");
+    let mut files: Vec<String> = q.deletions().map(|d| d.file.clone()).collect();
+    files.sort();
+    let want: Vec<String> = [&old0, &old1]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(files, want, "the raw RTP pcap is no recording row");
+    // A note for a file that is still there (the recorder stopped between note and delete).
+    let mut q = q;
+    q.add_deletion(Deletion {
+        file: young.display().to_string(),
+        object: false,
+        stored: vec![young.display().to_string()],
+        at_ns: now_ns(),
+        reason: RETENTION_REASON.into(),
+    })
+    .expect("note");
+    drop(q);
+
+    // Run 2: the database is back; the next start marks both rows, and not the one whose
+    // file still exists.
+    let archiver = Archiver::start(cfg, None).expect("restart");
+    let counters = archiver.counters();
+    wait_for("rows marked", || {
+        let snap = counters.snapshot();
+        snap.retention_db_marked_total == 2 && snap.retention_db_pending == 0
+    });
+    archiver.finish();
+    assert!(young.exists());
+    let marks = deletion_marks(&s);
+    assert_eq!(marks.len(), 3);
+    for (uuid, ns, reason) in &marks[..2] {
+        let ns = ns.unwrap_or_else(|| panic!("{uuid} not marked deleted"));
+        assert!((before..=after).contains(&ns), "{uuid}: deleted_ns {ns}");
+        assert_eq!(reason.as_deref(), Some("retention"), "{uuid}");
+    }
+    assert_eq!(marks[2], (cdrs[2].uuid.clone(), None, None));
+    assert_eq!(
+        Queue::open(&s.data.join(QUEUE_FILE))
+            .expect("queue")
+            .deletions()
+            .count(),
+        0
+    );
+}
