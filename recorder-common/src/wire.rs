@@ -11,8 +11,6 @@ pub const RING_BYTES: u32 = 8 << 20;
 /// Largest number of frame bytes copied into a record. Frames longer than this are truncated
 /// (the record keeps the wire length). 4095 keeps the verifier's bound a simple mask.
 pub const SNAP_MAX: u32 = 4095;
-/// Size of the per-CPU scratch buffer a record is assembled in.
-pub const SCRATCH_BYTES: usize = PacketMeta::SIZE + 4096;
 /// Entries in the media endpoint map.
 pub const MEDIA_MAP_ENTRIES: u32 = 1 << 20;
 /// u64 words in the SIP port bitmap (65536 bits).

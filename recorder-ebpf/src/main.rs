@@ -20,7 +20,7 @@ use aya_ebpf::{
 use calltap_common::{
     classify::{classify, counter_for, Frame, Tables, MAX_HEADER_OFFSET, TARGET_NONE},
     counter, flags, MediaKey, MediaValue, PacketMeta, XdpConfig, COUNTERS, MEDIA_MAP_ENTRIES,
-    RING_BYTES, RING_COUNT, SCRATCH_BYTES, SIP_PORT_WORDS, SNAP_MAX,
+    RING_BYTES, RING_COUNT, SIP_PORT_WORDS, SNAP_MAX,
 };
 
 const RING: usize = RING_BYTES as usize;
@@ -67,10 +67,6 @@ static CONFIG: Array<XdpConfig, 1> = Array::new();
 /// Per-CPU counters, indexed by `calltap_common::counter`.
 #[btf_map]
 static COUNTERS_MAP: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new();
-
-/// Where a record is assembled before it is copied into a ring.
-#[btf_map]
-static SCRATCH: PerCpuArray<[u8; SCRATCH_BYTES], 1> = PerCpuArray::new();
 
 struct Packet<'a> {
     ctx: &'a XdpContext,
@@ -162,24 +158,18 @@ pub fn calltap_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn deliver(ctx: &XdpContext, v: &calltap_common::classify::Verdict, wire_len: u32) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
     let mut cap = wire_len;
     if cap > SNAP_MAX {
         cap = SNAP_MAX;
         count(counter::TRUNCATED, 1);
     }
-    // The compiler knows cap <= SNAP_MAX and would drop a plain mask, leaving the verifier with
-    // an unbounded length. Reading it back through a volatile load hides that knowledge, so the
-    // AND survives and the verifier sees 0 <= cap <= SNAP_MAX.
-    let cap64 = cap as u64;
-    // SAFETY: reading a local through a valid pointer.
-    let cap64 = unsafe { core::ptr::read_volatile(&cap64) } & SNAP_MAX as u64;
-    if cap64 == 0 {
+    if cap == 0 {
         return;
     }
-    let cap = cap64 as u32;
+    let Some(ring) = RINGS.get(v.target) else {
+        count(counter::RING_FULL, 1);
+        return;
+    };
     let meta = PacketMeta {
         // SAFETY: plain helpers without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -196,31 +186,63 @@ fn deliver(ctx: &XdpContext, v: &calltap_common::classify::Verdict, wire_len: u3
         flags: v.flags | if cap < wire_len { flags::TRUNCATED } else { 0 },
         _pad: [0; 2],
     };
-    let buf = scratch.cast::<u8>();
-    // SAFETY: scratch is SCRATCH_BYTES long: the header, then up to 4096 frame bytes.
+    // The record is reserved in the ring and the frame copied straight into it: one copy.
+    // A reservation's size must be a constant, so frames go in size classes; userspace reads
+    // `cap_len` bytes and skips the rest of the class. A G.711 RTP frame (214 bytes) takes the
+    // smallest class.
+    let cap = u64::from(cap);
+    if cap <= CLASS_0 as u64 {
+        reserve_and_load::<{ words(CLASS_0) }>(ring, ctx, &meta, cap);
+    } else if cap <= CLASS_1 as u64 {
+        reserve_and_load::<{ words(CLASS_1) }>(ring, ctx, &meta, cap);
+    } else if cap <= CLASS_2 as u64 {
+        reserve_and_load::<{ words(CLASS_2) }>(ring, ctx, &meta, cap);
+    } else {
+        reserve_and_load::<{ words(SNAP_MAX as usize) }>(ring, ctx, &meta, cap);
+    }
+}
+
+/// Frame size classes of ring records (bytes after the header).
+const CLASS_0: usize = 256;
+const CLASS_1: usize = 640;
+const CLASS_2: usize = 1536;
+
+/// 8-byte words of a record holding the header and `frame` bytes.
+const fn words(frame: usize) -> usize {
+    (PacketMeta::SIZE + frame).div_ceil(8)
+}
+
+#[inline(always)]
+fn reserve_and_load<const WORDS: usize>(
+    ring: &Ring,
+    ctx: &XdpContext,
+    meta: &PacketMeta,
+    cap: u64,
+) {
+    let Some(mut entry) = ring.reserve_untyped::<[u64; WORDS]>(0) else {
+        count(counter::RING_FULL, 1);
+        return;
+    };
+    let buf = entry.as_mut_ptr().cast::<u8>();
+    // The compiler knows the bound of `cap` from the caller's comparison and might not keep
+    // one the verifier can see; reading it back through a volatile load hides that knowledge,
+    // so the comparison below stays and bounds the length for the verifier.
+    // SAFETY: reading a local through a valid pointer.
+    let len = unsafe { core::ptr::read_volatile(&cap) };
+    if len == 0 || len > (WORDS * 8 - PacketMeta::SIZE) as u64 {
+        entry.discard(0);
+        return;
+    }
+    // SAFETY: the entry is WORDS * 8 bytes: the header, then at least `len` frame bytes.
     unsafe {
-        core::ptr::write_unaligned(buf.cast::<PacketMeta>(), meta);
-        if bpf_xdp_load_bytes(
-            ctx.ctx,
-            0,
-            buf.add(PacketMeta::SIZE).cast(),
-            cap64 as u32,
-        ) != 0
-        {
+        core::ptr::write_unaligned(buf.cast::<PacketMeta>(), *meta);
+        if bpf_xdp_load_bytes(ctx.ctx, 0, buf.add(PacketMeta::SIZE).cast(), len as u32) != 0 {
+            entry.discard(0);
             count(counter::PARSE_ERRORS, 1);
             return;
         }
     }
-    let Some(ring) = RINGS.get(v.target) else {
-        count(counter::RING_FULL, 1);
-        return;
-    };
-    let len = PacketMeta::SIZE + cap64 as usize;
-    // SAFETY: len <= SCRATCH_BYTES by the mask above.
-    let record = unsafe { core::slice::from_raw_parts(buf, len) };
-    if ring.output_untyped::<[u8]>(record, 0).is_err() {
-        count(counter::RING_FULL, 1);
-    }
+    entry.submit(0);
 }
 
 #[cfg(not(test))]

@@ -37,7 +37,28 @@ fn case(name: &str, frame: Vec<u8>, class: Class, target: u32) -> Case {
 fn cases() -> Vec<Case> {
     let sip_udp = eth(0x0800, &ipv4(17, A, B, &udp(5060, 5060, INVITE)));
     let rtp_payload = rtp(8, 1, 160, 0x1234, &[0xd5; 160]);
-    let mut v = vec![
+    // A SIP message of every ring record size class the XDP program reserves (frames up to
+    // 256, 640, 1536 bytes and beyond), each boundary and one past it.
+    let sized_sip = |frame_len: usize| {
+        let headers = 14 + 20 + 8;
+        let mut msg = INVITE.to_vec();
+        msg.resize(frame_len - headers, b'x');
+        eth(0x0800, &ipv4(17, A, B, &udp(5060, 5060, &msg)))
+    };
+    let mut v: Vec<Case> = [256usize, 257, 640, 641, 1536, 1537, 3000]
+        .into_iter()
+        .map(|n| {
+            let frame = sized_sip(n);
+            assert_eq!(frame.len(), n);
+            case(
+                &format!("sip udp {n} bytes"),
+                frame,
+                Class::Sip,
+                SIGNALLING_RING,
+            )
+        })
+        .collect();
+    v.extend([
         case("sip udp", sip_udp.clone(), Class::Sip, SIGNALLING_RING),
         case(
             "sip udp 5080",
@@ -337,7 +358,7 @@ fn cases() -> Vec<Case> {
             Class::Malformed,
             TARGET_NONE,
         ),
-    ];
+    ]);
     // Truncated at every length from the Ethernet header on: the kernel test runner needs at
     // least an Ethernet header's worth of data.
     let full = eth_vlan(
