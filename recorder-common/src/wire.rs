@@ -6,8 +6,11 @@ pub const MAX_WORKERS: u32 = 8;
 pub const SIGNALLING_RING: u32 = MAX_WORKERS;
 /// Number of rings in the ring array (media workers + signalling).
 pub const RING_COUNT: u32 = MAX_WORKERS + 1;
-/// Bytes of each ring buffer (a power of two multiple of the page size).
-pub const RING_BYTES: u32 = 8 << 20;
+/// Bytes of each ring buffer (a power of two multiple of the page size). 32 MiB holds about
+/// 110,000 G.711 RTP records, over a second of a worker's share at 3,000 calls: room for a
+/// worker that stalls (a burst of call starts creating files, a slow disk) without a drop. 8 MiB
+/// overflowed in the lab when 2,000 calls started within one second.
+pub const RING_BYTES: u32 = 32 << 20;
 /// Largest number of frame bytes copied into a record. Frames longer than this are truncated
 /// (the record keeps the wire length). 4095 keeps the verifier's bound a simple mask.
 pub const SNAP_MAX: u32 = 4095;
