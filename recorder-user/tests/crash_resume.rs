@@ -193,12 +193,16 @@ fn cdr_of<'a>(cdrs: &'a [Cdr], call_id: &str) -> &'a Cdr {
     mine[0]
 }
 
-fn journal_files(dir: &Path) -> usize {
+/// Calls with a journal (each has one or two files, `<uuid>.0.json` / `<uuid>.1.json`).
+fn journal_calls(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .count()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".json"))
+                .filter_map(|n| n.split('.').next().map(str::to_string))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
         })
         .unwrap_or(0)
 }
@@ -286,7 +290,7 @@ fn killed_mid_call_resumes_the_same_wav_and_closes_calls_that_ended_meanwhile() 
     first.feed(&before);
     first.idle(BASE + crash_at);
     assert!(first.cdrs.is_empty(), "no CDR written yet");
-    assert_eq!(journal_files(&active), 4, "every call journaled");
+    assert_eq!(journal_calls(&active), 4, "every call journaled");
     let last_tick = first.last_tick;
     // kill -9: no finish, no CDR, the WAV maps just go away.
     drop(first);
@@ -306,7 +310,7 @@ fn killed_mid_call_resumes_the_same_wav_and_closes_calls_that_ended_meanwhile() 
     let cdrs = second.finish();
     assert_eq!(cdrs.len(), 4, "{cdrs:#?}");
     assert_eq!(
-        journal_files(&active),
+        journal_calls(&active),
         0,
         "journal emptied as CDRs are handed off"
     );

@@ -285,17 +285,27 @@ fn one_run(silent: &[usize], what: &str) -> (usize, usize) {
     (first, silent.len())
 }
 
+/// The WAV of every journaled call. A call has up to two journal files (`<uuid>.0.json`,
+/// `<uuid>.1.json`, written in turn), each a `CALLTAP-JOURNAL` header line and the JSON.
 fn journal_wav_paths(active: &Path) -> Vec<String> {
-    std::fs::read_dir(active)
+    let paths: std::collections::BTreeSet<String> = std::fs::read_dir(active)
         .expect("active-call journal dir")
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
         .map(|e| {
-            let j: Value =
-                serde_json::from_slice(&std::fs::read(e.path()).expect("journal")).expect("json");
+            let bytes = std::fs::read(e.path()).expect("journal");
+            let body = match bytes.strip_prefix(b"CALLTAP-JOURNAL ") {
+                Some(rest) => {
+                    let nl = rest.iter().position(|&b| b == b'\n').expect("header line");
+                    rest[nl + 1..].to_vec()
+                }
+                None => bytes,
+            };
+            let j: Value = serde_json::from_slice(&body).expect("json");
             j["wav"]["path"].as_str().unwrap_or("").to_string()
         })
-        .collect()
+        .collect();
+    paths.into_iter().collect()
 }
 
 #[test]
