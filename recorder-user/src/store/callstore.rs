@@ -206,6 +206,10 @@ pub struct CallStore {
     seqs: std::sync::Arc<std::sync::Mutex<HashMap<String, u64>>>,
 }
 
+/// What [`CallStore::load`] found of one call: (sequence number, journal) of the files that
+/// read back, and the files that did not.
+type Versions = (Vec<(u64, CallJournal)>, Vec<PathBuf>);
+
 /// First bytes of a journal file of the two-file format.
 const MAGIC: &str = "CALLTAP-JOURNAL";
 
@@ -359,8 +363,7 @@ impl CallStore {
         paths.sort();
         // Every version found per call: (sequence number, journal) of those that read back,
         // and the files that did not.
-        let mut found: std::collections::BTreeMap<String, (Vec<(u64, CallJournal)>, Vec<PathBuf>)> =
-            Default::default();
+        let mut found: std::collections::BTreeMap<String, Versions> = Default::default();
         for path in paths {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
