@@ -536,3 +536,116 @@ fn reinvite_keeps_a_shared_endpoint_shared() {
     assert_eq!(two.packets.callee + two.packets.caller, 0, "{two:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every `.prep` file (a recording made ahead by the preparing thread) under `dir`.
+fn prepared_leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.to_string_lossy().ends_with(".prep") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// `calltap run` makes recording files ahead, on the preparing thread, when signalling
+/// announces a call; the worker adopts them under their final names. The recordings must be
+/// byte for byte those of files made at the first audio (replay's way), and no prepared file
+/// may be left behind, neither one adopted nor one made for a call that never needed it.
+#[test]
+fn recordings_made_ahead_are_the_same_as_those_made_at_the_first_audio() {
+    let mut a = Call::new("prep-a@test").callee_at([198, 18, 6, 1]);
+    a.invite(0, "sendrecv", false)
+        .respond(100, 180, "Ringing", None)
+        .respond(1000, 200, "OK", Some("sendrecv"))
+        .ack(1010)
+        .rtp(true, 1020, 0, 150, ramp(1), |_| false)
+        .rtp(false, 1020, 0, 150, ramp(40), |_| false)
+        .bye(4500);
+    // Rejected after A's audio began (so its prepared file is adopted while it rings), never
+    // answered, no audio: no recording, and no file left.
+    let mut b = Call::new("prep-b@test").callee_at([198, 18, 7, 1]);
+    b.invite(50, "sendrecv", false)
+        .respond(150, 180, "Ringing", None)
+        .respond(2500, 486, "Busy Here", None);
+    let mut all: Vec<&Packet> = a.packets.iter().chain(b.packets.iter()).collect();
+    all.sort_by_key(|p| p.at_ns);
+    let (signalling, media): (Vec<&Packet>, Vec<&Packet>) =
+        all.iter().partition(|p| p.at_ns < 1020 * MS);
+
+    let ref_dir = scratch("prep-reference");
+    let mut reference = Run::new(&ref_dir, 1, None);
+    reference.feed(&all);
+    let ref_cdrs = reference.finish();
+
+    let dir = scratch("prep");
+    let preparer = calltap::store::prepare::Preparer::start().expect("preparing thread");
+    let mut run = Run::new(&dir, 1, None);
+    run.workers = run
+        .workers
+        .into_iter()
+        .map(|w| w.with_preparer(preparer.sender().expect("sender")))
+        .collect();
+    run.feed(&signalling);
+    // Give the preparing thread the time a real call gives it between INVITE and audio.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while prepared_leftovers(&dir).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        prepared_leftovers(&dir).len(),
+        2,
+        "a file made ahead per call"
+    );
+    run.feed(&media);
+    let cdrs = run.finish();
+    drop(preparer);
+
+    assert_eq!(cdrs.len(), 2);
+    let (ca, ra) = (
+        cdr_of(&cdrs, "prep-a@test"),
+        cdr_of(&ref_cdrs, "prep-a@test"),
+    );
+    let (wa, wr) = (
+        ca.recording.as_ref().expect("A recorded"),
+        ra.recording.as_ref().expect("reference recorded"),
+    );
+    assert_eq!(
+        wa.path.strip_prefix(&dir).ok(),
+        wr.path.strip_prefix(&ref_dir).ok(),
+        "the final name"
+    );
+    assert_eq!((wa.bytes, &wa.sha256), (wr.bytes, &wr.sha256));
+    assert_eq!(samples(&wa.path), samples(&wr.path));
+    assert!(cdr_of(&cdrs, "prep-b@test").recording.is_none());
+    assert!(cdr_of(&ref_cdrs, "prep-b@test").recording.is_none());
+    assert_eq!(
+        prepared_leftovers(&dir),
+        Vec::<PathBuf>::new(),
+        "nothing left behind"
+    );
+    let wavs = |root: &Path| {
+        let mut n = 0;
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else if p.extension().is_some_and(|x| x == "wav") {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    assert_eq!((wavs(&dir), wavs(&ref_dir)), (1, 1), "one recording, A's");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&ref_dir);
+}

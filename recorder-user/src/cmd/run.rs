@@ -466,14 +466,19 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         );
     }
     let (journal, journal_thread) = JournalWriter::start(callstore)?;
+    // Recording files are made ahead, off the media threads (see store::prepare).
+    let preparer = crate::store::prepare::Preparer::start()?;
     // Finished calls leave the journal when their CDR is in calls.jsonl (the CDR thread).
     let cdr_journal = journal.clone();
     for (i, input) in inputs.into_iter().enumerate() {
         let (tx, rx) = unbounded::<Control>();
         ctl_txs.push(tx);
-        let worker = MediaWorker::new(i as u32, mcfg.clone())
+        let mut worker = MediaWorker::new(i as u32, mcfg.clone())
             .with_store(journal.clone())
             .keep_journal_until_stored();
+        if let Some(tx) = preparer.sender() {
+            worker = worker.with_preparer(tx);
+        }
         let (cdrs, timeouts, sd, lv) = (
             cdr_tx.clone(),
             to_tx.clone(),
@@ -758,6 +763,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("media thread panicked"))?,
         );
     }
+    preparer.finish();
     let (calls, calls_not_listed, cdr_store) = cdr_handle
         .join()
         .map_err(|_| anyhow::anyhow!("cdr thread panicked"))?;

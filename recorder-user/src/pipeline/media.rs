@@ -26,6 +26,7 @@ use calltap_sip::{
     sdp::{Direction, RtpMap},
     NameAddr,
 };
+use crossbeam_channel::Sender;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use serde::Serialize;
 
@@ -42,6 +43,7 @@ use crate::{
         },
         cdr::{rfc3339, Cdr, Dtmf, PacketCounts, Party, Recording, RestartGap, StreamQuality},
         paths::{expand, PathFields},
+        prepare,
         wav::{WavWriter, DATA_OFFSET},
     },
 };
@@ -158,6 +160,8 @@ struct ActiveCall {
     /// No file may be created (yet): a `skip` call (never), an `on_demand` call until an
     /// operator starts it; the file is then created at the next audio packet.
     no_file: bool,
+    /// The request for this call's prepared file ([`crate::store::prepare`]) still out; 0: none.
+    prep_token: u64,
 }
 
 /// Per-call state of the active-call journal; all of it is touched from control messages and
@@ -351,6 +355,28 @@ fn endpoints(rec: &Record<'_>) -> Option<(SocketAddr, SocketAddr)> {
     ))
 }
 
+/// A worker's side of the preparing thread.
+struct Prep {
+    requests: Sender<prepare::Request>,
+    reply: Sender<prepare::Prepared>,
+    answers: crossbeam_channel::Receiver<prepare::Prepared>,
+    /// Requests not answered yet: the packet path looks for answers only while there are some.
+    outstanding: u64,
+    next_token: u64,
+}
+
+impl Drop for Prep {
+    fn drop(&mut self) {
+        // Files prepared for calls this worker will never record.
+        for got in self.answers.try_iter() {
+            if let Ok(w) = got.result {
+                drop(w);
+                prepare::discard(&got.temp);
+            }
+        }
+    }
+}
+
 /// The worker's per-packet maps: foldhash, seeded per process (keys come from SDP, i.e. from
 /// the network, so the seed must not be guessable), at a fraction of SipHash's cost.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
@@ -378,6 +404,9 @@ pub struct MediaWorker {
     store: Option<JournalWriter>,
     /// See [`MediaWorker::keep_journal_until_stored`].
     journal_kept: bool,
+    /// Recording files made ahead by the preparing thread (`calltap run`; replay creates them
+    /// inline, for deterministic results).
+    prep: Option<Prep>,
     pub stats: WorkerStats,
 }
 
@@ -396,6 +425,7 @@ impl MediaWorker {
             last_flush_ns: 0,
             store: None,
             journal_kept: false,
+            prep: None,
             stats: WorkerStats {
                 id,
                 ..WorkerStats::default()
@@ -407,6 +437,86 @@ impl MediaWorker {
     pub fn with_store(mut self, store: JournalWriter) -> MediaWorker {
         self.store = Some(store);
         self
+    }
+
+    /// Has recording files made ahead of need by `preparer` (see [`crate::store::prepare`]).
+    pub fn with_preparer(mut self, preparer: Sender<prepare::Request>) -> MediaWorker {
+        let (reply, answers) = crossbeam_channel::unbounded();
+        self.prep = Some(Prep {
+            requests: preparer,
+            reply,
+            answers,
+            outstanding: 0,
+            next_token: 0,
+        });
+        self
+    }
+
+    /// Asks the preparing thread for `call`'s recording file.
+    fn request_file(&mut self, call: CallRef) {
+        let (Some(p), Some(c)) = (self.prep.as_mut(), self.calls.get_mut(&call)) else {
+            return;
+        };
+        p.next_token += 1;
+        let req = prepare::Request {
+            call,
+            token: p.next_token,
+            temp: prepare::temp_path(&c.wav_path),
+            rate: 8000,
+            max_seconds: self.cfg.max_call_secs,
+            reply: p.reply.clone(),
+        };
+        if p.requests.send(req).is_ok() {
+            c.prep_token = p.next_token;
+            p.outstanding += 1;
+        }
+    }
+
+    /// Takes the prepared files that have arrived: each goes to its call under its final name,
+    /// unless the call has a file already (its audio came first), needs none or is gone.
+    fn adopt_prepared(&mut self) {
+        let MediaWorker { prep, calls, .. } = self;
+        let Some(p) = prep.as_mut() else {
+            return;
+        };
+        for got in p.answers.try_iter() {
+            p.outstanding = p.outstanding.saturating_sub(1);
+            let call = calls
+                .get_mut(&got.call)
+                .filter(|c| c.prep_token == got.token);
+            let wanted = call
+                .as_ref()
+                .is_some_and(|c| c.wav.is_none() && !c.no_file && !c.write_failed);
+            if let Some(c) = call {
+                c.prep_token = 0;
+                match got.result {
+                    Ok(mut w) if wanted => match w.rename_to(&c.wav_path) {
+                        Ok(()) => c.wav = Some(w),
+                        Err(e) => {
+                            log::warn!(
+                                "{}: cannot take the prepared recording ({e}); it is created \
+                                 at the call's first audio",
+                                c.wav_path.display()
+                            );
+                            drop(w);
+                            prepare::discard(&got.temp);
+                        }
+                    },
+                    Ok(w) => {
+                        drop(w);
+                        prepare::discard(&got.temp);
+                    }
+                    Err(e) => log::warn!(
+                        "{}: preparing the recording failed ({e}); it is created at the call's \
+                         first audio",
+                        c.wav_path.display()
+                    ),
+                }
+            } else if let Ok(w) = got.result {
+                drop(w);
+                prepare::discard(&got.temp);
+            }
+        }
     }
 
     /// Leaves a finished call's journal entry to whoever takes its CDR (`calltap run`'s CDR
@@ -460,6 +570,7 @@ impl MediaWorker {
                 let raw_path = wav_path.with_extension("rtp.pcap");
                 let start = setup.start_ns;
                 let mode = setup.recording.action;
+                let call = setup.call;
                 self.calls.insert(
                     setup.call,
                     Box::new(ActiveCall {
@@ -492,8 +603,12 @@ impl MediaWorker {
                         },
                         recording_events: Vec::new(),
                         no_file: mode != RuleAction::Record,
+                        prep_token: 0,
                     }),
                 );
+                if mode == RuleAction::Record {
+                    self.request_file(call);
+                }
             }
             Control::Media {
                 call,
@@ -679,6 +794,9 @@ impl MediaWorker {
     /// when no call of this worker has the record's endpoint: the driver then applies pending
     /// control messages and retries, or counts it with [`MediaWorker::unknown`].
     pub fn packet(&mut self, rec: &Record<'_>) -> bool {
+        if self.prep.as_ref().is_some_and(|p| p.outstanding > 0) {
+            self.adopt_prepared();
+        }
         let Some((src, dst)) = endpoints(rec) else {
             self.stats.records += 1;
             self.stats.bad_rtp += 1;
@@ -751,6 +869,8 @@ impl MediaWorker {
                 (kind, clock)
             }
         };
+        // No direction placed audio yet: a prepared file may still take the codec's rate.
+        let fresh = c.dirs.iter().all(|d| d.timeline.is_none());
         let d = &mut c.dirs[sender];
         d.last_ns = Some(now);
         d.packets += 1;
@@ -802,6 +922,10 @@ impl MediaWorker {
             _ => 0,
         };
         let codec_rate = kind.output_rate();
+        if let Some(w) = c.wav.as_mut().filter(|w| fresh && w.frames() == 0) {
+            // A prepared file, made at 8 kHz before the codec was known.
+            w.set_rate(codec_rate);
+        }
         let wav_rate = match &c.wav {
             Some(w) => w.rate(),
             None => codec_rate,
@@ -990,6 +1114,9 @@ impl MediaWorker {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
+        // The journaled file goes on: a file prepared for the call's fresh start is not wanted
+        // (a stale token: it is deleted when it arrives).
+        c.prep_token = 0;
         c.wav_path = j.wav_path;
         c.raw_path = c.wav_path.with_extension("rtp.pcap");
         c.ringing_ns = j.ringing_ns;
@@ -1096,6 +1223,17 @@ impl MediaWorker {
         let start = c.setup.start_ns;
         let end_ns = end_ns.max(start);
         let any_audio = c.dirs.iter().any(|d| d.packets > 0);
+        if c.answer_ns.is_none() && !any_audio {
+            // A file made ahead for an attempt that was never answered and carried no audio:
+            // such a call has no recording (as if the file had been left to its first audio).
+            if let Some(w) = c.wav.take_if(|w| w.frames() == 0) {
+                let path = w.path().to_path_buf();
+                drop(w);
+                if let Err(e) = std::fs::remove_file(&path) {
+                    log::warn!("{}: cannot remove unused recording: {e}", path.display());
+                }
+            }
+        }
         // Answered calls always get a recording of the call's full length, silence where no
         // audio came; unanswered attempts only when early media arrived.
         // A recording that failed during the call is not replaced by a silent file at its end:

@@ -6,6 +6,7 @@ pub mod cdr;
 pub mod csv_journal;
 pub mod db;
 pub mod paths;
+pub mod prepare;
 pub mod retention;
 pub mod rules;
 pub mod wav;

@@ -159,6 +159,30 @@ impl WavWriter {
         &self.path
     }
 
+    /// Moves the (open) recording to `path`, creating its directory: a file prepared under a
+    /// temporary name (see [`crate::store::prepare`]) takes its final one.
+    pub fn rename_to(&mut self, path: &Path) -> io::Result<()> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::rename(&self.path, path)?;
+        self.path = path.to_path_buf();
+        Ok(())
+    }
+
+    /// Changes the sample rate of a recording nothing has been written to yet (a file
+    /// prepared at 8 kHz for a call whose first audio is 16 kHz G.722). False once it has audio.
+    pub fn set_rate(&mut self, rate: u32) -> bool {
+        if self.frames != 0 || rate == 0 {
+            return rate == self.rate;
+        }
+        let max_seconds = self.max_frames / u64::from(self.rate.max(1));
+        self.rate = rate;
+        self.max_frames = max_seconds.saturating_mul(u64::from(rate));
+        self.write_header();
+        true
+    }
+
     pub fn rate(&self) -> u32 {
         self.rate
     }
@@ -431,6 +455,26 @@ mod tests {
         let sha = seal(&path).expect("seal");
         assert_eq!(sha, sha256_file(&path).expect("hash"));
         assert_eq!(sha.len(), 64);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_prepared_file_takes_its_final_name_and_rate_before_audio() {
+        let dir = std::env::temp_dir().join(format!("calltap-wav-prep-{}", std::process::id()));
+        let temp = dir.join(".p.wav.prep");
+        let mut w = WavWriter::create(&temp, 8000, 10).expect("create");
+        assert!(w.set_rate(16_000), "no audio yet");
+        let path = dir.join("2026/12/p.wav");
+        w.rename_to(&path).expect("rename");
+        assert!(!temp.exists());
+        w.write(1, 16_000, &[9; 10]).expect("write");
+        assert!(!w.set_rate(8000), "not once audio is in");
+        assert_eq!(w.max_frames, 160_000);
+        let done = w.finish().expect("finish");
+        assert_eq!(done.path, path);
+        let r = hound::WavReader::open(&path).expect("wav");
+        assert_eq!(r.spec().sample_rate, 16_000);
+        assert_eq!(r.duration(), 16_010);
         let _ = fs::remove_dir_all(dir);
     }
 
