@@ -607,6 +607,11 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
             );
         }
         let _ = std::fs::remove_dir_all(&data);
+        // Each step starts from a settled file system: the last step's recordings written back
+        // and its deletions done, not competing with the next step's call starts.
+        // SAFETY: sync has no preconditions.
+        unsafe { libc::sync() };
+        std::thread::sleep(Duration::from_secs(2));
         // Per step, so the table shows where loss starts and what each side spent on the way:
         // the steps go on after the first loss (they are bounded by the list), because the
         // generator's own figures at higher rates say whether it or CallTap is the limit.
