@@ -107,6 +107,35 @@ fn run(rx: &Receiver<Request>) {
     }
 }
 
+/// Removes the prepared files under `dir` older than `before`: those an earlier run had made
+/// when it was killed (never adopted, so nothing else removes them). Returns how many. Runs on a
+/// thread of its own at start; a file of this run (newer) is never touched.
+pub fn sweep_stale(dir: &Path, before: std::time::SystemTime) -> usize {
+    let mut removed = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            let path = e.path();
+            if kind.is_dir() {
+                todo.push(path);
+            } else if kind.is_file()
+                && e.file_name().to_string_lossy().ends_with(".prep")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < before)
+                && std::fs::remove_file(&path).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// Removes a prepared file nobody adopted.
 pub fn discard(temp: &Path) {
     if let Err(e) = std::fs::remove_file(temp) {
@@ -119,6 +148,28 @@ pub fn discard(temp: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_prepared_files_of_an_earlier_run_are_swept_and_nothing_else() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let day = tmp.path().join("2026/12/05");
+        std::fs::create_dir_all(&day).expect("dirs");
+        let start = std::time::SystemTime::now();
+        let old = day.join(".a.wav.prep");
+        let f = std::fs::File::create(&old).expect("old");
+        f.set_modified(start - std::time::Duration::from_secs(3600))
+            .expect("mtime");
+        let new = day.join(".b.wav.prep");
+        let f = std::fs::File::create(&new).expect("new");
+        f.set_modified(start + std::time::Duration::from_secs(1))
+            .expect("mtime");
+        let wav = day.join("c.wav");
+        let f = std::fs::File::create(&wav).expect("wav");
+        f.set_modified(start - std::time::Duration::from_secs(3600))
+            .expect("mtime");
+        assert_eq!(sweep_stale(tmp.path(), start), 1);
+        assert!(!old.exists() && new.exists() && wav.exists());
+    }
 
     #[test]
     fn prepares_hidden_files_and_removes_those_nobody_takes() {
