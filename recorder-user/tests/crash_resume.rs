@@ -537,8 +537,8 @@ fn reinvite_keeps_a_shared_endpoint_shared() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Every `.prep` file (a recording made ahead by the preparing thread) under `dir`.
-fn prepared_leftovers(dir: &Path) -> Vec<PathBuf> {
+/// Every file under `dir` whose name ends with `suffix`.
+fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -546,12 +546,17 @@ fn prepared_leftovers(dir: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 todo.push(p);
-            } else if p.to_string_lossy().ends_with(".prep") {
+            } else if p.to_string_lossy().ends_with(suffix) {
                 out.push(p);
             }
         }
     }
     out
+}
+
+/// Every `.prep` file (a recording made ahead by the preparing thread) under `dir`.
+fn prepared_leftovers(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir, ".prep")
 }
 
 /// `calltap run` makes recording files ahead, on the preparing thread, when signalling
@@ -630,21 +635,7 @@ fn recordings_made_ahead_are_the_same_as_those_made_at_the_first_audio() {
         Vec::<PathBuf>::new(),
         "nothing left behind"
     );
-    let wavs = |root: &Path| {
-        let mut n = 0;
-        let mut todo = vec![root.to_path_buf()];
-        while let Some(d) = todo.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    todo.push(p);
-                } else if p.extension().is_some_and(|x| x == "wav") {
-                    n += 1;
-                }
-            }
-        }
-        n
-    };
+    let wavs = |root: &Path| files_under(root, ".wav").len();
     assert_eq!((wavs(&dir), wavs(&ref_dir)), (1, 1), "one recording, A's");
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&ref_dir);
