@@ -369,7 +369,7 @@ mod tests {
             w.write(1, pos, &tone).expect("right");
         }
         blank_from(&mut w, S + 2_500_000).expect("blank");
-        let f = w.finish().expect("finish");
+        let f = w.close().expect("close");
         let r = hound::WavReader::open(&f.path).expect("read");
         let samples: Vec<i16> = r.into_samples().map(|s| s.expect("sample")).collect();
         assert_eq!(samples.len(), 24_000);
@@ -393,7 +393,7 @@ mod tests {
         assert!(g.apply(RecordingAction::Resume, 2 * S));
         g.close_span(&mut w).expect("close");
         g.write(&mut w, 0, 16080, &tone).expect("after");
-        let f = w.finish().expect("finish");
+        let f = w.close().expect("close");
         let r = hound::WavReader::open(&f.path).expect("read");
         let s: Vec<i16> = r.into_samples().map(|s| s.expect("sample")).collect();
         let left = |i: usize| s[2 * i];

@@ -47,16 +47,6 @@ pub struct WavWriter {
 const RESIDENT_SECONDS: u64 = 1;
 const PAGE: usize = 4096;
 
-/// A closed recording.
-#[derive(Clone, Debug)]
-pub struct FinishedWav {
-    pub path: PathBuf,
-    pub bytes: u64,
-    pub sha256: String,
-    pub frames: u64,
-    pub rate: u32,
-}
-
 impl WavWriter {
     /// Creates (or truncates) `path`, creating parent directories.
     pub fn create(path: &Path, rate: u32, max_seconds: u64) -> io::Result<WavWriter> {
@@ -159,28 +149,25 @@ impl WavWriter {
         &self.path
     }
 
-    /// Moves the (open) recording to `path`, creating its directory: a file prepared under a
+    /// Moves the (open) recording to `path` in the same directory: a file prepared under a
     /// temporary name (see [`crate::store::prepare`]) takes its final one.
     pub fn rename_to(&mut self, path: &Path) -> io::Result<()> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
         fs::rename(&self.path, path)?;
         self.path = path.to_path_buf();
         Ok(())
     }
 
     /// Changes the sample rate of a recording nothing has been written to yet (a file
-    /// prepared at 8 kHz for a call whose first audio is 16 kHz G.722). False once it has audio.
-    pub fn set_rate(&mut self, rate: u32) -> bool {
-        if self.frames != 0 || rate == 0 {
-            return rate == self.rate;
+    /// prepared at 8 kHz for a call whose first audio is 16 kHz G.722); a no-op once it has
+    /// audio.
+    pub fn set_rate(&mut self, rate: u32) {
+        if self.frames != 0 || rate == 0 || rate == self.rate {
+            return;
         }
         let max_seconds = self.max_frames / u64::from(self.rate.max(1));
         self.rate = rate;
         self.max_frames = max_seconds.saturating_mul(u64::from(rate));
         self.write_header();
-        true
     }
 
     pub fn rate(&self) -> u32 {
@@ -303,22 +290,6 @@ impl WavWriter {
         Ok(())
     }
 
-    /// Final header, exact file length, fsync, and the file's size and sha256: [`close`] and
-    /// [`seal`] in one go.
-    ///
-    /// [`close`]: WavWriter::close
-    pub fn finish(self) -> io::Result<FinishedWav> {
-        let closed = self.close()?;
-        let sha256 = seal(&closed.path)?;
-        Ok(FinishedWav {
-            path: closed.path,
-            bytes: closed.bytes,
-            sha256,
-            frames: closed.frames,
-            rate: closed.rate,
-        })
-    }
-
     /// Final header and exact file length; the mapping is gone. Cheap (no waiting for the
     /// disk), so the media worker does it at call end; the file's data reaches the disk with
     /// [`seal`], which the CDR thread runs: fsync and hashing a long call take long enough
@@ -416,7 +387,7 @@ mod tests {
         // Valid at a flush point.
         let r = hound::WavReader::open(&path).expect("valid after flush");
         assert_eq!(r.len(), 300_001 * 2);
-        let done = w.finish().expect("finish");
+        let done = w.close().expect("close");
         assert_eq!(done.bytes, 44 + 300_001 * 4);
         let mut r = hound::WavReader::open(&path).expect("open");
         let spec = r.spec();
@@ -429,7 +400,6 @@ mod tests {
         assert_eq!(&s[20..26], &[1, 0, 2, 0, 3, 0]);
         assert_eq!(s[300_000 * 2 + 1], 7);
         assert!(s[30..300_000 * 2].iter().all(|&x| x == 0));
-        assert_eq!(done.sha256, sha256_file(&path).expect("hash"));
         let _ = fs::remove_dir_all(dir);
     }
 
@@ -440,11 +410,13 @@ mod tests {
         let mut w = WavWriter::create(&path, 8000, 60).expect("create");
         w.write(0, 0, &[11; 160]).expect("write");
         w.write(1, 8000, &[-3; 160]).expect("write");
+        // Past the hash's 64 KiB read buffer: the streamed hash must cover every block.
+        w.write(0, 20_000, &[4; 160]).expect("write");
         let closed = w.close().expect("close");
-        assert_eq!(closed.frames, 8160);
+        assert_eq!(closed.frames, 20_160);
         // Closed: the exact length and a valid header already, before any fsync.
         assert_eq!(fs::metadata(&path).expect("meta").len(), closed.bytes);
-        assert_eq!(closed.bytes, HEADER + 8160 * BYTES_PER_FRAME);
+        assert_eq!(closed.bytes, HEADER + 20_160 * BYTES_PER_FRAME);
         let r = hound::WavReader::open(&path).expect("valid WAV once closed");
         let s: Vec<i16> = r
             .into_samples::<i16>()
@@ -453,8 +425,8 @@ mod tests {
         assert_eq!(&s[..4], &[11, 0, 11, 0]);
         assert_eq!(&s[16_000..16_004], &[0, -3, 0, -3]);
         let sha = seal(&path).expect("seal");
-        assert_eq!(sha, sha256_file(&path).expect("hash"));
-        assert_eq!(sha.len(), 64);
+        let whole = hex::encode(Sha256::digest(fs::read(&path).expect("read")));
+        assert_eq!(sha, whole, "the hash of the whole file, in one piece");
         let _ = fs::remove_dir_all(dir);
     }
 
@@ -463,14 +435,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("calltap-wav-prep-{}", std::process::id()));
         let temp = dir.join(".p.wav.prep");
         let mut w = WavWriter::create(&temp, 8000, 10).expect("create");
-        assert!(w.set_rate(16_000), "no audio yet");
-        let path = dir.join("2026/12/p.wav");
+        w.set_rate(16_000);
+        let path = dir.join("p.wav");
         w.rename_to(&path).expect("rename");
         assert!(!temp.exists());
         w.write(1, 16_000, &[9; 10]).expect("write");
-        assert!(!w.set_rate(8000), "not once audio is in");
-        assert_eq!(w.max_frames, 160_000);
-        let done = w.finish().expect("finish");
+        w.set_rate(8000);
+        assert_eq!(
+            (w.rate(), w.max_frames),
+            (16_000, 160_000),
+            "not once audio is in"
+        );
+        let done = w.close().expect("close");
         assert_eq!(done.path, path);
         let r = hound::WavReader::open(&path).expect("wav");
         assert_eq!(r.spec().sample_rate, 16_000);
@@ -484,7 +460,7 @@ mod tests {
         let mut w = WavWriter::create(&dir.join("e.wav"), 8000, 10).expect("create");
         w.write(0, 0, &[]).expect("empty write");
         w.write(1, 1 << 40, &[]).expect("empty write far away");
-        assert_eq!(w.finish().expect("finish").frames, 0);
+        assert_eq!(w.close().expect("close").frames, 0);
         let _ = fs::remove_dir_all(dir);
     }
 
@@ -508,7 +484,7 @@ mod tests {
         );
         // A very late packet for second 1: its page was dropped and comes back.
         w.write(1, 8000, &[-9; 160]).expect("late write");
-        let done = w.finish().expect("finish");
+        let done = w.close().expect("close");
         let mut r = hound::WavReader::open(&done.path).expect("open");
         let s: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
         for p in 0..1500usize {
@@ -518,7 +494,7 @@ mod tests {
         let _ = fs::remove_dir_all(dir);
     }
 
-    /// A recording continued by a new process (reopened after a crash without `finish`) ends
+    /// A recording continued by a new process (reopened after a crash without `close`) ends
     /// byte for byte like one written by a single writer, the gap between being silence.
     #[test]
     fn reopen_continues_byte_exact() {
@@ -530,22 +506,21 @@ mod tests {
         one.write(0, 0, &before).expect("write");
         one.write(1, 100, &before).expect("write");
         one.write(0, 300_000, &after).expect("write");
-        let one = one.finish().expect("finish");
+        let one = one.close().expect("close");
 
         let mut first = WavWriter::create(&b, 8000, 3600).expect("create");
         first.write(0, 0, &before).expect("write");
         first.write(1, 100, &before).expect("write");
         first.flush().expect("flush");
-        // The process dies here: no finish, the file keeps its preallocated length.
+        // The process dies here: no close, the file keeps its preallocated length.
         drop(first);
         let mut second = WavWriter::reopen(&b, 8000, 3600, 0).expect("reopen");
         assert_eq!(second.frames(), 8100, "length from the header");
         second
             .write(0, 300_000, &after)
             .expect("write after the gap");
-        let two = second.finish().expect("finish");
+        let two = second.close().expect("close");
         assert_eq!(two.bytes, one.bytes);
-        assert_eq!(two.sha256, one.sha256);
         assert_eq!(fs::read(&a).expect("a"), fs::read(&b).expect("b"));
 
         // A wrong rate, a truncated file and garbage are refused, not mapped.
@@ -575,7 +550,7 @@ mod tests {
         drop(w);
         let w = WavWriter::reopen(&path, 8000, 3600, u64::MAX).expect("reopen");
         assert_eq!(w.frames(), GROW / BYTES_PER_FRAME, "bounded by the file");
-        let done = w.finish().expect("finish");
+        let done = w.close().expect("close");
         let mut r = hound::WavReader::open(&done.path).expect("open");
         let s: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
         assert_eq!((s[0], s[320], s[640]), (5, 6, 0));
@@ -588,7 +563,7 @@ mod tests {
         let mut w = WavWriter::create(&path, 8000, 1).expect("create");
         w.write(0, 7990, &[1; 20]).expect("write");
         assert_eq!(w.dropped_samples, 10);
-        let done = w.finish().expect("finish");
+        let done = w.close().expect("close");
         assert_eq!(done.frames, 8000);
         let _ = fs::remove_file(path);
     }
