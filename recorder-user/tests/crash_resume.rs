@@ -46,6 +46,8 @@ struct Run {
     last_tick: u64,
     /// (worker, call) of every call started or taken over, in order.
     calls: Vec<(u32, calltap_sip::dialog::CallRef)>,
+    /// The active-call journal, when on: a call leaves it once its CDR is taken.
+    journal: Option<JournalWriter>,
 }
 
 impl Run {
@@ -60,9 +62,9 @@ impl Run {
         let mut media: Vec<MediaWorker> = (0..workers)
             .map(|i| MediaWorker::new(i, mcfg.clone()))
             .collect();
-        if let Some(store) = store {
-            // Inline: the file system work happens at once, so the kill below comes after it.
-            let journal = JournalWriter::inline(store.clone());
+        // Inline: the file system work happens at once, so the kill below comes after it.
+        let journal = store.map(|s| JournalWriter::inline(s.clone()));
+        if let Some(journal) = &journal {
             sig = sig.with_store(journal.clone());
             media = media
                 .into_iter()
@@ -79,6 +81,7 @@ impl Run {
             cdrs: Vec::new(),
             last_tick: 0,
             calls: Vec::new(),
+            journal,
         }
     }
 
@@ -148,16 +151,19 @@ impl Run {
         }
     }
 
-    /// Graceful end: close what is open.
     /// Takes the finished calls' CDRs as `calltap run`'s CDR thread does: sealed (fsync'd,
-    /// sha256 filled in).
+    /// sha256 filled in), then the call leaves the journal.
     fn take_cdrs(&mut self) {
         for mut cdr in self.done.drain(..) {
             cdr.seal_recording();
+            if let Some(j) = &self.journal {
+                j.remove(&cdr.uuid).expect("journal remove");
+            }
             self.cdrs.push(cdr);
         }
     }
 
+    /// Graceful end: close what is open.
     fn finish(mut self) -> Vec<Cdr> {
         self.sig
             .finish(self.last_tick, "capture_end", &mut self.queue);
@@ -590,7 +596,7 @@ fn recordings_made_ahead_are_the_same_as_those_made_at_the_first_audio() {
     let ref_cdrs = reference.finish();
 
     let dir = scratch("prep");
-    let preparer = calltap::store::prepare::Preparer::start().expect("preparing thread");
+    let preparer = calltap::store::prepare::Preparer::start(&dir).expect("preparing thread");
     let mut run = Run::new(&dir, 1, None);
     run.workers = run
         .workers
@@ -609,6 +615,12 @@ fn recordings_made_ahead_are_the_same_as_those_made_at_the_first_audio() {
         "a file made ahead per call"
     );
     run.feed(&media);
+    // Taken at A's first audio (B never needed its file).
+    let used: u64 = run
+        .workers
+        .iter()
+        .map(|w| w.stats.prepared_files_used)
+        .sum();
     let cdrs = run.finish();
     drop(preparer);
 
@@ -626,6 +638,7 @@ fn recordings_made_ahead_are_the_same_as_those_made_at_the_first_audio() {
         wr.path.strip_prefix(&ref_dir).ok(),
         "the final name"
     );
+    assert_eq!(used, 1, "A's recording is the file made ahead for it");
     assert_eq!((wa.bytes, &wa.sha256), (wr.bytes, &wr.sha256));
     assert_eq!(samples(&wa.path), samples(&wr.path));
     assert!(cdr_of(&cdrs, "prep-b@test").recording.is_none());

@@ -467,35 +467,13 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     }
     let (journal, journal_thread) = JournalWriter::start(callstore)?;
     // Recording files are made ahead, off the media threads (see store::prepare).
-    let preparer = crate::store::prepare::Preparer::start()?;
-    // What a killed earlier run had prepared and never adopted goes, in the background.
-    {
-        // File times are coarse (a clock tick): a margin keeps this run's files out of it.
-        let before = std::time::SystemTime::now() - Duration::from_secs(2);
-        let dir = cfg.recordings_dir();
-        let swept = thread::Builder::new()
-            .name("prep-sweep".into())
-            .spawn(move || {
-                let n = crate::store::prepare::sweep_stale(&dir, before);
-                if n > 0 {
-                    log::info!(
-                        "{}: removed {n} unused prepared recording(s) of an earlier run",
-                        dir.display()
-                    );
-                }
-            });
-        if let Err(e) = swept {
-            log::warn!("no sweep of unused prepared recordings: {e}");
-        }
-    }
+    let preparer = crate::store::prepare::Preparer::start(&cfg.recordings_dir())?;
     // Finished calls leave the journal when their CDR is in calls.jsonl (the CDR thread).
     let cdr_journal = journal.clone();
     for (i, input) in inputs.into_iter().enumerate() {
         let (tx, rx) = unbounded::<Control>();
         ctl_txs.push(tx);
-        let mut worker = MediaWorker::new(i as u32, mcfg.clone())
-            .with_store(journal.clone())
-            .keep_journal_until_stored();
+        let mut worker = MediaWorker::new(i as u32, mcfg.clone()).with_store(journal.clone());
         if let Some(tx) = preparer.sender() {
             worker = worker.with_preparer(tx);
         }

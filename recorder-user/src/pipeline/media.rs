@@ -96,6 +96,9 @@ pub struct WorkerStats {
     pub calls_restored: u64,
     /// Flush rounds done (the driver times them for the flush latency histogram).
     pub flush_rounds: u64,
+    /// Recordings that are a file made ahead by the preparing thread (the rest were created
+    /// when needed).
+    pub prepared_files_used: u64,
 }
 
 #[derive(Default)]
@@ -160,8 +163,34 @@ struct ActiveCall {
     /// No file may be created (yet): a `skip` call (never), an `on_demand` call until an
     /// operator starts it; the file is then created at the next audio packet.
     no_file: bool,
-    /// The request for this call's prepared file ([`crate::store::prepare`]) still out; 0: none.
-    prep_token: u64,
+    /// The recording file made ahead for this call ([`crate::store::prepare`]), taken where
+    /// the file would otherwise be created ([`ActiveCall::open_recording`]).
+    prepared: Option<prepare::PreparedWav>,
+}
+
+impl ActiveCall {
+    /// The call's recording file at `rate`: the one prepared ahead if it has arrived, else
+    /// created now.
+    fn open_recording(
+        &mut self,
+        rate: u32,
+        max_secs: u64,
+        stats: &mut WorkerStats,
+    ) -> std::io::Result<WavWriter> {
+        if let Some(p) = self.prepared.take() {
+            match p.adopt(&self.wav_path, rate) {
+                Ok(w) => {
+                    stats.prepared_files_used += 1;
+                    return Ok(w);
+                }
+                Err(e) => log::warn!(
+                    "{}: cannot take the prepared recording ({e}); creating it",
+                    self.wav_path.display()
+                ),
+            }
+        }
+        WavWriter::create(&self.wav_path, rate, max_secs)
+    }
 }
 
 /// Per-call state of the active-call journal; all of it is touched from control messages and
@@ -362,19 +391,6 @@ struct Prep {
     answers: crossbeam_channel::Receiver<prepare::Prepared>,
     /// Requests not answered yet: the packet path looks for answers only while there are some.
     outstanding: u64,
-    next_token: u64,
-}
-
-impl Drop for Prep {
-    fn drop(&mut self) {
-        // Files prepared for calls this worker will never record.
-        for got in self.answers.try_iter() {
-            if let Ok(w) = got.result {
-                drop(w);
-                prepare::discard(&got.temp);
-            }
-        }
-    }
 }
 
 /// The worker's per-packet maps: foldhash, seeded per process (keys come from SDP, i.e. from
@@ -402,8 +418,6 @@ pub struct MediaWorker {
     last_flush_ns: u64,
     /// The active-call journal (`calltap run`; replay has none).
     store: Option<JournalWriter>,
-    /// See [`MediaWorker::keep_journal_until_stored`].
-    journal_kept: bool,
     /// Recording files made ahead by the preparing thread (`calltap run`; replay creates them
     /// inline, for deterministic results).
     prep: Option<Prep>,
@@ -424,7 +438,6 @@ impl MediaWorker {
             resampled: Box::new([0; PCM_MAX]),
             last_flush_ns: 0,
             store: None,
-            journal_kept: false,
             prep: None,
             stats: WorkerStats {
                 id,
@@ -447,84 +460,45 @@ impl MediaWorker {
             reply,
             answers,
             outstanding: 0,
-            next_token: 0,
         });
         self
     }
 
     /// Asks the preparing thread for `call`'s recording file.
     fn request_file(&mut self, call: CallRef) {
-        let (Some(p), Some(c)) = (self.prep.as_mut(), self.calls.get_mut(&call)) else {
+        let (Some(p), Some(c)) = (self.prep.as_mut(), self.calls.get(&call)) else {
             return;
         };
-        p.next_token += 1;
         let req = prepare::Request {
             call,
-            token: p.next_token,
             temp: prepare::temp_path(&c.wav_path),
-            rate: 8000,
             max_seconds: self.cfg.max_call_secs,
             reply: p.reply.clone(),
         };
         if p.requests.send(req).is_ok() {
-            c.prep_token = p.next_token;
             p.outstanding += 1;
         }
     }
 
-    /// Takes the prepared files that have arrived: each goes to its call under its final name,
-    /// unless the call has a file already (its audio came first), needs none or is gone.
-    fn adopt_prepared(&mut self) {
+    /// Hands the prepared files that have arrived to their calls. One that no call can use
+    /// (the call is gone, has its file already or may not have one) is dropped, which removes
+    /// it.
+    fn collect_prepared(&mut self) {
         let MediaWorker { prep, calls, .. } = self;
         let Some(p) = prep.as_mut() else {
             return;
         };
         for got in p.answers.try_iter() {
             p.outstanding = p.outstanding.saturating_sub(1);
-            let call = calls
-                .get_mut(&got.call)
-                .filter(|c| c.prep_token == got.token);
-            let wanted = call
-                .as_ref()
-                .is_some_and(|c| c.wav.is_none() && !c.no_file && !c.write_failed);
-            if let Some(c) = call {
-                c.prep_token = 0;
-                match got.result {
-                    Ok(mut w) if wanted => match w.rename_to(&c.wav_path) {
-                        Ok(()) => c.wav = Some(w),
-                        Err(e) => {
-                            log::warn!(
-                                "{}: cannot take the prepared recording ({e}); it is created \
-                                 at the call's first audio",
-                                c.wav_path.display()
-                            );
-                            drop(w);
-                            prepare::discard(&got.temp);
-                        }
-                    },
-                    Ok(w) => {
-                        drop(w);
-                        prepare::discard(&got.temp);
-                    }
-                    Err(e) => log::warn!(
-                        "{}: preparing the recording failed ({e}); it is created at the call's \
-                         first audio",
-                        c.wav_path.display()
-                    ),
-                }
-            } else if let Ok(w) = got.result {
-                drop(w);
-                prepare::discard(&got.temp);
+            match (calls.get_mut(&got.call), got.result) {
+                (Some(c), Ok(w)) if c.wav.is_none() && !c.no_file => c.prepared = Some(w),
+                (Some(c), Err(e)) => log::warn!(
+                    "{}: preparing the recording failed ({e}); it is created when needed",
+                    c.wav_path.display()
+                ),
+                _ => {}
             }
         }
-    }
-
-    /// Leaves a finished call's journal entry to whoever takes its CDR (`calltap run`'s CDR
-    /// thread removes it once the CDR is in calls.jsonl): a crash in between then restores
-    /// the call instead of losing its CDR.
-    pub fn keep_journal_until_stored(mut self) -> MediaWorker {
-        self.journal_kept = true;
-        self
     }
 
     pub fn active_calls(&self) -> usize {
@@ -603,7 +577,7 @@ impl MediaWorker {
                         },
                         recording_events: Vec::new(),
                         no_file: mode != RuleAction::Record,
-                        prep_token: 0,
+                        prepared: None,
                     }),
                 );
                 if mode == RuleAction::Record {
@@ -774,13 +748,6 @@ impl MediaWorker {
             self.stats.calls_ended += 1;
             let (reason, at) = c.ending.take().unwrap_or_default();
             let cdr = self.finish(c, reason, at);
-            // The CDR is handed on now: the journal has done its job, unless the taker
-            // removes the entry itself once the CDR is stored.
-            if let Some(store) = self.store.as_ref().filter(|_| !self.journal_kept) {
-                if let Err(e) = store.remove(&cdr.uuid) {
-                    log::warn!("active-call journal: {e}");
-                }
-            }
             done.push(cdr);
         }
     }
@@ -795,7 +762,7 @@ impl MediaWorker {
     /// control messages and retries, or counts it with [`MediaWorker::unknown`].
     pub fn packet(&mut self, rec: &Record<'_>) -> bool {
         if self.prep.as_ref().is_some_and(|p| p.outstanding > 0) {
-            self.adopt_prepared();
+            self.collect_prepared();
         }
         let Some((src, dst)) = endpoints(rec) else {
             self.stats.records += 1;
@@ -869,8 +836,6 @@ impl MediaWorker {
                 (kind, clock)
             }
         };
-        // No direction placed audio yet: a prepared file may still take the codec's rate.
-        let fresh = c.dirs.iter().all(|d| d.timeline.is_none());
         let d = &mut c.dirs[sender];
         d.last_ns = Some(now);
         d.packets += 1;
@@ -922,10 +887,6 @@ impl MediaWorker {
             _ => 0,
         };
         let codec_rate = kind.output_rate();
-        if let Some(w) = c.wav.as_mut().filter(|w| fresh && w.frames() == 0) {
-            // A prepared file, made at 8 kHz before the codec was known.
-            w.set_rate(codec_rate);
-        }
         let wav_rate = match &c.wav {
             Some(w) => w.rate(),
             None => codec_rate,
@@ -979,7 +940,7 @@ impl MediaWorker {
                 self.stats.write_errors += 1;
                 return;
             }
-            match WavWriter::create(&c.wav_path, wav_rate, self.cfg.max_call_secs) {
+            match c.open_recording(wav_rate, self.cfg.max_call_secs, &mut self.stats) {
                 Ok(w) => c.wav = Some(w),
                 Err(e) => {
                     self.stats.write_errors += 1;
@@ -1114,9 +1075,6 @@ impl MediaWorker {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
-        // The journaled file goes on: a file prepared for the call's fresh start is not wanted
-        // (a stale token: it is deleted when it arrives).
-        c.prep_token = 0;
         c.wav_path = j.wav_path;
         c.raw_path = c.wav_path.with_extension("rtp.pcap");
         c.ringing_ns = j.ringing_ns;
@@ -1223,24 +1181,13 @@ impl MediaWorker {
         let start = c.setup.start_ns;
         let end_ns = end_ns.max(start);
         let any_audio = c.dirs.iter().any(|d| d.packets > 0);
-        if c.answer_ns.is_none() && !any_audio {
-            // A file made ahead for an attempt that was never answered and carried no audio:
-            // such a call has no recording (as if the file had been left to its first audio).
-            if let Some(w) = c.wav.take_if(|w| w.frames() == 0) {
-                let path = w.path().to_path_buf();
-                drop(w);
-                if let Err(e) = std::fs::remove_file(&path) {
-                    log::warn!("{}: cannot remove unused recording: {e}", path.display());
-                }
-            }
-        }
         // Answered calls always get a recording of the call's full length, silence where no
         // audio came; unanswered attempts only when early media arrived.
         // A recording that failed during the call is not replaced by a silent file at its end:
         // the CDR says there is no recording rather than offering silence as the call's audio.
         if c.wav.is_none() && !c.no_file && !c.write_failed && (c.answer_ns.is_some() || any_audio)
         {
-            match WavWriter::create(&c.wav_path, 8000, self.cfg.max_call_secs) {
+            match c.open_recording(8000, self.cfg.max_call_secs, &mut self.stats) {
                 Ok(w) => c.wav = Some(w),
                 Err(e) => {
                     self.stats.write_errors += 1;
@@ -1264,11 +1211,11 @@ impl MediaWorker {
                     duration_ms: f.frames * 1000 / f.rate.max(1) as u64,
                     path: f.path,
                     bytes: f.bytes,
+                    // Filled in by `Recording::seal` (the CDR thread).
                     sha256: String::new(),
                     sample_rate: f.rate,
                     channels: 2,
                     raw_rtp_pcap: raw_rtp_pcap.clone(),
-                    pending_seal: true,
                 }),
                 Err(e) => {
                     self.stats.write_errors += 1;

@@ -61,22 +61,17 @@ pub struct Recording {
     pub duration_ms: u64,
     /// Raw RTP of payload types CallTap cannot decode, kept beside the WAV.
     pub raw_rtp_pcap: Option<PathBuf>,
-    /// The media worker closed the file at call end, but it is not yet fsync'd and `sha256`
-    /// is not yet known: [`Recording::seal`] does both, off the media worker's thread. Never
-    /// serialized: a CDR that leaves the process is sealed.
-    #[serde(skip)]
-    pub pending_seal: bool,
 }
 
 impl Recording {
-    /// Makes the file durable and fills in `sha256` (see `pending_seal`); a no-op when done.
-    /// On an error `sha256` stays empty (unknown): the archive then hashes the file itself.
+    /// Makes the file durable and fills in `sha256`. The media worker only closes the file at
+    /// call end (its `sha256` is empty until then): fsync and hashing a long call would stall
+    /// its other calls, so whoever takes the CDR does this. A no-op once `sha256` is known; on
+    /// an error it stays empty (unknown), and the archive hashes the file itself.
     pub fn seal(&mut self) -> io::Result<()> {
-        if !self.pending_seal {
-            return Ok(());
+        if self.sha256.is_empty() {
+            self.sha256 = crate::store::wav::seal(&self.path)?;
         }
-        self.pending_seal = false;
-        self.sha256 = crate::store::wav::seal(&self.path)?;
         Ok(())
     }
 }

@@ -706,7 +706,6 @@ pub(crate) mod tests {
                 channels: 2,
                 duration_ms: 2000,
                 raw_rtp_pcap: None,
-                pending_seal: false,
             }),
             worker: n % 2,
             recording_events: vec![crate::store::cdr::RecordingEvent {

@@ -4,14 +4,16 @@
 //! hundred microseconds, more when the file system is busy; a media worker that did it for a
 //! burst of call starts (a thousand calls in a second) stalled its ring for that long. So a
 //! worker asks for the file when signalling announces the call, and this thread creates it
-//! under a hidden temporary name beside the final one; the worker adopts it (one rename) when it
-//! arrives, normally long before the call's first audio. A call whose audio comes first creates
-//! its file itself as before and the prepared one is deleted.
+//! under a hidden temporary name beside the final one. The worker keeps it with the call and
+//! takes it (one rename) where it would otherwise have created the file: at the call's first
+//! audio, or at its end for an answered call without audio. A file nobody takes is removed
+//! when it is dropped.
 
 use std::{
     io,
     path::{Path, PathBuf},
     thread::JoinHandle,
+    time::{Duration, SystemTime},
 };
 
 use calltap_sip::dialog::CallRef;
@@ -22,10 +24,7 @@ use super::wav::WavWriter;
 /// A worker's request: a recording for `call`, to be created at `temp`.
 pub struct Request {
     pub call: CallRef,
-    /// Tells a reply for the current request from a stale one.
-    pub token: u64,
     pub temp: PathBuf,
-    pub rate: u32,
     pub max_seconds: u64,
     pub reply: Sender<Prepared>,
 }
@@ -33,13 +32,42 @@ pub struct Request {
 /// The answer to a [`Request`].
 pub struct Prepared {
     pub call: CallRef,
-    pub token: u64,
-    pub temp: PathBuf,
-    pub result: io::Result<WavWriter>,
+    pub result: io::Result<PreparedWav>,
 }
 
-/// Where a prepared recording waits for adoption: `.<name>.prep` beside `path`. Hidden, and
-/// neither `.wav` nor finished, so retention and the archive leave it alone.
+/// A recording made ahead and not taken yet; dropping it removes the file.
+pub struct PreparedWav(Option<WavWriter>);
+
+impl PreparedWav {
+    /// The recording under its final `path` (in the directory it was prepared in) at `rate`:
+    /// nothing is written yet, so the rate is still free. On an error the file is removed.
+    pub fn adopt(mut self, path: &Path, rate: u32) -> io::Result<WavWriter> {
+        let Some(mut w) = self.0.take() else {
+            return Err(io::Error::other("prepared recording already taken"));
+        };
+        if let Err(e) = w.rename_to(path) {
+            self.0 = Some(w);
+            return Err(e);
+        }
+        w.set_rate(rate);
+        Ok(w)
+    }
+}
+
+impl Drop for PreparedWav {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            let path = w.path().to_path_buf();
+            drop(w);
+            if let Err(e) = std::fs::remove_file(&path) {
+                log::warn!("{}: cannot remove unused recording: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// Where a prepared recording waits: `.<name>.prep` beside `path`. Hidden, and neither `.wav`
+/// nor finished, so retention and the archive leave it alone.
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
@@ -55,7 +83,23 @@ pub struct Preparer {
 }
 
 impl Preparer {
-    pub fn start() -> io::Result<Preparer> {
+    /// Starts the thread, and (on a thread of its own) removes what a killed earlier run had
+    /// prepared under `recordings` and never took.
+    pub fn start(recordings: &Path) -> io::Result<Preparer> {
+        // File times are coarse (a clock tick): a margin keeps this run's files out of it.
+        let before = SystemTime::now() - Duration::from_secs(2);
+        let dir = recordings.to_path_buf();
+        std::thread::Builder::new()
+            .name("prep-sweep".into())
+            .spawn(move || {
+                let n = sweep_stale(&dir, before);
+                if n > 0 {
+                    log::info!(
+                        "{}: removed {n} unused prepared recording(s) of an earlier run",
+                        dir.display()
+                    );
+                }
+            })?;
         let (tx, rx) = crossbeam_channel::unbounded::<Request>();
         let handle = std::thread::Builder::new()
             .name("prepare".into())
@@ -90,20 +134,14 @@ impl Drop for Preparer {
 
 fn run(rx: &Receiver<Request>) {
     for req in rx {
-        let result = WavWriter::create(&req.temp, req.rate, req.max_seconds);
-        let made = result.is_ok();
-        let reply = Prepared {
+        // Prepared at 8 kHz: the codec, and so the rate, is known when the file is taken.
+        let result =
+            WavWriter::create(&req.temp, 8000, req.max_seconds).map(|w| PreparedWav(Some(w)));
+        // A worker that is gone drops the reply, and with it the file.
+        let _ = req.reply.send(Prepared {
             call: req.call,
-            token: req.token,
-            temp: req.temp,
             result,
-        };
-        if let Err(e) = req.reply.send(reply) {
-            // The worker is gone: nobody will adopt the file.
-            if made {
-                discard(&e.into_inner().temp);
-            }
-        }
+        });
     }
 }
 
@@ -136,15 +174,6 @@ pub fn sweep_stale(dir: &Path, before: std::time::SystemTime) -> usize {
     removed
 }
 
-/// Removes a prepared file nobody adopted.
-pub fn discard(temp: &Path) {
-    if let Err(e) = std::fs::remove_file(temp) {
-        if e.kind() != io::ErrorKind::NotFound {
-            log::warn!("{}: cannot remove unused recording: {e}", temp.display());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,46 +201,58 @@ mod tests {
     }
 
     #[test]
-    fn prepares_hidden_files_and_removes_those_nobody_takes() {
+    fn prepares_hidden_files_adopts_them_and_removes_those_nobody_takes() {
         let tmp = tempfile::tempdir().expect("tmp");
         let final_path = tmp.path().join("2026/12/05/call.wav");
         let temp = temp_path(&final_path);
         assert_eq!(temp, tmp.path().join("2026/12/05/.call.wav.prep"));
-        let preparer = Preparer::start().expect("start");
+        let preparer = Preparer::start(tmp.path()).expect("start");
         let tx = preparer.sender().expect("sender");
         let (reply, answers) = crossbeam_channel::unbounded();
-        tx.send(Request {
-            call: CallRef(7),
-            token: 3,
-            temp: temp.clone(),
-            rate: 8000,
-            max_seconds: 60,
-            reply: reply.clone(),
-        })
-        .expect("send");
-        let got = answers
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("answer");
-        assert_eq!((got.call, got.token), (CallRef(7), 3));
-        let w = got.result.expect("created");
-        assert_eq!(w.path(), temp.as_path());
+        let ask = |call: u64, temp: &Path| {
+            tx.send(Request {
+                call: CallRef(call),
+                temp: temp.to_path_buf(),
+                max_seconds: 60,
+                reply: reply.clone(),
+            })
+            .expect("send");
+            answers
+                .recv_timeout(Duration::from_secs(10))
+                .expect("answer")
+        };
+
+        // Taken: under its final name, at the rate the audio needs.
+        let got = ask(7, &temp);
+        assert_eq!(got.call, CallRef(7));
         assert!(temp.is_file());
-        drop(w);
+        let w = got
+            .result
+            .expect("created")
+            .adopt(&final_path, 16_000)
+            .expect("adopt");
+        assert_eq!((w.path(), w.rate()), (final_path.as_path(), 16_000));
+        assert!(!temp.exists() && final_path.is_file());
+
+        // Not taken (the call ended first): dropping it removes the file.
+        let other = tmp.path().join("2026/12/05/.other.wav.prep");
+        let unused = ask(8, &other).result.expect("created");
+        assert!(other.is_file());
+        drop(unused);
+        assert!(!other.exists());
 
         // A worker that went away: the file made for it is removed.
-        let other = tmp.path().join(".other.wav.prep");
+        let gone = tmp.path().join("2026/12/05/.gone.wav.prep");
         drop(answers);
         tx.send(Request {
-            call: CallRef(8),
-            token: 4,
-            temp: other.clone(),
-            rate: 8000,
+            call: CallRef(9),
+            temp: gone.clone(),
             max_seconds: 60,
             reply,
         })
         .expect("send");
         drop(tx);
         preparer.finish();
-        assert!(!other.exists(), "unadopted file removed");
+        assert!(!gone.exists(), "unadopted file removed");
     }
 }
