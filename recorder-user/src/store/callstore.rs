@@ -639,33 +639,19 @@ fn read_slot(path: &Path, uuid: &str) -> Result<(u64, CallJournal), CallStoreErr
     if hex::encode(Sha256::digest(body)) != sha {
         return Err(bad("checksum differs from the header (torn write)"));
     }
-    let j = parse_journal(path, body)?;
-    if j.uuid != uuid || !safe_name(&j.uuid) {
-        return Err(CallStoreError::Name {
-            path: path.to_path_buf(),
-            uuid: j.uuid,
-        });
-    }
-    Ok((seq, j))
+    Ok((seq, parse_journal(path, body, uuid)?))
 }
 
 /// Reads a file of the earlier one-file format (plain JSON, named `<uuid>.json`).
 fn read_journal(path: &Path) -> Result<CallJournal, CallStoreError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
-    let j = parse_journal(path, &bytes)?;
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-    if stem != j.uuid || !safe_name(&j.uuid) {
-        return Err(CallStoreError::Name {
-            path: path.to_path_buf(),
-            uuid: j.uuid,
-        });
-    }
-    Ok(j)
+    parse_journal(path, &bytes, stem)
 }
 
 /// A journal's JSON, version checked first so a newer format is reported as such, not as
-/// garbage.
-fn parse_journal(path: &Path, bytes: &[u8]) -> Result<CallJournal, CallStoreError> {
+/// garbage; it must be the journal of `uuid` (the file's name).
+fn parse_journal(path: &Path, bytes: &[u8], uuid: &str) -> Result<CallJournal, CallStoreError> {
     #[derive(Deserialize)]
     struct Head {
         version: u32,
@@ -680,10 +666,17 @@ fn parse_journal(path: &Path, bytes: &[u8]) -> Result<CallJournal, CallStoreErro
             found: head.version,
         });
     }
-    serde_json::from_slice(bytes).map_err(|source| CallStoreError::Json {
+    let j: CallJournal = serde_json::from_slice(bytes).map_err(|source| CallStoreError::Json {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    if j.uuid != uuid || !safe_name(&j.uuid) {
+        return Err(CallStoreError::Name {
+            path: path.to_path_buf(),
+            uuid: j.uuid,
+        });
+    }
+    Ok(j)
 }
 
 #[cfg(test)]
@@ -919,16 +912,9 @@ mod tests {
         let bytes = fs::read(&newest).expect("read");
         fs::write(&newest, &bytes[..bytes.len() / 2]).expect("tear");
         let restarted = CallStore::open(&dir).expect("reopen");
-        let loaded = restarted.load();
-        assert_eq!(loaded.corrupt, 0, "the call is still resumable");
-        assert_eq!(
-            loaded
-                .calls
-                .iter()
-                .map(|c| c.dirs[0].packets)
-                .collect::<Vec<_>>(),
-            [2]
-        );
+        assert_eq!(packets(&restarted), [2], "the version before the torn one");
+        let again = CallStore::open(&dir).expect("reopen").load();
+        assert_eq!(again.corrupt, 0, "the call is still resumable");
         // The restarted run's next save goes over the torn file, and wins from then on.
         j.dirs[0].packets = 10;
         restarted.save(&j, true).expect("save");
