@@ -20,10 +20,24 @@ use crate::pipeline::MediaTable;
 /// foldhash, seeded per process: keys come from SDP, i.e. from the network.
 type Map = foldhash::HashMap<MediaKey, MediaValue>;
 
-/// One change to the media table, as sent to every reader's replica.
+/// One change to the media table: made to the table, then sent to every reader's replica.
+#[derive(Clone, Copy)]
 enum Change {
     Insert(MediaKey, MediaValue),
     Remove(MediaKey),
+}
+
+impl Change {
+    fn apply(self, map: &mut Map) {
+        match self {
+            Change::Insert(k, v) => {
+                map.insert(k, v);
+            }
+            Change::Remove(k) => {
+                map.remove(&k);
+            }
+        }
+    }
 }
 
 /// The table itself, and where each reader's replica gets the changes.
@@ -82,33 +96,22 @@ impl SharedMediaTable {
         }
     }
 
-    fn change(&self, change: impl Fn() -> Change, apply: impl FnOnce(&mut Map)) {
+    fn change(&self, change: Change) {
         let mut a = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        apply(&mut a.map);
+        change.apply(&mut a.map);
         // A reader that is gone (its capture thread ended) is forgotten.
-        a.readers.retain(|tx| tx.send(change()).is_ok());
+        a.readers.retain(|tx| tx.send(change).is_ok());
     }
 }
 
 impl MediaTable for SharedMediaTable {
     fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String> {
-        self.change(
-            || Change::Insert(key, owner),
-            |m| {
-                m.insert(key, owner);
-            },
-        );
+        self.change(Change::Insert(key, owner));
         Ok(())
     }
 
     fn remove(&mut self, key: &MediaKey) {
-        let key = *key;
-        self.change(
-            || Change::Remove(key),
-            |m| {
-                m.remove(&key);
-            },
-        );
+        self.change(Change::Remove(*key));
     }
 
     fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
@@ -130,14 +133,7 @@ struct Replica {
 impl Replica {
     fn catch_up(&mut self) {
         for c in self.changes.try_iter() {
-            match c {
-                Change::Insert(k, v) => {
-                    self.map.insert(k, v);
-                }
-                Change::Remove(k) => {
-                    self.map.remove(&k);
-                }
-            }
+            c.apply(&mut self.map);
         }
     }
 }
