@@ -217,6 +217,7 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
         let mut rss_open = 0;
         let mut cdrs = Vec::new();
         let mut recordings = Vec::new();
+        let mut recorded_bytes = 0u64;
         let t = Instant::now();
         let summary = calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&pcap), |cdr| {
             if cdrs.is_empty() {
@@ -226,6 +227,7 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
             cdrs.push((cdr.packets.caller, cdr.packets.callee));
             if let Some(rec) = &cdr.recording {
                 recordings.push((cdr.call_id.clone(), rec.path.clone()));
+                recorded_bytes += rec.bytes;
             }
         });
         let secs = t.elapsed().as_secs_f64();
@@ -258,6 +260,11 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
                 eprintln!("pipeline: {:.1}x tshark's speed", tshark / secs);
                 out.insert("calltap_vs_tshark_speed_ratio".into(), tshark / secs);
             }
+            // What each call costs the disk while it runs (stereo 16-bit WAV, 8 kHz here).
+            let per_call_second =
+                recorded_bytes as f64 / (f64::from(calls.max(1)) * f64::from(seconds.max(1)));
+            eprintln!("pipeline: {per_call_second:.0} bytes written per call per second");
+            out.insert("disk_bytes_per_call_second".into(), per_call_second);
             out.insert(
                 "bytes_per_active_call".into(),
                 (rss_open.saturating_sub(rss_before) * 1024) as f64 / f64::from(calls.max(1)),
