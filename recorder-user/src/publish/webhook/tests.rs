@@ -357,9 +357,14 @@ fn https_receivers_get_events_when_their_certificate_is_trusted_and_never_otherw
     for n in 0..3 {
         sender.send(event(n));
     }
-    wait_for("3 events over https", || rx.ids().len() >= 3);
+    // The receiver records an event before it answers, and the sender counts it only once the
+    // answer is in: wait for both sides.
+    let c = hooks.counters();
+    wait_for("3 events over https, answered", || {
+        rx.ids().len() >= 3 && c.snapshot().delivered >= 3
+    });
     drop(sender);
-    let counters = hooks.counters().snapshot();
+    let counters = c.snapshot();
     hooks.finish();
     assert_eq!(
         rx.ids(),
