@@ -90,6 +90,40 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Resident KiB of process `pid` (memory and file pages it has mapped), without the BPF maps it
+/// has mapped: the rings' pages count once written whatever the number of calls, which would
+/// hide the part that grows with the calls.
+fn rss_without_bpf_kib(pid: u32) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut bpf = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first.contains('-') && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            // A mapping's header: "start-end perms offset dev inode [name]".
+            bpf = line.contains("bpf");
+        } else if first == "Rss:" && !bpf {
+            kib += fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Some(kib)
+}
+
+/// Least-squares slope of `y` over `x`; None with fewer than two distinct `x`.
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    (points.len() >= 2 && sxx > 0.0).then(|| sxy / sxx)
+}
+
 const INVITE: &[u8] = b"INVITE sip:bob@198.18.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.1:5060;branch=z9hG4bKb\r\nFrom: <sip:alice@198.18.0.1>;tag=a\r\nTo: <sip:bob@198.18.0.2>\r\nCall-ID: bench@198.18.0.1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
 
 /// XDP cost per class in ns/packet (best of 5 runs of 20k repeats; rings drained in between).
@@ -479,7 +513,33 @@ fn send_with_tcpreplay(dir: &Path, spec: &LoadSpec) -> Sent {
     }
 }
 
-fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
+/// Live capacity with each number of media workers in `CALLTAP_BENCH_LIVE_WORKERS` (default
+/// 1 and 2): every figure gets a `_{n}w` suffix, and the run with the most workers (one per CPU
+/// here, the default configuration) also writes the figures without a suffix.
+fn live_capacity_by_workers(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
+    let mut workers: Vec<u32> = std::env::var("CALLTAP_BENCH_LIVE_WORKERS")
+        .unwrap_or_else(|_| "1,2".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|w| (1..=8).contains(w))
+        .collect();
+    workers.sort_unstable();
+    workers.dedup();
+    let most = workers.last().copied();
+    for w in workers {
+        eprintln!("live: {w} media worker(s)");
+        let mut figures = BTreeMap::new();
+        live_capacity(&mut figures, dir, seconds, w);
+        for (k, v) in figures {
+            if Some(w) == most {
+                out.insert(k.clone(), v);
+            }
+            out.insert(format!("{k}_{w}w"), v);
+        }
+    }
+}
+
+fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32, workers: u32) {
     let steps: Vec<u32> = std::env::var("CALLTAP_BENCH_LIVE_STEPS")
         .unwrap_or_else(|_| "250,500,1000,2000".into())
         .split(',')
@@ -512,6 +572,8 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
         return;
     };
     let mut best = 0u32;
+    // (calls, resident KiB with all of them open), for the memory slope.
+    let mut memory = Vec::new();
     // Set at the first lossy step: zero_loss_calls counts only the steps before it.
     let mut lossy = false;
     for n in steps {
@@ -519,7 +581,12 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
         // Each step is its own run: Call-IDs, SSRCs and payloads differ from the last step's.
         spec.run = n;
         let data = dir.join(format!("live-{n}"));
-        let daemon = match calltap_lab::daemon::Daemon::start(&data, &["--source", "xdp"], &[]) {
+        let workers_env = workers.to_string();
+        let daemon = match calltap_lab::daemon::Daemon::start(
+            &data,
+            &["--source", "xdp"],
+            &[("CALLTAP_CAPTURE_WORKERS", &workers_env)],
+        ) {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("live: calltap did not start: {e:#}");
@@ -528,6 +595,15 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
         };
         let pid = daemon.pid();
         let daemon_cpu0 = pid.map_or(0.0, process_cpu_secs);
+        // Memory with every call of the step open: sampled halfway through the calls (they all
+        // start within the first second).
+        let sampler = pid.map(|pid| {
+            let at = Duration::from_secs_f64(f64::from(seconds) / 2.0 + 0.5);
+            std::thread::spawn(move || {
+                std::thread::sleep(at);
+                rss_without_bpf_kib(pid)
+            })
+        });
         let t = Instant::now();
         let sent = match &loadgen {
             Some(bin) => send_with_loadgen(bin, dir, &spec),
@@ -535,6 +611,10 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
         };
         let wall = t.elapsed().as_secs_f64();
         let daemon_cpu = pid.map_or(0.0, process_cpu_secs) - daemon_cpu0;
+        if let Some(kib) = sampler.and_then(|s| s.join().ok().flatten()) {
+            memory.push((f64::from(n), kib as f64 * 1024.0));
+            out.insert(format!("live_step_{n}_rss_bytes"), kib as f64 * 1024.0);
+        }
         std::thread::sleep(Duration::from_secs(1));
         // Stopping waits for every call to be finished and its CDR written.
         let summary = daemon.stop().unwrap_or_default();
@@ -668,6 +748,16 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32) {
     }
     // Real-time-equivalent concurrent calls (100 RTP packets/s each) recorded with zero loss.
     out.insert("zero_loss_calls".into(), f64::from(best));
+    // Memory per active call: how resident memory grows with the calls open (the fixed part,
+    // rings aside, is the intercept).
+    if let Some(per_call) = slope(&memory) {
+        eprintln!(
+            "live: resident memory grows {:.1} KiB per active call ({} steps)",
+            per_call / 1024.0,
+            memory.len()
+        );
+        out.insert("bytes_per_active_call_slope".into(), per_call);
+    }
 }
 
 fn main() {
@@ -680,7 +770,7 @@ fn main() {
     xdp_costs(&mut out);
     pipeline(&mut out, &dir, calls, seconds);
     rtp_path_allocations(&mut out, &dir);
-    live_capacity(
+    live_capacity_by_workers(
         &mut out,
         &dir,
         env_num("CALLTAP_BENCH_LIVE_SECONDS", 10) as u32,
