@@ -37,14 +37,37 @@ pub struct WavWriter {
     pub dropped_samples: u64,
     /// Bytes at the start of the mapping already handed back to the page cache (see `flush`).
     released: usize,
+    /// The file's pages below this offset are in the page cache already (see [`PREFILL`]);
+    /// nothing at or beyond it has been written through the mapping.
+    prefilled: u64,
 }
 
+/// How far ahead of the audio the file's pages are put into the page cache with `pwrite` of
+/// zeros (1 s of 8 kHz stereo), before the mapping first writes them.
+///
+/// A page of a fresh (fallocated) file first written through a shared mapping costs a full
+/// page fault: a page-cache page allocated and zeroed for the unwritten extent, then
+/// `page_mkwrite`, 3-4 us each here, and a call writes 8 pages a second (a fifth of the
+/// replay's time went there). Writing the zeros with one `pwrite` first costs about 1 us a
+/// page, and the mapping's later writes find the pages dirty and up to date (the kernel maps
+/// the whole folio at the first one): about 0.2 us a page. The zeros reach the disk once, with
+/// the audio: the pages stay dirty far less than the kernel's writeback age. The price is
+/// memory: up to this much more of the file is mapped ahead of the audio, which is why
+/// [`RESIDENT_MS`] is short. Gaps are never filled (a jump ahead prefills from where the audio
+/// lands), so a long silence costs no zeros written.
+const PREFILL: u64 = 32 * 1024;
+
+/// Zeros for [`PREFILL`]ing (in .bss: costs no space in the binary).
+static ZEROS: [u8; PREFILL as usize] = [0; PREFILL as usize];
+
 /// Audio older than this (behind the newest written frame) is rarely written again: its pages
-/// leave our address space at the next flush, so a call holds 1-2 s of audio (32-64 KiB at
-/// 8 kHz) however long it runs. A packet reordered further back (the timeline accepts up to
-/// 100 packets, 2 s at 20 ms) faults its page back in from the page cache, where it still is:
-/// a minor fault, and the write is as correct as ever.
-const RESIDENT_SECONDS: u64 = 1;
+/// leave our address space at the next flush, so a call holds 0.5-1.5 s of audio (16-48 KiB at
+/// 8 kHz, with the default 1 s flush) however long it runs. Jitter buffers of phones and
+/// gateways hold well under half a second, so a packet that late is rare; one reordered
+/// further back (the timeline accepts up to 100 packets, 2 s at 20 ms) faults its page back
+/// in from the page cache, where it still is: a minor fault, and the write is as correct as
+/// ever.
+const RESIDENT_MS: u64 = 500;
 const PAGE: usize = 4096;
 
 impl WavWriter {
@@ -72,7 +95,10 @@ impl WavWriter {
             max_frames: max_seconds.saturating_mul(rate as u64),
             dropped_samples: 0,
             released: PAGE,
+            prefilled: 0,
         };
+        // Before the header's write: the header page is the first one prefilled.
+        w.prefill(0, PREFILL)?;
         w.write_header();
         Ok(w)
     }
@@ -140,6 +166,9 @@ impl WavWriter {
             max_frames: max_seconds.saturating_mul(rate as u64),
             dropped_samples: 0,
             released: PAGE,
+            // The earlier run may have written audio anywhere in the file, past what its
+            // header and journal say: never overwrite it with zeros.
+            prefilled: len,
         };
         w.write_header();
         Ok(w)
@@ -210,9 +239,14 @@ impl WavWriter {
         }
         let end = pos + n;
         self.ensure(end)?;
+        let start = (HEADER + pos * BYTES_PER_FRAME) as usize;
+        let end_byte = HEADER + end * BYTES_PER_FRAME;
+        if end_byte > self.prefilled {
+            let from = (start / PAGE * PAGE) as u64;
+            self.prefill(from, end_byte + PREFILL)?;
+        }
         // Whole frames, each sample stored into its channel's half: one loop per channel so
         // the offset is a constant (this loop is most of the per-packet work otherwise).
-        let start = (HEADER + pos * BYTES_PER_FRAME) as usize;
         let frames = &mut self.map[start..(HEADER + end * BYTES_PER_FRAME) as usize];
         let frames = frames.chunks_exact_mut(BYTES_PER_FRAME as usize);
         let samples = &samples[..n as usize];
@@ -226,6 +260,25 @@ impl WavWriter {
             }
         }
         self.frames = self.frames.max(end);
+        Ok(())
+    }
+
+    /// Puts the file's pages from `from` (or `prefilled`, if further) up to `upto` (within
+    /// the mapping) into the page cache by writing zeros: see [`PREFILL`]. Only ever past
+    /// everything written so far: pages between `prefilled` and `from` were never written, and
+    /// stay as they are (unwritten extents read as zeros).
+    fn prefill(&mut self, from: u64, upto: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        let upto = upto
+            .next_multiple_of(PAGE as u64)
+            .min(self.map.len() as u64);
+        let mut at = from.max(self.prefilled);
+        while at < upto {
+            let n = (upto - at).min(PREFILL) as usize;
+            self.file.write_all_at(&ZEROS[..n], at)?;
+            at += n as u64;
+            self.prefilled = at;
+        }
         Ok(())
     }
 
@@ -272,7 +325,7 @@ impl WavWriter {
         self.map.flush_async()?;
         let settled = self
             .frames
-            .saturating_sub(RESIDENT_SECONDS * self.rate as u64);
+            .saturating_sub(RESIDENT_MS * u64::from(self.rate) / 1000);
         let upto = ((HEADER + settled * BYTES_PER_FRAME) as usize / PAGE) * PAGE;
         let upto = upto.min(self.map.len());
         if upto > self.released {
@@ -401,6 +454,49 @@ mod tests {
         assert_eq!(s[300_000 * 2 + 1], 7);
         assert!(s[30..300_000 * 2].iter().all(|&x| x == 0));
         let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn zeros_put_ahead_of_the_audio_never_overwrite_it() {
+        // Packets of 20 ms on both channels for 6 s (well past several prefilled stretches),
+        // a jump ahead beyond the prefilled pages, then late packets behind it: every sample
+        // lands where it was written, whatever the order the pages were prefilled in.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("prefill.wav");
+        let mut w = WavWriter::create(&path, 8000, 3600).expect("create");
+        let value = |ch: usize, frame: u64| ((frame * 7 + ch as u64 * 3) % 30_000) as i16 + 1;
+        let packet =
+            |ch: usize, pos: u64| -> Vec<i16> { (pos..pos + 160).map(|f| value(ch, f)).collect() };
+        let mut written = Vec::new();
+        for k in 0..300u64 {
+            let pos = k * 160;
+            w.write(0, pos, &packet(0, pos)).expect("write");
+            w.write(1, pos, &packet(1, pos)).expect("write");
+            written.push(pos);
+            if k % 50 == 49 {
+                w.flush().expect("flush");
+            }
+        }
+        let far = 160 * 1000;
+        w.write(0, far, &packet(0, far)).expect("write");
+        w.write(1, far, &packet(1, far)).expect("write");
+        for late in [160 * 300, 160 * 301, 160 * 999] {
+            w.write(0, late, &packet(0, late)).expect("write");
+            w.write(1, late, &packet(1, late)).expect("write");
+            written.push(late);
+        }
+        written.push(far);
+        w.close().expect("close");
+        let mut r = hound::WavReader::open(&path).expect("open");
+        let s: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
+        assert_eq!(s.len() as u64, (far + 160) * 2);
+        for f in 0..far + 160 {
+            let audio = written.iter().any(|&p| (p..p + 160).contains(&f));
+            for ch in 0..2 {
+                let want = if audio { value(ch, f) } else { 0 };
+                assert_eq!(s[(f * 2) as usize + ch], want, "frame {f} channel {ch}");
+            }
+        }
     }
 
     #[test]
