@@ -51,6 +51,13 @@ impl Frame for [u8] {
 pub trait Tables {
     /// The worker that owns the call this RTP/RTCP endpoint belongs to.
     fn media(&self, key: &MediaKey) -> Option<MediaValue>;
+    /// Whether some endpoint in the media table may have UDP port `port`: a one-bit test that
+    /// spares the hash lookups for the traffic of a mirror port that is not media of a call
+    /// (most of it). `true` is always correct, only slower.
+    #[inline(always)]
+    fn maybe_media_port(&self, _port: u16) -> bool {
+        true
+    }
     /// Whether `port` is a configured SIP port.
     fn is_sip_port(&self, port: u16) -> bool;
     fn config(&self) -> XdpConfig;
@@ -465,8 +472,8 @@ pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, t: &T) -> Verdict 
     if ip.proto == IPPROTO_UDP {
         // RTP first: it is the flood, SIP is rare.
         let mut owner = match ip.endpoint(f, true, dport) {
-            Some(k) => t.media(&k),
-            None => None,
+            Some(k) if t.maybe_media_port(dport) => t.media(&k),
+            _ => None,
         };
         if owner.is_some() {
             vflags |= flags::MATCH_DST;
@@ -477,8 +484,10 @@ pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, t: &T) -> Verdict 
                     vflags &= !flags::MATCH_DST;
                 }
             }
-        } else if let Some(k) = ip.endpoint(f, false, sport) {
-            owner = t.media(&k);
+        } else if t.maybe_media_port(sport) {
+            if let Some(k) = ip.endpoint(f, false, sport) {
+                owner = t.media(&k);
+            }
         }
         if let Some(owner) = owner {
             let rtcp = matches!(rtp_header(f, payload_off), Some(true));

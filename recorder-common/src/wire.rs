@@ -18,6 +18,8 @@ pub const SNAP_MAX: u32 = 4095;
 pub const MEDIA_MAP_ENTRIES: u32 = 1 << 20;
 /// u64 words in the SIP port bitmap (65536 bits).
 pub const SIP_PORT_WORDS: u32 = 1024;
+/// u64 words in the bitmap of the UDP ports media endpoints have (65536 bits).
+pub const MEDIA_PORT_WORDS: u32 = 1024;
 
 /// What a frame is.
 #[repr(u8)]

@@ -20,7 +20,7 @@ use aya_ebpf::{
 use calltap_common::{
     classify::{classify, counter_for, Frame, Tables, MAX_HEADER_OFFSET, TARGET_NONE},
     counter, flags, MediaKey, MediaValue, PacketMeta, XdpConfig, COUNTERS, MEDIA_MAP_ENTRIES,
-    RING_BYTES, RING_COUNT, SIP_PORT_WORDS, SNAP_MAX,
+    MEDIA_PORT_WORDS, RING_BYTES, RING_COUNT, SIP_PORT_WORDS, SNAP_MAX,
 };
 
 const RING: usize = RING_BYTES as usize;
@@ -60,6 +60,11 @@ static MEDIA: HashMap<MediaKey, MediaValue, { MEDIA_MAP_ENTRIES as usize }> = Ha
 /// Bitmap of configured SIP ports (bit `p` of the 65536).
 #[btf_map]
 static SIP_PORTS: Array<u64, { SIP_PORT_WORDS as usize }> = Array::new();
+
+/// Bitmap of the UDP ports of the endpoints in `MEDIA` (bit `p` of the 65536), kept by
+/// userspace beside the map: a set bit may be stale, a clear one never is.
+#[btf_map]
+static MEDIA_PORTS: Array<u64, { MEDIA_PORT_WORDS as usize }> = Array::new();
 
 #[btf_map]
 static CONFIG: Array<XdpConfig, 1> = Array::new();
@@ -104,6 +109,14 @@ impl Tables for Maps {
         // SAFETY: MediaValue is Copy and read at once; a concurrent update can at worst give us
         // the previous owner, which is what a lookup a moment earlier would have returned.
         unsafe { MEDIA.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn maybe_media_port(&self, port: u16) -> bool {
+        match MEDIA_PORTS.get((port >> 6) as u32) {
+            Some(word) => *word & (1u64 << (port & 63)) != 0,
+            None => true,
+        }
     }
 
     #[inline(always)]

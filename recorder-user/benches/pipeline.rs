@@ -141,6 +141,10 @@ fn xdp_costs(out: &mut BTreeMap<String, f64>) {
             return;
         }
     };
+    if let Some(n) = x.verified_instructions() {
+        eprintln!("xdp: the verifier went through {n} instructions (its budget: 1,000,000)");
+        out.insert("xdp_verified_instructions".into(), f64::from(n));
+    }
     let mut rings: Vec<_> = (0..MAX_WORKERS)
         .filter_map(|i| x.take_media_ring(i))
         .collect();

@@ -434,6 +434,17 @@ fn media_entries() -> Vec<(MediaKey, MediaValue)> {
     ]
 }
 
+/// The program loaded (through the verifier) with its rings taken: the media rings by worker,
+/// then the signalling ring.
+fn load(cfg: &XdpConfig) -> (XdpCapture, Vec<RingBuf<MapData>>) {
+    let mut xdp = XdpCapture::load(cfg, SIP_PORTS).expect("load XDP program (verifier)");
+    let mut rings: Vec<RingBuf<MapData>> = (0..MAX_WORKERS)
+        .map(|i| xdp.take_media_ring(i).expect("media ring"))
+        .collect();
+    rings.push(xdp.take_signalling_ring().expect("signalling ring"));
+    (xdp, rings)
+}
+
 fn drain(rings: &mut [RingBuf<MapData>]) -> Vec<(usize, Vec<u8>)> {
     let mut out = Vec::new();
     for (i, r) in rings.iter_mut().enumerate() {
@@ -460,11 +471,7 @@ fn xdp_and_userspace_make_identical_decisions() {
         return;
     }
     let cfg = XdpConfig::default();
-    let mut xdp = XdpCapture::load(&cfg, SIP_PORTS).expect("load XDP program (verifier)");
-    let mut rings: Vec<RingBuf<MapData>> = (0..MAX_WORKERS)
-        .map(|i| xdp.take_media_ring(i).expect("media ring"))
-        .collect();
-    rings.push(xdp.take_signalling_ring().expect("signalling ring"));
+    let (mut xdp, mut rings) = load(&cfg);
     let mut kernel_table = xdp.take_media_table().expect("media table");
     let counters = xdp.take_counters().expect("counters");
     let mut user_table = SharedMediaTable::default();
@@ -553,4 +560,61 @@ fn xdp_and_userspace_make_identical_decisions() {
         checked += 1;
     }
     assert!(checked > 60, "only {checked} cases ran");
+}
+
+/// The program skips the media map for UDP ports no endpoint has (a bitmap beside the map):
+/// the bitmap must follow the endpoints exactly as they come and go, or RTP of a live call
+/// would be missed (a bit cleared too early) or the lookups it spares would come back.
+#[test]
+fn media_port_bitmap_follows_the_endpoints() {
+    if !calltap_lab::root::require_root("media_port_bitmap_follows_the_endpoints") {
+        return;
+    }
+    let cfg = XdpConfig::default();
+    let (mut xdp, mut rings) = load(&cfg);
+    let mut table = xdp.take_media_table().expect("media table");
+    let (b, c) = ([198, 18, 0, 2], [198, 18, 0, 3]);
+    let owner = MediaValue {
+        worker: 1,
+        flags: 0,
+    };
+    // RTP from an odd port no endpoint has, to `dst`:31000: which ring got it, if any.
+    let mut send = |dst: [u8; 4]| -> Option<usize> {
+        let frame = eth(
+            0x0800,
+            &ipv4(
+                17,
+                A,
+                dst,
+                &udp(41_001, 31_000, &rtp(0, 1, 160, 9, &[0xff; 160])),
+            ),
+        );
+        xdp.test_run(&frame, 1).expect("test run");
+        let records = drain(&mut rings);
+        assert!(records.len() <= 1, "{records:?}");
+        records
+            .first()
+            .map(|(ring, _)| *ring)
+            .filter(|&r| r != SIGNALLING_RING as usize)
+    };
+    let (kb, kc) = (MediaKey::v4(b, 31_000), MediaKey::v4(c, 31_000));
+    assert_eq!(send(b), None, "no endpoint yet");
+    table.insert(kb, owner).expect("insert");
+    table.insert(kc, owner).expect("insert");
+    // The same endpoint claimed again (a re-INVITE, another call): still one endpoint.
+    table.insert(kc, owner).expect("insert again");
+    assert_eq!((send(b), send(c)), (Some(1), Some(1)));
+    table.remove(&kb);
+    assert_eq!(send(b), None, "removed endpoint");
+    assert_eq!(
+        send(c),
+        Some(1),
+        "another endpoint with the same port keeps its bit"
+    );
+    table.remove(&kc);
+    assert_eq!(send(c), None, "last endpoint of the port removed");
+    // Removing what is not there changes nothing; adding back works.
+    table.remove(&kc);
+    table.insert(kb, owner).expect("insert");
+    assert_eq!((send(b), send(c)), (Some(1), None));
 }

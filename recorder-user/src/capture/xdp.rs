@@ -188,6 +188,14 @@ impl XdpCapture {
         Ok((r.return_value, r.duration))
     }
 
+    /// Instructions the kernel's verifier went through to accept the program (all paths it
+    /// explored, not the program's length): how close the classifier is to the verifier's
+    /// budget of one million. None when the kernel does not tell (before 5.16).
+    pub fn verified_instructions(&self) -> Option<u32> {
+        let program: &Xdp = self.ebpf.program(PROGRAM)?.try_into().ok()?;
+        program.info().ok()?.verified_instruction_count()
+    }
+
     /// The ring of media worker `worker`; each can be taken once.
     pub fn take_media_ring(&mut self, worker: u32) -> Option<RingBuf<MapData>> {
         if worker >= MAX_WORKERS {
@@ -212,7 +220,18 @@ impl XdpCapture {
             .take_map("SIP_PORTS")
             .ok_or_else(|| CaptureError::Load("map SIP_PORTS missing".into()))?;
         let sip_ports = Array::try_from(ports).map_err(|e| CaptureError::Load(e.to_string()))?;
-        Ok(BpfMediaTable { map, sip_ports })
+        let ports = self
+            .ebpf
+            .take_map("MEDIA_PORTS")
+            .ok_or_else(|| CaptureError::Load("map MEDIA_PORTS missing".into()))?;
+        let media_ports = Array::try_from(ports).map_err(|e| CaptureError::Load(e.to_string()))?;
+        Ok(BpfMediaTable {
+            map,
+            sip_ports,
+            media_ports,
+            keys: std::collections::HashSet::new(),
+            port_keys: std::collections::HashMap::new(),
+        })
     }
 
     /// The per-CPU counters, for stats and metrics.
@@ -226,20 +245,63 @@ impl XdpCapture {
     }
 }
 
-/// The media map in the kernel.
+/// The media map in the kernel, with the bitmap of the ports its endpoints have.
 pub struct BpfMediaTable {
     map: HashMap<MapData, MediaKey, MediaValue>,
     sip_ports: Array<MapData, u64>,
+    media_ports: Array<MapData, u64>,
+    /// The keys in `map` (only this table writes it), and how many of them have each port:
+    /// a port's bit is cleared when its last endpoint goes.
+    keys: std::collections::HashSet<MediaKey>,
+    port_keys: std::collections::HashMap<u16, u32>,
+}
+
+impl BpfMediaTable {
+    fn set_port_bit(&mut self, port: u16, on: bool) -> Result<(), String> {
+        let word = u32::from(port >> 6);
+        let bits = self.media_ports.get(&word, 0).map_err(|e| e.to_string())?;
+        let bit = 1u64 << (port & 63);
+        let bits = if on { bits | bit } else { bits & !bit };
+        self.media_ports
+            .set(word, bits, 0)
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl MediaTable for BpfMediaTable {
     fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String> {
+        let port = key.port;
+        if !self.keys.contains(&key) {
+            // The bit first: the program may then look up a port with no endpoint (a miss,
+            // as before), never miss an endpoint whose bit is not set yet.
+            if !self.port_keys.contains_key(&port) {
+                self.set_port_bit(port, true)?;
+            }
+            self.map.insert(key, owner, 0).map_err(|e| e.to_string())?;
+            self.keys.insert(key);
+            *self.port_keys.entry(port).or_default() += 1;
+            return Ok(());
+        }
         self.map.insert(key, owner, 0).map_err(|e| e.to_string())
     }
 
     fn remove(&mut self, key: &MediaKey) {
         // Already gone is fine: two calls may have advertised the same endpoint.
         let _ = self.map.remove(key);
+        if !self.keys.remove(key) {
+            return;
+        }
+        let port = key.port;
+        if let Some(n) = self.port_keys.get_mut(&port) {
+            *n -= 1;
+            if *n == 0 {
+                self.port_keys.remove(&port);
+                // A bit left set only costs the lookups it would have spared.
+                if let Err(e) = self.set_port_bit(port, false) {
+                    log::debug!("media port bitmap: {e}");
+                }
+            }
+        }
     }
 
     fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
