@@ -622,7 +622,9 @@ fn recordings_made_ahead_are_the_same_as_those_made_at_the_first_audio() {
         .map(|w| w.stats.prepared_files_used)
         .sum();
     let cdrs = run.finish();
-    drop(preparer);
+    // Waits for the preparing thread: a file it was still making when the workers went is
+    // removed there, before the check below.
+    preparer.finish();
 
     assert_eq!(cdrs.len(), 2);
     let (ca, ra) = (

@@ -278,16 +278,25 @@ fn prometheus_scrapes_calltap_and_every_dashboard_query_returns_data() {
         t.elapsed() / 10
     );
 
-    std::thread::sleep(Duration::from_secs(3));
-    let up = prom.query("up{job=\"calltap\"}");
-    assert_eq!(up.len(), 1, "target missing: {up:?}");
-    assert_eq!(up[0]["value"][1], "1", "calltap target down: {up:?}");
+    // Prometheus scrapes on its own clock (every second here) and a rate() panel needs two
+    // scrapes of each series: ask again until every panel has data or the deadline passes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut up = Vec::new();
     let mut empty = Vec::new();
-    for (dash, title, expr) in &queries {
-        if prom.query(expr).is_empty() {
-            empty.push(format!("{dash} / {title}: {expr}"));
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        up = prom.query("up{job=\"calltap\"}");
+        empty = queries
+            .iter()
+            .filter(|(_, _, expr)| prom.query(expr).is_empty())
+            .map(|(dash, title, expr)| format!("{dash} / {title}: {expr}"))
+            .collect();
+        if up.len() == 1 && up[0]["value"][1] == "1" && empty.is_empty() {
+            break;
         }
     }
+    assert_eq!(up.len(), 1, "target missing: {up:?}");
+    assert_eq!(up[0]["value"][1], "1", "calltap target down: {up:?}");
     assert!(
         empty.is_empty(),
         "panel queries without data:\n{}",

@@ -107,11 +107,19 @@ fn postgres_stopped_mid_run_every_call_has_exactly_one_row() {
     pg.stop().expect("stop PostgreSQL");
     successful += calls.join().expect("batch 2").successful;
     wait_for_cdrs(&daemon, 2 * per_batch, "batch 2");
-    assert!(
+    // calls.jsonl comes first; the CDR writer journals a row once its database attempt fails.
+    let journaled = || {
         files_ending(&data, "cdr-journal.csv")
             .first()
             .and_then(|p| std::fs::metadata(p).ok())
-            .is_some_and(|m| m.len() > 100),
+            .is_some_and(|m| m.len() > 100)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !journaled() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        journaled(),
         "the outage's CDRs were not journaled; stderr: {}",
         daemon.stderr()
     );

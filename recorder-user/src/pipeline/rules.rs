@@ -20,7 +20,10 @@
 
 use std::{
     net::IpAddr,
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
 };
 
 use calltap_sip::NameAddr;
@@ -375,35 +378,72 @@ impl RuleSet {
 /// The rule set in force, shared by the signalling worker (reads it once per new call) and
 /// the API and the loader in `calltap run` (replace it whole). Readers clone the inner `Arc`
 /// and drop the lock at once, so a replacement never waits for a decision and vice versa.
+///
+/// Replacements come from reads of the database that may finish in any order (the start-up
+/// loader, one per API change): each takes a [`LiveRules::ticket`] before it reads, and a set
+/// read earlier than the one in force is dropped, so a slow read never brings back rules a
+/// later change replaced.
 #[derive(Debug)]
 pub struct LiveRules {
-    set: RwLock<Arc<RuleSet>>,
+    live: RwLock<Live>,
+    tickets: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Live {
+    set: Arc<RuleSet>,
+    /// Ticket of the read the set came from (0: none yet).
+    ticket: u64,
 }
 
 impl LiveRules {
     pub fn new(set: RuleSet) -> Arc<LiveRules> {
         Arc::new(LiveRules {
-            set: RwLock::new(Arc::new(set)),
+            live: RwLock::new(Live {
+                set: Arc::new(set),
+                ticket: 0,
+            }),
+            tickets: AtomicU64::new(0),
         })
     }
 
     pub fn get(&self) -> Arc<RuleSet> {
         // A panic while holding the lock can only have happened around a whole-value swap.
-        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .set
+            .clone()
     }
 
-    /// Replaces the rules, keeping the default.
+    /// Taken before reading the rules from the database; see [`LiveRules::replace_from`].
+    pub fn ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Replaces the rules (keeping the default) with `rules`, read after `ticket` was taken,
+    /// unless a read that started later is in force already. Whether they were put in force.
+    pub fn replace_from(&self, ticket: u64, rules: &[Rule]) -> bool {
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        if ticket <= live.ticket {
+            return false;
+        }
+        live.set = Arc::new(RuleSet::new(rules, live.set.default));
+        live.ticket = ticket;
+        true
+    }
+
+    /// Replaces the rules, keeping the default: rules known to be the newest.
     pub fn replace(&self, rules: &[Rule]) {
-        let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
-        *set = Arc::new(RuleSet::new(rules, set.default));
+        self.replace_from(self.ticket(), rules);
     }
 
     /// Changes the default (configuration reload), keeping the rules.
     pub fn set_default(&self, default: RuleAction) {
-        let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = (**set).clone();
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (*live.set).clone();
         next.default = default;
-        *set = Arc::new(next);
+        live.set = Arc::new(next);
     }
 
     /// The decision for a new call under the current rules.
@@ -742,5 +782,29 @@ mod tests {
         live.set_default(RuleAction::Record);
         assert_eq!(live.get().default_action(), RuleAction::Record);
         assert_eq!(live.get().len(), 1);
+    }
+
+    #[test]
+    fn a_read_older_than_the_rules_in_force_never_replaces_them() {
+        // The start-up loader reads the (empty) table, an API change stores a rule and reads
+        // the table again, and the API's read is put in force before the loader's.
+        let live = LiveRules::new(RuleSet::default_only(RuleAction::Record));
+        let loader = live.ticket();
+        let api = live.ticket();
+        let skip = rule(1, 0, RuleAction::Skip, Conditions::default());
+        assert!(live.replace_from(api, std::slice::from_ref(&skip)));
+        assert!(!live.replace_from(loader, &[]), "the older read is dropped");
+        assert_eq!(live.get().len(), 1);
+        assert_eq!(
+            decide(&live.get(), "1", "2", "::1", "::2").action,
+            RuleAction::Skip
+        );
+        // In order, both apply; the default survives every replacement.
+        live.set_default(RuleAction::OnDemand);
+        let (first, second) = (live.ticket(), live.ticket());
+        assert!(live.replace_from(first, &[]));
+        assert!(live.replace_from(second, &[skip]));
+        assert_eq!(live.get().len(), 1);
+        assert_eq!(live.get().default_action(), RuleAction::OnDemand);
     }
 }

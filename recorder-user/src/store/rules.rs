@@ -217,6 +217,7 @@ pub fn spawn_loader(
             let mut pause = first;
             let mut failures = 0u32;
             while !stop.load(Ordering::Relaxed) {
+                let ticket = live.ticket();
                 let loaded = rt.block_on(async {
                     let db = crate::publish::api::connect_db(&cfg).await?;
                     let rules = list(&db).await;
@@ -225,7 +226,12 @@ pub fn spawn_loader(
                 });
                 match loaded {
                     Ok(rules) => {
-                        live.replace(&rules);
+                        if !live.replace_from(ticket, &rules) {
+                            log::info!(
+                                "recording rules: in force already (changed through the API)"
+                            );
+                            return;
+                        }
                         let set = live.get();
                         log::info!(
                             "recording rules: {} enabled of {}, default {}",

@@ -100,12 +100,16 @@ async fn refresh(state: &ApiState) {
     let Some(live) = state.rules() else {
         return;
     };
+    let ticket = live.ticket();
     let loaded = match state.db().await {
         Ok(db) => store::list(db).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match loaded {
-        Ok(rules) => live.replace(&rules),
+        Ok(rules) => {
+            // False when a later read (another change) is in force already: it has this one.
+            live.replace_from(ticket, &rules);
+        }
         Err(e) => log::warn!("recording rules changed but not reloaded: {e}"),
     }
 }

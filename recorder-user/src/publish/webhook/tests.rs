@@ -24,17 +24,22 @@ struct Receiver {
 
 impl Receiver {
     fn start(addr: &str) -> Receiver {
-        Receiver::start_with(addr, None)
+        Receiver::start_with(addr, None, false)
+    }
+
+    /// A receiver that answers 500 from its first request on (until `fail` is cleared).
+    fn start_failing(addr: &str) -> Receiver {
+        Receiver::start_with(addr, None, true)
     }
 
     /// With `tls`, the receiver speaks only HTTPS with that certificate.
-    fn start_with(addr: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
+    fn start_with(addr: &str, tls: Option<Arc<rustls::ServerConfig>>, failing: bool) -> Receiver {
         let listener = TcpListener::bind(addr).expect("bind receiver");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let events = Arc::new(Mutex::new(Vec::new()));
         let bad_signatures = Arc::new(AtomicU64::new(0));
-        let fail = Arc::new(AtomicBool::new(false));
+        let fail = Arc::new(AtomicBool::new(failing));
         let stop = Arc::new(AtomicBool::new(false));
         let (ev, bad, fl, st) = (
             events.clone(),
@@ -227,8 +232,7 @@ fn receiver_down_or_failing_then_back_gets_everything_once() {
     });
     assert_eq!(c.snapshot().delivered, 0);
     // Up but failing: 500s are retried too.
-    let rx = Receiver::start(&addr.to_string());
-    rx.fail.store(true, Ordering::Release);
+    let rx = Receiver::start_failing(&addr.to_string());
     let before = c.snapshot().failures;
     wait_for("500 answers counted", || {
         c.snapshot().failures >= before + 2
@@ -267,9 +271,10 @@ fn events_survive_a_restart_while_the_receiver_is_down() {
     let q = Queue::open(&path).expect("reopen");
     assert_eq!(q.pending.len(), 7, "undelivered events are on disk");
     drop(q);
-    let rx = Receiver::start(&addr.to_string());
     let hooks = Webhooks::start(config(addr), &path).expect("restart");
+    // Restored from disk; the receiver is not up yet, so none is delivered before this look.
     assert_eq!(hooks.counters().snapshot().pending, 7);
+    let rx = Receiver::start(&addr.to_string());
     let tx = hooks.sender().expect("sender");
     tx.send(event(7));
     let c = hooks.counters();
@@ -340,7 +345,7 @@ fn https_receivers_get_events_when_their_certificate_is_trusted_and_never_otherw
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = crate::publish::tls::self_signed_for_tests(dir.path());
     let server = crate::publish::tls::server_config(&cert, &key).expect("server config");
-    let rx = Receiver::start_with("127.0.0.1:0", Some(server.clone()));
+    let rx = Receiver::start_with("127.0.0.1:0", Some(server.clone()), false);
     let https = |addr: SocketAddr, ca_file: Option<PathBuf>| WebhookConfig {
         url: format!("https://{addr}/hooks"),
         ca_file,
