@@ -110,59 +110,73 @@ struct SideMedia {
 }
 
 /// State of one audio direction (0 = from the caller, 1 = from the callee).
+///
+/// In declaration order (`repr(C)`): the fields every RTP packet touches come first, so they
+/// share a few cache lines; with thousands of calls a call's state is never in cache when its
+/// next packet comes, and each line touched is a miss (these were most of a worker's time).
 #[derive(Default)]
+#[repr(C)]
 struct DirState {
-    timeline: Option<StreamTimeline>,
+    /// The last payload type's codec and RTP clock, so the per-packet path looks the SDP up
+    /// (and builds a codec name) only when the payload type or the SDP changes.
+    pt_cache: Option<(u8, CodecKind, u32)>,
+    kind: Option<CodecKind>,
     timeline_clock: u32,
     ssrc: Option<u32>,
     /// Capture time of this direction's last RTP packet.
     last_ns: Option<u64>,
-    jitter: Option<JitterEstimator>,
-    g722: Option<G722Decoder>,
-    dtmf: DtmfDetector,
     packets: u64,
     bytes: u64,
+    jitter: Option<JitterEstimator>,
+    timeline: Option<StreamTimeline>,
+    // Cold: per codec or SDP change, per DTMF or RTCP packet, at the CDR.
     codec: Option<String>,
-    kind: Option<CodecKind>,
-    /// The last payload type's codec and RTP clock, so the per-packet path looks the SDP up
-    /// (and builds a codec name) only when the payload type or the SDP changes.
-    pt_cache: Option<(u8, CodecKind, u32)>,
+    /// Boxed: 312 bytes that only G.722 calls use.
+    g722: Option<Box<G722Decoder>>,
+    dtmf: DtmfDetector,
     rtcp_packets: u64,
     rtcp_fraction_lost: Option<f64>,
     rtcp_jitter_ms: Option<f64>,
 }
 
+/// One call of a worker. Declaration order is layout order (`repr(C)`): what every RTP packet
+/// touches first (see [`DirState`]), the rest after.
+#[repr(C)]
 struct ActiveCall {
+    last_media_ns: u64,
+    timed_out: bool,
+    /// No file may be created (yet): a `skip` call (never), an `on_demand` call until an
+    /// operator starts it; the file is then created at the next audio packet.
+    no_file: bool,
+    /// A write to the recording failed (logged once).
+    write_failed: bool,
+    /// Restored and not yet heard from since (time of the restore); see [`JournalState`].
+    awaiting_since: Option<u64>,
+    /// An SSRC moved to the other direction, not yet confirmed: (ssrc, original direction,
+    /// first seen).
+    contender: Option<(u32, usize, u64)>,
+    /// Which direction each SSRC seen so far belongs to (bounded; see `direction_of`).
+    ssrc_dirs: Vec<(u32, usize)>,
+    wav: Option<WavWriter>,
+    /// Operator pause/stop: spans kept out of the file, and the events for the CDR.
+    gate: super::recording::RecordingGate,
+    dirs: [DirState; 2],
+    /// `start_ns` is its first field.
     setup: CallSetup,
+    // Cold: per control message, flush tick or call end.
     ringing_ns: Option<u64>,
     answer_ns: Option<u64>,
     sides: [SideMedia; 2],
-    dirs: [DirState; 2],
-    wav: Option<WavWriter>,
     wav_path: PathBuf,
     raw: Option<PcapWriter<BufWriter<RawFile>>>,
     raw_path: PathBuf,
     unsupported: BTreeSet<String>,
     dtmf: Vec<Dtmf>,
-    last_media_ns: u64,
-    timed_out: bool,
-    /// Which direction each SSRC seen so far belongs to (bounded; see `direction_of`).
-    ssrc_dirs: Vec<(u32, usize)>,
-    /// An SSRC moved to the other direction, not yet confirmed: (ssrc, original direction,
-    /// first seen).
-    contender: Option<(u32, usize, u64)>,
     /// Active-call journal bookkeeping (see [`crate::store::callstore`]).
     journal: JournalState,
     /// Signalling ended the call (reason, time); it is finished after [`END_GRACE_NS`].
     ending: Option<(String, u64)>,
-    /// A write to the recording failed (logged once).
-    write_failed: bool,
-    /// Operator pause/stop: spans kept out of the file, and the events for the CDR.
-    gate: super::recording::RecordingGate,
     recording_events: Vec<crate::store::cdr::RecordingEvent>,
-    /// No file may be created (yet): a `skip` call (never), an `on_demand` call until an
-    /// operator starts it; the file is then created at the next audio packet.
-    no_file: bool,
     /// The recording file made ahead for this call ([`crate::store::prepare`]), taken where
     /// the file would otherwise be created ([`ActiveCall::open_recording`]).
     prepared: Option<prepare::PreparedWav>,
@@ -193,16 +207,15 @@ impl ActiveCall {
     }
 }
 
-/// Per-call state of the active-call journal; all of it is touched from control messages and
-/// the flush tick, except `awaiting_since`, which the packet path clears with a store.
+/// Per-call state of the active-call journal, touched from control messages and the flush
+/// tick. (Whether a restored call was heard from since, which the packet path clears, is
+/// `ActiveCall::awaiting_since`, among the fields every packet touches anyway.)
 #[derive(Default)]
 struct JournalState {
     /// The SIP dialog as the signalling worker last reported it.
     dialog: Option<Box<calltap_sip::dialog::DialogState>>,
     /// Gaps of restarts this call survived.
     restart_gaps: Vec<RestartGap>,
-    /// Restored and not yet heard from since (time of the restore).
-    awaiting_since: Option<u64>,
     /// A control message changed something worth journaling.
     dirty: bool,
     /// [`material`] of the call when it was last journaled, when that was (0: never), when it
@@ -561,6 +574,7 @@ impl MediaWorker {
                         dtmf: Vec::new(),
                         last_media_ns: start,
                         timed_out: false,
+                        awaiting_since: None,
                         ssrc_dirs: Vec::new(),
                         contender: None,
                         journal: JournalState {
@@ -808,7 +822,7 @@ impl MediaWorker {
         let now = rec.meta.ts_ns;
         c.last_media_ns = c.last_media_ns.max(now);
         c.timed_out = false;
-        c.journal.awaiting_since = None;
+        c.awaiting_since = None;
         let payload = rec.payload();
         if Class::from_u8(rec.meta.class) == Class::Rtcp {
             self.stats.rtcp += 1;
@@ -881,7 +895,7 @@ impl MediaWorker {
             CodecKind::G722 => {
                 let n = rtp.payload.len().min(PCM_MAX / 2);
                 d.g722
-                    .get_or_insert_with(G722Decoder::new)
+                    .get_or_insert_with(|| Box::new(G722Decoder::new()))
                     .decode(&rtp.payload[..n], &mut self.pcm[..])
             }
             _ => 0,
@@ -979,11 +993,11 @@ impl MediaWorker {
             self.journal(now);
         }
         for (call, c) in self.calls.iter_mut() {
-            if let Some(since) = c.journal.awaiting_since {
+            if let Some(since) = c.awaiting_since {
                 if c.ending.is_none() && now.saturating_sub(since) > self.cfg.restore_grace_ns {
                     // Restored, and nothing since: the call ended while CallTap was down. It
                     // ends where the earlier run last knew it alive.
-                    c.journal.awaiting_since = None;
+                    c.awaiting_since = None;
                     c.timed_out = true;
                     let at = c.journal.restart_gaps.last().map_or(since, |g| g.from_ns);
                     timeouts.push(MediaTimeout {
@@ -1171,7 +1185,7 @@ impl MediaWorker {
                 // the restart means it ended while CallTap was down. Held and unanswered calls
                 // end by their own timers.
                 if c.answer_ns.is_some() && !c.on_hold() {
-                    c.journal.awaiting_since = Some(now_ns);
+                    c.awaiting_since = Some(now_ns);
                 }
             }
         }
