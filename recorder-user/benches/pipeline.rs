@@ -615,8 +615,8 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32, work
         };
         let wall = t.elapsed().as_secs_f64();
         let daemon_cpu = pid.map_or(0.0, process_cpu_secs) - daemon_cpu0;
-        if let Some(kib) = sampler.and_then(|s| s.join().ok().flatten()) {
-            memory.push((f64::from(n), kib as f64 * 1024.0));
+        let resident = sampler.and_then(|s| s.join().ok().flatten());
+        if let Some(kib) = resident {
             out.insert(format!("live_step_{n}_rss_bytes"), kib as f64 * 1024.0);
         }
         std::thread::sleep(Duration::from_secs(1));
@@ -653,6 +653,11 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32, work
             .as_u64()
             .unwrap_or(u64::MAX);
         let ok = sent.complete && ring_full == 0 && complete == n as usize && wavs.is_ok();
+        // The slope is taken over the steps CallTap kept up with: a saturated step also holds
+        // the backlog (calls prepared and not yet fed, late pages), which is not per call.
+        if let (Some(kib), true) = (resident, ok) {
+            memory.push((f64::from(n), kib as f64 * 1024.0));
+        }
         // A generator that cannot keep its schedule stretches the calls: only the rate it
         // reached counts, as real-time calls (100 RTP packets/s each).
         let stretch = (sent.wall / sent.schedule.max(1e-9)).max(1.0);
@@ -756,7 +761,7 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32, work
     // rings aside, is the intercept).
     if let Some(per_call) = slope(&memory) {
         eprintln!(
-            "live: resident memory grows {:.1} KiB per active call ({} steps)",
+            "live: resident memory grows {:.1} KiB per active call ({} zero-loss steps)",
             per_call / 1024.0,
             memory.len()
         );
