@@ -883,6 +883,10 @@ impl MediaWorker {
             return;
         };
         let sender = c.direction_of(rtp.ssrc, sender, now);
+        if let (Some(w), Some(t)) = (c.wav.as_ref(), c.dirs[sender].timeline.as_ref()) {
+            // Most packets continue where the direction's audio ends: 20 ms from there.
+            w.prefetch(t.end_pos(), u64::from(w.rate() / 50));
+        }
         let (kind, clock) = match c.dirs[sender].pt_cache {
             Some((pt, kind, clock)) if pt == rtp.payload_type => (kind, clock),
             _ => {
