@@ -288,12 +288,10 @@ fn archive_dir_read_only_mid_run_every_recording_archived_once() {
         (files_under(&root) == first).then_some(())
     });
 
-    // Batch 2: the NAS turns read-only while the calls are up.
-    let d2 = dir.clone();
-    let handle = std::thread::spawn(move || calls(&d2, 2));
-    std::thread::sleep(Duration::from_millis(300));
+    // Batch 2: the NAS is read-only while the calls are up. (Turned read-only just before they
+    // start: a pause into the batch would race its first calls' end on a loaded machine.)
     nas.remount("ro");
-    handle.join().expect("batch 2");
+    calls(&dir, 2);
     let two = recordings(&cdrs_at_least(&daemon, 2 * per_batch), &spool);
     // Give the archiver time to try (and fail): the files stay in the spool, verified intact.
     std::thread::sleep(Duration::from_secs(3));
@@ -460,12 +458,10 @@ fn s3_frozen_mid_run_and_calltap_restarted_every_recording_archived_once() {
         (moto.objects()? == first).then_some(())
     });
 
-    // Batch 2: S3 frozen (connections hang) while the calls are up.
-    let d2 = dir.clone();
-    let handle = std::thread::spawn(move || calls(&d2, 2));
-    std::thread::sleep(Duration::from_millis(300));
+    // Batch 2: S3 frozen (connections hang) while the calls are up (frozen just before they
+    // start, as above).
     moto.signal(libc::SIGSTOP);
-    handle.join().expect("batch 2");
+    calls(&dir, 2);
     let two = recordings(&cdrs_at_least(&daemon, 2 * per_batch), &spool);
     let waiting = two.len() - first.len();
     // A restart while the queue holds the outage's files: nothing may be forgotten.
