@@ -280,17 +280,7 @@ impl CallStore {
         )
         .into_bytes();
         bytes.extend_from_slice(&body);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        f.write_all(&bytes).map_err(io_err(&path))?;
-        let len = bytes.len() as u64;
-        if f.metadata().map_err(io_err(&path))?.len() > len {
-            f.set_len(len).map_err(io_err(&path))?;
-        }
+        let f = write_in_place(&path, &bytes)?;
         if durable {
             f.sync_data().map_err(io_err(&path))?;
         }
@@ -328,16 +318,11 @@ impl CallStore {
     /// cache has it; after a power loss it is at worst a little older). Written in place, a
     /// fixed-width line (one small write, never a new file).
     pub fn beat(&self, now_ns: u64) -> Result<(), CallStoreError> {
-        let path = self.dir.join(HEARTBEAT);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        f.write_all(format!("{now_ns:020}\n").as_bytes())
-            .map_err(io_err(&path))?;
-        f.set_len(21).map_err(io_err(&path))
+        write_in_place(
+            &self.dir.join(HEARTBEAT),
+            format!("{now_ns:020}\n").as_bytes(),
+        )
+        .map(drop)
     }
 
     /// Reads every journal file. Unreadable ones are logged, moved aside and counted; leftover
@@ -605,6 +590,23 @@ fn journal_thread(store: &CallStore, rx: &Receiver<Op>) -> JournalTotals {
         }
     }
     totals
+}
+
+/// Makes `path` hold exactly `bytes`, written over what it held (the same blocks, no new
+/// file: see the module docs); a longer old content is cut off after.
+fn write_in_place(path: &Path, bytes: &[u8]) -> Result<File, CallStoreError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))?;
+    let len = bytes.len() as u64;
+    if f.metadata().map_err(io_err(path))?.len() > len {
+        f.set_len(len).map_err(io_err(path))?;
+    }
+    Ok(f)
 }
 
 /// Reads a file of the two-file format: its sequence number and journal, if the header is
