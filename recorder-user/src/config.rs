@@ -476,7 +476,7 @@ impl Config {
             "" => None,
             f => {
                 let path = PathBuf::from(f);
-                if let Err(why) = crate::publish::webhook::read_ca_file(&path) {
+                if let Err(why) = crate::publish::tls::read_certs(&path) {
                     return Err(ConfigError::Unusable {
                         origin: o.to_string(),
                         section: "webhooks".into(),

@@ -29,19 +29,25 @@ pub enum TlsError {
     Mismatch(String),
 }
 
+/// The certificates of a PEM file (the API's chain, `[webhooks] ca_file`); an error says why
+/// in words, for the caller to put after the file's name.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in the file".into());
+    }
+    Ok(certs)
+}
+
 /// Reads a PEM certificate chain and its private key (PKCS#8, PKCS#1 or SEC1).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let cert_err = |reason: String| TlsError::Cert {
+    let chain = read_certs(cert).map_err(|reason| TlsError::Cert {
         path: cert.display().to_string(),
         reason,
-    };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| cert_err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_err(e.to_string()))?;
-    if chain.is_empty() {
-        return Err(cert_err("no PEM certificate in the file".into()));
-    }
+    })?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.display().to_string(),
         reason: e.to_string(),

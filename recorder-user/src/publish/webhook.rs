@@ -406,19 +406,6 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The certificates of a PEM file (`[webhooks] ca_file`).
-pub fn read_ca_file(path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
-    use rustls_pki_types::{pem::PemObject as _, CertificateDer};
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| e.to_string())?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    if certs.is_empty() {
-        return Err("no PEM certificate in the file".into());
-    }
-    Ok(certs)
-}
-
 /// How an https receiver is checked: the system's CA certificates (Debian's ca-certificates)
 /// and those of `ca_file`.
 fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, WebhookError> {
@@ -426,7 +413,7 @@ fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, We
     let native = rustls_native_certs::load_native_certs();
     let (system, _unparsable) = roots.add_parsable_certificates(native.certs);
     if let Some(f) = ca_file {
-        let certs = read_ca_file(f)
+        let certs = super::tls::read_certs(f)
             .map_err(|e| WebhookError::Tls(format!("ca_file = {}: {e}", f.display())))?;
         for c in certs {
             roots
