@@ -47,11 +47,7 @@ impl<T: MediaTable + ?Sized> MediaTable for Box<T> {
 
 /// What a media worker needs to know to start recording a call.
 #[derive(Clone, Debug)]
-/// `repr(C)` with `start_ns` first: the media worker reads it for every RTP packet, and with
-/// it here it shares the cache line of the fields before it in `ActiveCall`.
-#[repr(C)]
 pub struct CallSetup {
-    pub start_ns: u64,
     pub call: CallRef,
     pub uuid: String,
     pub call_id: String,
@@ -60,6 +56,7 @@ pub struct CallSetup {
     pub to: NameAddr,
     pub caller_ip: std::net::IpAddr,
     pub callee_ip: std::net::IpAddr,
+    pub start_ns: u64,
     /// Whether (and why) the call is recorded: decided once, at call start, by the recording
     /// rules ([`rules::LiveRules`]).
     pub recording: rules::RecordingMode,
