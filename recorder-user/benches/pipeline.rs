@@ -22,6 +22,9 @@
 //! 6. The same capture through `tshark -z rtp,streams` (RTP stream analysis, no audio written)
 //!    beside CallTap's replay (analysis and recording), as a ratio.
 //! 7. CPU per 1,000 calls: calltap's own CPU (from /proc) during each live step.
+//! 8. Calls/s of SIP processing: the SIP messages alone of `CALLTAP_BENCH_SIP_CALLS` (default
+//!    10,000) calls replayed on one thread: dialog tracking, the recording decision, each
+//!    answered call's (silent) WAV made, closed and sealed, and its CDR.
 //!
 //! Sizes: `CALLTAP_BENCH_CALLS` (default 400) calls of `CALLTAP_BENCH_SECONDS` (default 20) s.
 
@@ -204,6 +207,71 @@ fn write_load(path: &Path, calls: u32, seconds: u32) -> (u64, LoadSpec) {
     let written = write_pcap(path, &spec, None).expect("write load pcap");
     assert_eq!(written.rtp, spec.rtp_packets(), "load pcap incomplete");
     (written.rtp, spec)
+}
+
+/// Calls/s of SIP processing (see the module docs): the load's SIP messages, without its RTP,
+/// replayed on one thread.
+fn sip_calls_per_second(out: &mut BTreeMap<String, f64>, dir: &Path) {
+    use pcap_file::pcap::{PcapReader, PcapWriter};
+    let calls = env_num("CALLTAP_BENCH_SIP_CALLS", 10_000) as u32;
+    let full = dir.join("sip-full.pcap");
+    let sip = dir.join("sip-only.pcap");
+    let spec = LoadSpec::new(calls, 1);
+    write_pcap(&full, &spec, None).expect("write load pcap");
+    // The generator's frames: Ethernet, IPv4 without options, UDP; SIP is on spec.sip_port.
+    let sip_port = spec.sip_port.to_be_bytes();
+    let mut reader = PcapReader::new(std::fs::File::open(&full).expect("open")).expect("pcap");
+    let mut writer = PcapWriter::with_header(
+        std::io::BufWriter::new(std::fs::File::create(&sip).expect("create")),
+        reader.header(),
+    )
+    .expect("pcap writer");
+    let mut messages = 0u64;
+    while let Some(p) = reader.next_packet() {
+        let p = p.expect("packet");
+        let ports = p.data.get(34..38).unwrap_or(&[]);
+        if ports.len() == 4 && (ports[..2] == sip_port || ports[2..] == sip_port) {
+            writer.write_packet(&p).expect("write");
+            messages += 1;
+        }
+    }
+    drop(writer);
+    let _ = std::fs::remove_file(&full);
+    // Recorded (a file made, closed, fsync'd and hashed per call: the disk's share shows), and
+    // with `[recording] default = skip` (the signalling alone).
+    use calltap::pipeline::rules::RuleAction;
+    for (mode, key) in [
+        (RuleAction::Record, "sip_calls_per_second"),
+        (RuleAction::Skip, "sip_calls_per_second_unrecorded"),
+    ] {
+        let mut cfg = Config::load_with_env(None, &[]).expect("config");
+        cfg.data_dir = dir.join("data-sip");
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+        cfg.workers = 1;
+        cfg.recording_default = mode;
+        let mut cdrs = 0u64;
+        let mut recorded = 0u64;
+        let t = Instant::now();
+        let summary = calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&sip), |cdr| {
+            cdrs += 1;
+            recorded += u64::from(cdr.recording.as_ref().is_some_and(|r| !r.sha256.is_empty()));
+        });
+        let secs = t.elapsed().as_secs_f64();
+        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+        let want = if mode == RuleAction::Record { calls } else { 0 };
+        assert_eq!(
+            (cdrs, recorded),
+            (u64::from(calls), u64::from(want)),
+            "every call a CDR, and a sealed recording when recorded"
+        );
+        let rate = f64::from(calls) / secs;
+        eprintln!(
+            "sip: {calls} calls ({messages} SIP messages), recording {mode:?}: {secs:.2} s, {rate:.0} calls/s"
+        );
+        out.insert(key.into(), rate);
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    }
+    let _ = std::fs::remove_file(&sip);
 }
 
 /// Up to `n` CDRs spread over the run (first, last and between): WAV checks are a sample
@@ -779,6 +847,7 @@ fn main() {
     xdp_costs(&mut out);
     pipeline(&mut out, &dir, calls, seconds);
     rtp_path_allocations(&mut out, &dir);
+    sip_calls_per_second(&mut out, &dir);
     live_capacity_by_workers(
         &mut out,
         &dir,
