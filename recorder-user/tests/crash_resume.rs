@@ -545,19 +545,10 @@ fn reinvite_keeps_a_shared_endpoint_shared() {
 
 /// Every file under `dir` whose name ends with `suffix`.
 fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else if p.to_string_lossy().ends_with(suffix) {
-                out.push(p);
-            }
-        }
-    }
-    out
+    calltap_lab::files::files_below(dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect()
 }
 
 /// Every `.prep` file (a recording made ahead by the preparing thread) under `dir`.

@@ -14,7 +14,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
@@ -189,29 +189,9 @@ fn serve(stream: TcpStream, got: &Received) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut r = BufReader::new(stream);
-    let (mut len, mut sig) = (0usize, String::new());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => len = v.trim().parse().unwrap_or(0),
-                "x-calltap-signature" => sig = v.trim().to_string(),
-                _ => {}
-            }
-        }
-    }
-    let mut body = vec![0; len];
-    if r.read_exact(&mut body).is_err() {
+    let Some((body, sig)) = calltap_lab::files::read_signed_request(&mut r) else {
         return;
-    }
+    };
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
     mac.update(&body);
     let ok = sig == format!("sha256={}", hex::encode(mac.finalize().into_bytes()));

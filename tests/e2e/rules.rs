@@ -87,19 +87,10 @@ fn one_call(dir: &Path, packets: usize) {
 
 /// Every file under `dir` whose name ends in `.wav`.
 fn wav_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else if p.extension().is_some_and(|x| x == "wav") {
-                out.push(p);
-            }
-        }
-    }
-    out
+    calltap_lab::files::files_below(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "wav"))
+        .collect()
 }
 
 /// Both channels' samples, interleaved.

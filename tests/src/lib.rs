@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod files;
 pub mod load;
 pub mod netns;
 pub mod postgres;

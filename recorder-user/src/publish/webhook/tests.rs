@@ -2,7 +2,7 @@
 //! checks each signature), with the receiver down, answering errors, and across restarts.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufReader, Write as _},
     net::{SocketAddr, TcpListener},
     sync::atomic::AtomicBool,
 };
@@ -117,29 +117,9 @@ fn answer(
     fl: &AtomicBool,
 ) {
     let mut r = BufReader::new(stream);
-    let (mut len, mut sig) = (0usize, String::new());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => len = v.trim().parse().unwrap_or(0),
-                "x-calltap-signature" => sig = v.trim().to_string(),
-                _ => {}
-            }
-        }
-    }
-    let mut body = vec![0; len];
-    if r.read_exact(&mut body).is_err() {
+    let Some((body, sig)) = calltap_lab::files::read_signed_request(&mut r) else {
         return;
-    }
+    };
     let failing = fl.load(Ordering::Acquire);
     if !failing {
         if signature(SECRET.as_bytes(), &body) != sig {
