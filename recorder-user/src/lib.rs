@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod classify;
+pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod pipeline;

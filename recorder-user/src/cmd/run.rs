@@ -10,7 +10,7 @@ use std::{
         Arc, Mutex,
     },
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
@@ -74,13 +74,7 @@ fn monotonic_to_realtime() -> u64 {
     // SAFETY: valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    now_ns().saturating_sub(mono)
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    crate::clock::unix_ns().saturating_sub(mono)
 }
 
 /// Where a worker's records come from.
@@ -256,14 +250,14 @@ fn media_thread(
         });
         if n > 0 {
             // One clock read per batch, not per packet.
-            lag_ns = lag_ns.max(now_ns().saturating_sub(newest_ts));
+            lag_ns = lag_ns.max(crate::clock::unix_ns().saturating_sub(newest_ts));
         }
         for cdr in done.drain(..) {
             let _ = cdrs.send(cdr);
         }
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
-            let now = now_ns();
+            let now = crate::clock::unix_ns();
             let rounds = worker.stats.flush_rounds;
             let started = Instant::now();
             worker.tick(now, &mut expired);
@@ -332,7 +326,7 @@ fn signalling_thread<T: MediaTable>(
         }
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
-            sig.tick(now_ns(), &mut sink);
+            sig.tick(crate::clock::unix_ns(), &mut sink);
             live.active_calls
                 .store(sig.active_calls() as u64, Ordering::Relaxed);
             live.calls_started
@@ -346,7 +340,7 @@ fn signalling_thread<T: MediaTable>(
                 thread::sleep(Duration::from_millis(5));
             }
             input.drain(usize::MAX, |rec| sig.handle(rec, &mut sink));
-            sig.finish(now_ns(), "recorder_stop", &mut sink);
+            sig.finish(crate::clock::unix_ns(), "recorder_stop", &mut sink);
             return sig.stats.clone();
         }
         if n == 0 {
@@ -561,7 +555,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
             sig.set_sip_ports(&sip_ports);
             sig.set_rules(sig_rules);
             let mut sink = sink;
-            sig.restore(resumed, now_ns(), &mut sink);
+            sig.restore(resumed, crate::clock::unix_ns(), &mut sink);
             let feeds = SignallingFeeds {
                 timeouts: to_rx,
                 settings: settings_rx,

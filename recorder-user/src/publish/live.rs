@@ -203,7 +203,7 @@ impl LiveCalls {
             reg: Mutex::new(Registry::default()),
             workers: Mutex::new(workers),
             listener: OnceLock::new(),
-            since_ns: now_ns(),
+            since_ns: crate::clock::unix_ns(),
         })
     }
 
@@ -256,7 +256,7 @@ impl LiveCalls {
     /// Checks `action` against the call's recording state and sends it to the call's worker,
     /// stamped now. Returns the call as it is afterwards.
     pub fn control(&self, uuid: &str, action: RecordingAction) -> Result<LiveCall, ControlError> {
-        self.control_at(uuid, action, now_ns())
+        self.control_at(uuid, action, crate::clock::unix_ns())
     }
 
     fn control_at(
@@ -392,12 +392,6 @@ fn side_index(side: calltap_sip::dialog::Side) -> usize {
     }
 }
 
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// A control sink that keeps [`LiveCalls`] up to date with what passes through it.
 pub struct LiveSink<S> {
     inner: S,
@@ -474,7 +468,7 @@ pub(crate) mod tests {
         });
         let mut sink = LiveSink::new(Vec::<(u32, Control)>::new(), live.clone());
         // Calls of this run (see the restored-call test for calls of an earlier one).
-        let t0 = now_ns();
+        let t0 = crate::clock::unix_ns();
         for n in [1, 2] {
             let mut s = setup(n);
             s.start_ns = t0 + n;
@@ -600,13 +594,13 @@ pub(crate) mod tests {
         assert_eq!(*heard.lock().expect("heard"), 0);
         // A call of this run is announced.
         let mut fresh = setup(4);
-        fresh.start_ns = now_ns();
+        fresh.start_ns = crate::clock::unix_ns();
         sink.send(0, Control::Start(Box::new(fresh)));
         sink.send(
             0,
             Control::Answered {
                 call: CallRef(4),
-                ts_ns: now_ns(),
+                ts_ns: crate::clock::unix_ns(),
             },
         );
         assert_eq!(*heard.lock().expect("heard"), 2);

@@ -109,7 +109,7 @@ impl Event {
         Event {
             id: format!("{subject}.{kind}"),
             kind: kind.to_string(),
-            created: crate::store::cdr::rfc3339(now_ns()),
+            created: crate::store::cdr::rfc3339(crate::clock::unix_ns()),
             data,
         }
     }
@@ -732,12 +732,6 @@ impl Delivery {
             Err(_) => Err(format!("no answer within {:?}", self.cfg.timeout)),
         }
     }
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]

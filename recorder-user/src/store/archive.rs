@@ -230,15 +230,7 @@ fn lock(q: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 }
 
 fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    crate::clock::unix_ns() / 1_000_000_000
 }
 
 /// The note for a file retention is about to delete from `target` (`file`: a path under the
@@ -900,7 +892,8 @@ impl Worker {
     async fn mark_deletions(&mut self, db: &Db, deletions: Vec<Deletion>) -> bool {
         let mut retry = false;
         for d in deletions {
-            let stale = now_ns().saturating_sub(d.at_ns) / 1_000_000_000 > DB_UPDATE_GIVE_UP_S;
+            let stale = crate::clock::unix_ns().saturating_sub(d.at_ns) / 1_000_000_000
+                > DB_UPDATE_GIVE_UP_S;
             match self.is_gone(&d).await {
                 Some(true) => {}
                 Some(false) => {
@@ -995,7 +988,7 @@ impl Worker {
             if !enabled {
                 return;
             }
-            let Some(d) = deletion_of(&target, &spool, file, now_ns()) else {
+            let Some(d) = deletion_of(&target, &spool, file, crate::clock::unix_ns()) else {
                 return;
             };
             if let Err(e) = lock(&queue).add_deletion(d) {

@@ -140,12 +140,6 @@ fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
 /// The inserts, written once and instantiated per backend: sqlx's generic executor bounds are
 /// heavier than the text they would save.
 macro_rules! backend_sql {
@@ -440,7 +434,7 @@ impl Db {
         via: StoredVia,
         timeout: Duration,
     ) -> Result<Vec<bool>, DbError> {
-        let now = now_ns();
+        let now = crate::clock::unix_ns_i64();
         let via = via.as_str();
         let work = async {
             match self {

@@ -96,12 +96,6 @@ macro_rules! on_pool {
     }};
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
 fn check(input: &RuleInput) -> Result<(), RuleStoreError> {
     Ok(validate(&input.name, input.priority, &input.conditions)?)
 }
@@ -157,7 +151,7 @@ pub async fn create(db: &Db, input: &RuleInput) -> Result<Rule, RuleStoreError> 
                match_to, match_party, match_caller_ip, match_callee_ip, match_ip, match_domain, \
                created_ns, updated_ns) \
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING id";
-    let now = now_ns();
+    let now = crate::clock::unix_ns_i64();
     let (id,): (i64,) = on_pool!(db, p =>
         bind_input!(sqlx::query_as(sql), input, now).fetch_one(p).await)
     .map_err(name_taken(&input.name))?;
@@ -171,7 +165,7 @@ pub async fn update(db: &Db, id: i64, input: &RuleInput) -> Result<Option<Rule>,
                match_from = $5, match_to = $6, match_party = $7, match_caller_ip = $8, \
                match_callee_ip = $9, match_ip = $10, match_domain = $11, updated_ns = $12 \
                WHERE id = $13";
-    let now = now_ns();
+    let now = crate::clock::unix_ns_i64();
     let n = on_pool!(db, p =>
         bind_input!(sqlx::query(sql), input, now).bind(id).execute(p).await
             .map(|r| r.rows_affected()))

@@ -74,12 +74,6 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
 /// Creates a token with `role`; returns its id and the token (the only time it exists in clear).
 pub async fn create_token(db: &Db, role: Role, name: &str) -> Result<(i64, String), TokenError> {
     let mut raw = [0u8; 32];
@@ -91,7 +85,7 @@ pub async fn create_token(db: &Db, role: Role, name: &str) -> Result<(i64, Strin
         Arg::S(name.to_string()),
         Arg::S(role.as_str().to_string()),
         Arg::S(hash_token(&token)),
-        Arg::I(now_ns()),
+        Arg::I(crate::clock::unix_ns_i64()),
     ];
     let (id,) = fetch!(db, (i64,), sql, &args, fetch_one)?;
     Ok((id, token))

@@ -416,10 +416,6 @@ fn archived(s: &Spool, cdr: &Cdr, age_days: u64) -> PathBuf {
     dest
 }
 
-fn now_ns_i64() -> i64 {
-    i64::try_from(now_ns()).expect("ns")
-}
-
 #[test]
 fn retention_marks_deleted_recordings_in_the_database_even_after_it_was_away() {
     let s = spool();
@@ -460,7 +456,7 @@ fn retention_marks_deleted_recordings_in_the_database_even_after_it_was_away() {
 
     // Run 1: the database cannot be reached. Retention deletes anyway; the deletions wait in
     // the queue file.
-    let before = now_ns_i64();
+    let before = crate::clock::unix_ns_i64();
     let mut away = cfg.clone();
     away.database_url = Some("sqlite:///proc/calltap-no-such-dir/calltap.db".into());
     let archiver = Archiver::start(away, None).expect("start");
@@ -471,7 +467,7 @@ fn retention_marks_deleted_recordings_in_the_database_even_after_it_was_away() {
     });
     let snap = archiver.finish();
     assert_eq!(snap.retention_db_marked_total, 0, "{snap:?}");
-    let after = now_ns_i64();
+    let after = crate::clock::unix_ns_i64();
     assert!(!old0.exists() && !old1.exists() && !pcap0.exists());
     assert!(young.exists());
     assert!(
@@ -492,7 +488,7 @@ fn retention_marks_deleted_recordings_in_the_database_even_after_it_was_away() {
         file: young.display().to_string(),
         object: false,
         stored: vec![young.display().to_string()],
-        at_ns: now_ns(),
+        at_ns: crate::clock::unix_ns(),
         reason: RETENTION_REASON.into(),
     })
     .expect("note");
