@@ -4,6 +4,27 @@
 
 use std::path::{Path, PathBuf};
 
+/// Calls `f` with the path, name and metadata of every regular file below `root`, at any depth
+/// (what cannot be read is skipped): the recordings tree's walk, for retention and for the
+/// sweep of stale prepared files.
+pub fn for_each_file(root: &Path, f: &mut dyn FnMut(&Path, &str, &std::fs::Metadata)) {
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            let path = e.path();
+            if meta.is_dir() {
+                todo.push(path);
+            } else if meta.is_file() {
+                f(&path, &e.file_name().to_string_lossy(), &meta);
+            }
+        }
+    }
+}
+
 /// Longest file name component we produce from SIP data.
 const MAX_COMPONENT: usize = 64;
 

@@ -150,27 +150,14 @@ fn run(rx: &Receiver<Request>) {
 /// thread of its own at start; a file of this run (newer) is never touched.
 pub fn sweep_stale(dir: &Path, before: std::time::SystemTime) -> usize {
     let mut removed = 0;
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(kind) = e.file_type() else { continue };
-            let path = e.path();
-            if kind.is_dir() {
-                todo.push(path);
-            } else if kind.is_file()
-                && e.file_name().to_string_lossy().ends_with(".prep")
-                && e.metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t < before)
-                && std::fs::remove_file(&path).is_ok()
-            {
-                removed += 1;
-            }
+    super::paths::for_each_file(dir, &mut |path, name, meta| {
+        if name.ends_with(".prep")
+            && meta.modified().is_ok_and(|t| t < before)
+            && std::fs::remove_file(path).is_ok()
+        {
+            removed += 1;
         }
-    }
+    });
     removed
 }
 

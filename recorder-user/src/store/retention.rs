@@ -95,25 +95,15 @@ fn walk(
     eligible: &dyn Fn(&Path, &std::fs::Metadata) -> bool,
     out: &mut Vec<Candidate>,
 ) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in rd.flatten() {
-        let path = entry.path();
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            walk(&path, eligible, out);
-        } else if meta.is_file()
-            && !entry.file_name().to_string_lossy().starts_with('.')
-            && eligible(&path, &meta)
-        {
+    super::paths::for_each_file(dir, &mut |path, name, meta| {
+        if !name.starts_with('.') && eligible(path, meta) {
             out.push(Candidate {
                 mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                path,
+                path: path.to_path_buf(),
                 bytes: meta.len(),
             });
         }
-    }
+    });
 }
 
 /// Deletes eligible files under `root` older than `cfg.archive_days`, then the oldest eligible

@@ -247,7 +247,7 @@ impl WavWriter {
         }
         // Whole frames, each sample stored into its channel's half: one loop per channel so
         // the offset is a constant (this loop is most of the per-packet work otherwise).
-        let frames = &mut self.map[start..(HEADER + end * BYTES_PER_FRAME) as usize];
+        let frames = &mut self.map[start..end_byte as usize];
         let frames = frames.chunks_exact_mut(BYTES_PER_FRAME as usize);
         let samples = &samples[..n as usize];
         if channel == 0 {
