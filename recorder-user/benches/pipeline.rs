@@ -39,7 +39,7 @@ use std::{
 };
 
 use calltap::{capture::xdp::XdpCapture, config::Config, pipeline::MediaTable};
-use calltap_common::{MediaKey, MediaValue, XdpConfig, MAX_WORKERS};
+use calltap_common::{MediaKey, MediaValue, XdpConfig, MAX_WORKERS, SIGNALLING_RING};
 use calltap_lab::load::{check_recording, write_pcap, LoadSpec};
 use frames::{eth, ipv4, rtp, udp};
 
@@ -184,7 +184,7 @@ fn xdp_costs(out: &mut BTreeMap<String, f64>) {
         ),
         ("xdp_ns_per_packet_not_ip", eth(0x0806, &[0u8; 28])),
     ];
-    for (name, frame) in cases {
+    for (name, frame) in cases.clone() {
         let mut best = f64::MAX;
         for _ in 0..5 {
             let Ok((_, d)) = x.test_run(&frame, 20_000) else {
@@ -196,6 +196,32 @@ fn xdp_costs(out: &mut BTreeMap<String, f64>) {
             }
         }
         out.insert(name.to_owned(), best);
+    }
+    // The same RTP and SIP frames with their rings taken out of the program's ring table: the
+    // classifier alone (parse, port bitmaps, media lookup, verdict, counters), without the
+    // timestamp, the ring reservation, the copy and the commit that delivery adds.
+    let (rtp_case, sip_case) = (cases[1].1.clone(), cases[0].1.clone());
+    if x.unplug_ring(1).is_ok() && x.unplug_ring(SIGNALLING_RING).is_ok() {
+        for (name, frame) in [
+            ("xdp_ns_classify_rtp", rtp_case),
+            ("xdp_ns_classify_sip", sip_case),
+        ] {
+            let best = (0..5)
+                .filter_map(|_| x.test_run(&frame, 20_000).ok())
+                .map(|(_, d)| d.as_nanos() as f64)
+                .fold(f64::MAX, f64::min);
+            out.insert(name.to_owned(), best);
+        }
+        for class in ["rtp", "sip"] {
+            let (all, alone) = (
+                out[&format!("xdp_ns_per_packet_{class}")],
+                out[&format!("xdp_ns_classify_{class}")],
+            );
+            eprintln!(
+                "xdp: {class}: {all} ns per packet = {alone} ns classifying + {} ns delivering (timestamp, ring reserve, copy, commit)",
+                all - alone
+            );
+        }
     }
 }
 
@@ -455,9 +481,9 @@ fn tshark_secs(out: &mut BTreeMap<String, f64>, pcap: &Path, rtp_packets: u64) -
     }
 }
 
-/// CPU seconds (user + system) `pid` has used, from /proc.
-fn process_cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// utime + stime of a /proc `stat` file, in seconds.
+fn process_cpu_secs_at(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<u64> = rest
@@ -469,6 +495,26 @@ fn process_cpu_secs(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     f.iter().sum::<u64>() as f64 / hz
+}
+
+/// CPU seconds (user + system) the threads of `pid` whose name starts with `prefix` have used.
+fn threads_cpu_secs(pid: u32, prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
+        .map(|tid| process_cpu_secs_at(&format!("/proc/{pid}/task/{tid}/stat")))
+        .sum()
+}
+
+/// CPU seconds (user + system) `pid` has used, from /proc.
+fn process_cpu_secs(pid: u32) -> f64 {
+    process_cpu_secs_at(&format!("/proc/{pid}/stat"))
 }
 
 fn cpu_children_secs() -> f64 {
@@ -667,6 +713,7 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32, work
         };
         let pid = daemon.pid();
         let daemon_cpu0 = pid.map_or(0.0, process_cpu_secs);
+        let media_cpu0 = pid.map_or(0.0, |p| threads_cpu_secs(p, "media-"));
         // Memory with every call of the step open: sampled halfway through the calls (they all
         // start within the first second).
         let sampler = pid.map(|pid| {
@@ -683,6 +730,9 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32, work
         };
         let wall = t.elapsed().as_secs_f64();
         let daemon_cpu = pid.map_or(0.0, process_cpu_secs) - daemon_cpu0;
+        // The media workers' own CPU: what the RTP flood costs userspace (the classifier ran in
+        // XDP, in the kernel's receive path, charged to whoever ran it).
+        let media_cpu = pid.map_or(0.0, |p| threads_cpu_secs(p, "media-")) - media_cpu0;
         let resident = sampler.and_then(|s| s.join().ok().flatten());
         if let Some(kib) = resident {
             out.insert(format!("live_step_{n}_rss_bytes"), kib as f64 * 1024.0);
@@ -787,6 +837,7 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32, work
             ("generator_late_max_ms", sent.late_max_ms),
             ("generator_pps", pps),
             ("calltap_cpu_pct", daemon_pct),
+            ("media_cpu_pct", 100.0 * media_cpu / wall),
         ] {
             out.insert(format!("live_step_{n}_{key}"), value);
         }
@@ -822,6 +873,16 @@ fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32, work
             "live: calltap used {daemon_pct:.0}% of a core: {per_1000:.1}% of a core per 1,000 calls"
         );
         out.insert("live_cpu_pct_per_1000_calls".into(), per_1000);
+        // RTP packets per second of media-worker CPU: the worker-core figure of the live path,
+        // the rate one worker core would carry if this step's cost per packet held.
+        if media_cpu > 0.0 {
+            let per_core = sent.rtp as f64 / media_cpu;
+            eprintln!(
+                "live: the media worker(s) used {media_cpu:.2} CPU s for {} RTP packets: {per_core:.0} RTP pkt/s per worker core",
+                sent.rtp
+            );
+            out.insert("live_rtp_pps_per_worker_core".into(), per_core);
+        }
     }
     // Real-time-equivalent concurrent calls (100 RTP packets/s each) recorded with zero loss.
     out.insert("zero_loss_calls".into(), f64::from(best));

@@ -196,6 +196,51 @@ impl XdpCapture {
         program.info().ok()?.verified_instruction_count()
     }
 
+    /// Takes ring `index` out of the program's ring table: frames for it are then classified
+    /// and counted as `ring_full`, but nothing is reserved, copied or stamped. The bench uses it
+    /// to time the classifier apart from the delivery into the ring; a running capture never
+    /// does (the records would be lost).
+    pub fn unplug_ring(&mut self, index: u32) -> Result<(), CaptureError> {
+        use std::os::fd::AsRawFd as _;
+        let Some(aya::maps::Map::ArrayOfMaps(outer)) = self.ebpf.map("RINGS") else {
+            return Err(CaptureError::Load("map RINGS missing".into()));
+        };
+        // `union bpf_attr` as BPF_MAP_DELETE_ELEM reads it (aya's ArrayOfMaps has no delete).
+        #[repr(C)]
+        struct ElemAttr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+        let attr = ElemAttr {
+            map_fd: outer.fd().as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: std::ptr::from_ref(&index) as u64,
+            value: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` is a valid bpf_attr for this command and `key` points at a live u32
+        // for the duration of the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_ELEM,
+                std::ptr::from_ref(&attr),
+                std::mem::size_of::<ElemAttr>(),
+            )
+        };
+        if r != 0 {
+            return Err(CaptureError::Load(format!(
+                "RINGS[{index}]: delete: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
     /// The ring of media worker `worker`; each can be taken once.
     pub fn take_media_ring(&mut self, worker: u32) -> Option<RingBuf<MapData>> {
         if worker >= MAX_WORKERS {
