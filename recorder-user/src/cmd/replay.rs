@@ -11,6 +11,7 @@ use crate::{
     classify::{classify_frame, SharedMediaTable, UserTables},
     config::Config,
     pipeline::{
+        group::Group,
         media::{MediaConfig, MediaWorker, WorkerStats},
         signalling::{SignallingStats, SignallingWorker},
         Control,
@@ -64,6 +65,16 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
     ));
     let mcfg = media_config(cfg);
     let mut workers: Vec<MediaWorker> = (0..n).map(|i| MediaWorker::new(i, mcfg.clone())).collect();
+    // Each worker's records wait in a group until it is full or something else must happen
+    // first (a SIP record, a tick, the end): handled in capture order all the same.
+    let mut groups: Vec<Group> = (0..n).map(|_| Group::default()).collect();
+    let flush = |groups: &mut Vec<Group>, workers: &mut Vec<MediaWorker>| {
+        for (g, w) in groups.iter_mut().zip(workers.iter_mut()) {
+            if !g.is_empty() {
+                g.feed(w);
+            }
+        }
+    };
     let mut queue: Vec<(u32, Control)> = Vec::new();
     let mut done: Vec<Cdr> = Vec::new();
     let mut timeouts = Vec::new();
@@ -101,14 +112,20 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
                 frame: pkt.frame,
             };
             if v.target == SIGNALLING_RING {
+                flush(&mut groups, &mut workers);
                 sig.handle(&rec, &mut queue);
                 deliver(&mut queue, &mut workers, &mut done);
-            } else if let Some(w) = workers.get_mut(v.target as usize) {
-                if !w.packet(&rec) {
-                    w.unknown();
+            } else if let (Some(w), Some(g)) = (
+                workers.get_mut(v.target as usize),
+                groups.get_mut(v.target as usize),
+            ) {
+                g.push(&rec.meta, rec.frame);
+                if g.is_full() {
+                    g.feed(w);
                 }
             }
             if last_ts.saturating_sub(last_tick) >= 1_000_000_000 {
+                flush(&mut groups, &mut workers);
                 last_tick = last_ts;
                 sig.tick(last_ts, &mut queue);
                 deliver(&mut queue, &mut workers, &mut done);
@@ -137,6 +154,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
             Err(e) => errors.push(e.to_string()),
         }
     }
+    flush(&mut groups, &mut workers);
     sig.finish(last_ts, "capture_end", &mut queue);
     deliver(&mut queue, &mut workers, &mut done);
     for w in workers.iter_mut() {

@@ -29,6 +29,7 @@ use crate::{
     classify::{SharedMediaTable, UserTables},
     config::{Config, SourceKind},
     pipeline::{
+        group::{Group, Step},
         media::{MediaWorker, WorkerStats},
         rules::{LiveRules, RuleSet},
         signalling::{SignallingStats, SignallingWorker},
@@ -116,13 +117,9 @@ impl Input {
         n
     }
 
-    /// Like [`Input::drain`], in groups of up to [`GROUP`] records: `f` sees each record of a
-    /// group in each [`Step`] in turn. A media worker
-    /// warms the cache for the calls of the whole group before it touches any of them: with
-    /// thousands of calls a call's state is never in cache when its next packet comes, and the
-    /// misses of a group then overlap instead of being taken one after another (they were most
-    /// of a worker's time). Ring records are copied out of the ring for that (about 250 bytes
-    /// for a G.711 packet); the channel's are already owned.
+    /// Like [`Input::drain`], a [`Group`] at a time: `f` sees each record of a group in each
+    /// [`Step`] in turn (see [`crate::pipeline::group`]). Ring records are copied out of the
+    /// ring for that, about 250 bytes for a G.711 packet.
     fn drain_grouped(
         &mut self,
         max: usize,
@@ -134,19 +131,17 @@ impl Input {
             Input::Ring(ring, offset) => {
                 while n < max {
                     group.clear();
-                    while n < max && group.records.len() < GROUP {
+                    while n < max && !group.is_full() {
                         let Some(item) = ring.next() else { break };
                         n += 1;
                         let len = PacketMeta::read(&item)
                             .map(|m| PacketMeta::SIZE + m.cap_len as usize)
                             .filter(|&len| len <= item.len());
                         if let Some(len) = len {
-                            let at = group.bytes.len();
-                            group.bytes.extend_from_slice(&item[..len]);
-                            group.records.push((at, at + len));
+                            group.push_record(&item[..len]);
                         }
                     }
-                    if group.records.is_empty() {
+                    if group.is_empty() {
                         break;
                     }
                     group.run(*offset, &mut f);
@@ -155,17 +150,15 @@ impl Input {
             Input::Channel(q) => {
                 while n < max {
                     group.clear();
-                    while n < max && group.records.len() < GROUP {
+                    while n < max && !group.is_full() {
                         let Ok(bytes) = q.rx.try_recv() else { break };
                         n += 1;
-                        let at = group.bytes.len();
-                        group.bytes.extend_from_slice(&bytes);
-                        group.records.push((at, group.bytes.len()));
+                        group.push_record(&bytes);
                         // Back to the capture thread for the next packet (dropped if the pool
                         // is full).
                         let _ = q.recycle.try_send(bytes);
                     }
-                    if group.records.is_empty() {
+                    if group.is_empty() {
                         break;
                     }
                     group.run(0, &mut f);
@@ -194,49 +187,6 @@ impl Input {
                 let deadline = Instant::now() + timeout;
                 while rx.is_empty() && Instant::now() < deadline {
                     thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-    }
-}
-
-/// Records per group of [`Input::drain_grouped`]: enough cache misses in flight to keep the
-/// memory system busy, few enough that the group's own records stay in the L1 cache.
-const GROUP: usize = 16;
-
-/// What [`Input::drain_grouped`] asks of its callback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Step {
-    /// Prefetch the record's call state; change nothing.
-    Warm,
-    /// Prefetch where the record's audio goes (read from the state warmed before).
-    WarmAudio,
-    Handle,
-}
-
-/// The records of one group, copied end to end into a buffer reused from group to group (no
-/// allocation once it has grown to a group's size).
-#[derive(Default)]
-struct Group {
-    bytes: Vec<u8>,
-    records: Vec<(usize, usize)>,
-}
-
-impl Group {
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.records.clear();
-    }
-
-    /// `f` on every record with [`Step::Warm`], then with [`Step::WarmAudio`], then with
-    /// [`Step::Handle`].
-    /// `offset` moves ring timestamps (CLOCK_MONOTONIC) to the epoch.
-    fn run(&self, offset: u64, f: &mut impl FnMut(Step, &Record<'_>)) {
-        for step in [Step::Warm, Step::WarmAudio, Step::Handle] {
-            for &(from, to) in &self.records {
-                if let Some(mut rec) = self.bytes.get(from..to).and_then(Record::from_ring) {
-                    rec.meta.ts_ns = rec.meta.ts_ns.wrapping_add(offset);
-                    f(step, &rec);
                 }
             }
         }
@@ -1047,6 +997,7 @@ fn install_signal_handlers(shutdown: &Arc<Shutdown>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::group::GROUP;
 
     fn record(ts_ns: u64, frame: &[u8]) -> Vec<u8> {
         let meta = PacketMeta {
