@@ -655,6 +655,27 @@ fn live_capacity_by_workers(out: &mut BTreeMap<String, f64>, dir: &Path, seconds
             out.insert(format!("{k}_{w}w"), v);
         }
     }
+    // Capacity is the best configuration's: the unsuffixed keys of these take the largest
+    // figure of any worker count (the others are the most workers' figures).
+    for key in [
+        "zero_loss_calls",
+        "live_zero_loss_pps",
+        "live_rtp_pps_per_worker_core",
+    ] {
+        let best = out
+            .iter()
+            .filter(|(k, _)| {
+                k.strip_prefix(key)
+                    .and_then(|rest| rest.strip_prefix('_'))
+                    .and_then(|rest| rest.strip_suffix('w'))
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .map(|(_, v)| *v)
+            .fold(f64::NAN, f64::max);
+        if !best.is_nan() {
+            out.insert(key.to_owned(), best);
+        }
+    }
 }
 
 fn live_capacity(out: &mut BTreeMap<String, f64>, dir: &Path, seconds: u32, workers: u32) {
