@@ -6,7 +6,7 @@ use std::{
     fs,
     path::Path,
     sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc, Mutex,
     },
     thread,
@@ -66,17 +66,30 @@ const COALESCE: Duration = Duration::from_millis(1);
 /// does not tick 1,000 times a second).
 const IDLE_AFTER: u32 = 100;
 
-/// Offset that turns CLOCK_MONOTONIC (what XDP stamps) into nanoseconds since the epoch.
-fn monotonic_to_realtime() -> u64 {
+/// CLOCK_MONOTONIC in nanoseconds: the clock XDP stamps records with.
+fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    crate::clock::unix_ns().saturating_sub(mono)
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// Offset that turns CLOCK_MONOTONIC (what XDP stamps) into nanoseconds since the epoch.
+fn monotonic_to_realtime() -> u64 {
+    crate::clock::unix_ns().saturating_sub(monotonic_ns())
+}
+
+/// How far behind "now" the signalling thread publishes [`Shutdown::signalled_upto`]: a frame
+/// is stamped before it is copied into its ring, so one stamped just before the signalling
+/// thread read the clock may still be on its way in.
+const SIGNALLED_MARGIN_NS: u64 = 200_000;
+
+/// The longest a media worker holds a record back for the signalling thread (see
+/// [`Shutdown::signalled_upto`]); past it the worker goes on as if it had caught up.
+const SIGNALLED_WAIT: Duration = Duration::from_millis(5);
 
 /// Where a worker's records come from.
 enum Input {
@@ -168,6 +181,15 @@ impl Input {
         n
     }
 
+    /// What turns CLOCK_MONOTONIC into this input's record timestamps (they have the offset
+    /// added), when records are stamped at capture (XDP); `None` for the AF_PACKET channel.
+    fn clock_offset(&self) -> Option<u64> {
+        match self {
+            Input::Ring(_, offset) => Some(*offset),
+            Input::Channel(_) => None,
+        }
+    }
+
     /// A read-only handle on how full this input is, for the metrics scrape.
     fn fill(&self) -> std::io::Result<InputFill> {
         Ok(match self {
@@ -228,11 +250,41 @@ pub struct ReloadSource {
 /// Calls listed one by one in the run summary.
 const SUMMARY_CALLS: usize = 100_000;
 
-/// Shared shutdown state.
+/// State the capture threads share: shutdown, and the order between signalling and media.
 struct Shutdown {
     stop: Arc<AtomicBool>,
     /// Media workers that have emptied their input after `stop`.
     drained: AtomicU32,
+    /// Capture time (ring timestamps with their offset) before which the signalling thread
+    /// has handled every SIP record and sent the control messages they caused; 0 until known.
+    ///
+    /// Signalling and media come through different rings and threads, so a media worker can
+    /// see a call's first RTP before the signalling thread has even read the BYE of the call
+    /// that had the same endpoints a moment before (sipp's back-to-back calls, a trunk reusing
+    /// ports): the packets then went to the ended call. A worker holds a record captured after
+    /// this mark back (at most [`SIGNALLED_WAIT`]) until the mark passes it, then applies the
+    /// control messages, so each record meets the calls as they were when it was captured.
+    signalled_upto: AtomicU64,
+}
+
+impl Shutdown {
+    /// Waits (bounded) until signalling has handled everything captured before `ts`; returns
+    /// the capture time up to which records need not wait again.
+    fn wait_signalled(&self, ts: u64, now: impl Fn() -> u64) -> u64 {
+        let started = Instant::now();
+        loop {
+            let upto = self.signalled_upto.load(Ordering::Acquire);
+            if upto >= ts {
+                return upto;
+            }
+            if started.elapsed() >= SIGNALLED_WAIT {
+                // Signalling is behind (a SIP storm) or stuck: do not stall the audio on it;
+                // what was captured until now goes on without waiting.
+                return now();
+            }
+            thread::sleep(Duration::from_micros(100));
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -288,6 +340,9 @@ fn media_thread(
     let mut lag_ns = 0u64;
     let mut empty = 0u32;
     let mut group = Group::default();
+    // Records captured before this need not wait for signalling (see `signalled_upto`).
+    let mut signalled = 0u64;
+    let clock = input.clock_offset();
     loop {
         let open = apply(&mut worker, &mut done);
         let mut newest_ts = 0u64;
@@ -297,6 +352,11 @@ fn media_thread(
                 return;
             }
             newest_ts = rec.meta.ts_ns;
+            if let Some(offset) = clock.filter(|_| rec.meta.ts_ns > signalled) {
+                signalled =
+                    shutdown.wait_signalled(rec.meta.ts_ns, || monotonic_ns().wrapping_add(offset));
+                apply(&mut worker, &mut done);
+            }
             if !worker.packet(rec) {
                 // The control message for a new endpoint may still be in flight.
                 apply(&mut worker, &mut done);
@@ -373,13 +433,24 @@ fn signalling_thread<T: MediaTable>(
 ) -> SignallingStats {
     let SignallingFeeds { timeouts, settings } = from;
     let mut last_tick = Instant::now();
+    let clock = input.clock_offset();
     loop {
+        // Read before draining: everything captured before it (less the margin) is in the
+        // ring by now, and handled once the drain has emptied it.
+        let upto = clock.map(|o| {
+            monotonic_ns()
+                .wrapping_add(o)
+                .saturating_sub(SIGNALLED_MARGIN_NS)
+        });
         let n = input.drain(BATCH, |rec| sig.handle(rec, &mut sink));
         while let Ok((tracker, ports)) = settings.try_recv() {
             sig.reconfigure(tracker, &ports);
         }
         while let Ok(t) = timeouts.try_recv() {
             sig.media_timeout(t, &mut sink);
+        }
+        if let Some(upto) = upto.filter(|_| n < BATCH) {
+            shutdown.signalled_upto.fetch_max(upto, Ordering::AcqRel);
         }
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
@@ -401,7 +472,9 @@ fn signalling_thread<T: MediaTable>(
             return sig.stats.clone();
         }
         if n == 0 {
-            input.wait(Duration::from_millis(20));
+            // With stamped records the media workers follow `signalled_upto`: it must move
+            // on while no SIP comes, so the wait is short.
+            input.wait(Duration::from_millis(if clock.is_some() { 1 } else { 20 }));
         }
     }
 }
@@ -417,6 +490,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     let shutdown = Arc::new(Shutdown {
         stop: Arc::new(AtomicBool::new(false)),
         drained: AtomicU32::new(0),
+        signalled_upto: AtomicU64::new(0),
     });
     install_signal_handlers(&shutdown)?;
 
@@ -1009,6 +1083,43 @@ mod tests {
         let mut bytes = meta.as_bytes().to_vec();
         bytes.extend_from_slice(frame);
         bytes
+    }
+
+    fn shared() -> Arc<Shutdown> {
+        Arc::new(Shutdown {
+            stop: Arc::new(AtomicBool::new(false)),
+            drained: AtomicU32::new(0),
+            signalled_upto: AtomicU64::new(0),
+        })
+    }
+
+    /// A media record captured after the signalling thread's mark waits until the mark passes
+    /// it (the BYE of the call that had its endpoints may be in the signalling ring still).
+    #[test]
+    fn a_record_waits_until_signalling_has_caught_up_with_it() {
+        let s = shared();
+        s.signalled_upto.store(1_000, Ordering::Release);
+        assert_eq!(s.wait_signalled(900, || unreachable!()), 1_000);
+        let moved = {
+            let s = s.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(1));
+                s.signalled_upto.fetch_max(2_000, Ordering::AcqRel);
+            })
+        };
+        assert_eq!(s.wait_signalled(1_500, || 0), 2_000);
+        moved.join().unwrap();
+    }
+
+    /// A signalling thread that does not move (stuck, or drowning in SIP) holds the audio
+    /// back only so long: the worker goes on, and records captured until then do not wait.
+    #[test]
+    fn a_stuck_signalling_thread_does_not_stall_the_audio() {
+        let s = shared();
+        let started = Instant::now();
+        assert_eq!(s.wait_signalled(5_000, || 7_000), 7_000);
+        assert!(started.elapsed() >= SIGNALLED_WAIT);
+        assert!(started.elapsed() < SIGNALLED_WAIT * 20);
     }
 
     /// Every record is seen once per step, a whole group warmed before any of it is handled,
