@@ -849,23 +849,14 @@ impl MediaWorker {
     /// Prefetches the state of `rec`'s call that [`MediaWorker::packet`] will touch (with
     /// `audio`, where in the recording its audio will go, which needs that state read), and
     /// changes nothing: called on a group of records before they are handled, so the cache
-    /// misses of the group overlap (see `Input::drain_grouped` in `calltap run`). The lookup
-    /// is the plain one (no shared-endpoint or ending-call cases): a wrong guess only costs
+    /// misses of the group overlap (see [`crate::pipeline::group`]). The call may still change
+    /// before the record is handled (a control message in between): a wrong guess only costs
     /// the prefetches.
     #[inline]
     pub fn warm(&self, rec: &Record<'_>, audio: bool) {
-        let Some((src, dst)) = endpoints(rec) else {
-            return;
-        };
-        let found = match self.endpoints.get(&media_key(dst)) {
-            Some(&(call, side)) => Some((call, 1 - side_index(side))),
-            None => self
-                .endpoints
-                .get(&media_key(src))
-                .map(|&(call, side)| (call, side_index(side))),
-        };
-        let Some((c, sender)) =
-            found.and_then(|(call, sender)| Some((self.calls.get(&call)?, sender.min(1))))
+        let Some((c, sender)) = endpoints(rec)
+            .and_then(|(src, dst)| self.locate(media_key(src), media_key(dst)))
+            .and_then(|(call, sender)| Some((self.calls.get(&call)?, sender.min(1))))
         else {
             return;
         };
@@ -894,42 +885,38 @@ impl MediaWorker {
             self.stats.bad_rtp += 1;
             return true;
         };
-        // Audio sent *to* a side's endpoint comes from the other side; audio *from* it, from
-        // that side. Live calls first, then calls in their end grace period.
-        let (dst_key, src_key) = (media_key(dst), media_key(src));
-        let by_src_first = !self.shared.is_empty() && self.shared.contains(&dst_key);
+        match self.locate(media_key(src), media_key(dst)) {
+            Some((call, sender)) => self.record(call, sender, rec),
+            None => false,
+        }
+    }
+
+    /// The call a packet from `src` to `dst` belongs to, and which side (0 caller, 1 callee)
+    /// sent it. Audio sent *to* a side's endpoint comes from the other side; audio *from* it,
+    /// from that side. Live calls first, then calls in their end grace period.
+    fn locate(&self, src: MediaKey, dst: MediaKey) -> Option<(CallRef, usize)> {
+        let by_src_first = !self.shared.is_empty() && self.shared.contains(&dst);
         let lookup = |map: &FastMap<MediaKey, (CallRef, Side)>| {
             let by_dst = || {
-                map.get(&dst_key)
+                map.get(&dst)
                     .map(|&(call, side)| (call, 1 - side_index(side)))
             };
-            let by_src = || {
-                map.get(&src_key)
-                    .map(|&(call, side)| (call, side_index(side)))
-            };
+            let by_src = || map.get(&src).map(|&(call, side)| (call, side_index(side)));
             if by_src_first {
                 by_src().or_else(by_dst)
             } else {
                 by_dst().or_else(by_src)
             }
         };
-        let Some((call, sender)) =
-            lookup(&self.endpoints).or_else(|| lookup(&self.ending_endpoints))
-        else {
-            return false;
-        };
-        if !self.calls.contains_key(&call) {
-            return false;
-        }
-        self.stats.records += 1;
-        self.record(call, sender, rec);
-        true
+        lookup(&self.endpoints).or_else(|| lookup(&self.ending_endpoints))
     }
 
-    fn record(&mut self, call: CallRef, sender: usize, rec: &Record<'_>) {
+    /// Handles `rec`, from `sender`, for `call`; `false` (nothing done) when the call is gone.
+    fn record(&mut self, call: CallRef, sender: usize, rec: &Record<'_>) -> bool {
         let Some(c) = self.calls.get_mut(&call) else {
-            return;
+            return false;
         };
+        self.stats.records += 1;
         let now = rec.meta.ts_ns;
         c.last_media_ns = c.last_media_ns.max(now);
         c.timed_out = false;
@@ -938,18 +925,14 @@ impl MediaWorker {
         if Class::from_u8(rec.meta.class) == Class::Rtcp {
             self.stats.rtcp += 1;
             rtcp(c, sender, payload);
-            return;
+            return true;
         }
         self.stats.rtp += 1;
         let Ok(rtp) = RtpPacket::parse(payload) else {
             self.stats.bad_rtp += 1;
-            return;
+            return true;
         };
         let sender = c.direction_of(rtp.ssrc, sender, now);
-        if let (Some(w), Some(t)) = (c.wav.as_ref(), c.dirs[sender].timeline.as_ref()) {
-            // Most packets continue where the direction's audio ends: 20 ms from there.
-            w.prefetch(t.end_pos(), u64::from(w.rate() / 50));
-        }
         let (kind, clock) = match c.dirs[sender].pt_cache {
             Some((pt, kind, clock)) if pt == rtp.payload_type => (kind, clock),
             _ => {
@@ -982,12 +965,12 @@ impl MediaWorker {
                         source: "rfc4733".into(),
                     });
                 }
-                return;
+                return true;
             }
-            CodecKind::ComfortNoise => return,
+            CodecKind::ComfortNoise => return true,
             CodecKind::Unsupported => {
                 raw_rtp(c, rec, &mut self.stats);
-                return;
+                return true;
             }
             _ => {}
         }
@@ -1027,7 +1010,7 @@ impl MediaWorker {
         let arrival =
             now.saturating_sub(c.setup.start_ns) as u128 * wav_rate as u128 / 1_000_000_000;
         let Some(timeline) = d.timeline.as_mut() else {
-            return;
+            return true;
         };
         let placement = timeline.place(rtp.ssrc, rtp.sequence, rtp.timestamp, arrival as u64);
         let Placement::Write { pos } = placement else {
@@ -1039,7 +1022,7 @@ impl MediaWorker {
                 rtp.timestamp,
                 arrival
             );
-            return;
+            return true;
         };
         let samples: &[i16] = if codec_rate == wav_rate {
             &self.pcm[..n]
@@ -1062,12 +1045,12 @@ impl MediaWorker {
         };
         if c.wav.is_none() {
             if c.no_file {
-                return;
+                return true;
             }
             if c.write_failed {
                 // Already failed (disk full): counted, logged once.
                 self.stats.write_errors += 1;
-                return;
+                return true;
             }
             match c.open_recording(wav_rate, self.cfg.max_call_secs, &mut self.stats) {
                 Ok(w) => c.wav = Some(w),
@@ -1075,7 +1058,7 @@ impl MediaWorker {
                     self.stats.write_errors += 1;
                     c.write_failed = true;
                     log::error!("{}: cannot create recording: {e}", c.wav_path.display());
-                    return;
+                    return true;
                 }
             }
         }
@@ -1090,6 +1073,7 @@ impl MediaWorker {
                 }
             }
         }
+        true
     }
 
     /// Periodic work: flush recordings, report calls that went quiet.

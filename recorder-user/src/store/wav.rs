@@ -55,8 +55,8 @@ pub struct WavWriter {
 /// memory: up to this much more of the file is mapped ahead of the audio (smaps showed 48-68
 /// KiB mapped per recording with 32 KiB here and 500 ms of [`RESIDENT_MS`]; 16 KiB and 300 ms
 /// took a fifth off calltap's resident memory at 2,000 live calls). The syscalls this doubles
-/// cost nothing measurable: the work is per page, not per call. Gaps are never filled (a jump ahead prefills from where the audio
-/// lands), so a long silence costs no zeros written.
+/// cost nothing measurable: the work is per page, not per call. Gaps are never filled (a jump
+/// ahead prefills from where the audio lands), so a long silence costs no zeros written.
 const PREFILL: u64 = 16 * 1024;
 
 /// Zeros for [`PREFILL`]ing (in .bss: costs no space in the binary).
@@ -285,10 +285,10 @@ impl WavWriter {
     }
 
     /// Asks the CPU to start fetching the cache lines that frames `pos..pos + frames` live
-    /// in, for writing: called when a packet arrives with where its audio will most likely go,
-    /// so the fetch overlaps the packet's parsing and decoding (with thousands of calls a
-    /// recording's lines are never in cache; the stereo frames of a 20 ms packet span ten).
-    /// A hint only: nothing happens outside the mapping.
+    /// in, for writing: called for each record of a group, with where its audio will most
+    /// likely go, before any of the group is handled (see [`crate::pipeline::group`]); with
+    /// thousands of calls a recording's lines are never in cache, and the stereo frames of a
+    /// 20 ms packet span ten. A hint only: nothing happens outside the mapping.
     #[inline]
     pub fn prefetch(&self, pos: u64, frames: u64) {
         #[cfg(target_arch = "x86_64")]
