@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::maps::{MapData, RingBuf};
-use calltap_common::{counter, PacketMeta};
+use calltap_common::counter;
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use serde::Serialize;
 
@@ -147,12 +147,9 @@ impl Input {
                     while n < max && !group.is_full() {
                         let Some(item) = ring.next() else { break };
                         n += 1;
-                        let len = PacketMeta::read(&item)
-                            .map(|m| PacketMeta::SIZE + m.cap_len as usize)
-                            .filter(|&len| len <= item.len());
-                        if let Some(len) = len {
-                            group.push_record(&item[..len]);
-                        }
+                        // Whole: the size-class padding after the frame is a few dozen
+                        // bytes, and `Group::run` reads the header (and skips a bad record).
+                        group.push_record(&item);
                     }
                     if group.is_empty() {
                         break;
@@ -1070,6 +1067,8 @@ fn install_signal_handlers(shutdown: &Arc<Shutdown>) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use calltap_common::PacketMeta;
+
     use super::*;
     use crate::pipeline::group::GROUP;
 
