@@ -599,11 +599,13 @@ fn media_port_bitmap_follows_the_endpoints() {
     };
     let (kb, kc) = (MediaKey::v4(b, 31_000), MediaKey::v4(c, 31_000));
     assert_eq!(send(b), None, "no endpoint yet");
+    assert!(!table.port_bit(31_000));
     table.insert(kb, owner).expect("insert");
     table.insert(kc, owner).expect("insert");
     // The same endpoint claimed again (a re-INVITE, another call): still one endpoint.
     table.insert(kc, owner).expect("insert again");
     assert_eq!((send(b), send(c)), (Some(1), Some(1)));
+    assert!(table.port_bit(31_000));
     table.remove(&kb);
     assert_eq!(send(b), None, "removed endpoint");
     assert_eq!(
@@ -611,10 +613,22 @@ fn media_port_bitmap_follows_the_endpoints() {
         Some(1),
         "another endpoint with the same port keeps its bit"
     );
+    assert!(
+        table.port_bit(31_000),
+        "cleared while an endpoint still has the port"
+    );
     table.remove(&kc);
     assert_eq!(send(c), None, "last endpoint of the port removed");
+    // Cleared, so the program skips the map again for that port (a bit left set would only
+    // cost lookups: no ring output shows it).
+    assert!(
+        !table.port_bit(31_000),
+        "bit left set after the port's last endpoint went"
+    );
     // Removing what is not there changes nothing; adding back works.
     table.remove(&kc);
+    assert!(!table.port_bit(31_000));
     table.insert(kb, owner).expect("insert");
     assert_eq!((send(b), send(c)), (Some(1), None));
+    assert!(table.port_bit(31_000));
 }

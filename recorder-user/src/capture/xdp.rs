@@ -302,6 +302,14 @@ pub struct BpfMediaTable {
 }
 
 impl BpfMediaTable {
+    /// Whether the program's port bitmap has `port` set: what it reads before it looks the
+    /// media map up for a packet with that port.
+    pub fn port_bit(&self, port: u16) -> bool {
+        self.media_ports
+            .get(&u32::from(port >> 6), 0)
+            .is_ok_and(|bits| bits & (1u64 << (port & 63)) != 0)
+    }
+
     fn set_port_bit(&mut self, port: u16, on: bool) -> Result<(), String> {
         let word = u32::from(port >> 6);
         let bits = self.media_ports.get(&word, 0).map_err(|e| e.to_string())?;
@@ -315,19 +323,18 @@ impl BpfMediaTable {
 
 impl MediaTable for BpfMediaTable {
     fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String> {
-        let port = key.port;
-        if !self.keys.contains(&key) {
-            // The bit first: the program may then look up a port with no endpoint (a miss,
-            // as before), never miss an endpoint whose bit is not set yet.
-            if !self.port_keys.contains_key(&port) {
-                self.set_port_bit(port, true)?;
-            }
-            self.map.insert(key, owner, 0).map_err(|e| e.to_string())?;
-            self.keys.insert(key);
-            *self.port_keys.entry(port).or_default() += 1;
-            return Ok(());
+        let new = !self.keys.contains(&key);
+        // The bit first: the program may then look up a port with no endpoint (a miss, as
+        // before), never miss an endpoint whose bit is not set yet.
+        if new && !self.port_keys.contains_key(&key.port) {
+            self.set_port_bit(key.port, true)?;
         }
-        self.map.insert(key, owner, 0).map_err(|e| e.to_string())
+        self.map.insert(key, owner, 0).map_err(|e| e.to_string())?;
+        if new {
+            self.keys.insert(key);
+            *self.port_keys.entry(key.port).or_default() += 1;
+        }
+        Ok(())
     }
 
     fn remove(&mut self, key: &MediaKey) {
