@@ -77,6 +77,12 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("{origin}: [storage] path_template = {template:?}: {reason}")]
+    Template {
+        origin: String,
+        template: String,
+        reason: crate::store::paths::TemplateError,
+    },
     #[error("{origin}: unknown key [{section}] {key} (known keys: see packaging/calltap.ini)")]
     UnknownKey {
         origin: String,
@@ -401,14 +407,12 @@ impl Config {
         }
         let (dd, _) = raw.get("storage", "data_dir");
         let (tpl, o) = raw.get("storage", "path_template");
-        if tpl.trim().is_empty() || !tpl.contains("{uuid}") && !tpl.contains("{callid}") {
-            return Err(bad(
-                o,
-                "storage",
-                "path_template",
-                tpl,
-                "a template containing {uuid} or {callid} so every call gets its own file",
-            ));
+        if let Err(e) = crate::store::paths::validate_template(tpl.trim()) {
+            return Err(ConfigError::Template {
+                origin: o.to_string(),
+                template: tpl.to_string(),
+                reason: e,
+            });
         }
         let flush_interval_ms: u64 =
             parse_num(raw, "storage", "flush_interval_ms", "milliseconds")?;
@@ -522,7 +526,7 @@ impl Config {
             drop_after_capture: parse_bool(raw, "capture", "drop_after_capture")?,
             vxlan_port: parse_num(raw, "capture", "vxlan_port", "a UDP port (0 disables)")?,
             data_dir: PathBuf::from(dd),
-            path_template: tpl.to_string(),
+            path_template: tpl.trim().to_string(),
             flush_interval_ms,
             media_timeout_s: parse_num(raw, "calls", "media_timeout_s", "seconds")?,
             restore_grace_s: parse_num(raw, "calls", "restore_grace_s", "seconds")?,
