@@ -24,6 +24,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "{yyyy}/{mm}/{dd}/{hhmmss}_{from}_{to}_{uuid}.wav",
     ),
     ("storage", "flush_interval_ms", "1000"),
+    ("storage", "audio_buffer_mb", "2048"),
     ("calls", "media_timeout_s", "300"),
     ("calls", "restore_grace_s", "5"),
     ("calls", "max_duration_s", "14400"),
@@ -115,6 +116,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub path_template: String,
     pub flush_interval_ms: u64,
+    /// Most memory for recordings' audio buffers, all media workers together.
+    pub audio_buffer_mb: u64,
     pub media_timeout_s: u64,
     /// After a restart, a restored call with no RTP for this long ended while CallTap was down.
     pub restore_grace_s: u64,
@@ -419,6 +422,11 @@ impl Config {
         if flush_interval_ms == 0 {
             return Err(bad(o, "storage", "flush_interval_ms", "0", "at least 1 ms"));
         }
+        let audio_buffer_mb: u64 = parse_num(raw, "storage", "audio_buffer_mb", "MiB")?;
+        if audio_buffer_mb < 16 {
+            let (v, o) = raw.get("storage", "audio_buffer_mb");
+            return Err(bad(o, "storage", "audio_buffer_mb", v, "at least 16 (MiB)"));
+        }
         let (corr, _) = raw.get("calls", "correlation_header");
         let (mode, o) = raw.get("recording", "default");
         let recording_default = crate::pipeline::rules::RuleAction::parse(mode.trim())
@@ -528,6 +536,7 @@ impl Config {
             data_dir: PathBuf::from(dd),
             path_template: tpl.trim().to_string(),
             flush_interval_ms,
+            audio_buffer_mb,
             media_timeout_s: parse_num(raw, "calls", "media_timeout_s", "seconds")?,
             restore_grace_s: parse_num(raw, "calls", "restore_grace_s", "seconds")?,
             max_duration_s: parse_num(raw, "calls", "max_duration_s", "seconds")?,

@@ -1,6 +1,6 @@
 //! A full recordings disk: CallTap logs a clear error, keeps recording what fits, never crashes
-//! (a sparse memory-mapped file on a full disk would kill it with SIGBUS), and every call still
-//! gets its CDR.
+//! (a memory-mapped file on a full disk would kill it with SIGBUS), every call still gets its
+//! CDR, and the CDR of a call that lost audio says so.
 
 mod support;
 
@@ -26,24 +26,26 @@ fn full_recordings_disk_keeps_cdrs_and_does_not_crash() {
     let _ = std::fs::remove_dir_all(&dir);
     let recordings = dir.join("data/recordings");
     std::fs::create_dir_all(&recordings).expect("dirs");
-    // Room for two recordings' first preallocated chunk (1 MiB each), not four.
+    // Room for two 10 s recordings (320 KB each), not four.
     let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2600k", "calltap-full"])
+        .args(["-t", "tmpfs", "-o", "size=700k", "calltap-full"])
         .arg(&recordings)
         .status()
         .expect("mount");
     assert!(ok.success(), "mount tmpfs");
     let _mount = Mount(recordings.clone());
 
+    // One after another: the first two fit, the third fills the disk part way, the fourth
+    // finds it full.
     let calls: Vec<Call> = (1..=4u8)
         .map(|n| {
             let mut c = Call::new(&format!("full-{n}@test")).callee_at([198, 18, 2, n]);
-            let t = u64::from(n) * 10;
+            let t = u64::from(n - 1) * 11_000;
             c.invite(t, "sendrecv", false)
                 .respond(t + 100, 200, "OK", Some("sendrecv"))
                 .ack(t + 110)
                 .rtp(true, t + 200, 0, 500, constant(0xA0), |_| false)
-                .bye(t + 10_500);
+                .bye(t + 10_200);
             c
         })
         .collect();
@@ -56,15 +58,11 @@ fn full_recordings_disk_keeps_cdrs_and_does_not_crash() {
     let mut cdrs = Vec::new();
     let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |c| cdrs.push(c.clone()));
     assert_eq!(cdrs.len(), 4, "every call keeps its CDR");
-    let recorded = cdrs.iter().filter(|c| c.recording.is_some()).count();
-    assert_eq!(
-        recorded, 2,
-        "two recordings fit; the others are reported missing, not silent"
-    );
-    assert!(summary.workers.iter().map(|w| w.write_errors).sum::<u64>() > 0);
-    for c in cdrs.iter().filter(|c| c.recording.is_some()) {
+    cdrs.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+    for c in &cdrs[..2] {
         assert_eq!(c.packets.caller, 500);
         let rec = c.recording.as_ref().expect("recording");
+        assert_eq!(rec.error, None, "{}", c.call_id);
         let mut wav =
             hound::WavReader::open(&rec.path).expect("the recordings that fit are valid WAVs");
         assert_eq!(wav.spec().channels, 2);
@@ -75,6 +73,28 @@ fn full_recordings_disk_keeps_cdrs_and_does_not_crash() {
             .count();
         assert_eq!(audio, 500 * 160, "{}: all of the caller's audio", c.call_id);
     }
+    // The third lost the end of its audio: the CDR says why, and what is there is a WAV.
+    let third = cdrs[2].recording.as_ref().expect("a partial recording");
+    assert!(
+        third
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("No space left")),
+        "{third:?}"
+    );
+    hound::WavReader::open(&third.path).expect("the partial recording is a valid WAV");
+    // The fourth has no file at all: reported missing, not silent.
+    assert!(cdrs[3].recording.is_none(), "{:?}", cdrs[3].recording);
+    assert!(
+        cdrs[3]
+            .recording_failed
+            .as_deref()
+            .is_some_and(|e| e.contains("No space left")),
+        "{:?}",
+        cdrs[3].recording_failed
+    );
+    let failed: u64 = summary.workers.iter().map(|w| w.recordings_failed).sum();
+    assert_eq!(failed, 2, "the third and the fourth call");
     drop(_mount);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,6 +20,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use serde::Serialize;
 
 use super::replay::{media_config, tracker_config};
+use crate::store::spool::{files::FdBudget, Capacity};
 use crate::{
     capture::{
         af_packet::{AfPacketCapture, RecordQueue},
@@ -477,6 +478,10 @@ fn signalling_thread<T: MediaTable>(
 }
 
 /// Runs until SIGINT or SIGTERM; SIGHUP reloads the configuration (`reload`).
+/// Where the media workers' audio buffers are kept across a crash (see
+/// [`crate::store::spool::arena`]), under the data directory.
+pub const SPOOL_DIR: &str = "spool";
+
 pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     if cfg.interfaces.is_empty() {
         bail!("no capture interface: give --interface IF or set [capture] interfaces");
@@ -490,6 +495,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         signalled_upto: AtomicU64::new(0),
     });
     install_signal_handlers(&shutdown)?;
+    let capacity = assess_limits(&cfg, n);
 
     // Pick and start the capture source.
     let mut xdp = None;
@@ -570,7 +576,8 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     let mut ctl_txs = Vec::new();
     let mut media_handles = Vec::new();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mcfg = media_config(&cfg);
+    let mut mcfg = media_config(&cfg);
+    mcfg.spool.dir = Some(cfg.data_dir.join(SPOOL_DIR));
     // Calls an earlier run was recording when it died; resumed before records are handled.
     let callstore = CallStore::open(&cfg.data_dir.join(ACTIVE_DIR))?;
     let resumed = callstore.load();
@@ -587,18 +594,17 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
             resumed.calls.len()
         );
     }
+    // Audio the crashed run had buffered goes into its recordings before any worker maps its
+    // own buffers or a call goes on.
+    let spool_dir = cfg.data_dir.join(SPOOL_DIR);
+    crate::store::spool::recover_journaled(&spool_dir, &resumed.calls);
     let (journal, journal_thread) = JournalWriter::start(callstore)?;
-    // Recording files are made ahead, off the media threads (see store::prepare).
-    let preparer = crate::store::prepare::Preparer::start(&cfg.recordings_dir())?;
     // Finished calls leave the journal when their CDR is in calls.jsonl (the CDR thread).
     let cdr_journal = journal.clone();
     for (i, input) in inputs.into_iter().enumerate() {
         let (tx, rx) = unbounded::<Control>();
         ctl_txs.push(tx);
-        let mut worker = MediaWorker::new(i as u32, mcfg.clone()).with_store(journal.clone());
-        if let Some(tx) = preparer.sender() {
-            worker = worker.with_preparer(tx);
-        }
+        let worker = MediaWorker::new(i as u32, mcfg.clone()).with_store(journal.clone());
         let (cdrs, timeouts, sd, lv) = (
             cdr_tx.clone(),
             to_tx.clone(),
@@ -736,6 +742,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     }
     metrics.set_inputs(fills);
     metrics.set_spool(cfg.recordings_dir());
+    metrics.set_capacity(&capacity);
     metrics.set_archive(archiver.counters());
     // Without webhooks configured the series stay at zero, so dashboards show "none" rather
     // than "no data".
@@ -883,7 +890,6 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("media thread panicked"))?,
         );
     }
-    preparer.finish();
     let (calls, calls_not_listed, cdr_store) = cdr_handle
         .join()
         .map_err(|_| anyhow::anyhow!("cdr thread panicked"))?;
@@ -929,6 +935,49 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     drop(xdp);
     drop(af);
     Ok(())
+}
+
+/// Raises the open-file limit as far as the process may, sizes the recordings' descriptor
+/// budget from it, and logs how many calls the limits allow at once and what bounds them.
+fn assess_limits(cfg: &Config, workers: u32) -> Capacity {
+    match crate::limits::raise_nofile() {
+        Ok((before, after)) if before < after => {
+            log::info!(
+                "open files: raised the soft limit from {before} to {after} (the hard limit)"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("open files: cannot raise the soft limit: {e}"),
+    }
+    let (nofile, _) = crate::limits::nofile();
+    let budget = FdBudget::get();
+    budget.set_limit(FdBudget::from_rlimit(nofile));
+    let max_calls = tracker_config(cfg).max_calls as u64;
+    let c = Capacity::assess(max_calls, cfg.audio_buffer_mb);
+    let bound = if c.concurrent_calls == c.max_calls {
+        "[calls] max_calls"
+    } else {
+        "[storage] audio_buffer_mb"
+    };
+    log::info!(
+        "capacity: {} concurrent calls ({bound}; max_calls {}, audio buffers {} MiB for {} calls \
+         over {workers} worker(s)); {} recording files kept open (open-file limit {nofile}), \
+         calls beyond that reopen their file per write",
+        c.concurrent_calls,
+        c.max_calls,
+        cfg.audio_buffer_mb,
+        c.buffer_calls,
+        c.open_files,
+    );
+    if c.open_files < c.concurrent_calls {
+        log::warn!(
+            "open files: the limit ({nofile}) keeps {} recordings open of the {} calls the \
+             other limits allow; raise LimitNOFILE for fewer reopens",
+            c.open_files,
+            c.concurrent_calls
+        );
+    }
+    c
 }
 
 /// What the console reports on and acts through.

@@ -2,15 +2,13 @@
 //! channel 1 = callee), their RTCP into quality figures, and each finished call into a CDR.
 //!
 //! The per-packet path does hash lookups, decoding into a preallocated buffer and stores into
-//! the file's memory map: no locks, no allocation, no system calls.
+//! the recording's open buffers: no locks, no allocation, no system calls. The files are the
+//! worker's spool thread's ([`crate::store::spool`]).
 
 use std::{
     collections::BTreeSet,
-    fs::{File, OpenOptions},
-    io::BufWriter,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
-    time::Duration,
 };
 
 use calltap_common::{flags, Class, MediaKey};
@@ -26,8 +24,6 @@ use calltap_sip::{
     sdp::{Direction, RtpMap},
     NameAddr,
 };
-use crossbeam_channel::Sender;
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use serde::Serialize;
 
 use super::{
@@ -43,8 +39,10 @@ use crate::{
         },
         cdr::{rfc3339, Cdr, Dtmf, PacketCounts, Party, Recording, RestartGap, StreamQuality},
         paths::{expand, PathFields},
-        prepare,
-        wav::{WavWriter, DATA_OFFSET},
+        spool::{
+            window::RawPcap, Closing, FailReason, RecId, Reply, Spool, SpoolConfig, Tag, WavWindow,
+        },
+        wav::{self, DATA_OFFSET},
     },
 };
 
@@ -61,6 +59,8 @@ pub struct MediaConfig {
     /// A call restored after a restart that gets no RTP for this long ended while CallTap was
     /// down: it is closed with end reason `recorder_restart`.
     pub restore_grace_ns: u64,
+    /// The worker's audio buffers (see [`crate::store::spool`]).
+    pub spool: SpoolConfig,
 }
 
 impl Default for MediaConfig {
@@ -72,6 +72,7 @@ impl Default for MediaConfig {
             media_timeout_ns: 300_000_000_000,
             max_call_secs: 4 * 3600,
             restore_grace_ns: 5_000_000_000,
+            spool: SpoolConfig::default(),
         }
     }
 }
@@ -96,9 +97,10 @@ pub struct WorkerStats {
     pub calls_restored: u64,
     /// Flush rounds done (the driver times them for the flush latency histogram).
     pub flush_rounds: u64,
-    /// Recordings that are a file made ahead by the preparing thread (the rest were created
-    /// when needed).
-    pub prepared_files_used: u64,
+    /// Calls whose recording failed (see [`FailReason`]), and audio samples dropped because
+    /// the disk could not keep up.
+    pub recordings_failed: u64,
+    pub samples_dropped: u64,
 }
 
 #[derive(Default)]
@@ -148,7 +150,7 @@ struct ActiveCall {
     /// No file may be created (yet): a `skip` call (never), an `on_demand` call until an
     /// operator starts it; the file is then created at the next audio packet.
     no_file: bool,
-    /// A write to the recording failed (logged once).
+    /// The recording failed (logged once): no file is made for it any more.
     write_failed: bool,
     /// Restored and not yet heard from since (time of the restore); see [`JournalState`].
     awaiting_since: Option<u64>,
@@ -157,7 +159,7 @@ struct ActiveCall {
     contender: Option<(u32, usize, u64)>,
     /// Which direction each SSRC seen so far belongs to (bounded; see `direction_of`).
     ssrc_dirs: SsrcDirs,
-    wav: Option<WavWriter>,
+    wav: Option<WavWindow>,
     /// Operator pause/stop: spans kept out of the file, and the events for the CDR.
     gate: super::recording::RecordingGate,
     dirs: [DirState; 2],
@@ -168,8 +170,13 @@ struct ActiveCall {
     answer_ns: Option<u64>,
     sides: [SideMedia; 2],
     wav_path: PathBuf,
-    raw: Option<PcapWriter<BufWriter<RawFile>>>,
+    /// The spool thread confirmed `wav_path` as the file's name (a taken name gets a suffix):
+    /// only then is it journaled.
+    wav_confirmed: bool,
+    raw: Option<RawPcap>,
     raw_path: PathBuf,
+    /// Why the recording failed, for the CDR.
+    failure: Option<String>,
     unsupported: BTreeSet<String>,
     dtmf: Vec<Dtmf>,
     /// Active-call journal bookkeeping (see [`crate::store::callstore`]).
@@ -177,9 +184,6 @@ struct ActiveCall {
     /// Signalling ended the call (reason, time); it is finished after [`END_GRACE_NS`].
     ending: Option<(String, u64)>,
     recording_events: Vec<crate::store::cdr::RecordingEvent>,
-    /// The recording file made ahead for this call ([`crate::store::prepare`]), taken where
-    /// the file would otherwise be created ([`ActiveCall::open_recording`]).
-    prepared: Option<prepare::PreparedWav>,
 }
 
 impl ActiveCall {
@@ -203,27 +207,16 @@ impl ActiveCall {
         prefetch(std::ptr::from_ref(&self.setup.start_ns).cast());
     }
 
-    /// The call's recording file at `rate`: the one prepared ahead if it has arrived, else
-    /// created now.
-    fn open_recording(
-        &mut self,
-        rate: u32,
-        max_secs: u64,
-        stats: &mut WorkerStats,
-    ) -> std::io::Result<WavWriter> {
-        if let Some(p) = self.prepared.take() {
-            match p.adopt(&self.wav_path, rate) {
-                Ok(w) => {
-                    stats.prepared_files_used += 1;
-                    return Ok(w);
-                }
-                Err(e) => log::warn!(
-                    "{}: cannot take the prepared recording ({e}); creating it",
-                    self.wav_path.display()
-                ),
-            }
-        }
-        WavWriter::create(&self.wav_path, rate, max_secs)
+    /// Starts the call's recording at `rate` (the spool thread creates the file).
+    fn open_recording(&mut self, spool: &mut Spool, rate: u32, max_secs: u64) {
+        self.wav = Some(WavWindow::create(
+            spool,
+            RecId::wav(self.setup.call),
+            Tag::new(&self.setup.uuid, false),
+            self.wav_path.clone(),
+            rate,
+            max_secs,
+        ));
     }
 }
 
@@ -248,28 +241,6 @@ struct JournalState {
     raw_exists: bool,
 }
 
-/// The raw RTP pcap of a call. A call restored after a restart appends to the pcap the earlier
-/// run wrote: the pcap writer's header is then dropped instead of written into the middle.
-struct RawFile {
-    file: File,
-    skip_header: usize,
-}
-
-impl std::io::Write for RawFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.skip_header > 0 {
-            let n = buf.len().min(self.skip_header);
-            self.skip_header -= n;
-            return Ok(n);
-        }
-        self.file.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
 /// A hint to bring the line at `p` into the cache; never faults.
 #[inline(always)]
 fn prefetch(p: *const u8) {
@@ -281,9 +252,6 @@ fn prefetch(p: *const u8) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
-
-/// Length of a pcap file header (what [`RawFile::skip_header`] drops).
-const PCAP_HEADER_LEN: usize = 24;
 
 /// A cheap fingerprint of what a journal write must capture promptly: stream identities and
 /// anchoring (SSRC, RTP clock, SSRC changes and re-anchorings), the codec in use, the
@@ -477,15 +445,6 @@ fn endpoints(rec: &Record<'_>) -> Option<(SocketAddr, SocketAddr)> {
     ))
 }
 
-/// A worker's side of the preparing thread.
-struct Prep {
-    requests: Sender<prepare::Request>,
-    reply: Sender<prepare::Prepared>,
-    answers: crossbeam_channel::Receiver<prepare::Prepared>,
-    /// Requests not answered yet: the packet path looks for answers only while there are some.
-    outstanding: u64,
-}
-
 /// The worker's per-packet maps: foldhash, seeded per process (keys come from SDP, i.e. from
 /// the network, so the seed must not be guessable), at a fraction of SipHash's cost.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
@@ -511,14 +470,15 @@ pub struct MediaWorker {
     last_flush_ns: u64,
     /// The active-call journal (`calltap run`; replay has none).
     store: Option<JournalWriter>,
-    /// Recording files made ahead by the preparing thread (`calltap run`; replay creates them
-    /// inline, for deterministic results).
-    prep: Option<Prep>,
+    /// Where the recordings' audio goes to disk.
+    spool: Spool,
     pub stats: WorkerStats,
 }
 
 impl MediaWorker {
+    /// A worker and its spool thread.
     pub fn new(id: u32, cfg: MediaConfig) -> MediaWorker {
+        let spool = Spool::start(id, cfg.spool.clone());
         MediaWorker {
             id,
             cfg,
@@ -531,7 +491,7 @@ impl MediaWorker {
             resampled: Box::new([0; PCM_MAX]),
             last_flush_ns: 0,
             store: None,
-            prep: None,
+            spool,
             stats: WorkerStats {
                 id,
                 ..WorkerStats::default()
@@ -545,51 +505,37 @@ impl MediaWorker {
         self
     }
 
-    /// Has recording files made ahead of need by `preparer` (see [`crate::store::prepare`]).
-    pub fn with_preparer(mut self, preparer: Sender<prepare::Request>) -> MediaWorker {
-        let (reply, answers) = crossbeam_channel::unbounded();
-        self.prep = Some(Prep {
-            requests: preparer,
-            reply,
-            answers,
-            outstanding: 0,
-        });
-        self
-    }
-
-    /// Asks the preparing thread for `call`'s recording file.
-    fn request_file(&mut self, call: CallRef) {
-        let (Some(p), Some(c)) = (self.prep.as_mut(), self.calls.get(&call)) else {
-            return;
-        };
-        let req = prepare::Request {
-            call,
-            temp: prepare::temp_path(&c.wav_path),
-            max_seconds: self.cfg.max_call_secs,
-            reply: p.reply.clone(),
-        };
-        if p.requests.send(req).is_ok() {
-            p.outstanding += 1;
-        }
-    }
-
-    /// Hands the prepared files that have arrived to their calls. One that no call can use
-    /// (the call is gone, has its file already or may not have one) is dropped, which removes
-    /// it.
-    fn collect_prepared(&mut self) {
-        let MediaWorker { prep, calls, .. } = self;
-        let Some(p) = prep.as_mut() else {
-            return;
-        };
-        for got in p.answers.try_iter() {
-            p.outstanding = p.outstanding.saturating_sub(1);
-            match (calls.get_mut(&got.call), got.result) {
-                (Some(c), Ok(w)) if c.wav.is_none() && !c.no_file => c.prepared = Some(w),
-                (Some(c), Err(e)) => log::warn!(
-                    "{}: preparing the recording failed ({e}); it is created when needed",
-                    c.wav_path.display()
-                ),
-                _ => {}
+    /// Applies the spool thread's answers: the names recordings got, and the ones that could
+    /// not be made or written.
+    fn spool_replies(&mut self) {
+        let replies: Vec<Reply> = self.spool.replies().collect();
+        for r in replies {
+            let (id, call) = match &r {
+                Reply::Opened { id, .. } | Reply::Failed { id, .. } => (*id, id.call()),
+            };
+            let Some(c) = self.calls.get_mut(&call) else {
+                continue;
+            };
+            match r {
+                Reply::Opened { path, .. } if id.is_raw() => c.raw_path = path,
+                Reply::Opened { path, .. } => {
+                    c.wav_path = path;
+                    c.wav_confirmed = true;
+                    c.journal.dirty = true;
+                }
+                Reply::Failed { reason, error, .. } => {
+                    if c.failure.is_none() {
+                        self.stats.recordings_failed += 1;
+                    }
+                    c.failure.get_or_insert(error);
+                    c.write_failed = true;
+                    c.journal.dirty = true;
+                    if let Some(w) = c.wav.as_mut().filter(|_| !id.is_raw()) {
+                        w.fail(&mut self.spool, reason);
+                        // Logged by the spool thread, which knows the error.
+                        let _ = w.take_unreported();
+                    }
+                }
             }
         }
     }
@@ -637,7 +583,6 @@ impl MediaWorker {
                 let raw_path = wav_path.with_extension("rtp.pcap");
                 let start = setup.start_ns;
                 let mode = setup.recording.action;
-                let call = setup.call;
                 self.calls.insert(
                     setup.call,
                     Box::new(ActiveCall {
@@ -648,8 +593,10 @@ impl MediaWorker {
                         dirs: [DirState::default(), DirState::default()],
                         wav: None,
                         wav_path,
+                        wav_confirmed: false,
                         raw: None,
                         raw_path,
+                        failure: None,
                         unsupported: BTreeSet::new(),
                         dtmf: Vec::new(),
                         last_media_ns: start,
@@ -671,12 +618,8 @@ impl MediaWorker {
                         },
                         recording_events: Vec::new(),
                         no_file: mode != RuleAction::Record,
-                        prepared: None,
                     }),
                 );
-                if mode == RuleAction::Record {
-                    self.request_file(call);
-                }
             }
             Control::Media {
                 call,
@@ -773,13 +716,10 @@ impl MediaWorker {
                         }
                         let closing = c.gate.state() != super::recording::RecordingState::Recording;
                         if let Some(w) = c.wav.as_mut() {
-                            let done = if closing {
-                                super::recording::blank_from(w, at)
+                            if closing {
+                                super::recording::blank_from(w, &mut self.spool, at);
                             } else {
-                                c.gate.close_span(w)
-                            };
-                            if done.is_err() {
-                                self.stats.write_errors += 1;
+                                c.gate.close_span(w, &mut self.spool);
                             }
                         }
                         c.recording_events.push(crate::store::cdr::RecordingEvent {
@@ -821,6 +761,14 @@ impl MediaWorker {
     /// Finishes calls whose end is older than [`END_GRACE_NS`] at `now` (`u64::MAX`: all that
     /// have ended). Ends arrive in time order, so the due ones are at the front of the queue.
     pub fn reap(&mut self, now: u64, done: &mut Vec<Cdr>) {
+        if self
+            .ending_queue
+            .front()
+            .is_some_and(|&(at, _)| now >= at.saturating_add(END_GRACE_NS))
+        {
+            // What the spool found about the files of the calls finishing now.
+            self.spool_replies();
+        }
         while let Some(&(at, call)) = self.ending_queue.front() {
             if now < at.saturating_add(END_GRACE_NS) {
                 break;
@@ -877,9 +825,6 @@ impl MediaWorker {
     /// when no call of this worker has the record's endpoint: the driver then applies pending
     /// control messages and retries, or counts it with [`MediaWorker::unknown`].
     pub fn packet(&mut self, rec: &Record<'_>) -> bool {
-        if self.prep.as_ref().is_some_and(|p| p.outstanding > 0) {
-            self.collect_prepared();
-        }
         let Some((src, dst)) = endpoints(rec) else {
             self.stats.records += 1;
             self.stats.bad_rtp += 1;
@@ -969,7 +914,7 @@ impl MediaWorker {
             }
             CodecKind::ComfortNoise => return true,
             CodecKind::Unsupported => {
-                raw_rtp(c, rec, &mut self.stats);
+                raw_rtp(c, rec, &mut self.spool);
                 return true;
             }
             _ => {}
@@ -1044,34 +989,14 @@ impl MediaWorker {
             &self.resampled[..n2]
         };
         if c.wav.is_none() {
-            if c.no_file {
+            if c.no_file || c.write_failed {
                 return true;
             }
-            if c.write_failed {
-                // Already failed (disk full): counted, logged once.
-                self.stats.write_errors += 1;
-                return true;
-            }
-            match c.open_recording(wav_rate, self.cfg.max_call_secs, &mut self.stats) {
-                Ok(w) => c.wav = Some(w),
-                Err(e) => {
-                    self.stats.write_errors += 1;
-                    c.write_failed = true;
-                    log::error!("{}: cannot create recording: {e}", c.wav_path.display());
-                    return true;
-                }
-            }
+            c.open_recording(&mut self.spool, wav_rate, self.cfg.max_call_secs);
         }
         if let Some(w) = c.wav.as_mut() {
             // Paused or stopped spans stay silence: only the parts outside them are written.
-            if let Err(e) = c.gate.write(w, sender, pos, samples) {
-                self.stats.write_errors += 1;
-                if !c.write_failed {
-                    // Once per call: the disk is full or failing; the CDR is still written.
-                    c.write_failed = true;
-                    log::error!("{}: recording write failed: {e}", c.wav_path.display());
-                }
-            }
+            c.gate.write(w, &mut self.spool, sender, pos, samples);
         }
         true
     }
@@ -1081,13 +1006,22 @@ impl MediaWorker {
         if now.saturating_sub(self.last_flush_ns) >= self.cfg.flush_interval_ns {
             self.last_flush_ns = now;
             self.stats.flush_rounds += 1;
+            self.spool_replies();
             for c in self.calls.values_mut() {
                 if let Some(w) = c.wav.as_mut() {
-                    if w.flush().is_err() {
-                        self.stats.write_errors += 1;
+                    w.flush(&mut self.spool);
+                    if let Some(reason) = w.take_unreported() {
+                        self.stats.recordings_failed += 1;
+                        c.failure.get_or_insert_with(|| backlog_message(reason));
+                        log::error!("{}: {}", c.wav_path.display(), backlog_message(reason));
                     }
+                    self.stats.samples_dropped += std::mem::take(&mut w.dropped_samples);
+                }
+                if let Some(r) = c.raw.as_mut() {
+                    r.flush(&mut self.spool);
                 }
             }
+            self.spool.publish();
             // After the WAV flush: the journal then describes what the files hold.
             self.journal(now);
         }
@@ -1189,7 +1123,10 @@ impl MediaWorker {
             return;
         };
         c.wav_path = j.wav_path;
-        c.raw_path = c.wav_path.with_extension("rtp.pcap");
+        c.raw_path = j
+            .raw_path
+            .clone()
+            .unwrap_or_else(|| c.wav_path.with_extension("rtp.pcap"));
         c.ringing_ns = j.ringing_ns;
         c.answer_ns = j.answer_ns;
         for (side, sj) in c.sides.iter_mut().zip(j.sides) {
@@ -1242,13 +1179,29 @@ impl MediaWorker {
         c.journal.raw_exists = j.raw_pcap;
         c.journal.dirty = true;
         if let Some(w) = &j.wav {
-            match WavWriter::reopen(&w.path, w.rate, self.cfg.max_call_secs, w.frames) {
-                Ok(wav) => c.wav = Some(wav),
+            // Checked here, once per restored call before capture starts: the worker must
+            // know what the file holds before it writes into it.
+            match wav::probe(&w.path, w.rate) {
+                Ok(probe) => {
+                    c.wav = Some(WavWindow::reopen(
+                        &mut self.spool,
+                        RecId::wav(call),
+                        Tag::new(&c.setup.uuid, false),
+                        w.path.clone(),
+                        w.rate,
+                        self.cfg.max_call_secs,
+                        probe,
+                        w.frames,
+                    ));
+                    c.wav_path = w.path.clone();
+                    c.wav_confirmed = true;
+                }
                 Err(e) => {
                     // Keep what is there for a person to look at; the call goes on in a new
-                    // file at the same path (positions are absolute, so its audio still lines
-                    // up with the call).
+                    // file (positions are absolute, so its audio still lines up with the
+                    // call).
                     self.stats.write_errors += 1;
+                    self.spool.counters().fail(FailReason::Restore);
                     let aside = w.path.with_extension("wav.unreadable");
                     let moved = w.path.exists() && std::fs::rename(&w.path, &aside).is_ok();
                     log::error!(
@@ -1300,43 +1253,47 @@ impl MediaWorker {
         // the CDR says there is no recording rather than offering silence as the call's audio.
         if c.wav.is_none() && !c.no_file && !c.write_failed && (c.answer_ns.is_some() || any_audio)
         {
-            match c.open_recording(8000, self.cfg.max_call_secs, &mut self.stats) {
-                Ok(w) => c.wav = Some(w),
-                Err(e) => {
-                    self.stats.write_errors += 1;
-                    log::error!("{}: cannot create recording: {e}", c.wav_path.display());
-                }
-            }
+            c.open_recording(&mut self.spool, 8000, self.cfg.max_call_secs);
         }
-        let raw_rtp_pcap = c.raw.take().map(|w| {
-            drop(w);
-            c.raw_path.clone()
-        });
-        let recording = c.wav.take().and_then(|mut w| {
-            let frames = (end_ns - start) as u128 * w.rate() as u128 / 1_000_000_000;
-            let frames = c.gate.final_frames(w.rate(), frames as u64);
-            if w.extend_to(frames).is_err() {
-                self.stats.write_errors += 1;
-            }
-            // Closed here, sealed (fsync, sha256) by whoever takes the CDR: see `Recording`.
-            match w.close() {
-                Ok(f) => Some(Recording {
-                    duration_ms: f.frames * 1000 / f.rate.max(1) as u64,
-                    path: f.path,
-                    bytes: f.bytes,
+        let raw_closing = c
+            .raw
+            .take()
+            .map(|r| (c.raw_path.clone(), r.close(&mut self.spool)));
+        let recording = match c.wav.take() {
+            // The file could never be made: no recording, and the CDR says why.
+            Some(w) if w.failure().is_some_and(|f| f == FailReason::Create) => None,
+            None => None,
+            Some(mut w) => {
+                let frames = (end_ns - start) as u128 * w.rate() as u128 / 1_000_000_000;
+                let frames = c.gate.final_frames(w.rate(), frames as u64);
+                w.extend_to(frames);
+                let (rate, frames) = (w.rate(), w.frames());
+                if let Some(reason) = w.take_unreported() {
+                    self.stats.recordings_failed += 1;
+                    c.failure.get_or_insert_with(|| backlog_message(reason));
+                }
+                // Closed by the spool thread, sealed (fsync, sha256) by whoever takes the
+                // CDR: see `Recording`.
+                let closing = w.close(&mut self.spool);
+                let (raw_rtp_pcap, raw_closing) = match &raw_closing {
+                    Some((path, closing)) => (Some(path.clone()), closing.clone()),
+                    None => (None, Closing::default()),
+                };
+                Some(Recording {
+                    duration_ms: frames * 1000 / u64::from(rate.max(1)),
+                    path: c.wav_path.clone(),
+                    bytes: DATA_OFFSET + frames * 4,
                     // Filled in by `Recording::seal` (the CDR thread).
                     sha256: String::new(),
-                    sample_rate: f.rate,
+                    sample_rate: rate,
                     channels: 2,
-                    raw_rtp_pcap: raw_rtp_pcap.clone(),
-                }),
-                Err(e) => {
-                    self.stats.write_errors += 1;
-                    log::error!("{}: cannot finish recording: {e}", c.wav_path.display());
-                    None
-                }
+                    raw_rtp_pcap,
+                    error: c.failure.clone(),
+                    closing: [closing, raw_closing],
+                })
             }
-        });
+        };
+        let recording_missing = recording.is_none() && c.failure.is_some();
         let mut codecs: Vec<String> = Vec::new();
         for d in &c.dirs {
             if let Some(name) = &d.codec {
@@ -1399,6 +1356,11 @@ impl MediaWorker {
             recording_events: std::mem::take(&mut c.recording_events),
             recording_mode: Some(s.recording.action.as_str().into()),
             rule_id: s.recording.rule_id,
+            recording_failed: if recording_missing {
+                c.failure.clone()
+            } else {
+                None
+            },
         }
     }
 }
@@ -1449,13 +1411,19 @@ fn journal_of(c: &ActiveCall, worker: u32, now: u64) -> CallJournal {
         }),
         dtmf: c.dtmf.clone(),
         wav_path: c.wav_path.clone(),
-        wav: c.wav.as_ref().map(|w| WavJournal {
-            path: w.path().to_path_buf(),
-            rate: w.rate(),
-            data_offset: DATA_OFFSET,
-            frames: w.frames(),
-        }),
-        raw_pcap: c.journal.raw_exists,
+        // Only a file the spool thread confirmed: a restart must never continue another.
+        wav: c
+            .wav
+            .as_ref()
+            .filter(|_| c.wav_confirmed)
+            .map(|w| WavJournal {
+                path: c.wav_path.clone(),
+                rate: w.rate(),
+                data_offset: DATA_OFFSET,
+                frames: w.frames(),
+            }),
+        raw_pcap: c.journal.raw_exists || c.raw.is_some(),
+        raw_path: Some(c.raw_path.clone()),
         unsupported: c.unsupported.iter().cloned().collect(),
         ssrc_dirs: c.ssrc_dirs.pairs(),
         restart_gaps: c.journal.restart_gaps.clone(),
@@ -1509,59 +1477,32 @@ fn rtcp(c: &mut ActiveCall, sender: usize, payload: &[u8]) {
 }
 
 /// Keeps RTP CallTap cannot decode in a pcap beside the recording, so nothing is lost.
-fn raw_rtp(c: &mut ActiveCall, rec: &Record<'_>, stats: &mut WorkerStats) {
-    if c.raw.is_none() {
-        if c.no_file {
-            return;
-        }
-        if c.write_failed {
-            // Creating it failed before: no retry (and no log line) per packet.
-            stats.write_errors += 1;
-            return;
-        }
-        if let Some(dir) = c.raw_path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        // A restored call goes on in the pcap the earlier run started.
-        let append = c.journal.raw_exists && c.raw_path.is_file();
-        let opened = if append {
-            OpenOptions::new().append(true).open(&c.raw_path)
-        } else {
-            File::create(&c.raw_path)
-        };
-        let file = match opened {
-            Ok(f) => f,
-            Err(e) => {
-                stats.write_errors += 1;
-                c.write_failed = true;
-                log::error!("{}: {e}", c.raw_path.display());
-                return;
-            }
-        };
-        let raw = RawFile {
-            file,
-            skip_header: if append { PCAP_HEADER_LEN } else { 0 },
-        };
-        match PcapWriter::with_header(BufWriter::new(raw), PcapHeader::default()) {
-            Ok(w) => {
-                c.raw = Some(w);
-                c.journal.raw_exists = true;
-            }
-            Err(e) => {
-                stats.write_errors += 1;
-                c.write_failed = true;
-                log::error!("{}: {e}", c.raw_path.display());
-                return;
-            }
-        }
+fn raw_rtp(c: &mut ActiveCall, rec: &Record<'_>, spool: &mut Spool) {
+    if c.no_file {
+        return;
     }
-    if let Some(w) = c.raw.as_mut() {
-        let ts = Duration::from_nanos(rec.meta.ts_ns);
-        if w.write_packet(&PcapPacket::new(ts, rec.meta.wire_len, rec.frame))
-            .is_err()
-        {
-            stats.write_errors += 1;
+    let raw = c.raw.get_or_insert_with(|| {
+        // A restored call goes on in the pcap the earlier run started.
+        let append = std::mem::take(&mut c.journal.raw_exists);
+        c.journal.dirty = true;
+        RawPcap::open(
+            spool,
+            RecId::raw(c.setup.call),
+            Tag::new(&c.setup.uuid, true),
+            c.raw_path.clone(),
+            append,
+        )
+    });
+    raw.push(spool, rec.meta.ts_ns, rec.meta.wire_len, rec.frame);
+}
+
+/// What the log and the CDR say of a recording that lost audio to a full spool.
+fn backlog_message(reason: FailReason) -> String {
+    match reason {
+        FailReason::Backlog => {
+            "audio dropped: the disk could not keep up (spool buffers or queue full)".into()
         }
+        other => format!("recording failed ({})", other.as_str()),
     }
 }
 

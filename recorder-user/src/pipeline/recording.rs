@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::wav::WavWriter;
+use crate::store::spool::{Spool, WavWindow};
 
 /// What an operator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,25 +161,21 @@ impl RecordingGate {
     /// spans; while a span is open the packet is also held (see [`Held`]).
     pub fn write(
         &mut self,
-        wav: &mut WavWriter,
+        wav: &mut WavWindow,
+        spool: &mut Spool,
         channel: usize,
         pos: u64,
         samples: &[i16],
-    ) -> std::io::Result<()> {
+    ) {
         if self.spans.is_empty() {
-            return wav.write(channel, pos, samples);
+            return wav.write(spool, channel, pos, samples);
         }
-        let mut res = Ok(());
         self.open_parts(wav.rate(), pos, samples.len(), |off, len| {
-            let r = wav.write(channel, pos + off as u64, &samples[off..off + len]);
-            if res.is_ok() {
-                res = r;
-            }
+            wav.write(spool, channel, pos + off as u64, &samples[off..off + len]);
         });
         if self.spans.last().is_some_and(|s| s.1 == u64::MAX) {
             self.hold(channel, pos, samples);
         }
-        res
     }
 
     fn hold(&mut self, channel: usize, pos: u64, samples: &[i16]) {
@@ -201,19 +197,15 @@ impl RecordingGate {
     }
 
     /// After a resume or start: writes what was held that lies after the resume time.
-    pub fn close_span(&mut self, wav: &mut WavWriter) -> std::io::Result<()> {
+    pub fn close_span(&mut self, wav: &mut WavWindow, spool: &mut Spool) {
         let held = std::mem::take(&mut self.held);
         self.held_next = 0;
-        let mut res = Ok(());
         for h in &held {
-            if let Err(e) = self.write(wav, h.channel, h.pos, &h.samples[..h.len]) {
-                res = Err(e);
-            }
+            self.write(wav, spool, h.channel, h.pos, &h.samples[..h.len]);
         }
         // Keep the allocation for the next pause.
         self.held = held;
         self.held.clear();
-        res
     }
 
     /// Calls `write(offset, len)` for each part of the `n` samples that start at frame `pos`
@@ -257,17 +249,8 @@ impl RecordingGate {
 /// worker wrote after a pause or stop was asked for but before the request reached it (at most
 /// the worker's control latency, a few packets), so the silence starts where the request was
 /// made rather than where it was applied.
-pub fn blank_from(wav: &mut WavWriter, from_ns: u64) -> std::io::Result<()> {
-    const ZEROS: [i16; 160] = [0; 160];
-    let mut at = frame(from_ns, wav.rate());
-    while at < wav.frames() {
-        let n = (wav.frames() - at).min(ZEROS.len() as u64) as usize;
-        for channel in 0..2 {
-            wav.write(channel, at, &ZEROS[..n])?;
-        }
-        at += n as u64;
-    }
-    Ok(())
+pub fn blank_from(wav: &mut WavWindow, spool: &mut Spool, from_ns: u64) {
+    wav.silence_from(spool, frame(from_ns, wav.rate()));
 }
 
 /// Frame position of `ns` after the call's start (`u64::MAX` stays open-ended).
@@ -281,6 +264,7 @@ fn frame(ns: u64, rate: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::spool::testing;
 
     const S: u64 = 1_000_000_000;
 
@@ -362,18 +346,17 @@ mod tests {
     #[test]
     fn blank_from_silences_audio_written_after_the_request() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let mut w = WavWriter::create(&tmp.path().join("a.wav"), 8000, 60).expect("wav");
+        let (mut spool, mut w) = testing::recording(tmp.path(), 8000);
         let tone = [1000i16; 400];
         for pos in (0..12_000).step_by(400) {
-            w.write(0, pos, &tone).expect("left");
-            w.write(1, pos, &tone).expect("right");
+            w.write(&mut spool, 0, pos, &tone);
+            w.write(&mut spool, 1, pos, &tone);
         }
-        blank_from(&mut w, S + 2_500_000).expect("blank");
-        let f = w.close().expect("close");
-        let r = hound::WavReader::open(&f.path).expect("read");
-        let samples: Vec<i16> = r.into_samples().map(|s| s.expect("sample")).collect();
+        blank_from(&mut w, &mut spool, S + 2_500_000);
+        let (_, samples) = testing::finish(&mut spool, w);
         assert_eq!(samples.len(), 24_000);
-        // 1.0025 s = frame 8020: audio before, silence from there to the end.
+        // 1.0025 s = frame 8020: audio before, silence from there to the end (both on disk
+        // and still in memory when the request came).
         assert!(samples[..8020 * 2].iter().all(|&s| s == 1000));
         assert!(samples[8020 * 2..].iter().all(|&s| s == 0));
     }
@@ -381,21 +364,19 @@ mod tests {
     #[test]
     fn audio_after_the_resume_time_that_arrived_before_the_resume_is_written() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let mut w = WavWriter::create(&tmp.path().join("a.wav"), 8000, 60).expect("wav");
+        let (mut spool, mut w) = testing::recording(tmp.path(), 8000);
         let mut g = RecordingGate::default();
         let tone = [700i16; 160];
-        g.write(&mut w, 0, 7840, &tone).expect("before");
+        g.write(&mut w, &mut spool, 0, 7840, &tone);
         assert!(g.apply(RecordingAction::Pause, S));
         // Arrive while paused: one inside the pause, one after the (not yet known) resume time,
         // straddling it.
-        g.write(&mut w, 0, 12000, &tone).expect("paused");
-        g.write(&mut w, 1, 15920, &tone).expect("straddling");
+        g.write(&mut w, &mut spool, 0, 12000, &tone);
+        g.write(&mut w, &mut spool, 1, 15920, &tone);
         assert!(g.apply(RecordingAction::Resume, 2 * S));
-        g.close_span(&mut w).expect("close");
-        g.write(&mut w, 0, 16080, &tone).expect("after");
-        let f = w.close().expect("close");
-        let r = hound::WavReader::open(&f.path).expect("read");
-        let s: Vec<i16> = r.into_samples().map(|s| s.expect("sample")).collect();
+        g.close_span(&mut w, &mut spool);
+        g.write(&mut w, &mut spool, 0, 16080, &tone);
+        let (_, s) = testing::finish(&mut spool, w);
         let left = |i: usize| s[2 * i];
         let right = |i: usize| s[2 * i + 1];
         assert_eq!(left(7900), 700);

@@ -189,6 +189,7 @@ pub struct Metrics {
     webhook_events: IntCounterVec,
     webhook_failures: IntCounter,
     webhook_retries: IntCounter,
+    recording: super::recording_metrics::RecordingMetrics,
     sources: Sources,
 }
 
@@ -205,7 +206,7 @@ struct Sources {
 }
 
 /// Sets a counter to a value read from a monotonic source.
-fn set_counter(c: &IntCounter, v: u64) {
+pub(super) fn set_counter(c: &IntCounter, v: u64) {
     let now = c.get();
     if v > now {
         c.inc_by(v - now);
@@ -462,6 +463,7 @@ impl Metrics {
                 "calltap_webhook_retries_total",
                 "Webhook delivery attempts that retried an earlier failure.",
             )?,
+            recording: super::recording_metrics::RecordingMetrics::new(&registry)?,
             registry,
             sources: Sources {
                 capture,
@@ -543,8 +545,14 @@ impl Metrics {
         }
     }
 
+    /// The limits on calls recorded at once, as the daemon found them at start.
+    pub fn set_capacity(&self, c: &crate::store::spool::Capacity) {
+        self.recording.set_capacity(c);
+    }
+
     /// Reads the shared counters into the metrics.
     fn refresh(&self) {
+        self.recording.refresh();
         match &self.sources.capture {
             CaptureCounters::Xdp(c) => {
                 for (i, metric) in &self.capture {

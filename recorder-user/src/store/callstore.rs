@@ -165,6 +165,10 @@ pub struct CallJournal {
     /// The raw RTP pcap of unsupported codecs exists (it is appended to, not recreated).
     #[serde(default)]
     pub raw_pcap: bool,
+    /// Its name (a taken name got a suffix); `None` in journals of older versions, where it is
+    /// the recording's with `.rtp.pcap`.
+    #[serde(default)]
+    pub raw_path: Option<PathBuf>,
     #[serde(default)]
     pub unsupported: Vec<String>,
     #[serde(default)]
@@ -787,6 +791,7 @@ mod tests {
                 frames: 16_000,
             }),
             raw_pcap: false,
+            raw_path: None,
             unsupported: vec![],
             ssrc_dirs: vec![(0xabcd, 0)],
             restart_gaps: vec![RestartGap::new(1, 2_000_000)],

@@ -8,6 +8,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::spool::Closing;
+
 /// A SIP party as the CDR shows it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Party {
@@ -61,14 +63,48 @@ pub struct Recording {
     pub duration_ms: u64,
     /// Raw RTP of payload types CallTap cannot decode, kept beside the WAV.
     pub raw_rtp_pcap: Option<PathBuf>,
+    /// Why part or all of the call's audio is missing from the file (the disk filled up, the
+    /// disk could not keep up), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The spool's answers for the WAV and the raw RTP pcap: each file is complete (and its
+    /// final name known) once its answer came. Not data: never stored.
+    #[serde(skip)]
+    pub closing: [Closing; 2],
 }
 
+/// How long sealing waits for the spool to finish a file; beyond it the disk is stuck, and the
+/// CDR goes on saying so rather than waiting for ever.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Recording {
-    /// Makes the file durable and fills in `sha256`. The media worker only closes the file at
-    /// call end (its `sha256` is empty until then): fsync and hashing a long call would stall
-    /// its other calls, so whoever takes the CDR does this. A no-op once `sha256` is known; on
-    /// an error it stays empty (unknown), and the archive hashes the file itself.
+    /// Waits for the spool to finish the files (their final names, sizes and errors), makes the
+    /// WAV durable and fills in `sha256`. The media worker only asks for the file to be closed
+    /// at call end: fsync and hashing a long call would stall its other calls, so whoever takes
+    /// the CDR does this. A no-op once `sha256` is known; on an error it stays empty (unknown),
+    /// and the archive hashes the file itself.
     pub fn seal(&mut self) -> io::Result<()> {
+        let [wav, raw] = &mut self.closing;
+        if wav.is_pending() {
+            match wav.wait(CLOSE_WAIT) {
+                Some(done) => {
+                    self.path = done.path;
+                    self.bytes = done.bytes;
+                    if let Some(e) = done.error {
+                        self.error.get_or_insert(e);
+                    }
+                }
+                None => {
+                    self.error
+                        .get_or_insert_with(|| "the recording was not finished in time".into());
+                }
+            }
+        }
+        if raw.is_pending() {
+            if let Some(done) = raw.wait(CLOSE_WAIT) {
+                self.raw_rtp_pcap = Some(done.path);
+            }
+        }
         if self.sha256.is_empty() {
             self.sha256 = crate::store::wav::seal(&self.path)?;
         }
@@ -81,7 +117,14 @@ impl Cdr {
     /// itself is kept: it says where the file is).
     pub fn seal_recording(&mut self) {
         if let Some(r) = self.recording.as_mut() {
-            if let Err(e) = r.seal() {
+            let sealed = r.seal();
+            if r.error.is_some() && !r.path.exists() {
+                // The file could never be made (the spool said so after the call ended): no
+                // recording, and why.
+                self.recording_failed = self.recording.take().and_then(|r| r.error);
+                return;
+            }
+            if let Err(e) = sealed {
                 log::error!(
                     "{}: cannot make the recording durable: {e}",
                     r.path.display()
@@ -144,6 +187,10 @@ pub struct Cdr {
     /// The rule that decided it; `None` when the default mode applied.
     #[serde(default)]
     pub rule_id: Option<i64>,
+    /// Why a call that should have been recorded has no recording (its file could not be
+    /// made); a recording that lost only part of its audio says so in `recording.error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_failed: Option<String>,
 }
 
 /// One recording control event of a call.

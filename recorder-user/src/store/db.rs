@@ -700,6 +700,8 @@ pub(crate) mod tests {
                 channels: 2,
                 duration_ms: 2000,
                 raw_rtp_pcap: None,
+                error: None,
+                closing: Default::default(),
             }),
             worker: n % 2,
             recording_events: vec![crate::store::cdr::RecordingEvent {
@@ -713,6 +715,7 @@ pub(crate) mod tests {
             )],
             recording_mode: Some("record".into()),
             rule_id: None,
+            recording_failed: None,
         }
     }
 

@@ -9,8 +9,7 @@
 use std::path::{Path, PathBuf};
 
 /// Calls `f` with the path, name and metadata of every regular file below `root`, at any depth
-/// (what cannot be read is skipped): the recordings tree's walk, for retention and for the
-/// sweep of stale prepared files.
+/// (what cannot be read is skipped): the recordings tree's walk, for retention.
 pub fn for_each_file(root: &Path, f: &mut dyn FnMut(&Path, &str, &std::fs::Metadata)) {
     let mut todo = vec![root.to_path_buf()];
     while let Some(dir) = todo.pop() {

@@ -28,6 +28,9 @@ pub struct Call {
     cseq: u32,
     /// The called side's address (SIP and RTP); `CALLEE` unless changed with `callee_at`.
     callee: [u8; 4],
+    /// The user parts of From and To (`1001`, `2002` unless changed with `users`).
+    from_user: String,
+    to_user: String,
 }
 
 fn ip(a: [u8; 4]) -> String {
@@ -48,7 +51,16 @@ impl Call {
             packets: Vec::new(),
             cseq: 1,
             callee: CALLEE,
+            from_user: "1001".into(),
+            to_user: "2002".into(),
         }
+    }
+
+    /// The caller and callee user parts (as they appear in From, To and the request URIs).
+    pub fn users(mut self, from: &str, to: &str) -> Self {
+        self.from_user = from.to_owned();
+        self.to_user = to.to_owned();
+        self
     }
 
     /// The called side lives at `addr` (its RTP port stays `CALLEE_RTP`).
@@ -75,9 +87,11 @@ impl Call {
 
     fn headers(&self, method: &str, cseq: u32, to_tag: bool) -> String {
         format!(
-            "Via: SIP/2.0/UDP {c}:5060;branch=z9hG4bK{cseq}{method}\r\nFrom: \"Alice\" <sip:1001@{c}>;tag=caller1\r\nTo: <sip:2002@{d}>{tt}\r\nCall-ID: {id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n",
+            "Via: SIP/2.0/UDP {c}:5060;branch=z9hG4bK{cseq}{method}\r\nFrom: \"Alice\" <sip:{fu}@{c}>;tag=caller1\r\nTo: <sip:{tu}@{d}>{tt}\r\nCall-ID: {id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n",
             c = ip(CALLER),
             d = ip(self.callee),
+            fu = self.from_user,
+            tu = self.to_user,
             tt = if to_tag { ";tag=callee1" } else { "" },
             id = self.call_id,
         )
@@ -89,9 +103,11 @@ impl Call {
         self.cseq += 1;
         let body = sdp(CALLER, CALLER_RTP, direction);
         let text = format!(
-            "INVITE sip:2002@{d} SIP/2.0\r\n{h}Contact: <sip:1001@{c}>\r\nContent-Type: application/sdp\r\nContent-Length: {l}\r\n\r\n{body}",
+            "INVITE sip:{tu}@{d} SIP/2.0\r\n{h}Contact: <sip:{fu}@{c}>\r\nContent-Type: application/sdp\r\nContent-Length: {l}\r\n\r\n{body}",
             d = ip(self.callee),
             c = ip(CALLER),
+            tu = self.to_user,
+            fu = self.from_user,
             h = self.headers("INVITE", cseq, reinvite),
             l = body.len()
         );
@@ -117,8 +133,9 @@ impl Call {
             "Content-Type: application/sdp\r\n"
         };
         let text = format!(
-            "SIP/2.0 {code} {reason}\r\n{h}Contact: <sip:2002@{d}>\r\n{ctype}Content-Length: {l}\r\n\r\n{body}",
+            "SIP/2.0 {code} {reason}\r\n{h}Contact: <sip:{tu}@{d}>\r\n{ctype}Content-Length: {l}\r\n\r\n{body}",
             h = self.headers("INVITE", cseq, code != 100),
+            tu = self.to_user,
             d = ip(self.callee),
             l = body.len()
         );
@@ -129,7 +146,8 @@ impl Call {
     pub fn ack(&mut self, at_ms: u64) -> &mut Self {
         let cseq = self.cseq - 1;
         let text = format!(
-            "ACK sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+            "ACK sip:{}@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+            self.to_user,
             ip(self.callee),
             self.headers("ACK", cseq, true)
         );
@@ -142,7 +160,8 @@ impl Call {
         let cseq = self.cseq;
         self.cseq += 1;
         let text = format!(
-            "BYE sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+            "BYE sip:{}@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+            self.to_user,
             ip(self.callee),
             self.headers("BYE", cseq, true)
         );
