@@ -90,6 +90,36 @@ fn cases() -> Vec<Case> {
             Class::Sip,
             SIGNALLING_RING,
         ),
+        // An SDP may name any endpoint, a SIP proxy's included (`c=<proxy> m=audio 5060` in a
+        // hostile 200 OK): SIP is decided before the media map, so B:5060, claimed below,
+        // stays signalling both ways, and a SIP start on a claimed media port is SIP too.
+        case(
+            "sip to a sip port whose endpoint is in the media map",
+            eth(0x0800, &ipv4(17, A, B, &udp(5060, 5060, INVITE))),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "sip from a sip port whose endpoint is in the media map",
+            eth(
+                0x0800,
+                &ipv4(17, B, A, &udp(5060, 40010, b"SIP/2.0 200 OK\r\n\r\n")),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "rtp-shaped to a sip port whose endpoint is in the media map",
+            eth(0x0800, &ipv4(17, A, B, &udp(30000, 5060, &rtp_payload))),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "sip sniffed on a claimed media endpoint",
+            eth(0x0800, &ipv4(17, A, B, &udp(30000, 20000, INVITE))),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
         case(
             "rtp to known endpoint",
             eth(0x0800, &ipv4(17, A, B, &udp(30000, 20000, &rtp_payload))),
@@ -428,6 +458,15 @@ fn media_entries() -> Vec<(MediaKey, MediaValue)> {
             MediaKey::v4(A, 34000),
             MediaValue {
                 worker: 2,
+                flags: 0,
+            },
+        ),
+        // What a hostile SDP would have claimed: a SIP proxy's signalling endpoint. (The
+        // signalling worker refuses such claims; the classifier must not depend on that.)
+        (
+            MediaKey::v4(B, 5060),
+            MediaValue {
+                worker: 3,
                 flags: 0,
             },
         ),
