@@ -13,6 +13,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("capture", "workers", "0"),
     ("capture", "sip_ports", "5060,5080"),
     ("capture", "sniff_sip", "true"),
+    ("capture", "learned_sip_port_idle_s", "600"),
     ("capture", "heuristic_rtp", "false"),
     ("capture", "heuristic_worker", "0"),
     ("capture", "drop_after_capture", "true"),
@@ -102,6 +103,8 @@ pub struct Config {
     pub workers: u32,
     pub sip_ports: Vec<u16>,
     pub sniff_sip: bool,
+    /// A TCP port learned as SIP by sniffing is forgotten after this long without SIP on it.
+    pub learned_sip_port_idle_s: u64,
     pub heuristic_rtp: bool,
     pub heuristic_worker: u32,
     pub drop_after_capture: bool,
@@ -387,6 +390,18 @@ impl Config {
                 }
             }
         }
+        let learned_sip_port_idle_s: u64 =
+            parse_num(raw, "capture", "learned_sip_port_idle_s", "seconds")?;
+        if learned_sip_port_idle_s == 0 {
+            let (v, o) = raw.get("capture", "learned_sip_port_idle_s");
+            return Err(bad(
+                o,
+                "capture",
+                "learned_sip_port_idle_s",
+                v,
+                "at least 1 s",
+            ));
+        }
         let heuristic_worker: u32 =
             parse_num(raw, "capture", "heuristic_worker", "a worker index")?;
         if heuristic_worker >= MAX_WORKERS {
@@ -517,6 +532,7 @@ impl Config {
             workers,
             sip_ports,
             sniff_sip: parse_bool(raw, "capture", "sniff_sip")?,
+            learned_sip_port_idle_s,
             heuristic_rtp: parse_bool(raw, "capture", "heuristic_rtp")?,
             heuristic_worker,
             drop_after_capture: parse_bool(raw, "capture", "drop_after_capture")?,

@@ -671,3 +671,42 @@ fn media_port_bitmap_follows_the_endpoints() {
     assert_eq!((send(b), send(c)), (Some(1), None));
     assert!(table.port_bit(31_000));
 }
+
+/// A TCP port learned as SIP is in the program's SIP port bitmap (every segment of it goes to
+/// the signalling ring, not only those that begin a message) until it is forgotten.
+#[test]
+fn learned_sip_ports_come_and_go_in_the_program() {
+    if !calltap_lab::root::require_root("learned_sip_ports_come_and_go_in_the_program") {
+        return;
+    }
+    let cfg = XdpConfig::default();
+    let (mut xdp, mut rings) = load(&cfg);
+    let mut table = xdp.take_media_table().expect("media table");
+    // The middle of a SIP message on TCP port 6060: only the port can say it is SIP.
+    let frame = eth(
+        0x0800,
+        &ipv4(
+            6,
+            A,
+            B,
+            &tcp(40_000, 6060, 77, b"Content-Length: 0\r\n\r\n"),
+        ),
+    );
+    let mut send = || -> Option<usize> {
+        xdp.test_run(&frame, 1).expect("test run");
+        let records = drain(&mut rings);
+        assert!(records.len() <= 1, "{records:?}");
+        records.first().map(|(ring, _)| *ring)
+    };
+    assert_eq!(send(), None, "not a SIP port yet");
+    table.learn_sip_port(6060).expect("learn");
+    assert!(table.sip_port_bit(6060));
+    assert_eq!(send(), Some(SIGNALLING_RING as usize), "learned");
+    table.forget_sip_port(6060).expect("forget");
+    assert!(!table.sip_port_bit(6060), "bit left set");
+    assert_eq!(send(), None, "forgotten");
+    assert!(
+        table.sip_port_bit(5060) && table.sip_port_bit(5080),
+        "configured ports stay"
+    );
+}

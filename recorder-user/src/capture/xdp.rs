@@ -305,20 +305,28 @@ impl BpfMediaTable {
     /// Whether the program's port bitmap has `port` set: what it reads before it looks the
     /// media map up for a packet with that port.
     pub fn port_bit(&self, port: u16) -> bool {
-        self.media_ports
-            .get(&u32::from(port >> 6), 0)
-            .is_ok_and(|bits| bits & (1u64 << (port & 63)) != 0)
+        bit(&self.media_ports, port)
     }
 
-    fn set_port_bit(&mut self, port: u16, on: bool) -> Result<(), String> {
-        let word = u32::from(port >> 6);
-        let bits = self.media_ports.get(&word, 0).map_err(|e| e.to_string())?;
-        let bit = 1u64 << (port & 63);
-        let bits = if on { bits | bit } else { bits & !bit };
-        self.media_ports
-            .set(word, bits, 0)
-            .map_err(|e| e.to_string())
+    /// Whether the program's SIP port bitmap has `port` set (configured or learned).
+    pub fn sip_port_bit(&self, port: u16) -> bool {
+        bit(&self.sip_ports, port)
     }
+}
+
+fn bit(bitmap: &Array<MapData, u64>, port: u16) -> bool {
+    bitmap
+        .get(&u32::from(port >> 6), 0)
+        .is_ok_and(|bits| bits & (1u64 << (port & 63)) != 0)
+}
+
+/// Sets or clears bit `port` of a port bitmap map (only this process writes them).
+fn set_bit(bitmap: &mut Array<MapData, u64>, port: u16, on: bool) -> Result<(), String> {
+    let word = u32::from(port >> 6);
+    let bits = bitmap.get(&word, 0).map_err(|e| e.to_string())?;
+    let bit = 1u64 << (port & 63);
+    let bits = if on { bits | bit } else { bits & !bit };
+    bitmap.set(word, bits, 0).map_err(|e| e.to_string())
 }
 
 impl MediaTable for BpfMediaTable {
@@ -327,7 +335,7 @@ impl MediaTable for BpfMediaTable {
         // The bit first: the program may then look up a port with no endpoint (a miss, as
         // before), never miss an endpoint whose bit is not set yet.
         if new && !self.port_keys.contains_key(&key.port) {
-            self.set_port_bit(key.port, true)?;
+            set_bit(&mut self.media_ports, key.port, true)?;
         }
         self.map.insert(key, owner, 0).map_err(|e| e.to_string())?;
         if new {
@@ -349,7 +357,7 @@ impl MediaTable for BpfMediaTable {
             if *n == 0 {
                 self.port_keys.remove(&port);
                 // A bit left set only costs the lookups it would have spared.
-                if let Err(e) = self.set_port_bit(port, false) {
+                if let Err(e) = set_bit(&mut self.media_ports, port, false) {
                     log::debug!("media port bitmap: {e}");
                 }
             }
@@ -357,11 +365,11 @@ impl MediaTable for BpfMediaTable {
     }
 
     fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
-        let word = u32::from(port >> 6);
-        let bits = self.sip_ports.get(&word, 0).map_err(|e| e.to_string())?;
-        self.sip_ports
-            .set(word, bits | 1 << (port & 63), 0)
-            .map_err(|e| e.to_string())
+        set_bit(&mut self.sip_ports, port, true)
+    }
+
+    fn forget_sip_port(&mut self, port: u16) -> Result<(), String> {
+        set_bit(&mut self.sip_ports, port, false)
     }
 }
 

@@ -96,6 +96,13 @@ impl SharedMediaTable {
         }
     }
 
+    /// The word of the SIP port bitmap that holds `port`'s bit.
+    fn port_word(&self, port: u16) -> Result<&AtomicU64, String> {
+        self.sip_ports
+            .get(usize::from(port >> 6))
+            .ok_or_else(|| "port bitmap too small".to_string())
+    }
+
     fn change(&self, change: Change) {
         let mut a = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         change.apply(&mut a.map);
@@ -115,11 +122,14 @@ impl MediaTable for SharedMediaTable {
     }
 
     fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
-        let word = self
-            .sip_ports
-            .get(usize::from(port >> 6))
-            .ok_or("port bitmap too small")?;
-        word.fetch_or(1 << (port & 63), Ordering::Relaxed);
+        self.port_word(port)?
+            .fetch_or(1 << (port & 63), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn forget_sip_port(&mut self, port: u16) -> Result<(), String> {
+        self.port_word(port)?
+            .fetch_and(!(1 << (port & 63)), Ordering::Relaxed);
         Ok(())
     }
 }
@@ -316,6 +326,17 @@ mod tests {
             Class::Sip,
             "a SIP start is SIP even on a claimed media endpoint"
         );
+    }
+
+    #[test]
+    fn a_forgotten_sip_port_leaves_the_bitmap_and_its_neighbours_stay() {
+        let mut table = SharedMediaTable::default();
+        let reader = UserTables::new(XdpConfig::default(), &[5060], table.clone());
+        table.learn_sip_port(5061).expect("learn");
+        assert!(reader.is_sip_port(5061));
+        table.forget_sip_port(5061).expect("forget");
+        assert!(!reader.is_sip_port(5061));
+        assert!(reader.is_sip_port(5060), "same bitmap word, configured");
     }
 
     #[test]

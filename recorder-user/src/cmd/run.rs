@@ -456,6 +456,12 @@ fn signalling_thread<T: MediaTable>(
                 .store(sig.active_calls() as u64, Ordering::Relaxed);
             live.calls_started
                 .store(sig.stats.calls_started, Ordering::Relaxed);
+            live.sdp_endpoints_refused
+                .store(sig.stats.sdp_endpoints_refused, Ordering::Relaxed);
+            live.sip_ports_learned
+                .store(sig.stats.learned_sip_ports, Ordering::Relaxed);
+            live.sip_ports_expired
+                .store(sig.stats.expired_sip_ports, Ordering::Relaxed);
         }
         if shutdown.stop.load(Ordering::Acquire) && n == 0 {
             // Let the media workers empty their rings first so no audio in flight is lost,
@@ -665,6 +671,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     }
     let tcfg = tracker_config(&cfg);
     let sip_ports = cfg.sip_ports.clone();
+    let learned_port_idle_ns = cfg.learned_sip_port_idle_s.saturating_mul(1_000_000_000);
     let sd = shutdown.clone();
     let sig_live = live.clone();
     // The kernel's map when XDP captures, the shared userspace map otherwise.
@@ -681,6 +688,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         .spawn(move || {
             let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0).with_store(journal);
             sig.set_sip_ports(&sip_ports);
+            sig.set_learned_port_idle(learned_port_idle_ns);
             sig.set_rules(sig_rules);
             let mut sink = sink;
             sig.restore(resumed, crate::clock::unix_ns(), &mut sink);
