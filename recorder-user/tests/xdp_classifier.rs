@@ -13,7 +13,7 @@ use calltap::{
 };
 use calltap_common::{
     classify::{counter_for, TARGET_NONE},
-    counter, Class, MediaKey, MediaValue, XdpConfig, MAX_WORKERS, SIGNALLING_RING,
+    counter, drop_mode, Class, MediaKey, MediaValue, XdpConfig, MAX_WORKERS, SIGNALLING_RING,
 };
 use support::frames::*;
 
@@ -709,4 +709,56 @@ fn learned_sip_ports_come_and_go_in_the_program() {
         table.sip_port_bit(5060) && table.sip_port_bit(5080),
         "configured ports stay"
     );
+}
+
+/// After capture a frame is dropped only where the program was told to: with the drop decided
+/// per interface (`drop_after_capture` unset), on the interfaces marked as dedicated mirror
+/// ports, and captured alike everywhere.
+#[test]
+fn frames_are_dropped_only_on_the_interfaces_marked_for_it() {
+    if !calltap_lab::root::require_root("frames_are_dropped_only_on_the_interfaces_marked_for_it") {
+        return;
+    }
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    let cfg = XdpConfig {
+        drop_after_capture: drop_mode::PER_INTERFACE,
+        ..XdpConfig::default()
+    };
+    let (mut xdp, mut rings) = load(&cfg);
+    // SAFETY: a NUL-terminated name.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    assert_ne!(lo, 0, "no lo");
+    let frames = [
+        eth(0x0800, &ipv4(17, A, B, &udp(5060, 5060, INVITE))),
+        eth(0x0806, &[0u8; 28]),
+    ];
+    let run = |xdp: &XdpCapture| -> Vec<u32> {
+        frames
+            .iter()
+            .map(|f| xdp.test_run_on(f, lo).expect("test run"))
+            .collect()
+    };
+    assert_eq!(
+        run(&xdp),
+        [XDP_PASS, XDP_PASS],
+        "not marked: the host gets it"
+    );
+    assert_eq!(
+        drain(&mut rings).len(),
+        1,
+        "the SIP frame is captured all the same"
+    );
+    xdp.drop_on("lo").expect("mark lo");
+    assert_eq!(run(&xdp), [XDP_DROP, XDP_DROP], "marked as a mirror port");
+    assert_eq!(drain(&mut rings).len(), 1, "captured, then dropped");
+    // The operator's `true`/`false` (and the settled uniform modes) apply to every interface.
+    for (mode, action) in [(drop_mode::NEVER, XDP_PASS), (drop_mode::ALWAYS, XDP_DROP)] {
+        xdp.set_config(XdpConfig {
+            drop_after_capture: mode,
+            ..cfg
+        })
+        .expect("config");
+        assert_eq!(run(&xdp), [action, action], "mode {mode}");
+    }
 }

@@ -170,6 +170,7 @@ pub struct Metrics {
     capture: Vec<(u32, IntCounterVec)>,
     classified: IntCounterVec,
     capture_info: IntGaugeVec,
+    interface_info: IntGaugeVec,
     worker_records: IntCounterVec,
     worker_active_calls: IntGaugeVec,
     active_calls: IntGauge,
@@ -371,6 +372,11 @@ impl Metrics {
                 "The capture source and mode in use (value 1).",
                 &["source", "mode"],
             )?,
+            interface_info: gauge_vec(
+                "calltap_capture_interface_info",
+                "Each capture interface, how it is attached, and whether its frames are dropped after capture (value 1).",
+                &["interface", "mode", "after_capture"],
+            )?,
             worker_records: counter_vec(
                 "calltap_worker_records_total",
                 "Records a media worker took from its ring.",
@@ -538,6 +544,14 @@ impl Metrics {
     }
 
     /// Records the capture source in use (`xdp` with `driver`/`skb`, or `af_packet`).
+    /// One capture interface: `mode` as in [`Metrics::set_capture_info`], `after_capture`
+    /// `drop` (a dedicated mirror port) or `pass`.
+    pub fn set_interface_info(&self, interface: &str, mode: &str, after_capture: &str) {
+        self.interface_info
+            .with_label_values(&[interface, mode, after_capture])
+            .set(1);
+    }
+
     pub fn set_capture_info(&self, source: &str, mode: &str) {
         self.capture_info.with_label_values(&[source, mode]).set(1);
     }
@@ -865,6 +879,7 @@ mod tests {
         )
         .expect("registry");
         m.set_capture_info("af_packet", "af_packet");
+        m.set_interface_info("eth1", "af_packet", "pass");
         m.observe_call(&cdr("bye_caller"));
         m.observe_call(&cdr("sip:+15551234@evil"));
         m.observe_call(&cdr("failure_486"));
@@ -894,6 +909,7 @@ mod tests {
             "calltap_capture_classified_packets_total{class=\"rtp\",cpu=\"all\"} 13",
             "calltap_capture_ring_full_drops_total{cpu=\"all\"} 17",
             "calltap_capture_info{mode=\"af_packet\",source=\"af_packet\"} 1",
+            "calltap_capture_interface_info{after_capture=\"pass\",interface=\"eth1\",mode=\"af_packet\"} 1",
             "calltap_worker_records_total{worker=\"1\"} 42",
             "calltap_active_calls 3",
             "calltap_calls_started_total 7",
