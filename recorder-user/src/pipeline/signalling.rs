@@ -556,10 +556,7 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.tcp.consume(&flow, used);
         for msg in messages {
             let request = msg.is_request();
-            if let Some(port) = self
-                .sip_ports
-                .message(src.port(), dst.port(), request, m.ts_ns)
-            {
+            if let Some(port) = self.sip_ports.message(src, dst, request, m.ts_ns) {
                 self.capture_as_sip(port);
             }
             self.message(&msg, src, dst, m.ts_ns, sink);

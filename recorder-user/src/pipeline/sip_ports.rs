@@ -7,7 +7,10 @@
 //! learned only once its server side has answered in SIP as well: one crafted segment to 443
 //! or 53 must not turn the web or DNS into signalling.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
 /// Most SIP ports known at once, configured plus learned: hostile traffic that looks like SIP
 /// must not turn every port into a signalling port.
@@ -18,8 +21,8 @@ pub const WELL_KNOWN_PORTS: u16 = 1024;
 /// A port learned from a segment that only began a message is dropped again this soon unless
 /// a whole SIP message crosses it.
 const PROVISIONAL_NS: u64 = 30_000_000_000;
-/// Well-known ports with SIP seen in one direction, waiting for the other: bounded like the
-/// ports themselves.
+/// Well-known server endpoints with SIP seen in one direction, waiting for the other: bounded
+/// like the ports themselves.
 const MAX_EVIDENCE: usize = MAX_SIP_PORTS;
 
 /// A learned port.
@@ -31,7 +34,8 @@ struct Learned {
     confirmed: bool,
 }
 
-/// What a well-known port has shown so far: (a request reached it, it sent a response, when).
+/// What a well-known server endpoint has shown so far: (a request reached it, it sent a
+/// response, when).
 type Evidence = (bool, bool, u64);
 
 /// Configured and learned SIP ports; see the module docs.
@@ -39,7 +43,7 @@ type Evidence = (bool, bool, u64);
 pub struct SipPorts {
     configured: HashSet<u16>,
     learned: HashMap<u16, Learned>,
-    evidence: HashMap<u16, Evidence>,
+    evidence: HashMap<SocketAddr, Evidence>,
     idle_ns: u64,
 }
 
@@ -62,7 +66,7 @@ impl SipPorts {
     pub fn configure(&mut self, ports: &[u16]) {
         for &p in ports {
             self.learned.remove(&p);
-            self.evidence.remove(&p);
+            self.evidence.retain(|server, _| server.port() != p);
             self.configured.insert(p);
         }
     }
@@ -98,10 +102,17 @@ impl SipPorts {
 
     /// A whole SIP message (a request when `request`) went from `src` to `dst` over TCP: the
     /// learned port it crossed stays alive, and a port that is not known yet is learned now
-    /// (a well-known one once it has also answered: a request to it and a response from it).
-    pub fn message(&mut self, src: u16, dst: u16, request: bool, now: u64) -> Option<u16> {
-        if self.is_sip(src) || self.is_sip(dst) {
-            for p in [src, dst] {
+    /// (a well-known one once the same server has also answered: a request to it and a
+    /// response from it, which a sender cannot fake from its own address).
+    pub fn message(
+        &mut self,
+        src: SocketAddr,
+        dst: SocketAddr,
+        request: bool,
+        now: u64,
+    ) -> Option<u16> {
+        if self.is_sip(src.port()) || self.is_sip(dst.port()) {
+            for p in [src.port(), dst.port()] {
                 if let Some(l) = self.learned.get_mut(&p) {
                     l.last_sip_ns = l.last_sip_ns.max(now);
                     l.confirmed = true;
@@ -110,8 +121,8 @@ impl SipPorts {
             return None;
         }
         let server = if request { dst } else { src };
-        if server >= WELL_KNOWN_PORTS {
-            return self.add(server, now, true);
+        if server.port() >= WELL_KNOWN_PORTS {
+            return self.add(server.port(), now, true);
         }
         if !self.evidence.contains_key(&server) && self.evidence.len() >= MAX_EVIDENCE {
             return None;
@@ -127,7 +138,7 @@ impl SipPorts {
             return None;
         }
         self.evidence.remove(&server);
-        self.add(server, now, true)
+        self.add(server.port(), now, true)
     }
 
     fn add(&mut self, port: u16, now: u64, confirmed: bool) -> Option<u16> {
@@ -168,6 +179,10 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
+    fn at(host: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([198, 18, 0, host], port))
+    }
+
     fn ports() -> SipPorts {
         let mut p = SipPorts::new(600 * S);
         p.configure(&[5060, 5080]);
@@ -180,13 +195,23 @@ mod tests {
         for port in [443, 53, 80, 22] {
             assert_eq!(p.sniffed(40_000, port, false, S), None, "{port}");
             // Even a whole message in that one segment, request or response.
-            assert_eq!(p.message(40_000, port, true, S), None, "{port}");
+            assert_eq!(
+                p.message(at(1, 40_000), at(2, port), true, S),
+                None,
+                "{port}"
+            );
             assert!(!p.is_sip(port), "{port}");
             assert!(p.refuses_media(port));
         }
         assert_eq!(p.learned(), 0);
-        // The server answering in SIP is what proves it: then it is learned.
-        assert_eq!(p.message(443, 40_000, false, 2 * S), Some(443));
+        // A "response" from another host's 443 (the sender's own) proves nothing about 2:443.
+        assert_eq!(p.message(at(3, 443), at(1, 40_000), false, 2 * S), None);
+        assert!(!p.is_sip(443));
+        // That server answering in SIP is what proves it: then it is learned.
+        assert_eq!(
+            p.message(at(2, 443), at(1, 40_000), false, 2 * S),
+            Some(443)
+        );
         assert!(p.is_sip(443));
     }
 
@@ -197,7 +222,7 @@ mod tests {
         assert!(p.is_sip(6060) && p.refuses_media(6060));
         // Known now: neither the next segment nor the client's port are learned.
         assert_eq!(p.sniffed(40_000, 6060, false, S), None);
-        assert_eq!(p.message(6060, 40_000, false, 2 * S), None);
+        assert_eq!(p.message(at(2, 6060), at(1, 40_000), false, 2 * S), None);
         assert!(!p.is_sip(40_000));
         let mut gone = Vec::new();
         p.expire(2 * S + 600 * S, &mut gone);
@@ -221,7 +246,7 @@ mod tests {
         assert_eq!(gone, [7070]);
         // Confirmed by a whole message, it keeps the full idle time.
         assert_eq!(p.sniffed(40_000, 7070, false, S), Some(7070));
-        p.message(40_000, 7070, true, S);
+        p.message(at(1, 40_000), at(2, 7070), true, S);
         gone.clear();
         p.expire(S + PROVISIONAL_NS + 1, &mut gone);
         assert!(gone.is_empty());
@@ -236,7 +261,7 @@ mod tests {
         assert_eq!(learned, MAX_SIP_PORTS - 2);
         // Well-known ports waiting for their answer are bounded too.
         for port in 1..1024 {
-            p.message(40_000, port, true, S);
+            p.message(at(1, 40_000), at(2, port), true, S);
         }
         assert!(p.evidence.len() <= MAX_EVIDENCE);
     }
