@@ -352,6 +352,11 @@ fn looks_like_sip<F: Frame + ?Sized>(f: &F, payload_off: usize) -> bool {
     let Some(p) = f.load::<4>(payload_off) else {
         return false;
     };
+    // Every start above begins with a capital from A to U; RTP's first byte is 0x80-0xbf, so
+    // the media flood that reaches this test leaves here.
+    if !(b'A'..=b'U').contains(&p[0]) {
+        return false;
+    }
     let word = u32::from_ne_bytes(p);
     let mut i = 0;
     while i < SIP_STARTS.len() {
@@ -469,8 +474,20 @@ pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, t: &T) -> Verdict 
     v.l4_off = ip.l4_off as u16;
     v.payload_off = payload_off as u16;
 
+    // SIP before the media map: an SDP is written by whoever places a call, and an endpoint it
+    // names must never turn a signalling port into media (one call's 200 OK saying
+    // `c=<proxy> m=audio 5060` would hide every other call through that proxy). The port
+    // bitmap is one load per port; the sniff rejects RTP on its first byte.
+    if t.is_sip_port(sport)
+        || t.is_sip_port(dport)
+        || cfg.sniff_sip != 0 && looks_like_sip(f, payload_off)
+    {
+        v.class = Class::Sip as u8;
+        v.target = SIGNALLING_RING;
+        v.flags = vflags;
+        return v;
+    }
     if ip.proto == IPPROTO_UDP {
-        // RTP first: it is the flood, SIP is rare.
         let mut owner = match ip.endpoint(f, true, dport) {
             Some(k) if t.maybe_media_port(dport) => t.media(&k),
             _ => None,
@@ -500,18 +517,6 @@ pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, t: &T) -> Verdict 
             v.flags = vflags;
             return v;
         }
-    }
-    if t.is_sip_port(sport) || t.is_sip_port(dport) {
-        v.class = Class::Sip as u8;
-        v.target = SIGNALLING_RING;
-        v.flags = vflags;
-        return v;
-    }
-    if cfg.sniff_sip != 0 && looks_like_sip(f, payload_off) {
-        v.class = Class::Sip as u8;
-        v.target = SIGNALLING_RING;
-        v.flags = vflags;
-        return v;
     }
     if ip.proto == IPPROTO_UDP && sport >= 1024 && dport >= 1024 {
         match rtp_header(f, payload_off) {

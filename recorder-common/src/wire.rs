@@ -20,6 +20,8 @@ pub const MEDIA_MAP_ENTRIES: u32 = 1 << 20;
 pub const SIP_PORT_WORDS: u32 = 1024;
 /// u64 words in the bitmap of the UDP ports media endpoints have (65536 bits).
 pub const MEDIA_PORT_WORDS: u32 = 1024;
+/// Interfaces the program can be told to drop frames on (see [`drop_mode::PER_INTERFACE`]).
+pub const MAX_DROP_INTERFACES: u32 = 64;
 
 /// What a frame is.
 #[repr(u8)]
@@ -171,7 +173,7 @@ pub mod media_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpConfig {
-    /// 1: `XDP_DROP` every frame after capture (dedicated mirror port). 0: `XDP_PASS`.
+    /// What happens to a frame after capture: one of [`drop_mode`].
     pub drop_after_capture: u32,
     /// 1: look at the first payload bytes for SIP on ports that are not configured.
     pub sniff_sip: u32,
@@ -187,7 +189,7 @@ pub struct XdpConfig {
 impl Default for XdpConfig {
     fn default() -> Self {
         XdpConfig {
-            drop_after_capture: 1,
+            drop_after_capture: drop_mode::ALWAYS,
             sniff_sip: 1,
             heuristic_rtp: 0,
             heuristic_worker: 0,
@@ -195,6 +197,17 @@ impl Default for XdpConfig {
             _pad: 0,
         }
     }
+}
+
+/// Values of [`XdpConfig::drop_after_capture`].
+pub mod drop_mode {
+    /// `XDP_PASS` every frame: the host's stack gets it after capture.
+    pub const NEVER: u32 = 0;
+    /// `XDP_DROP` every frame after capture, on every interface the program is attached to.
+    pub const ALWAYS: u32 = 1;
+    /// `XDP_DROP` only on the interfaces (by ifindex) in the program's `DROP_ON` map: the
+    /// dedicated mirror ports; every other interface passes its frames.
+    pub const PER_INTERFACE: u32 = 2;
 }
 
 /// Indices of the per-CPU counters array.

@@ -19,8 +19,9 @@ use aya_ebpf::{
 };
 use calltap_common::{
     classify::{classify, counter_for, Frame, Tables, MAX_HEADER_OFFSET, TARGET_NONE},
-    counter, flags, MediaKey, MediaValue, PacketMeta, XdpConfig, COUNTERS, MEDIA_MAP_ENTRIES,
-    MEDIA_PORT_WORDS, RING_BYTES, RING_COUNT, SIP_PORT_WORDS, SNAP_MAX,
+    counter, drop_mode, flags, MediaKey, MediaValue, PacketMeta, XdpConfig, COUNTERS,
+    MAX_DROP_INTERFACES, MEDIA_MAP_ENTRIES, MEDIA_PORT_WORDS, RING_BYTES, RING_COUNT,
+    SIP_PORT_WORDS, SNAP_MAX,
 };
 
 const RING: usize = RING_BYTES as usize;
@@ -68,6 +69,12 @@ static MEDIA_PORTS: Array<u64, { MEDIA_PORT_WORDS as usize }> = Array::new();
 
 #[btf_map]
 static CONFIG: Array<XdpConfig, 1> = Array::new();
+
+/// Interfaces (by ifindex) that drop their frames after capture in
+/// [`drop_mode::PER_INTERFACE`]: the dedicated mirror ports. Any other interface carries the
+/// host's own traffic too, which must pass.
+#[btf_map]
+static DROP_ON: HashMap<u32, u32, { MAX_DROP_INTERFACES as usize }> = HashMap::new();
 
 /// Per-CPU counters, indexed by `calltap_common::counter`.
 #[btf_map]
@@ -148,11 +155,6 @@ fn count(index: u32, by: u64) {
 pub fn calltap_xdp(ctx: XdpContext) -> u32 {
     let maps = Maps;
     let cfg = maps.config();
-    let pass_or_drop = if cfg.drop_after_capture != 0 {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    };
     let wire_len = (ctx.data_end() - ctx.data()) as u32;
     count(counter::SEEN, 1);
     count(counter::BYTES, wire_len as u64);
@@ -162,11 +164,30 @@ pub fn calltap_xdp(ctx: XdpContext) -> u32 {
     if v.flags & flags::ENCAP != 0 {
         count(counter::ENCAP, 1);
     }
-    if v.target == TARGET_NONE {
-        return pass_or_drop;
+    if v.target != TARGET_NONE {
+        deliver(&ctx, &v, wire_len);
     }
-    deliver(&ctx, &v, wire_len);
-    pass_or_drop
+    after_capture(&cfg, &ctx)
+}
+
+/// `XDP_DROP` on a dedicated mirror port (nothing else wants its frames), `XDP_PASS` anywhere
+/// else: see [`drop_mode`].
+#[inline(always)]
+fn after_capture(cfg: &XdpConfig, ctx: &XdpContext) -> u32 {
+    let drop = match cfg.drop_after_capture {
+        drop_mode::ALWAYS => true,
+        drop_mode::PER_INTERFACE => {
+            let ifindex = ctx.ingress_ifindex() as u32;
+            // SAFETY: the value is only tested for presence, never read.
+            unsafe { DROP_ON.get(&ifindex) }.is_some()
+        }
+        _ => false,
+    };
+    if drop {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
 }
 
 #[inline(always)]

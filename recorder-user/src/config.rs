@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use calltap_common::{XdpConfig, MAX_WORKERS};
+use calltap_common::{drop_mode, XdpConfig, MAX_WORKERS};
 
 /// Every key CallTap understands, with its default, by section.
 pub const KEYS: &[(&str, &str, &str)] = &[
@@ -13,9 +13,10 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("capture", "workers", "0"),
     ("capture", "sip_ports", "5060,5080"),
     ("capture", "sniff_sip", "true"),
+    ("capture", "learned_sip_port_idle_s", "600"),
     ("capture", "heuristic_rtp", "false"),
     ("capture", "heuristic_worker", "0"),
-    ("capture", "drop_after_capture", "true"),
+    ("capture", "drop_after_capture", "auto"),
     ("capture", "vxlan_port", "4789"),
     ("storage", "data_dir", "/var/lib/calltap"),
     (
@@ -109,9 +110,13 @@ pub struct Config {
     pub workers: u32,
     pub sip_ports: Vec<u16>,
     pub sniff_sip: bool,
+    /// A TCP port learned as SIP by sniffing is forgotten after this long without SIP on it.
+    pub learned_sip_port_idle_s: u64,
     pub heuristic_rtp: bool,
     pub heuristic_worker: u32,
-    pub drop_after_capture: bool,
+    /// XDP drops frames after capture: `Some(true)` on every interface, `Some(false)` on none,
+    /// `None` (auto) only on dedicated mirror ports (see `capture::mirror_port`).
+    pub drop_after_capture: Option<bool>,
     pub vxlan_port: u16,
     pub data_dir: PathBuf,
     pub path_template: String,
@@ -250,6 +255,17 @@ fn parse_bool(raw: &Raw, section: &str, key: &str) -> Result<bool, ConfigError> 
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
         _ => Err(bad(o, section, key, v, "true or false")),
+    }
+}
+
+/// A boolean that may also be left to CallTap: `auto` or empty is `None`.
+fn parse_auto_bool(raw: &Raw, section: &str, key: &str) -> Result<Option<bool>, ConfigError> {
+    let (v, o) = raw.get(section, key);
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "auto" => Ok(None),
+        _ => parse_bool(raw, section, key)
+            .map(Some)
+            .map_err(|_| bad(o, section, key, v, "true, false or auto")),
     }
 }
 
@@ -396,6 +412,18 @@ impl Config {
                 }
             }
         }
+        let learned_sip_port_idle_s: u64 =
+            parse_num(raw, "capture", "learned_sip_port_idle_s", "seconds")?;
+        if learned_sip_port_idle_s == 0 {
+            let (v, o) = raw.get("capture", "learned_sip_port_idle_s");
+            return Err(bad(
+                o,
+                "capture",
+                "learned_sip_port_idle_s",
+                v,
+                "at least 1 s",
+            ));
+        }
         let heuristic_worker: u32 =
             parse_num(raw, "capture", "heuristic_worker", "a worker index")?;
         if heuristic_worker >= MAX_WORKERS {
@@ -529,9 +557,10 @@ impl Config {
             workers,
             sip_ports,
             sniff_sip: parse_bool(raw, "capture", "sniff_sip")?,
+            learned_sip_port_idle_s,
             heuristic_rtp: parse_bool(raw, "capture", "heuristic_rtp")?,
             heuristic_worker,
-            drop_after_capture: parse_bool(raw, "capture", "drop_after_capture")?,
+            drop_after_capture: parse_auto_bool(raw, "capture", "drop_after_capture")?,
             vxlan_port: parse_num(raw, "capture", "vxlan_port", "a UDP port (0 disables)")?,
             data_dir: PathBuf::from(dd),
             path_template: tpl.trim().to_string(),
@@ -573,7 +602,11 @@ impl Config {
 
     pub fn xdp(&self) -> XdpConfig {
         XdpConfig {
-            drop_after_capture: self.drop_after_capture as u32,
+            drop_after_capture: match self.drop_after_capture {
+                Some(true) => drop_mode::ALWAYS,
+                Some(false) => drop_mode::NEVER,
+                None => drop_mode::PER_INTERFACE,
+            },
             sniff_sip: self.sniff_sip as u32,
             heuristic_rtp: self.heuristic_rtp as u32,
             heuristic_worker: self.heuristic_worker,
@@ -737,7 +770,25 @@ mod tests {
         let c = Config::load_with_env(None, &[]).expect("defaults");
         assert_eq!(c.sip_ports, vec![5060, 5080]);
         assert_eq!(c.source, SourceKind::Auto);
-        assert!(c.drop_after_capture);
+        assert_eq!(c.drop_after_capture, None, "auto: decided per interface");
+        assert_eq!(c.xdp().drop_after_capture, drop_mode::PER_INTERFACE);
+    }
+
+    #[test]
+    fn drop_after_capture_is_true_false_or_auto() {
+        let load = |v: &str| {
+            let env = [(
+                "CALLTAP_CAPTURE_DROP_AFTER_CAPTURE".to_string(),
+                v.to_string(),
+            )];
+            Config::load_with_env(None, &env).map(|c| c.drop_after_capture)
+        };
+        assert_eq!(load("auto").expect("auto"), None);
+        assert_eq!(load("").expect("empty"), None);
+        assert_eq!(load("true").expect("true"), Some(true));
+        assert_eq!(load("off").expect("off"), Some(false));
+        let e = load("sometimes").expect_err("not a mode");
+        assert!(e.to_string().contains("true, false or auto"), "{e}");
     }
 
     #[test]

@@ -3,33 +3,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use calltap::config::Config;
 use serde_json::Value;
-use support::calls::{constant, write_pcap, Call};
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calltap-scenario-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
+use support::calls::{constant, Call};
 
 /// Replays the calls and returns their CDRs as JSON (what `calltap replay --json` prints).
 fn replay(name: &str, calls: &[&Call]) -> Vec<Value> {
-    let dir = scratch(name);
-    let pcap = dir.join("calls.pcap");
-    write_pcap(&pcap, calls);
-    let mut cfg = Config::load_with_env(None, &[]).expect("default config");
-    cfg.data_dir = dir.join("data");
-    cfg.workers = 2;
-    let mut cdrs = Vec::new();
-    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |cdr| {
-        cdrs.push(serde_json::to_value(cdr).expect("cdr json"))
-    });
-    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
-    cdrs
+    support::calls::replay(&format!("scenario-{name}"), calls, &[]).1
 }
 
 fn channels(cdr: &Value) -> (u32, Vec<i16>, Vec<i16>) {

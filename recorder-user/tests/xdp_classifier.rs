@@ -13,7 +13,7 @@ use calltap::{
 };
 use calltap_common::{
     classify::{counter_for, TARGET_NONE},
-    counter, Class, MediaKey, MediaValue, XdpConfig, MAX_WORKERS, SIGNALLING_RING,
+    counter, drop_mode, Class, MediaKey, MediaValue, XdpConfig, MAX_WORKERS, SIGNALLING_RING,
 };
 use support::frames::*;
 
@@ -87,6 +87,36 @@ fn cases() -> Vec<Case> {
                 0x0800,
                 &ipv4(6, A, B, &tcp(6060, 40002, 9, b"SIP/2.0 180 Ringing\r\n")),
             ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        // An SDP may name any endpoint, a SIP proxy's included (`c=<proxy> m=audio 5060` in a
+        // hostile 200 OK): SIP is decided before the media map, so B:5060, claimed below,
+        // stays signalling both ways, and a SIP start on a claimed media port is SIP too.
+        case(
+            "sip to a sip port whose endpoint is in the media map",
+            eth(0x0800, &ipv4(17, A, B, &udp(5060, 5060, INVITE))),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "sip from a sip port whose endpoint is in the media map",
+            eth(
+                0x0800,
+                &ipv4(17, B, A, &udp(5060, 40010, b"SIP/2.0 200 OK\r\n\r\n")),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "rtp-shaped to a sip port whose endpoint is in the media map",
+            eth(0x0800, &ipv4(17, A, B, &udp(30000, 5060, &rtp_payload))),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
+        case(
+            "sip sniffed on a claimed media endpoint",
+            eth(0x0800, &ipv4(17, A, B, &udp(30000, 20000, INVITE))),
             Class::Sip,
             SIGNALLING_RING,
         ),
@@ -431,6 +461,15 @@ fn media_entries() -> Vec<(MediaKey, MediaValue)> {
                 flags: 0,
             },
         ),
+        // What a hostile SDP would have claimed: a SIP proxy's signalling endpoint. (The
+        // signalling worker refuses such claims; the classifier must not depend on that.)
+        (
+            MediaKey::v4(B, 5060),
+            MediaValue {
+                worker: 3,
+                flags: 0,
+            },
+        ),
     ]
 }
 
@@ -631,4 +670,95 @@ fn media_port_bitmap_follows_the_endpoints() {
     table.insert(kb, owner).expect("insert");
     assert_eq!((send(b), send(c)), (Some(1), None));
     assert!(table.port_bit(31_000));
+}
+
+/// A TCP port learned as SIP is in the program's SIP port bitmap (every segment of it goes to
+/// the signalling ring, not only those that begin a message) until it is forgotten.
+#[test]
+fn learned_sip_ports_come_and_go_in_the_program() {
+    if !calltap_lab::root::require_root("learned_sip_ports_come_and_go_in_the_program") {
+        return;
+    }
+    let cfg = XdpConfig::default();
+    let (mut xdp, mut rings) = load(&cfg);
+    let mut table = xdp.take_media_table().expect("media table");
+    // The middle of a SIP message on TCP port 6060: only the port can say it is SIP.
+    let frame = eth(
+        0x0800,
+        &ipv4(
+            6,
+            A,
+            B,
+            &tcp(40_000, 6060, 77, b"Content-Length: 0\r\n\r\n"),
+        ),
+    );
+    let mut send = || -> Option<usize> {
+        xdp.test_run(&frame, 1).expect("test run");
+        let records = drain(&mut rings);
+        assert!(records.len() <= 1, "{records:?}");
+        records.first().map(|(ring, _)| *ring)
+    };
+    assert_eq!(send(), None, "not a SIP port yet");
+    table.learn_sip_port(6060).expect("learn");
+    assert!(table.sip_port_bit(6060));
+    assert_eq!(send(), Some(SIGNALLING_RING as usize), "learned");
+    table.forget_sip_port(6060).expect("forget");
+    assert!(!table.sip_port_bit(6060), "bit left set");
+    assert_eq!(send(), None, "forgotten");
+    assert!(
+        table.sip_port_bit(5060) && table.sip_port_bit(5080),
+        "configured ports stay"
+    );
+}
+
+/// After capture a frame is dropped only where the program was told to: with the drop decided
+/// per interface (`drop_after_capture` unset), on the interfaces marked as dedicated mirror
+/// ports, and captured alike everywhere.
+#[test]
+fn frames_are_dropped_only_on_the_interfaces_marked_for_it() {
+    if !calltap_lab::root::require_root("frames_are_dropped_only_on_the_interfaces_marked_for_it") {
+        return;
+    }
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    let cfg = XdpConfig {
+        drop_after_capture: drop_mode::PER_INTERFACE,
+        ..XdpConfig::default()
+    };
+    let (mut xdp, mut rings) = load(&cfg);
+    // SAFETY: a NUL-terminated name.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    assert_ne!(lo, 0, "no lo");
+    let frames = [
+        eth(0x0800, &ipv4(17, A, B, &udp(5060, 5060, INVITE))),
+        eth(0x0806, &[0u8; 28]),
+    ];
+    let run = |xdp: &XdpCapture| -> Vec<u32> {
+        frames
+            .iter()
+            .map(|f| xdp.test_run_on(f, lo).expect("test run"))
+            .collect()
+    };
+    assert_eq!(
+        run(&xdp),
+        [XDP_PASS, XDP_PASS],
+        "not marked: the host gets it"
+    );
+    assert_eq!(
+        drain(&mut rings).len(),
+        1,
+        "the SIP frame is captured all the same"
+    );
+    xdp.drop_on("lo").expect("mark lo");
+    assert_eq!(run(&xdp), [XDP_DROP, XDP_DROP], "marked as a mirror port");
+    assert_eq!(drain(&mut rings).len(), 1, "captured, then dropped");
+    // The operator's `true`/`false` (and the settled uniform modes) apply to every interface.
+    for (mode, action) in [(drop_mode::NEVER, XDP_PASS), (drop_mode::ALWAYS, XDP_DROP)] {
+        xdp.set_config(XdpConfig {
+            drop_after_capture: mode,
+            ..cfg
+        })
+        .expect("config");
+        assert_eq!(run(&xdp), [action, action], "mode {mode}");
+    }
 }

@@ -32,13 +32,35 @@ impl Daemon {
     /// Starts `calltap run` on `m0` with `extra` arguments in an empty `data_dir` and waits
     /// until it reports ready.
     pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        let _ = std::fs::remove_dir_all(data_dir);
-        Self::restart(data_dir, extra, env)
+        Self::start_in(NS_REC, &[MIRROR_IF], data_dir, extra, env)
     }
 
     /// Like [`Daemon::start`], but keeps what an earlier run left in `data_dir` (spool, queues,
     /// database): a restart.
     pub fn restart(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn(NS_REC, &[MIRROR_IF], data_dir, extra, env)
+    }
+
+    /// Like [`Daemon::start`], capturing on `interfaces` of network namespace `ns` (a test's
+    /// own topology instead of the lab's mirror port).
+    pub fn start_in(
+        ns: &str,
+        interfaces: &[&str],
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let _ = std::fs::remove_dir_all(data_dir);
+        Self::spawn(ns, interfaces, data_dir, extra, env)
+    }
+
+    fn spawn(
+        ns: &str,
+        interfaces: &[&str],
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let bin = calltap_bin();
         if !bin.exists() {
             bail!(
@@ -47,16 +69,13 @@ impl Daemon {
             );
         }
         std::fs::create_dir_all(data_dir)?;
-        let mut argv = vec![
-            bin.to_str().context("bin path")?,
-            "run",
-            "--interface",
-            MIRROR_IF,
-            "--data-dir",
-            data_dir.to_str().context("data dir")?,
-        ];
+        let mut argv = vec![bin.to_str().context("bin path")?, "run"];
+        for interface in interfaces {
+            argv.extend(["--interface", interface]);
+        }
+        argv.extend(["--data-dir", data_dir.to_str().context("data dir")?]);
         argv.extend_from_slice(extra);
-        let mut cmd = ns_command(NS_REC, &argv);
+        let mut cmd = ns_command(ns, &argv);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -2,11 +2,24 @@
 //! the frame) so the rest of the pipeline cannot tell XDP, AF_PACKET and pcap replay apart.
 
 pub mod af_packet;
+pub mod mirror_port;
 pub mod pcap;
 pub mod xdp;
 
 use calltap_common::PacketMeta;
 use crossbeam_channel::Receiver;
+use serde::Serialize;
+
+/// Capture running on an interface, as the run summary and the metrics report it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attachment {
+    pub interface: String,
+    /// "driver" (native XDP), "skb" (generic XDP) or "af_packet".
+    pub mode: &'static str,
+    /// What happens to a frame after capture, and why.
+    #[serde(flatten)]
+    pub after: mirror_port::DropDecision,
+}
 
 /// How full one consumer's input is, read at scrape time from the metrics thread.
 pub enum InputFill {

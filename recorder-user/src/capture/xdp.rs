@@ -8,11 +8,14 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use calltap_common::{
-    MediaKey, MediaValue, XdpConfig, COUNTERS, MAX_WORKERS, RING_COUNT, SIGNALLING_RING,
+    drop_mode, MediaKey, MediaValue, XdpConfig, COUNTERS, MAX_WORKERS, RING_COUNT, SIGNALLING_RING,
     SIP_PORT_WORDS,
 };
 
-use super::CaptureError;
+use super::{
+    mirror_port::{AfterCapture, DropDecision},
+    Attachment, CaptureError,
+};
 use crate::pipeline::MediaTable;
 
 /// The XDP object built by build.rs (empty when built with `CALLTAP_SKIP_EBPF=1`).
@@ -20,20 +23,14 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/calltap-xdp.o")
 
 const PROGRAM: &str = "calltap_xdp";
 
-/// Where the program ended up running on an interface.
-#[derive(Clone, Debug)]
-pub struct Attachment {
-    pub interface: String,
-    /// "driver" (native) or "skb" (generic).
-    pub mode: &'static str,
-}
-
 /// A loaded XDP program with its rings taken out for the workers.
 pub struct XdpCapture {
     ebpf: Ebpf,
     /// `rings[i]` feeds media worker `i`; `None` once handed to the worker.
     rings: Vec<Option<RingBuf<MapData>>>,
     signalling: Option<RingBuf<MapData>>,
+    /// The configuration the program was loaded with.
+    config: XdpConfig,
     pub attachments: Vec<Attachment>,
 }
 
@@ -92,16 +89,6 @@ impl XdpCapture {
         }
         {
             let map = ebpf
-                .map_mut("CONFIG")
-                .ok_or_else(|| CaptureError::Load("map CONFIG missing".into()))?;
-            let mut config: Array<&mut MapData, XdpConfig> =
-                Array::try_from(map).map_err(|e| CaptureError::Load(e.to_string()))?;
-            config
-                .set(0, *cfg, 0)
-                .map_err(|e| CaptureError::Load(e.to_string()))?;
-        }
-        {
-            let map = ebpf
                 .map_mut("SIP_PORTS")
                 .ok_or_else(|| CaptureError::Load("map SIP_PORTS missing".into()))?;
             let mut bitmap: Array<&mut MapData, u64> =
@@ -128,16 +115,29 @@ impl XdpCapture {
             .map_err(|e| CaptureError::Verifier(format!("{e:#}")))?;
 
         let signalling = ring_maps.pop();
-        Ok(XdpCapture {
+        let mut capture = XdpCapture {
             ebpf,
             rings: ring_maps.into_iter().map(Some).collect(),
             signalling,
+            config: *cfg,
             attachments: Vec::new(),
-        })
+        };
+        capture.set_config(*cfg)?;
+        Ok(capture)
     }
 
     /// Attaches to `interface` in native (driver) mode, falling back to generic (SKB) mode.
-    pub fn attach(&mut self, interface: &str) -> Result<&Attachment, CaptureError> {
+    /// `after` says whether its frames are dropped after capture (see
+    /// [`super::mirror_port`]); it counts when the program was loaded with
+    /// [`drop_mode::PER_INTERFACE`].
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        after: DropDecision,
+    ) -> Result<&Attachment, CaptureError> {
+        if after.after_capture == AfterCapture::Drop {
+            self.drop_on(interface)?;
+        }
         let program: &mut Xdp = self
             .ebpf
             .program_mut(PROGRAM)
@@ -160,16 +160,96 @@ impl XdpCapture {
             }
         };
         log::info!("{interface}: XDP attached in {mode} mode");
+        after.log(interface);
         self.attachments.push(Attachment {
             interface: interface.to_string(),
             mode,
+            after,
         });
         Ok(self.attachments.last().expect("just pushed"))
+    }
+
+    /// Has the program drop `interface`'s frames after capture (per-interface mode).
+    pub fn drop_on(&mut self, interface: &str) -> Result<(), CaptureError> {
+        let fail = |reason: String| CaptureError::Attach {
+            interface: interface.to_string(),
+            reason,
+        };
+        let name = std::ffi::CString::new(interface).map_err(|e| fail(e.to_string()))?;
+        // SAFETY: a NUL-terminated name; the call only reads it.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(fail(format!(
+                "no such interface: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let map = self
+            .ebpf
+            .map_mut("DROP_ON")
+            .ok_or_else(|| CaptureError::Load("map DROP_ON missing".into()))?;
+        let mut drop_on: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(map).map_err(|e| CaptureError::Load(e.to_string()))?;
+        drop_on
+            .insert(ifindex, 1, 0)
+            .map_err(|e| fail(format!("DROP_ON: {e}")))
+    }
+
+    /// Once every interface is attached: when they all decided alike, the program is told so
+    /// and skips the per-interface lookup on every frame.
+    pub fn settle_drop_mode(&mut self) -> Result<(), CaptureError> {
+        if self.config.drop_after_capture != drop_mode::PER_INTERFACE || self.attachments.is_empty()
+        {
+            return Ok(());
+        }
+        let drops = |a: &Attachment| a.after.after_capture == AfterCapture::Drop;
+        let mode = if self.attachments.iter().all(drops) {
+            drop_mode::ALWAYS
+        } else if !self.attachments.iter().any(drops) {
+            drop_mode::NEVER
+        } else {
+            return Ok(());
+        };
+        self.set_config(XdpConfig {
+            drop_after_capture: mode,
+            ..self.config
+        })
+    }
+
+    /// Replaces the program's configuration (slot 0 of its CONFIG map).
+    pub fn set_config(&mut self, cfg: XdpConfig) -> Result<(), CaptureError> {
+        let map = self
+            .ebpf
+            .map_mut("CONFIG")
+            .ok_or_else(|| CaptureError::Load("map CONFIG missing".into()))?;
+        let mut config: Array<&mut MapData, XdpConfig> =
+            Array::try_from(map).map_err(|e| CaptureError::Load(e.to_string()))?;
+        config
+            .set(0, cfg, 0)
+            .map_err(|e| CaptureError::Load(e.to_string()))?;
+        self.config = cfg;
+        Ok(())
     }
 
     /// Runs the loaded program once on `frame` through `BPF_PROG_TEST_RUN` (nothing needs to be
     /// attached) and returns the XDP action. Records it produces land in the rings as usual.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), CaptureError> {
+        self.test_run_with(frame, repeat, None)
+    }
+
+    /// As [`XdpCapture::test_run`], the frame received on the interface with index `ifindex`
+    /// (in this network namespace): what the per-interface drop decision is made on.
+    pub fn test_run_on(&self, frame: &[u8], ifindex: u32) -> Result<u32, CaptureError> {
+        self.test_run_with(frame, 1, Some(ifindex))
+            .map(|(action, _)| action)
+    }
+
+    fn test_run_with(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+        ifindex: Option<u32>,
+    ) -> Result<(u32, Duration), CaptureError> {
         use aya::programs::{TestRun as _, TestRunOptions};
         let program: &Xdp = self
             .ebpf
@@ -177,8 +257,18 @@ impl XdpCapture {
             .ok_or_else(|| CaptureError::Load(format!("program {PROGRAM} missing")))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| CaptureError::Load(e.to_string()))?;
+        // `struct xdp_md` as the kernel reads it: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let ctx: Option<Vec<u8>> = ifindex.map(|i| {
+            let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+            [0, len, 0, i, 0, 0]
+                .iter()
+                .flat_map(|w: &u32| w.to_ne_bytes())
+                .collect()
+        });
         let opts = TestRunOptions {
             data_in: Some(frame),
+            ctx_in: ctx.as_deref(),
             repeat: repeat.max(1),
             ..TestRunOptions::default()
         };
@@ -305,20 +395,28 @@ impl BpfMediaTable {
     /// Whether the program's port bitmap has `port` set: what it reads before it looks the
     /// media map up for a packet with that port.
     pub fn port_bit(&self, port: u16) -> bool {
-        self.media_ports
-            .get(&u32::from(port >> 6), 0)
-            .is_ok_and(|bits| bits & (1u64 << (port & 63)) != 0)
+        bit(&self.media_ports, port)
     }
 
-    fn set_port_bit(&mut self, port: u16, on: bool) -> Result<(), String> {
-        let word = u32::from(port >> 6);
-        let bits = self.media_ports.get(&word, 0).map_err(|e| e.to_string())?;
-        let bit = 1u64 << (port & 63);
-        let bits = if on { bits | bit } else { bits & !bit };
-        self.media_ports
-            .set(word, bits, 0)
-            .map_err(|e| e.to_string())
+    /// Whether the program's SIP port bitmap has `port` set (configured or learned).
+    pub fn sip_port_bit(&self, port: u16) -> bool {
+        bit(&self.sip_ports, port)
     }
+}
+
+fn bit(bitmap: &Array<MapData, u64>, port: u16) -> bool {
+    bitmap
+        .get(&u32::from(port >> 6), 0)
+        .is_ok_and(|bits| bits & (1u64 << (port & 63)) != 0)
+}
+
+/// Sets or clears bit `port` of a port bitmap map (only this process writes them).
+fn set_bit(bitmap: &mut Array<MapData, u64>, port: u16, on: bool) -> Result<(), String> {
+    let word = u32::from(port >> 6);
+    let bits = bitmap.get(&word, 0).map_err(|e| e.to_string())?;
+    let bit = 1u64 << (port & 63);
+    let bits = if on { bits | bit } else { bits & !bit };
+    bitmap.set(word, bits, 0).map_err(|e| e.to_string())
 }
 
 impl MediaTable for BpfMediaTable {
@@ -327,7 +425,7 @@ impl MediaTable for BpfMediaTable {
         // The bit first: the program may then look up a port with no endpoint (a miss, as
         // before), never miss an endpoint whose bit is not set yet.
         if new && !self.port_keys.contains_key(&key.port) {
-            self.set_port_bit(key.port, true)?;
+            set_bit(&mut self.media_ports, key.port, true)?;
         }
         self.map.insert(key, owner, 0).map_err(|e| e.to_string())?;
         if new {
@@ -349,7 +447,7 @@ impl MediaTable for BpfMediaTable {
             if *n == 0 {
                 self.port_keys.remove(&port);
                 // A bit left set only costs the lookups it would have spared.
-                if let Err(e) = self.set_port_bit(port, false) {
+                if let Err(e) = set_bit(&mut self.media_ports, port, false) {
                     log::debug!("media port bitmap: {e}");
                 }
             }
@@ -357,11 +455,11 @@ impl MediaTable for BpfMediaTable {
     }
 
     fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
-        let word = u32::from(port >> 6);
-        let bits = self.sip_ports.get(&word, 0).map_err(|e| e.to_string())?;
-        self.sip_ports
-            .set(word, bits | 1 << (port & 63), 0)
-            .map_err(|e| e.to_string())
+        set_bit(&mut self.sip_ports, port, true)
+    }
+
+    fn forget_sip_port(&mut self, port: u16) -> Result<(), String> {
+        set_bit(&mut self.sip_ports, port, false)
     }
 }
 

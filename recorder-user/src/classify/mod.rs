@@ -96,6 +96,13 @@ impl SharedMediaTable {
         }
     }
 
+    /// The word of the SIP port bitmap that holds `port`'s bit.
+    fn port_word(&self, port: u16) -> Result<&AtomicU64, String> {
+        self.sip_ports
+            .get(usize::from(port >> 6))
+            .ok_or_else(|| "port bitmap too small".to_string())
+    }
+
     fn change(&self, change: Change) {
         let mut a = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         change.apply(&mut a.map);
@@ -115,11 +122,14 @@ impl MediaTable for SharedMediaTable {
     }
 
     fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
-        let word = self
-            .sip_ports
-            .get(usize::from(port >> 6))
-            .ok_or("port bitmap too small")?;
-        word.fetch_or(1 << (port & 63), Ordering::Relaxed);
+        self.port_word(port)?
+            .fetch_or(1 << (port & 63), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn forget_sip_port(&mut self, port: u16) -> Result<(), String> {
+        self.port_word(port)?
+            .fetch_and(!(1 << (port & 63)), Ordering::Relaxed);
         Ok(())
     }
 }
@@ -226,6 +236,8 @@ pub fn classify_frame(
 
 #[cfg(test)]
 mod tests {
+    use calltap_common::Class;
+
     use super::*;
 
     fn owner(worker: u32) -> MediaValue {
@@ -254,6 +266,77 @@ mod tests {
         assert_eq!(second.media(&b), Some(owner(0)), "snapshot taken at clone");
         assert!(reader.is_sip_port(5060) && second.is_sip_port(5060));
         assert_eq!(table.len(), 1);
+    }
+
+    /// Ethernet + IPv4 + UDP around `payload`, checksums left zero (the classifier does not
+    /// check them).
+    fn udp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&src.0);
+        f.extend_from_slice(&dst.0);
+        let total = (20 + 8 + payload.len()) as u16;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&src.1.to_be_bytes());
+        f.extend_from_slice(&dst.1.to_be_bytes());
+        f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn sip_ports_are_decided_before_the_media_map() {
+        let (a, proxy) = ([198, 18, 1, 1], [198, 18, 3, 1]);
+        let mut table = SharedMediaTable::default();
+        // What a hostile 200 OK (`c=<proxy>`, `m=audio 5060`) would claim.
+        table
+            .insert(MediaKey::v4(proxy, 5060), owner(1))
+            .expect("insert");
+        table
+            .insert(MediaKey::v4(proxy, 20_000), owner(1))
+            .expect("insert");
+        let tables = UserTables::new(XdpConfig::default(), &[5060], table);
+        let classify = |f: &[u8]| classify_frame(f, &tables, 0, f.len() as u32, 0).0.class();
+        let invite = b"INVITE sip:b@198.18.3.1 SIP/2.0\r\n\r\n";
+        let mut rtp = vec![0x80, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 7];
+        rtp.extend_from_slice(&[0xff; 160]);
+        assert_eq!(
+            classify(&udp_frame((a, 5060), (proxy, 5060), invite)),
+            Class::Sip
+        );
+        assert_eq!(
+            classify(&udp_frame(
+                (proxy, 5060),
+                (a, 5060),
+                b"SIP/2.0 200 OK\r\n\r\n"
+            )),
+            Class::Sip
+        );
+        assert_eq!(
+            classify(&udp_frame((a, 9000), (proxy, 5060), &rtp)),
+            Class::Sip
+        );
+        assert_eq!(
+            classify(&udp_frame((a, 9000), (proxy, 20_000), &rtp)),
+            Class::Rtp
+        );
+        assert_eq!(
+            classify(&udp_frame((a, 9000), (proxy, 20_000), invite)),
+            Class::Sip,
+            "a SIP start is SIP even on a claimed media endpoint"
+        );
+    }
+
+    #[test]
+    fn a_forgotten_sip_port_leaves_the_bitmap_and_its_neighbours_stay() {
+        let mut table = SharedMediaTable::default();
+        let reader = UserTables::new(XdpConfig::default(), &[5060], table.clone());
+        table.learn_sip_port(5061).expect("learn");
+        assert!(reader.is_sip_port(5061));
+        table.forget_sip_port(5061).expect("forget");
+        assert!(!reader.is_sip_port(5061));
+        assert!(reader.is_sip_port(5060), "same bitmap word, configured");
     }
 
     #[test]

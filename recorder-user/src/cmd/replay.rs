@@ -62,6 +62,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
     let n = cfg.worker_count();
     let mut sig = SignallingWorker::new(table, n, tracker_config(cfg), 0);
     sig.set_sip_ports(&cfg.sip_ports);
+    sig.set_learned_port_idle(cfg.learned_sip_port_idle_s.saturating_mul(1_000_000_000));
     // Offline: no rules database, but `[recording] default` applies as it does live.
     sig.set_rules(crate::pipeline::rules::LiveRules::new(
         crate::pipeline::rules::RuleSet::default_only(cfg.recording_default),

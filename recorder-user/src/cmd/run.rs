@@ -24,8 +24,9 @@ use crate::store::spool::{files::FdBudget, Capacity};
 use crate::{
     capture::{
         af_packet::{AfPacketCapture, RecordQueue},
+        mirror_port::{self, InterfaceFacts},
         xdp::{wait_readable, RingPositions, XdpCapture, XdpCounters},
-        InputFill, Record,
+        Attachment, InputFill, Record,
     },
     classify::{SharedMediaTable, UserTables},
     config::{Config, SourceKind},
@@ -298,7 +299,9 @@ struct CallLine {
 #[derive(Serialize)]
 struct RunSummary {
     source: String,
-    attachments: Vec<(String, String)>,
+    /// Each capture interface: how it is attached, and whether its frames are dropped after
+    /// capture (and why).
+    attachments: Vec<Attachment>,
     counters: BTreeMap<&'static str, u64>,
     ring_full_per_cpu: Vec<u64>,
     signalling: SignallingStats,
@@ -457,6 +460,12 @@ fn signalling_thread<T: MediaTable>(
                 .store(sig.active_calls() as u64, Ordering::Relaxed);
             live.calls_started
                 .store(sig.stats.calls_started, Ordering::Relaxed);
+            live.sdp_endpoints_refused
+                .store(sig.stats.sdp_endpoints_refused, Ordering::Relaxed);
+            live.sip_ports_learned
+                .store(sig.stats.learned_sip_ports, Ordering::Relaxed);
+            live.sip_ports_expired
+                .store(sig.stats.expired_sip_ports, Ordering::Relaxed);
         }
         if shutdown.stop.load(Ordering::Acquire) && n == 0 {
             // Let the media workers empty their rings first so no audio in flight is lost,
@@ -505,8 +514,10 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         let attempt = (|| {
             let mut x = XdpCapture::load(&cfg.xdp(), &cfg.sip_ports)?;
             for iface in &cfg.interfaces {
-                x.attach(iface)?;
+                let facts = InterfaceFacts::read(iface);
+                x.attach(iface, mirror_port::decide(cfg.drop_after_capture, &facts))?;
             }
+            x.settle_drop_mode()?;
             Ok::<_, crate::capture::CaptureError>(x)
         })();
         match attempt {
@@ -525,7 +536,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     let sig_input;
     let mut counters: Option<Arc<XdpCounters>> = None;
     let mut bpf_table = None;
-    let attachments: Vec<(String, String)>;
+    let attachments: Vec<Attachment>;
     if let Some(x) = xdp.as_mut() {
         let offset = monotonic_to_realtime();
         for i in 0..n {
@@ -537,11 +548,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         sig_input = Input::Ring(x.take_signalling_ring().context("signalling ring")?, offset);
         counters = Some(Arc::new(x.take_counters()?));
         bpf_table = Some(x.take_media_table()?);
-        attachments = x
-            .attachments
-            .iter()
-            .map(|a| (a.interface.clone(), a.mode.to_string()))
-            .collect();
+        attachments = x.attachments.clone();
     } else {
         source = "af_packet".into();
         let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
@@ -549,10 +556,15 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
             AfPacketCapture::start(&cfg.interfaces, tables, n, shutdown.stop.clone())?;
         inputs = worker_rx.into_iter().map(Input::Channel).collect();
         sig_input = Input::Channel(sig_rx);
+        // A packet socket only ever copies: the host's stack gets every frame.
         attachments = cfg
             .interfaces
             .iter()
-            .map(|i| (i.clone(), "af_packet".to_string()))
+            .map(|i| Attachment {
+                interface: i.clone(),
+                mode: "af_packet",
+                after: mirror_port::copy_only(&InterfaceFacts::read(i)),
+            })
             .collect();
         af = Some(capture);
     }
@@ -671,6 +683,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     }
     let tcfg = tracker_config(&cfg);
     let sip_ports = cfg.sip_ports.clone();
+    let learned_port_idle_ns = cfg.learned_sip_port_idle_s.saturating_mul(1_000_000_000);
     let sd = shutdown.clone();
     let sig_live = live.clone();
     // The kernel's map when XDP captures, the shared userspace map otherwise.
@@ -687,6 +700,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         .spawn(move || {
             let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0).with_store(journal);
             sig.set_sip_ports(&sip_ports);
+            sig.set_learned_port_idle(learned_port_idle_ns);
             sig.set_rules(sig_rules);
             let mut sink = sink;
             sig.restore(resumed, crate::clock::unix_ns(), &mut sink);
@@ -737,8 +751,9 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         live.clone(),
         Some(writer.counters()),
     )?);
-    for (_, mode) in attachments.iter() {
-        metrics.set_capture_info(&source, mode);
+    for a in &attachments {
+        metrics.set_capture_info(&source, a.mode);
+        metrics.set_interface_info(&a.interface, a.mode, a.after.after_capture.as_str());
     }
     metrics.set_inputs(fills);
     metrics.set_spool(cfg.recordings_dir());

@@ -380,6 +380,15 @@ impl ActiveCall {
 }
 
 impl ActiveCall {
+    /// RTP or RTCP of this call arrived at `now`: it is alive. Only packets that parse as such
+    /// say so; anything else sent to its endpoints (an SDP can name any endpoint) must not
+    /// keep a call open past its media timeout.
+    fn heard(&mut self, now: u64) {
+        self.last_media_ns = self.last_media_ns.max(now);
+        self.timed_out = false;
+        self.awaiting_since = None;
+    }
+
     /// The media keys this call's endpoints occupy in the worker's maps.
     fn endpoint_keys(&self) -> impl Iterator<Item = MediaKey> + '_ {
         self.sides
@@ -863,13 +872,12 @@ impl MediaWorker {
         };
         self.stats.records += 1;
         let now = rec.meta.ts_ns;
-        c.last_media_ns = c.last_media_ns.max(now);
-        c.timed_out = false;
-        c.awaiting_since = None;
         let payload = rec.payload();
         if Class::from_u8(rec.meta.class) == Class::Rtcp {
             self.stats.rtcp += 1;
-            rtcp(c, sender, payload);
+            if rtcp(c, sender, payload) {
+                c.heard(now);
+            }
             return true;
         }
         self.stats.rtp += 1;
@@ -877,6 +885,7 @@ impl MediaWorker {
             self.stats.bad_rtp += 1;
             return true;
         };
+        c.heard(now);
         let sender = c.direction_of(rtp.ssrc, sender, now);
         let (kind, clock) = match c.dirs[sender].pt_cache {
             Some((pt, kind, clock)) if pt == rtp.payload_type => (kind, clock),
@@ -1453,11 +1462,14 @@ fn codec_of(c: &ActiveCall, receiver: usize, sender: usize, pt: u8) -> (CodecKin
     (kind, name, kind.rtp_clock().max(1))
 }
 
-fn rtcp(c: &mut ActiveCall, sender: usize, payload: &[u8]) {
-    c.dirs[sender].rtcp_packets += 1;
+/// Whether `payload` held RTCP at all: a packet that does not parse is not counted, and says
+/// nothing about the call being alive.
+fn rtcp(c: &mut ActiveCall, sender: usize, payload: &[u8]) -> bool {
     // A report from `sender` describes the audio it receives: the other direction's.
     let about = 1 - sender;
+    let mut parsed = false;
     for pkt in parse_compound(payload).flatten() {
+        parsed = true;
         let blocks = match &pkt {
             RtcpPacket::SenderReport { reports, .. } => reports,
             RtcpPacket::ReceiverReport { reports, .. } => reports,
@@ -1474,6 +1486,10 @@ fn rtcp(c: &mut ActiveCall, sender: usize, payload: &[u8]) {
             d.rtcp_jitter_ms = Some(b.jitter as f64 * 1000.0 / clock as f64);
         }
     }
+    if parsed {
+        c.dirs[sender].rtcp_packets += 1;
+    }
+    parsed
 }
 
 /// Keeps RTP CallTap cannot decode in a pcap beside the recording, so nothing is lost.

@@ -10,6 +10,7 @@ pub mod media;
 pub mod recording;
 pub mod rules;
 pub mod signalling;
+pub mod sip_ports;
 
 use std::net::SocketAddr;
 
@@ -29,6 +30,9 @@ pub trait MediaTable: Send {
     /// not configured: on TCP, only segments that start a message can be sniffed, the others
     /// need the port).
     fn learn_sip_port(&mut self, port: u16) -> Result<(), String>;
+    /// Stop treating a learned `port` as a SIP port (no SIP crossed it for a while). Never
+    /// called for a configured port.
+    fn forget_sip_port(&mut self, port: u16) -> Result<(), String>;
 }
 
 /// Lets the driver pick the table (BPF map or userspace map) at run time.
@@ -43,6 +47,10 @@ impl<T: MediaTable + ?Sized> MediaTable for Box<T> {
 
     fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
         (**self).learn_sip_port(port)
+    }
+
+    fn forget_sip_port(&mut self, port: u16) -> Result<(), String> {
+        (**self).forget_sip_port(port)
     }
 }
 

@@ -19,8 +19,8 @@ use calltap_sip::{
 use serde::Serialize;
 
 use super::{
-    call_uuid, media::END_GRACE_NS, media_key, CallSetup, Control, ControlSink, MediaTable,
-    MediaTimeout, OwnedRecord, Restored,
+    call_uuid, media::END_GRACE_NS, media_key, sip_ports::SipPorts, CallSetup, Control,
+    ControlSink, MediaTable, MediaTimeout, OwnedRecord, Restored,
 };
 use crate::{
     capture::Record,
@@ -50,6 +50,13 @@ pub struct SignallingStats {
     pub early_media_unclaimed: u64,
     /// TCP ports found carrying SIP by content and added to the classifier's SIP ports.
     pub learned_sip_ports: u64,
+    /// Learned SIP ports taken out of the classifier again: no SIP crossed them for
+    /// `[capture] learned_sip_port_idle_s`.
+    pub expired_sip_ports: u64,
+    /// SDP media endpoints kept out of the media map (and out of the media worker's endpoint
+    /// table): their port is a SIP port or below 1024, when the SDP came or later, when their
+    /// port became a SIP port. A call's SDP must never steer signalling or a system service.
+    pub sdp_endpoints_refused: u64,
     /// Calls taken over from the active-call journal of an earlier run (still going, and
     /// already ended before it stopped).
     pub calls_restored: u64,
@@ -61,9 +68,8 @@ pub struct SignallingStats {
 /// How long unclaimed RTP waits for SIP that describes it, and how much of it is kept.
 const EARLY_GRACE_NS: u64 = 2_000_000_000;
 const EARLY_MAX: usize = 2048;
-/// Most SIP ports known at once, configured plus learned: hostile traffic that looks like SIP
-/// must not turn every port into a signalling port.
-const MAX_SIP_PORTS: usize = 64;
+/// How long a learned SIP port stays without SIP on it, unless configured otherwise.
+pub const LEARNED_SIP_PORT_IDLE_NS: u64 = 600_000_000_000;
 /// Bound on remembered endpoints of just-ended calls.
 const MAX_RECENTLY_ENDED: usize = 65_536;
 /// Call references for restored calls the tracker does not follow (they had ended): far above
@@ -74,6 +80,9 @@ struct Route {
     worker: u32,
     /// Media keys per side (caller, callee).
     keys: [Vec<MediaKey>; 2],
+    /// For the log line about a refused SDP endpoint (one per call).
+    call_id: String,
+    refused_logged: bool,
 }
 
 pub struct SignallingWorker<T: MediaTable> {
@@ -93,7 +102,8 @@ pub struct SignallingWorker<T: MediaTable> {
     node: u32,
     /// Unclaimed media waiting (bounded, briefly) for the SIP that will claim it.
     pending: std::collections::VecDeque<OwnedRecord>,
-    sip_ports: std::collections::HashSet<u16>,
+    /// Configured and learned SIP ports: what is learned, and what an SDP may not claim.
+    sip_ports: SipPorts,
     /// Endpoints of calls that ended less than the grace period ago: (call, worker, until).
     recently_ended: HashMap<MediaKey, (CallRef, u32, u64)>,
     /// The active-call journal: dialog changes are sent to the owning media worker (which
@@ -165,7 +175,7 @@ impl<T: MediaTable> SignallingWorker<T> {
             events: Vec::new(),
             node,
             pending: std::collections::VecDeque::new(),
-            sip_ports: std::collections::HashSet::new(),
+            sip_ports: SipPorts::new(LEARNED_SIP_PORT_IDLE_NS),
             recently_ended: HashMap::new(),
             store: None,
             touched: Vec::new(),
@@ -245,14 +255,18 @@ impl<T: MediaTable> SignallingWorker<T> {
             };
             self.stats.calls_restored += 1;
             self.load[worker as usize] += 1;
+            // Journaled by a run that may have had other SIP ports: the same rule as for SDP.
+            let ports = &self.sip_ports;
             let keys = [0, 1].map(|i| {
                 let s = &j.sides[i];
                 s.rtp
                     .iter()
                     .chain(s.rtcp.iter())
                     .map(|a| media_key(*a))
+                    .filter(|k| !ports.refuses_media(k.port))
                     .collect::<Vec<_>>()
             });
+            let call_id = j.call_id.clone();
             let from = last_alive_ns.unwrap_or(j.saved_ns).max(j.saved_ns).min(now);
             let gap = RestartGap::new(from, now);
             log::info!(
@@ -275,7 +289,15 @@ impl<T: MediaTable> SignallingWorker<T> {
             for key in keys.iter().flatten() {
                 self.claim(*key, call, worker);
             }
-            self.routes.insert(call, Route { worker, keys });
+            self.routes.insert(
+                call,
+                Route {
+                    worker,
+                    keys,
+                    call_id,
+                    refused_logged: false,
+                },
+            );
         }
     }
 
@@ -496,16 +518,16 @@ impl<T: MediaTable> SignallingWorker<T> {
             self.stats.malformed_sip += 1;
             return;
         };
-        if !self.sip_ports.contains(&src.port()) && !self.sip_ports.contains(&dst.port()) {
-            // Only content sniffing brings TCP on other ports here, so this segment starts a
-            // SIP message. Learn the server side of the connection (where requests go, where
-            // responses come from) now: the message's next segment will not start with SIP.
-            let server = if seg.payload.starts_with(b"SIP/2.0") {
-                src.port()
-            } else {
-                dst.port()
-            };
-            self.learn_sip_port(server);
+        // Only content sniffing brings TCP on other ports here, so such a segment starts a SIP
+        // message. The server side of the connection (where requests go, where responses come
+        // from) is learned now, since the message's next segment will not start with SIP; a
+        // well-known port only once it has answered in SIP (see `sip_ports`).
+        let response = seg.payload.starts_with(b"SIP/2.0");
+        if let Some(port) = self
+            .sip_ports
+            .sniffed(src.port(), dst.port(), response, m.ts_ns)
+        {
+            self.capture_as_sip(port);
         }
         let flow = FlowKey { src, dst };
         let data = self.tcp.push(flow, seg, m.ts_ns);
@@ -533,22 +555,23 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.stats.malformed_sip += malformed;
         self.tcp.consume(&flow, used);
         for msg in messages {
+            let request = msg.is_request();
+            if let Some(port) = self.sip_ports.message(src, dst, request, m.ts_ns) {
+                self.capture_as_sip(port);
+            }
             self.message(&msg, src, dst, m.ts_ns, sink);
         }
     }
 
-    /// SIP seen on a TCP port that is not configured (content sniffing found a message start):
-    /// have the classifier send every segment of that port here, or the segments that do not
-    /// begin a message would never arrive and no stream could be reassembled.
-    fn learn_sip_port(&mut self, port: u16) {
-        if self.sip_ports.contains(&port) || self.sip_ports.len() >= MAX_SIP_PORTS {
-            return;
-        }
-        self.sip_ports.insert(port);
+    /// SIP found on a TCP port that is not configured: have the classifier send every segment
+    /// of that port here, or the segments that do not begin a message would never arrive and no
+    /// stream could be reassembled.
+    fn capture_as_sip(&mut self, port: u16) {
         match self.table.learn_sip_port(port) {
             Ok(()) => {
                 self.stats.learned_sip_ports += 1;
                 log::info!("SIP found on TCP port {port}: capturing that port as SIP from now on");
+                self.release_port(port);
             }
             Err(e) => {
                 self.stats.media_table_errors += 1;
@@ -557,9 +580,44 @@ impl<T: MediaTable> SignallingWorker<T> {
         }
     }
 
-    /// The configured SIP ports (learning skips them).
+    /// A port became a SIP port: SDP endpoints on it lose their claim (the classifier decides
+    /// SIP first anyway; the claim must not outlive the port's change of role either).
+    fn release_port(&mut self, port: u16) {
+        let claimed: Vec<(MediaKey, CallRef)> = self
+            .owners
+            .iter()
+            .filter(|(k, _)| k.port == port)
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        for (key, call) in claimed {
+            self.release(&key, call);
+            self.refused(call, format_args!("released (port {port} now carries SIP)"));
+        }
+    }
+
+    /// Counts an SDP endpoint of `call` kept out of the media map, and says so once per call.
+    fn refused(&mut self, call: CallRef, what: std::fmt::Arguments<'_>) {
+        self.stats.sdp_endpoints_refused += 1;
+        if let Some(route) = self.routes.get_mut(&call) {
+            if !route.refused_logged {
+                route.refused_logged = true;
+                log::warn!(
+                    "call {}: SDP media endpoint {what}: no traffic is steered to the call by it",
+                    route.call_id
+                );
+            }
+        }
+    }
+
+    /// The configured SIP ports (learning skips them, SDP may not claim them).
     pub fn set_sip_ports(&mut self, ports: &[u16]) {
-        self.sip_ports.extend(ports.iter().copied());
+        self.sip_ports.configure(ports);
+    }
+
+    /// How long a learned SIP port stays without SIP on it (`[capture]
+    /// learned_sip_port_idle_s`).
+    pub fn set_learned_port_idle(&mut self, idle_ns: u64) {
+        self.sip_ports.set_idle_ns(idle_ns);
     }
 
     /// A configuration reload: new call limits, and SIP ports to recognise from now on (the
@@ -573,6 +631,25 @@ impl<T: MediaTable> SignallingWorker<T> {
             }
         }
         self.set_sip_ports(added_sip_ports);
+        for &port in added_sip_ports {
+            self.release_port(port);
+        }
+    }
+
+    /// Takes the learned SIP ports nothing has used for their idle time out of the classifier.
+    fn expire_sip_ports(&mut self, now: u64) {
+        let mut gone = Vec::new();
+        self.sip_ports.expire(now, &mut gone);
+        for port in gone {
+            self.stats.expired_sip_ports += 1;
+            match self.table.forget_sip_port(port) {
+                Ok(()) => log::info!("TCP port {port}: no SIP on it lately; no longer SIP"),
+                Err(e) => {
+                    self.stats.media_table_errors += 1;
+                    log::warn!("cannot take SIP port {port} out of the classifier: {e}");
+                }
+            }
+        }
     }
 
     fn message(
@@ -600,6 +677,7 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.frags.expire(now);
         self.tcp.expire(now);
         self.expire_recently_ended(now);
+        self.expire_sip_ports(now);
         if !self.pending.is_empty() {
             self.retry_pending(now, sink);
         }
@@ -670,6 +748,31 @@ impl<T: MediaTable> SignallingWorker<T> {
         }
     }
 
+    /// The SDP endpoints of `call` that may be claimed: none when either is on a SIP port or
+    /// below 1024 (an SDP naming a proxy's signalling port, or a system service, is hostile or
+    /// broken; its media is not worth steering any traffic for).
+    fn admit_media(
+        &mut self,
+        call: CallRef,
+        rtp: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+    ) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let Some(refused) = rtp
+            .iter()
+            .chain(rtcp.iter())
+            .find(|a| self.sip_ports.refuses_media(a.port()))
+        else {
+            return (rtp, rtcp);
+        };
+        let why = if self.sip_ports.is_sip(refused.port()) {
+            "a SIP port"
+        } else {
+            "a port below 1024"
+        };
+        self.refused(call, format_args!("{refused} refused ({why})"));
+        (None, None)
+    }
+
     /// Steers `key` to `worker` for `call`. Another live call on the same endpoint marks it
     /// shared, so packets sent to it are told apart by their source.
     fn claim(&mut self, key: MediaKey, call: CallRef, worker: u32) {
@@ -731,6 +834,8 @@ impl<T: MediaTable> SignallingWorker<T> {
                         Route {
                             worker,
                             keys: [Vec::new(), Vec::new()],
+                            call_id: call_id.clone(),
+                            refused_logged: false,
                         },
                     );
                     let uuid = call_uuid(ts_ns, call, self.node);
@@ -767,6 +872,7 @@ impl<T: MediaTable> SignallingWorker<T> {
                     direction,
                     ts_ns,
                 } => {
+                    let (rtp, rtcp) = self.admit_media(call, rtp, rtcp);
                     let Some(route) = self.routes.get_mut(&call) else {
                         continue;
                     };

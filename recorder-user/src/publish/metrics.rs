@@ -80,6 +80,10 @@ pub struct LiveStats {
     pub workers: Vec<WorkerLive>,
     pub active_calls: AtomicU64,
     pub calls_started: AtomicU64,
+    /// The signalling worker's guards against traffic that would steer the classifier.
+    pub sdp_endpoints_refused: AtomicU64,
+    pub sip_ports_learned: AtomicU64,
+    pub sip_ports_expired: AtomicU64,
     /// Duration of each media worker's flush round (every open WAV's header and dirty pages
     /// handed to the kernel); observed by the worker once per flush interval, lock-free.
     pub flush_seconds: Histogram,
@@ -101,6 +105,9 @@ impl LiveStats {
             workers: (0..workers).map(|_| WorkerLive::default()).collect(),
             active_calls: AtomicU64::new(0),
             calls_started: AtomicU64::new(0),
+            sdp_endpoints_refused: AtomicU64::new(0),
+            sip_ports_learned: AtomicU64::new(0),
+            sip_ports_expired: AtomicU64::new(0),
             flush_seconds: Histogram::with_opts(opts)
                 .expect("constant histogram options are valid"),
         }
@@ -154,16 +161,22 @@ const CLASSES: &[(u32, &str)] = &[
 /// Reads one counter out of an archive snapshot.
 type ArchiveField = fn(&ArchiveSnapshot) -> u64;
 
+/// Reads one of the signalling worker's counters.
+type LiveField = fn(&LiveStats) -> &AtomicU64;
+
 /// The registry and every metric CallTap exports.
 pub struct Metrics {
     registry: Registry,
     capture: Vec<(u32, IntCounterVec)>,
     classified: IntCounterVec,
     capture_info: IntGaugeVec,
+    interface_info: IntGaugeVec,
     worker_records: IntCounterVec,
     worker_active_calls: IntGaugeVec,
     active_calls: IntGauge,
     calls_started: IntCounter,
+    /// Signalling counters with the field each one reads.
+    signalling: Vec<(IntCounter, LiveField)>,
     calls_answered: IntCounter,
     calls_ended: IntCounterVec,
     stream_loss: HistogramVec,
@@ -360,6 +373,11 @@ impl Metrics {
                 "The capture source and mode in use (value 1).",
                 &["source", "mode"],
             )?,
+            interface_info: gauge_vec(
+                "calltap_capture_interface_info",
+                "Each capture interface, how it is attached, and whether its frames are dropped after capture (value 1).",
+                &["interface", "mode", "after_capture"],
+            )?,
             worker_records: counter_vec(
                 "calltap_worker_records_total",
                 "Records a media worker took from its ring.",
@@ -375,6 +393,29 @@ impl Metrics {
                 "calltap_calls_started_total",
                 "Calls seen starting (INVITE).",
             )?,
+            signalling: vec![
+                (
+                    counter(
+                        "calltap_sdp_endpoints_refused_total",
+                        "SDP media endpoints kept out of the media map: a SIP port or a port below 1024.",
+                    )?,
+                    |l| &l.sdp_endpoints_refused,
+                ),
+                (
+                    counter(
+                        "calltap_sip_ports_learned_total",
+                        "TCP ports found carrying SIP by content and captured as SIP.",
+                    )?,
+                    |l| &l.sip_ports_learned,
+                ),
+                (
+                    counter(
+                        "calltap_sip_ports_expired_total",
+                        "Learned SIP ports forgotten after learned_sip_port_idle_s without SIP.",
+                    )?,
+                    |l| &l.sip_ports_expired,
+                ),
+            ],
             calls_answered: counter(
                 "calltap_calls_answered_total",
                 "Ended calls that had been answered.",
@@ -505,6 +546,14 @@ impl Metrics {
     }
 
     /// Records the capture source in use (`xdp` with `driver`/`skb`, or `af_packet`).
+    /// One capture interface: `mode` as in [`Metrics::set_capture_info`], `after_capture`
+    /// `drop` (a dedicated mirror port) or `pass`.
+    pub fn set_interface_info(&self, interface: &str, mode: &str, after_capture: &str) {
+        self.interface_info
+            .with_label_values(&[interface, mode, after_capture])
+            .set(1);
+    }
+
     pub fn set_capture_info(&self, source: &str, mode: &str) {
         self.capture_info.with_label_values(&[source, mode]).set(1);
     }
@@ -661,6 +710,9 @@ impl Metrics {
             &self.calls_started,
             live.calls_started.load(Ordering::Relaxed),
         );
+        for (c, field) in &self.signalling {
+            set_counter(c, field(live).load(Ordering::Relaxed));
+        }
         if let Some(w) = &self.sources.writer {
             let s = w.snapshot();
             for (mode, name) in [
@@ -823,6 +875,7 @@ mod tests {
         let live = Arc::new(LiveStats::new(2));
         live.active_calls.store(3, Ordering::Relaxed);
         live.calls_started.store(7, Ordering::Relaxed);
+        live.sdp_endpoints_refused.store(2, Ordering::Relaxed);
         live.workers[1].records.store(42, Ordering::Relaxed);
         let totals: [u64; calltap_common::COUNTERS as usize] =
             std::array::from_fn(|i| i as u64 + 10);
@@ -834,6 +887,7 @@ mod tests {
         )
         .expect("registry");
         m.set_capture_info("af_packet", "af_packet");
+        m.set_interface_info("eth1", "af_packet", "pass");
         m.observe_call(&cdr("bye_caller"));
         m.observe_call(&cdr("sip:+15551234@evil"));
         m.observe_call(&cdr("failure_486"));
@@ -863,9 +917,12 @@ mod tests {
             "calltap_capture_classified_packets_total{class=\"rtp\",cpu=\"all\"} 13",
             "calltap_capture_ring_full_drops_total{cpu=\"all\"} 17",
             "calltap_capture_info{mode=\"af_packet\",source=\"af_packet\"} 1",
+            "calltap_capture_interface_info{after_capture=\"pass\",interface=\"eth1\",mode=\"af_packet\"} 1",
             "calltap_worker_records_total{worker=\"1\"} 42",
             "calltap_active_calls 3",
             "calltap_calls_started_total 7",
+            "calltap_sdp_endpoints_refused_total 2",
+            "calltap_sip_ports_expired_total 0",
             "calltap_calls_answered_total 3",
             "calltap_calls_ended_total{reason=\"bye_caller\"} 1",
             "calltap_calls_ended_total{reason=\"failure_4xx\"} 1",

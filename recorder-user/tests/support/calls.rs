@@ -3,6 +3,7 @@
 
 use std::{path::Path, time::Duration};
 
+use calltap::{cmd::replay::ReplaySummary, config::Config};
 use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
     DataLink,
@@ -31,6 +32,11 @@ pub struct Call {
     /// The user parts of From and To (`1001`, `2002` unless changed with `users`).
     from_user: String,
     to_user: String,
+    /// The calling side's address (SIP and RTP); `CALLER` unless changed with `caller_at`.
+    caller: [u8; 4],
+    /// The endpoint the callee's SDP names (and its RTP comes from), when not its own address
+    /// and `CALLEE_RTP`: see `callee_media`.
+    callee_media: Option<([u8; 4], u16)>,
 }
 
 fn ip(a: [u8; 4]) -> String {
@@ -53,6 +59,8 @@ impl Call {
             callee: CALLEE,
             from_user: "1001".into(),
             to_user: "2002".into(),
+            caller: CALLER,
+            callee_media: None,
         }
     }
 
@@ -60,6 +68,40 @@ impl Call {
     pub fn users(mut self, from: &str, to: &str) -> Self {
         self.from_user = from.to_owned();
         self.to_user = to.to_owned();
+        self
+    }
+
+    /// The calling side lives at `addr` (its RTP port stays `CALLER_RTP`).
+    pub fn caller_at(mut self, addr: [u8; 4]) -> Self {
+        self.caller = addr;
+        self
+    }
+
+    /// The callee's SDP names `addr`:`port` as its media endpoint (any endpoint at all: an SDP
+    /// is written by whoever answers), and its RTP is sent from there.
+    pub fn callee_media(mut self, addr: [u8; 4], port: u16) -> Self {
+        self.callee_media = Some((addr, port));
+        self
+    }
+
+    fn callee_endpoint(&self) -> ([u8; 4], u16) {
+        self.callee_media.unwrap_or((self.callee, CALLEE_RTP))
+    }
+
+    /// One UDP datagram at `at_ms` (traffic that is not the call's own, for the scenario
+    /// around it).
+    pub fn datagram(
+        &mut self,
+        at_ms: u64,
+        src: ([u8; 4], u16),
+        dst: ([u8; 4], u16),
+        payload: &[u8],
+    ) -> &mut Self {
+        let frame = eth(0x0800, &ipv4(17, src.0, dst.0, &udp(src.1, dst.1, payload)));
+        self.packets.push(Packet {
+            at_ns: at_ms * 1_000_000,
+            frame,
+        });
         self
     }
 
@@ -71,9 +113,9 @@ impl Call {
 
     fn sip(&mut self, at_ms: u64, from_caller: bool, text: String) {
         let (src, dst) = if from_caller {
-            (CALLER, self.callee)
+            (self.caller, self.callee)
         } else {
-            (self.callee, CALLER)
+            (self.callee, self.caller)
         };
         let frame = eth(
             0x0800,
@@ -88,7 +130,7 @@ impl Call {
     fn headers(&self, method: &str, cseq: u32, to_tag: bool) -> String {
         format!(
             "Via: SIP/2.0/UDP {c}:5060;branch=z9hG4bK{cseq}{method}\r\nFrom: \"Alice\" <sip:{fu}@{c}>;tag=caller1\r\nTo: <sip:{tu}@{d}>{tt}\r\nCall-ID: {id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n",
-            c = ip(CALLER),
+            c = ip(self.caller),
             d = ip(self.callee),
             fu = self.from_user,
             tu = self.to_user,
@@ -101,11 +143,11 @@ impl Call {
     pub fn invite(&mut self, at_ms: u64, direction: &str, reinvite: bool) -> &mut Self {
         let cseq = self.cseq;
         self.cseq += 1;
-        let body = sdp(CALLER, CALLER_RTP, direction);
+        let body = sdp(self.caller, CALLER_RTP, direction);
         let text = format!(
             "INVITE sip:{tu}@{d} SIP/2.0\r\n{h}Contact: <sip:{fu}@{c}>\r\nContent-Type: application/sdp\r\nContent-Length: {l}\r\n\r\n{body}",
             d = ip(self.callee),
-            c = ip(CALLER),
+            c = ip(self.caller),
             tu = self.to_user,
             fu = self.from_user,
             h = self.headers("INVITE", cseq, reinvite),
@@ -124,8 +166,9 @@ impl Call {
         direction: Option<&str>,
     ) -> &mut Self {
         let cseq = self.cseq - 1;
+        let (media, media_port) = self.callee_endpoint();
         let body = direction
-            .map(|d| sdp(self.callee, CALLEE_RTP, d))
+            .map(|d| sdp(media, media_port, d))
             .unwrap_or_default();
         let ctype = if body.is_empty() {
             ""
@@ -186,13 +229,14 @@ impl Call {
         payload: impl Fn(u32) -> Vec<u8>,
         skip: impl Fn(u32) -> bool,
     ) -> &mut Self {
+        let (media, media_port) = self.callee_endpoint();
         let (src, dst, sport, dport, ssrc) = if from_caller {
-            (CALLER, self.callee, CALLER_RTP, CALLEE_RTP, 0xA1A1_0000)
+            (self.caller, media, CALLER_RTP, media_port, 0xA1A1_0000)
         } else {
-            (self.callee, CALLER, CALLEE_RTP, CALLER_RTP, 0xB2B2_0000)
+            (media, self.caller, media_port, CALLER_RTP, 0xB2B2_0000)
         };
         // One SSRC per call and direction.
-        let ssrc = ssrc | u32::from(self.callee[3]);
+        let ssrc = ssrc | u32::from(self.callee[3]) | u32::from(self.caller[3] ^ CALLER[3]) << 8;
         for k in 0..count {
             let i = first_index + k;
             if skip(i) {
@@ -228,6 +272,34 @@ pub fn write_pcap(path: &Path, calls: &[&Call]) {
         w.write_packet(&PcapPacket::new(ts, p.frame.len() as u32, &p.frame))
             .expect("write packet");
     }
+}
+
+/// Writes `calls` as one pcap in a fresh scratch directory named for `test` and replays it
+/// through the pipeline (two workers) configured by `env` (`CALLTAP_*` variables, as `calltap`
+/// reads them): the summary, and each CDR as JSON (what `calltap replay --json` prints).
+pub fn replay(
+    test: &str,
+    calls: &[&Call],
+    env: &[(&str, &str)],
+) -> (ReplaySummary, Vec<serde_json::Value>) {
+    let dir = std::env::temp_dir().join(format!("calltap-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let pcap = dir.join("calls.pcap");
+    write_pcap(&pcap, calls);
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut cfg = Config::load_with_env(None, &env).expect("config");
+    cfg.data_dir = dir.join("data");
+    cfg.workers = 2;
+    let mut cdrs = Vec::new();
+    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |cdr| {
+        cdrs.push(serde_json::to_value(cdr).expect("cdr json"))
+    });
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    (summary, cdrs)
 }
 
 /// A packet's worth of a constant mu-law byte: easy to find in the decoded WAV.
