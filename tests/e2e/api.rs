@@ -8,12 +8,13 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use calltap_lab::{
     daemon::{calltap_bin, Daemon},
+    files::work_dir,
     netns::NS_REC,
     root::{require_root, require_tool},
     sipp::{place_calls, CallPlan},
@@ -24,13 +25,6 @@ use serde_json::Value;
 const TEST: &str = "api";
 /// Where the daemon serves the API inside ct-rec (its own loopback: no clash with the host).
 const LISTEN: &str = "127.0.0.1:18080";
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calltap-e2e-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("work dir");
-    dir
-}
 
 /// `calltap token create` against the daemon's data dir; returns the token.
 fn create_token(data_dir: &Path, role: &str) -> String {

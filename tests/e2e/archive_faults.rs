@@ -20,6 +20,7 @@ use std::{
 
 use calltap_lab::{
     daemon::Daemon,
+    files::work_dir,
     netns::{ns_command, ns_run, run, NS_REC},
     root::{require_root, require_tool},
     sipp::{place_calls, wait_bounded, CallPlan},
@@ -32,13 +33,6 @@ const PLAN: CallPlan = CallPlan {
     calls_per_pair: 2,
     packets: 50,
 };
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calltap-e2e-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("work dir");
-    dir
-}
 
 /// Polls `f` every 200 ms until it returns Some, for at most `secs` seconds.
 fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {

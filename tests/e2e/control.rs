@@ -29,6 +29,7 @@ use std::{
 
 use calltap_lab::{
     daemon::{calltap_bin, read_jsonl, Daemon},
+    files::work_dir,
     netns::{ns_command, MIRROR_IF, NS_REC},
     root::{require_root, require_tool},
     sipp::{place_calls, wait_bounded, CallPlan},
@@ -53,13 +54,6 @@ const TOLERANCE: u64 = 160 + 80;
 /// How much longer than the stop position a stopped file may be: the packets already written
 /// past the stop when it arrived stay in the file (as silence).
 const STOP_TOLERANCE: u64 = 2 * 160 + 80;
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calltap-e2e-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("work dir");
-    dir
-}
 
 /// Runs `f` on a thread inside the recorder namespace (setns moves the calling thread only).
 fn in_rec<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

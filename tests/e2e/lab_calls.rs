@@ -12,22 +12,13 @@ use std::{
 use calltap_lab::{
     daemon::Daemon,
     root::{require_root, require_tool},
-    rtp_pcap::{tone_payloads, ulaw_decode},
     sipp::{
-        after_hold, callee_tone, caller_tone, pair_addrs, place_pairs, PairPlan, Scenario,
-        DTMF_DIGITS, HOLD_MS,
+        after_hold, callee_tone, caller_tone, pair_addrs, place_pairs, tone_pcm, PairPlan,
+        Scenario, DTMF_DIGITS, HOLD_MS,
     },
     Lab,
 };
 use serde_json::Value;
-
-fn pcm(spec: &calltap_lab::rtp_pcap::ToneSpec) -> Vec<i16> {
-    tone_payloads(spec)
-        .concat()
-        .into_iter()
-        .map(ulaw_decode)
-        .collect()
-}
 
 /// Where `needle` sits in `channel`, sample-exact.
 fn find(channel: &[i16], needle: &[i16]) -> Option<usize> {
@@ -108,10 +99,10 @@ fn contact_centre_call_mix() {
     );
     assert_eq!(summary["counters"]["ring_full"], 0);
 
-    let caller = pcm(&caller_tone(packets));
-    let callee = pcm(&callee_tone(packets));
-    let caller2 = pcm(&after_hold(&caller_tone(packets), HOLD_MS));
-    let callee2 = pcm(&after_hold(&callee_tone(packets), HOLD_MS));
+    let caller = tone_pcm(&caller_tone(packets));
+    let callee = tone_pcm(&callee_tone(packets));
+    let caller2 = tone_pcm(&after_hold(&caller_tone(packets), HOLD_MS));
+    let callee2 = tone_pcm(&after_hold(&callee_tone(packets), HOLD_MS));
     let mut per_scenario: BTreeMap<String, usize> = BTreeMap::new();
     for (i, p) in plan.iter().enumerate() {
         let ip = pair_addrs(i as u8).uas_ip;

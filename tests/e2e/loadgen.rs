@@ -8,13 +8,14 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use calltap_lab::{
+    daemon::u64_at,
     daemon::Daemon,
+    files::work_dir,
     load::{check_recording, LoadSpec},
     netns::{ns_command, MIRROR_SWITCH_IF, NS_SW, NS_UAC},
     root::{require_root, require_tool},
@@ -25,22 +26,6 @@ use serde_json::Value;
 
 const CALLS: u32 = 20;
 const SECONDS: u32 = 4;
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calltap-e2e-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("work dir");
-    dir
-}
-
-fn u64_at(v: &Value, path: &[&str]) -> u64 {
-    let mut cur = v;
-    for key in path {
-        cur = &cur[*key];
-    }
-    cur.as_u64()
-        .unwrap_or_else(|| panic!("{path:?} missing or not a number in {v}"))
-}
 
 #[test]
 fn loadgen_calls_are_recorded_packet_and_sample_exact() {

@@ -5,13 +5,14 @@
 //! Prometheus' HTTP API: a dashboard that names a metric CallTap does not export fails here.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use calltap_lab::{
     daemon::Daemon,
+    files::work_dir,
     netns::{ns_command, ns_run, NS_REC},
     root::{require_root, require_tool},
     sipp::{place_calls, wait_bounded, CallPlan},
@@ -22,13 +23,6 @@ use serde_json::Value;
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 /// What the panels' `$__rate_interval` becomes: long enough to span the whole run.
 const RATE_INTERVAL: &str = "1m";
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calltap-e2e-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("work dir");
-    dir
-}
 
 /// A TCP port nobody listens on inside the recorder namespace.
 fn free_port(base: u16) -> u16 {
@@ -131,13 +125,7 @@ impl Drop for Prometheus {
 
 /// Sum of every sample of `name` (any labels) in a text exposition.
 fn sum_of(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    calltap_lab::api::metric(text, name, &[])
 }
 
 /// Every (dashboard, panel title, expr) in dashboards/, with Grafana's variables made concrete.

@@ -4,13 +4,14 @@
 //! line on SIGHUP) and the daemon keeps recording. Live sipp calls in the SPAN lab.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use calltap_lab::{
     api::{api, create_token},
     daemon::Daemon,
+    files::work_dir,
     netns::NS_REC,
     root::{require_root, require_tool},
     sipp::{place_calls, CallPlan},
@@ -20,13 +21,6 @@ use serde_json::{json, Value};
 
 const TEST: &str = "reload";
 const LISTEN: &str = "127.0.0.1:18091";
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calltap-e2e-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("work dir");
-    dir
-}
 
 /// Places one sipp call and returns its CDR (the first one beyond `before` CDRs).
 fn one_call(daemon: &Daemon, dir: &Path, before: usize) -> Value {

@@ -13,6 +13,7 @@ use std::{
 use calltap_lab::{
     api::{api, create_token},
     daemon::Daemon,
+    files::work_dir,
     netns::NS_REC,
     root::{require_root, require_tool},
     sipp::{place_calls, CallPlan},
@@ -28,13 +29,6 @@ const RATE: u64 = 8000;
 /// first packet) plus the worker's control latency, which a start (unlike a resume) does not
 /// make up for: audio of the milliseconds before the request reached the worker is not kept.
 const TOLERANCE: u64 = 3 * 160;
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calltap-e2e-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("work dir");
-    dir
-}
 
 fn wait_for<T>(
     what: &str,

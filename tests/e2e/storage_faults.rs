@@ -13,19 +13,13 @@ use std::{
 
 use calltap_lab::{
     daemon::Daemon,
+    files::work_dir,
     postgres::{require_postgres, Postgres},
     root::{require_root, require_tool},
     sipp::{place_calls, CallPlan, CallReport},
     Lab,
 };
 use serde_json::Value;
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calltap-e2e-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("work dir");
-    dir
-}
 
 /// Waits (bounded) until calls.jsonl holds `n` CDRs.
 fn wait_for_cdrs(daemon: &Daemon, n: usize, what: &str) {

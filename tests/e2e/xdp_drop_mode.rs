@@ -14,18 +14,18 @@
 //! ```
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpStream, UdpSocket},
+    net::UdpSocket,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use calltap_lab::{
-    api::in_ns,
+    api::{self, in_ns},
     daemon::Daemon,
     netns::{ns_run, run},
     root::require_root,
+    wait_for,
 };
 
 const HOST_NS: &str = "ct-x4-host";
@@ -191,29 +191,16 @@ fn probe_frame(i: usize) -> Vec<u8> {
 /// `GET /metrics` from calltap's API, over the namespace's loopback: it answers only while lo
 /// passes frames.
 fn metrics() -> Result<String> {
-    in_ns(HOST_NS, || {
-        let mut s = TcpStream::connect_timeout(
-            &"127.0.0.1:8080".parse().context("address")?,
-            Duration::from_secs(5),
-        )?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    })
+    api::metrics(HOST_NS, "127.0.0.1:8080")
 }
 
 /// The SIP packets calltap's XDP program has classified, all CPUs.
 fn sip_captured(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("calltap_capture_classified_packets_total{")
-                && l.contains("class=\"sip\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    api::metric(
+        metrics,
+        "calltap_capture_classified_packets_total",
+        &[("class", "sip")],
+    ) as u64
 }
 
 /// XDP drops veth counts on `interface` (`ethtool -S`; None when the driver has no such
@@ -227,20 +214,6 @@ fn xdp_drops(interface: &str) -> Option<u64> {
         .filter_map(|l| l.rsplit(':').next()?.trim().parse().ok())
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
-}
-
-/// Polls `f` until it returns Some, for at most `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

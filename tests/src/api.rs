@@ -33,6 +33,43 @@ pub fn in_ns<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }
 
+/// `GET /metrics` from a daemon's management server at `addr` inside namespace `ns` (the
+/// Prometheus text).
+pub fn metrics(ns: &str, addr: &str) -> Result<String> {
+    let addr = addr.to_string();
+    in_ns(ns, move || {
+        let mut s =
+            TcpStream::connect_timeout(&addr.parse().context("address")?, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+}
+
+/// The sum of every sample of metric `name` whose labels include all of `labels` (none: every
+/// series of the metric), in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (series, value) = rest.rsplit_once(' ')?;
+            let fits = series.is_empty()
+                || series.starts_with('{')
+                    && labels
+                        .iter()
+                        .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")));
+            (fits && (labels.is_empty() || !series.is_empty()))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 /// `calltap token create --role ROLE` against a data dir; returns the token.
 pub fn create_token(data_dir: &Path, role: &str) -> Result<String> {
     let out = std::process::Command::new(calltap_bin())

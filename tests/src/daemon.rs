@@ -109,12 +109,13 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// What calltap logged so far.
-    /// The daemon's process id while it runs (for CPU figures from /proc).
+    /// The daemon's process id while it runs (for CPU figures from /proc). `ip netns exec`
+    /// execs calltap in place, so this is calltap's own.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// What calltap logged so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("stderr.log")).unwrap_or_default()
     }
@@ -151,6 +152,16 @@ impl Drop for Daemon {
             let _ = crate::sipp::wait_bounded(child, Duration::from_secs(10));
         }
     }
+}
+
+/// The number at `path` (object keys) in a CDR or run summary; panics naming what is missing.
+pub fn u64_at(v: &Value, path: &[&str]) -> u64 {
+    let mut cur = v;
+    for key in path {
+        cur = &cur[*key];
+    }
+    cur.as_u64()
+        .unwrap_or_else(|| panic!("{path:?} missing or not a number in {v}"))
 }
 
 /// Reads a JSON-lines file.

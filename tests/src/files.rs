@@ -5,6 +5,26 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// A fresh scratch directory for one test (`$TMPDIR/calltap-e2e-NAME`, emptied first).
+pub fn work_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("calltap-e2e-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("work dir");
+    dir
+}
+
+/// A WAV file's format and its samples (interleaved, as written).
+pub fn read_wav(path: &Path) -> anyhow::Result<(hound::WavSpec, Vec<i16>)> {
+    use anyhow::Context as _;
+    let mut wav =
+        hound::WavReader::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let samples = wav
+        .samples::<i16>()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok((wav.spec(), samples))
+}
+
 /// Every file below `dir`, at any depth (directories that cannot be read are skipped).
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

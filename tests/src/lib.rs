@@ -23,3 +23,22 @@ pub mod sipp;
 pub mod tshark;
 
 pub use netns::{Lab, LabGuard};
+
+/// Polls `f` (every 100 ms) until it returns Some, for at most `limit`: tests wait for an
+/// event, never a fixed time.
+pub fn wait_for<T>(
+    what: &str,
+    limit: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -15,8 +15,13 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
+    files::read_wav,
+    load::check_channel,
     netns::{ns_command, uas_ip, NS_UAC, NS_UAS, UAC_IP},
-    rtp_pcap::{dtmf_packets, tone_packets, write_rtp_pcap, ToneSpec, SAMPLES_PER_PACKET},
+    rtp_pcap::{
+        dtmf_packets, tone_packets, tone_payloads, ulaw_decode, write_rtp_pcap, ToneSpec,
+        SAMPLES_PER_PACKET,
+    },
 };
 
 /// What the calls of one sipp pair do.
@@ -288,6 +293,35 @@ pub fn after_hold(spec: &ToneSpec, hold_ms: u64) -> ToneSpec {
             .wrapping_add((skipped * SAMPLES_PER_PACKET as u64) as u32),
         ..spec.clone()
     }
+}
+
+/// The audio one side of a plain call sends, decoded (by the lab's own decoder).
+pub fn tone_pcm(spec: &ToneSpec) -> Vec<i16> {
+    tone_payloads(spec)
+        .concat()
+        .into_iter()
+        .map(ulaw_decode)
+        .collect()
+}
+
+/// Checks the recording of a plain call of `packets` packets a side: a stereo 8 kHz 16-bit WAV
+/// holding, sample for sample, the caller's tone on the left channel and the callee's on the
+/// right, each as one contiguous run with nothing but silence around it.
+pub fn check_tone_recording(path: &Path, packets: usize) -> Result<()> {
+    let (spec, samples) = read_wav(path)?;
+    let format = (spec.channels, spec.sample_rate, spec.bits_per_sample);
+    if format != (2, 8000, 16) {
+        bail!("{}: (channels, rate, bits) {format:?}", path.display());
+    }
+    for (first, tone, what) in [
+        (0, caller_tone(packets), "caller/left"),
+        (1, callee_tone(packets), "callee/right"),
+    ] {
+        let channel: Vec<i16> = samples.iter().skip(first).step_by(2).copied().collect();
+        check_channel(&channel, &tone_pcm(&tone))
+            .with_context(|| format!("{}: {what}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// A batch of plain lab calls.
