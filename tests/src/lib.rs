@@ -12,15 +12,19 @@
 //! lab is to exercise CallTap against the same kernel paths and peers a site would have.
 
 pub mod api;
+pub mod attack;
 pub mod daemon;
 pub mod files;
+pub mod frames;
 pub mod load;
 pub mod netns;
 pub mod postgres;
 pub mod root;
 pub mod rtp_pcap;
 pub mod sipp;
+pub mod spoof;
 pub mod tshark;
+pub mod tx;
 
 pub use netns::{Lab, LabGuard};
 

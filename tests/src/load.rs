@@ -16,10 +16,13 @@
 //!
 //! ```text
 //! 0 ms INVITE (uac -> uas, SDP)   1 ms 200 OK (SDP)   2 ms ACK
-//! 20 ms + 20 ms * i        caller RTP packet i   (i < seconds * 50)
-//! 30 ms + 20 ms * i        callee RTP packet i
-//! 20 ms * (P + 1) + 40 ms  BYE (uac -> uas), 1 ms later its 200 OK
+//! 20 ms + 20 ms * n * i    caller RTP packet i   (i < seconds * 50 / n)
+//! 30 ms + 20 ms * n * i    callee RTP packet i
+//! 20 ms * (S + 1) + 40 ms  BYE (uac -> uas), 1 ms later its 200 OK
 //! ```
+//!
+//! (`S = seconds * 50` slots of 20 ms; `n` = [`LoadSpec::send_every`], 1 unless the calls
+//! suppress silence.)
 //!
 //! All calls go between the same two addresses (the lab's `ct-uac` and `ct-uas`), told apart by
 //! Call-ID and media ports (`media_port_base + 2 k` on both sides), the way a trunk between two
@@ -30,7 +33,7 @@ use std::{
     collections::BinaryHeap,
     fs::File,
     io::{BufWriter, Write as _},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     path::Path,
     time::Duration,
 };
@@ -41,7 +44,7 @@ use pcap_file::{
     DataLink,
 };
 
-use crate::rtp_pcap::ulaw_decode;
+use crate::{frames, rtp_pcap::ulaw_decode, tx::Schedule};
 
 /// RTP packets per second and direction (20 ms of G.711 each).
 pub const PACKETS_PER_SECOND: u32 = 50;
@@ -51,7 +54,7 @@ pub const PACKET_INTERVAL_NS: u64 = 20_000_000;
 pub const PAYLOAD_BYTES: usize = 160;
 /// The largest frame the model builds (a SIP message with SDP is about 700 bytes); buffers of
 /// this capacity never grow.
-pub const MAX_FRAME: usize = 1514;
+pub use crate::tx::MAX_FRAME;
 /// Where `write_pcap` puts time zero, so captures have plausible timestamps.
 pub const PCAP_EPOCH_NS: u64 = 1_700_000_000 * 1_000_000_000;
 
@@ -108,6 +111,15 @@ pub struct LoadSpec {
     /// Distinguishes runs: part of every Call-ID, SSRC and payload, so two runs into the same
     /// recorder never look like the same calls.
     pub run: u32,
+    /// A hostile answer (issue #14 item 2): every 200 OK's SDP names this endpoint instead of
+    /// the callee's own (`c=IN IP4 <proxy> m=audio 5060`), and the caller sends its RTP there,
+    /// as a phone believing the SDP would.
+    pub answer_media: Option<SocketAddrV4>,
+    /// Silence suppression: of each direction's 20 ms slots only one in `send_every` carries
+    /// a packet (1: every slot). Timestamps run on through the silent slots while sequence
+    /// numbers stay consecutive, as a phone with VAD sends; the recording has silence there.
+    /// Many calls at a packet rate a debug build can record.
+    pub send_every: u32,
 }
 
 impl LoadSpec {
@@ -125,6 +137,8 @@ impl LoadSpec {
             sip_port: 5060,
             media_port_base: 20_000,
             run: 0,
+            answer_media: None,
+            send_every: 1,
         }
     }
 
@@ -132,6 +146,9 @@ impl LoadSpec {
     pub fn validate(&self) -> Result<()> {
         if self.seconds == 0 {
             bail!("seconds must be at least 1");
+        }
+        if self.send_every == 0 {
+            bail!("send_every must be at least 1");
         }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             bail!("rate must be a positive number of calls per second");
@@ -157,9 +174,14 @@ impl LoadSpec {
         Ok(())
     }
 
-    /// RTP packets per call and direction.
-    pub fn packets_per_direction(&self) -> u32 {
+    /// 20 ms slots per call and direction (`seconds * 50`).
+    pub fn slots_per_direction(&self) -> u32 {
         self.seconds.saturating_mul(PACKETS_PER_SECOND)
+    }
+
+    /// RTP packets per call and direction (one per slot, or per `send_every` slots).
+    pub fn packets_per_direction(&self) -> u32 {
+        self.slots_per_direction().div_ceil(self.send_every.max(1))
     }
 
     /// Frames per call (RTP both ways plus the five SIP messages).
@@ -226,10 +248,13 @@ impl LoadSpec {
         ((mix(self.seed(call, dir)) >> 32) as u16).wrapping_add(index as u16)
     }
 
-    /// RTP timestamp of packet `index` (starts anywhere, 160 per packet, wraps).
+    /// RTP timestamp of packet `index` (starts anywhere, 160 per slot, wraps).
     pub fn rtp_ts(&self, call: u32, dir: Direction, index: u32) -> u32 {
-        ((mix(self.seed(call, dir)) >> 16) as u32)
-            .wrapping_add(index.wrapping_mul(PAYLOAD_BYTES as u32))
+        ((mix(self.seed(call, dir)) >> 16) as u32).wrapping_add(
+            index
+                .wrapping_mul(self.send_every.max(1))
+                .wrapping_mul(PAYLOAD_BYTES as u32),
+        )
     }
 
     /// The G.711 mu-law payload of packet `index` of one direction: a pure function of (run,
@@ -244,12 +269,18 @@ impl LoadSpec {
     }
 
     /// The audio one direction of a call must leave in the recording: every payload of the
-    /// direction decoded (by the lab's own decoder, independent of CallTap's), in order.
+    /// direction decoded (by the lab's own decoder, independent of CallTap's), in order, with
+    /// the silent slots of [`LoadSpec::send_every`] as silence between them.
     pub fn expected_pcm(&self, call: u32, dir: Direction) -> Vec<i16> {
         let mut payload = [0u8; PAYLOAD_BYTES];
-        let mut pcm = Vec::with_capacity(self.packets_per_direction() as usize * PAYLOAD_BYTES);
-        for i in 0..self.packets_per_direction() {
-            self.payload(call, dir, i, &mut payload);
+        let every = self.send_every.max(1) as usize;
+        let packets = self.packets_per_direction() as usize;
+        let mut pcm = Vec::with_capacity(((packets - 1) * every + 1) * PAYLOAD_BYTES);
+        for i in 0..packets {
+            if i > 0 {
+                pcm.resize(pcm.len() + (every - 1) * PAYLOAD_BYTES, 0);
+            }
+            self.payload(call, dir, i as u32, &mut payload);
             pcm.extend(payload.iter().map(|b| ulaw_decode(*b)));
         }
         pcm
@@ -272,10 +303,12 @@ impl LoadSpec {
             2 => 2 * MS,
             _ if e < 3 + 2 * packets => {
                 let m = u64::from(e - 3);
-                20 * MS + (m / 2) * PACKET_INTERVAL_NS + (m % 2) * 10 * MS
+                let slot = (m / 2) * u64::from(self.send_every.max(1));
+                20 * MS + slot * PACKET_INTERVAL_NS + (m % 2) * 10 * MS
             }
             _ => {
-                let bye = PACKET_INTERVAL_NS * (u64::from(packets) + 1) + 40 * MS;
+                let slots = u64::from(self.slots_per_direction());
+                let bye = PACKET_INTERVAL_NS * (slots + 1) + 40 * MS;
                 bye + u64::from(e - (3 + 2 * packets)) * MS
             }
         }
@@ -305,7 +338,7 @@ impl LoadSpec {
 }
 
 /// splitmix64's finaliser: cheap, and good enough that payloads look like noise.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -388,7 +421,10 @@ impl Generator {
             Kind::Rtp {
                 dir: Direction::Caller,
                 ..
-            } => (s.uac_ip, s.uas_ip, port, port),
+            } => match s.answer_media {
+                Some(to) => (s.uac_ip, *to.ip(), port, to.port()),
+                None => (s.uac_ip, s.uas_ip, port, port),
+            },
             Kind::Rtp {
                 dir: Direction::Callee,
                 ..
@@ -396,12 +432,8 @@ impl Generator {
             Kind::Invite | Kind::Ack | Kind::Bye => (s.uac_ip, s.uas_ip, s.sip_port, s.sip_port),
             Kind::InviteOk | Kind::ByeOk => (s.uas_ip, s.uac_ip, s.sip_port, s.sip_port),
         };
-        buf.clear();
-        buf.extend_from_slice(&s.dst_mac);
-        buf.extend_from_slice(&s.src_mac);
-        buf.extend_from_slice(&0x0800u16.to_be_bytes());
         // IPv4 and UDP headers are filled in once the payload's length is known.
-        buf.resize(14 + 20 + 8, 0);
+        frames::begin(buf, s.src_mac, s.dst_mac, 8);
         match kind {
             Kind::Rtp { dir, index } => {
                 buf.extend_from_slice(&[0x80, 0]);
@@ -414,28 +446,18 @@ impl Generator {
             }
             _ => self.write_sip(call, kind, buf),
         }
-        let udp_len = (buf.len() - 34) as u16;
-        let ip_len = udp_len + 20;
         self.ip_id = self.ip_id.wrapping_add(1);
-        let ip = &mut buf[14..34];
-        ip.copy_from_slice(&[
-            0x45, 0xb8, // DSCP EF, as phones mark voice
-            0, 0, 0, 0, 0x40, 0, // don't fragment
-            64, 17, 0, 0, // TTL, UDP, checksum
-            0, 0, 0, 0, 0, 0, 0, 0, // addresses
-        ]);
-        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-        ip[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
-        ip[12..16].copy_from_slice(&src.octets());
-        ip[16..20].copy_from_slice(&dst.octets());
-        let sum = ipv4_checksum(ip);
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        let udp = &mut buf[34..42];
-        udp[0..2].copy_from_slice(&sport.to_be_bytes());
-        udp[2..4].copy_from_slice(&dport.to_be_bytes());
-        udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-        // Checksum 0: "not computed", legal for UDP over IPv4, as many SBCs send RTP.
-        udp[6..8].copy_from_slice(&[0, 0]);
+        let ip = frames::Ipv4 {
+            src,
+            dst,
+            proto: frames::IPPROTO_UDP,
+            // DSCP EF, as phones mark voice.
+            tos: 0xb8,
+            id: self.ip_id,
+            // Don't fragment.
+            frag: 0x4000,
+        };
+        frames::finish_ipv4_udp(buf, &ip, sport, dport);
     }
 
     /// Appends one SIP message of call `call`. `write!` into a Vec with room does not allocate.
@@ -445,12 +467,13 @@ impl Generator {
         let run = s.run;
         let port = s.media_port(call);
         self.body.clear();
-        let with_sdp = match kind {
-            Kind::Invite => Some(uac),
-            Kind::InviteOk => Some(uas),
+        let with_sdp = match (kind, s.answer_media) {
+            (Kind::Invite, _) => Some((uac, port)),
+            (Kind::InviteOk, None) => Some((uas, port)),
+            (Kind::InviteOk, Some(to)) => Some((*to.ip(), to.port())),
             _ => None,
         };
-        if let Some(ip) = with_sdp {
+        if let Some((ip, port)) = with_sdp {
             let _ = write!(
                 self.body,
                 "v=0\r\no=- {call} 1 IN IP4 {ip}\r\ns=calltap-loadgen\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\na=sendrecv\r\n"
@@ -498,15 +521,16 @@ impl Generator {
     }
 }
 
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
+impl Schedule for Generator {
+    type Frame = Frame;
+
+    fn peek_ns(&self) -> Option<u64> {
+        Generator::peek_ns(self)
     }
-    !(sum as u16)
+
+    fn next_into(&mut self, buf: &mut Vec<u8>) -> Option<Frame> {
+        Generator::next_into(self, buf)
+    }
 }
 
 /// What a run (or the part of it written) contained.
@@ -671,7 +695,7 @@ mod tests {
         for (f, buf) in frames(&spec) {
             assert!(buf.len() <= MAX_FRAME, "{f:?}");
             assert_eq!(&buf[12..14], &[8, 0]);
-            assert_eq!(ipv4_checksum(&buf[14..34]), 0, "{f:?}");
+            assert_eq!(frames::ipv4_checksum(&buf[14..34]), 0, "{f:?}");
             assert_eq!(
                 usize::from(u16::from_be_bytes([buf[16], buf[17]])),
                 buf.len() - 14
@@ -712,6 +736,73 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_hostile_answer_names_the_endpoint_and_draws_the_callers_rtp() {
+        let mut spec = LoadSpec::new(1, 1);
+        let proxy = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 5060);
+        spec.answer_media = Some(proxy);
+        for (f, buf) in frames(&spec) {
+            let dst = Ipv4Addr::new(buf[30], buf[31], buf[32], buf[33]);
+            let dport = u16::from_be_bytes([buf[36], buf[37]]);
+            match f.kind {
+                Kind::InviteOk => {
+                    let text = String::from_utf8_lossy(&buf[42..]);
+                    assert!(text.contains("c=IN IP4 198.18.0.2\r\n"), "{text}");
+                    assert!(text.contains("m=audio 5060 RTP/AVP 0"), "{text}");
+                }
+                Kind::Rtp {
+                    dir: Direction::Caller,
+                    ..
+                } => assert_eq!((dst, dport), (*proxy.ip(), 5060)),
+                Kind::Rtp {
+                    dir: Direction::Callee,
+                    ..
+                } => assert_eq!((dst, dport), (spec.uac_ip, spec.media_port(0))),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn silence_suppression_sends_one_slot_in_n_and_leaves_silence_between() {
+        let mut spec = LoadSpec::new(1, 1);
+        spec.send_every = 4;
+        assert_eq!(spec.packets_per_direction(), 13);
+        let all = frames(&spec);
+        assert_eq!(all.len() as u64, spec.rtp_packets() + spec.sip_packets());
+        let caller: Vec<(u64, &Vec<u8>)> = all
+            .iter()
+            .filter(|(f, _)| {
+                matches!(
+                    f.kind,
+                    Kind::Rtp {
+                        dir: Direction::Caller,
+                        ..
+                    }
+                )
+            })
+            .map(|(f, b)| (f.at_ns, b))
+            .collect();
+        for w in caller.windows(2) {
+            // 80 ms apart on the wire and in RTP time, one sequence number apart.
+            assert_eq!(w[1].0 - w[0].0, 4 * PACKET_INTERVAL_NS);
+            let seq = |b: &[u8]| u16::from_be_bytes([b[44], b[45]]);
+            let ts = |b: &[u8]| u32::from_be_bytes([b[46], b[47], b[48], b[49]]);
+            assert_eq!(seq(w[1].1).wrapping_sub(seq(w[0].1)), 1);
+            assert_eq!(ts(w[1].1).wrapping_sub(ts(w[0].1)), 640);
+        }
+        // The BYE still comes after the whole second.
+        assert_eq!(all.last().map(|f| f.0.at_ns), Some(spec.end_ns()));
+        assert!(spec.end_ns() > 1_000_000_000);
+        let pcm = spec.expected_pcm(0, Direction::Caller);
+        assert_eq!(pcm.len(), (12 * 4 + 1) * PAYLOAD_BYTES);
+        assert!(pcm[PAYLOAD_BYTES..4 * PAYLOAD_BYTES]
+            .iter()
+            .all(|s| *s == 0));
+        let channel: Vec<i16> = [vec![0; 80], pcm.clone(), vec![0; 500]].concat();
+        assert_eq!(check_channel(&channel, &pcm).expect("matches"), 80);
     }
 
     #[test]
