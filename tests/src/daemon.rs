@@ -1,8 +1,14 @@
 //! Runs the real `calltap` binary in the recorder namespace and reads what it wrote.
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -38,7 +44,19 @@ impl Daemon {
     /// Like [`Daemon::start`], but keeps what an earlier run left in `data_dir` (spool, queues,
     /// database): a restart.
     pub fn restart(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        Self::spawn(NS_REC, &[MIRROR_IF], data_dir, extra, env)
+        Self::spawn(NS_REC, &[MIRROR_IF], data_dir, extra, env, None)
+    }
+
+    /// Like [`Daemon::start`], under an open-file limit of `nofile` (soft and hard), as
+    /// systemd's default `LimitNOFILE=1024` would run the packaged service.
+    pub fn start_with_nofile(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: u64,
+    ) -> Result<Self> {
+        let _ = std::fs::remove_dir_all(data_dir);
+        Self::spawn(NS_REC, &[MIRROR_IF], data_dir, extra, env, Some(nofile))
     }
 
     /// Like [`Daemon::start`], capturing on `interfaces` of network namespace `ns` (a test's
@@ -51,7 +69,7 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Result<Self> {
         let _ = std::fs::remove_dir_all(data_dir);
-        Self::spawn(ns, interfaces, data_dir, extra, env)
+        Self::spawn(ns, interfaces, data_dir, extra, env, None)
     }
 
     fn spawn(
@@ -60,6 +78,7 @@ impl Daemon {
         data_dir: &Path,
         extra: &[&str],
         env: &[(&str, &str)],
+        nofile: Option<u64>,
     ) -> Result<Self> {
         let bin = calltap_bin();
         if !bin.exists() {
@@ -78,6 +97,22 @@ impl Daemon {
         let mut cmd = ns_command(ns, &argv);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(n) = nofile {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; it runs in the forked child before exec,
+            // and `ip netns exec` passes the limit on to calltap.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd
             .env(
@@ -152,6 +187,72 @@ impl Drop for Daemon {
             let _ = crate::sipp::wait_bounded(child, Duration::from_secs(10));
         }
     }
+}
+
+/// A process's resident memory, sampled on a thread until stopped: a memory bound is about the
+/// peak, which one reading at the end would miss.
+pub struct RssWatch {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<RssPeak>,
+}
+
+/// What an [`RssWatch`] saw.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RssPeak {
+    /// The highest VmRSS, in KiB, and its parts at that moment (anonymous, file, shared).
+    pub max_kib: u64,
+    pub anon_kib: u64,
+    pub file_kib: u64,
+    pub shmem_kib: u64,
+    pub samples: u64,
+}
+
+impl RssWatch {
+    /// Samples `/proc/PID/status` every `every` until [`RssWatch::stop`] or the process ends.
+    pub fn start(pid: u32, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = RssPeak::default();
+            while !flag.load(Ordering::Relaxed) {
+                let Some(now) = rss(pid) else {
+                    break;
+                };
+                peak.samples += 1;
+                if now.max_kib > peak.max_kib {
+                    peak = RssPeak {
+                        samples: peak.samples,
+                        ..now
+                    };
+                }
+                std::thread::sleep(every);
+            }
+            peak
+        });
+        Self { stop, thread }
+    }
+
+    pub fn stop(self) -> RssPeak {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// VmRSS and its parts of a live process (None once it is gone).
+pub fn rss(pid: u32) -> Option<RssPeak> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    Some(RssPeak {
+        max_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:").unwrap_or(0),
+        file_kib: field("RssFile:").unwrap_or(0),
+        shmem_kib: field("RssShmem:").unwrap_or(0),
+        samples: 1,
+    })
 }
 
 /// The number at `path` (object keys) in a CDR or run summary; panics naming what is missing.
