@@ -292,17 +292,20 @@ impl LiveCalls {
             return Err(ControlError::TooMany);
         }
         // Sent under the lock so two requests on one call reach the worker in the order they
-        // were checked in; an unbounded channel's send does not block.
+        // were checked in; the wait for room is bounded (see `crate::queues`).
         self.workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(c.worker as usize)
             .ok_or(ControlError::WorkerGone)?
-            .send(Control::Recording {
-                call: c.call,
-                action,
-                ts_ns,
-            })
+            .send_timeout(
+                Control::Recording {
+                    call: c.call,
+                    action,
+                    ts_ns,
+                },
+                crate::queues::CONTROL_WAIT,
+            )
             .map_err(|_| ControlError::WorkerGone)?;
         c.recording = next;
         c.transitions += 1;

@@ -1,13 +1,18 @@
 //! Metrics of the recordings' way to disk: calls that got no (or only part of a) recording and
-//! why, the spool threads' work, and how many calls the limits allow at once.
+//! why, the spool threads' work, the queues between threads, and how many calls the limits
+//! allow at once.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::store::spool::{self, files::FdBudget, FailReason};
+use crate::{
+    queues::{self, Queue},
+    store::spool::{self, files::FdBudget, FailReason},
+};
 
 /// The series, read at scrape time from the spool's process-wide counters.
 pub struct RecordingMetrics {
     failed: IntCounterVec,
+    overflows: IntCounterVec,
     events: IntCounterVec,
     bytes: IntCounter,
     open_files: IntGauge,
@@ -54,8 +59,18 @@ impl RecordingMetrics {
             ),
             &["limit"],
         )?;
+        let overflows = IntCounterVec::new(
+            Opts::new(
+                "calltap_queue_overflow_total",
+                "Times a queue between threads was full: control (a media worker overloaded; \
+                 the sender waited), cdr and timeouts (kept and retried), journal (a call's \
+                 state written at its next flush instead).",
+            ),
+            &["queue"],
+        )?;
         for c in [
             Box::new(failed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(overflows.clone()),
             Box::new(events.clone()),
             Box::new(bytes.clone()),
             Box::new(open_files.clone()),
@@ -66,8 +81,12 @@ impl RecordingMetrics {
         for r in FailReason::ALL {
             failed.with_label_values(&[r.as_str()]);
         }
+        for q in Queue::ALL {
+            overflows.with_label_values(&[q.as_str()]);
+        }
         Ok(RecordingMetrics {
             failed,
+            overflows,
             events,
             bytes,
             open_files,
@@ -105,6 +124,12 @@ impl RecordingMetrics {
             super::metrics::set_counter(&self.events.with_label_values(&[event]), v.load(Relaxed));
         }
         super::metrics::set_counter(&self.bytes, c.bytes_written.load(Relaxed));
+        for q in Queue::ALL {
+            super::metrics::set_counter(
+                &self.overflows.with_label_values(&[q.as_str()]),
+                queues::overflows(q),
+            );
+        }
         self.open_files
             .set(i64::try_from(FdBudget::get().open()).unwrap_or(i64::MAX));
     }

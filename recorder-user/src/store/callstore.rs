@@ -84,6 +84,10 @@ pub enum CallStoreError {
     Name { path: PathBuf, uuid: String },
     #[error("{path}: {what}")]
     Torn { path: PathBuf, what: String },
+    /// The journal thread's queue is full (the disk is slow): the call is journaled at its
+    /// next flush instead.
+    #[error("the active-call journal's queue is full")]
+    QueueFull,
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> CallStoreError + '_ {
@@ -466,7 +470,7 @@ impl JournalWriter {
 
     /// Starts the journal thread.
     pub fn start(store: CallStore) -> io::Result<(JournalWriter, JournalThread)> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::bounded(crate::queues::JOURNAL);
         let handle = std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || journal_thread(&store, &rx))?;
@@ -488,10 +492,13 @@ impl JournalWriter {
                 }
                 Ok(())
             }
-            Target::Thread(tx) => {
-                let _ = tx.send(Op::Save(Box::new(j), durable));
-                Ok(())
-            }
+            Target::Thread(tx) => match tx.try_send(Op::Save(Box::new(j), durable)) {
+                Err(crossbeam_channel::TrySendError::Full(_)) => {
+                    crate::queues::overflow(crate::queues::Queue::Journal);
+                    Err(CallStoreError::QueueFull)
+                }
+                _ => Ok(()),
+            },
         }
     }
 
@@ -499,6 +506,8 @@ impl JournalWriter {
     pub fn remove(&self, uuid: &str) -> Result<(), CallStoreError> {
         match &self.0 {
             Target::Inline(store) => store.remove(uuid),
+            // Never dropped: a call left in the journal would be restored after a restart.
+            // Only the CDR thread removes, and it may wait.
             Target::Thread(tx) => {
                 let _ = tx.send(Op::Remove(uuid.to_string()));
                 Ok(())
@@ -510,8 +519,9 @@ impl JournalWriter {
     pub fn beat(&self, now_ns: u64) -> Result<(), CallStoreError> {
         match &self.0 {
             Target::Inline(store) => store.beat(now_ns),
+            // A beat that does not fit is as good as the next one.
             Target::Thread(tx) => {
-                let _ = tx.send(Op::Beat(now_ns));
+                let _ = tx.try_send(Op::Beat(now_ns));
                 Ok(())
             }
         }

@@ -334,8 +334,10 @@ impl Spool {
         let (pool, back) = ChunkPool::new(arena);
         // Every buffer can be in the queue at once, plus the operations that carry none (a
         // header per call per flush, creations, closes).
-        let (tx, rx) = crossbeam_channel::bounded(buffers.saturating_mul(2) + 65_536);
-        let (reply_tx, replies) = crossbeam_channel::unbounded();
+        let queue = buffers.saturating_mul(2) + 65_536;
+        let (tx, rx) = crossbeam_channel::bounded(queue);
+        // An answer per creation or failure: never more than the operations queued.
+        let (reply_tx, replies) = crossbeam_channel::bounded(queue);
         let counters = counters().clone();
         let disk = disk::Disk::new(back.clone(), reply_tx.clone(), counters.clone());
         let spawned = std::thread::Builder::new()
