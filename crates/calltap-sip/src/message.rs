@@ -131,6 +131,32 @@ pub(crate) fn media_type(ct: &str) -> &str {
 /// First element of a comma-separated header list, honouring quotes and angle brackets (a
 /// display name or URI may contain commas).
 fn first_list_item(v: &str) -> &str {
+    match list_comma(v) {
+        Some(i) => v.get(..i).unwrap_or(v),
+        None => v,
+    }
+}
+
+/// The elements of a comma-separated header list (`Via`, `Record-Route`, `Contact`), as
+/// [`first_list_item`] splits them, trimmed, empty ones skipped.
+pub(crate) fn list_items(v: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(v);
+    std::iter::from_fn(move || loop {
+        let r = rest?;
+        let (item, next) = match list_comma(r) {
+            Some(i) => (r.get(..i).unwrap_or(""), r.get(i + 1..)),
+            None => (r, None),
+        };
+        rest = next;
+        let item = item.trim();
+        if !item.is_empty() {
+            return Some(item);
+        }
+    })
+}
+
+/// Index of the first comma of `v` outside quotes and angle brackets.
+fn list_comma(v: &str) -> Option<usize> {
     let mut quoted = false;
     let mut angle = false;
     let mut escaped = false;
@@ -144,11 +170,11 @@ fn first_list_item(v: &str) -> &str {
             '"' => quoted = !quoted,
             '<' if !quoted => angle = true,
             '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => return v.get(..i).unwrap_or(v),
+            ',' if !quoted && !angle => return Some(i),
             _ => {}
         }
     }
-    v
+    None
 }
 
 /// A From/To/Contact value: optional display name, the URI, and the parts a recorder files
@@ -331,6 +357,21 @@ mod tests {
         assert_eq!(NameAddr::parse("<sip:a@b"), None);
         let n = NameAddr::parse("sip:@").expect("parses");
         assert_eq!((n.user, n.host), (None, None));
+    }
+
+    #[test]
+    fn list_items_split_at_top_level_commas() {
+        let items: Vec<&str> =
+            list_items(r#" "a, b" <sip:x@y>, <sip:z@w;lr> ,, SIP/2.0/UDP 10.0.0.1"#).collect();
+        assert_eq!(
+            items,
+            [
+                r#""a, b" <sip:x@y>"#,
+                "<sip:z@w;lr>",
+                "SIP/2.0/UDP 10.0.0.1"
+            ]
+        );
+        assert_eq!(list_items("").count(), 0);
     }
 
     #[test]

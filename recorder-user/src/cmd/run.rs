@@ -16,6 +16,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use aya::maps::{MapData, RingBuf};
 use calltap_common::counter;
+use calltap_sip::dialog::EndReason;
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use serde::Serialize;
 
@@ -661,6 +662,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         live_calls.set_listener(move |e| match e {
             LiveEvent::Started(c) => hooks.call_started(c),
             LiveEvent::Answered(c) => hooks.call_answered(c),
+            LiveEvent::Evicted(c, at_ns) => hooks.call_evicted(c, at_ns),
         });
     }
     let tcfg = tracker_config(&cfg);
@@ -805,7 +807,9 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
             cdr.seal_recording();
             cdr_metrics.observe_call(&cdr);
             cdr_live.remove(&cdr.uuid);
-            if let Some(h) = &cdr_hooks {
+            // An evicted call's call.ended went out when it was evicted (most have no CDR).
+            let evicted = cdr.end_reason == EndReason::Evicted.as_str();
+            if let Some(h) = cdr_hooks.as_ref().filter(|_| !evicted) {
                 h.call_ended(&cdr);
             }
             log::info!(

@@ -13,7 +13,7 @@ use calltap_net::{
     tcp::{parse_tcp, resync_sip, FlowKey, TcpConfig, TcpReassembler},
 };
 use calltap_sip::{
-    dialog::{CallEvent, CallRef, Side, Tracker, TrackerConfig},
+    dialog::{CallEvent, CallRef, EndReason, Side, Tracker, TrackerConfig},
     parse, parse_datagram, Message, ParseError,
 };
 use serde::Serialize;
@@ -56,6 +56,39 @@ pub struct SignallingStats {
     pub calls_restored_ended: u64,
     /// Journal files that could not be read (set aside in `active/corrupt/`).
     pub journal_corrupt: u64,
+    /// What the bounds on SIP-side state shed, and what they hold now (as of the last tick).
+    pub bounds: BoundStats,
+}
+
+/// The bounds on the signalling worker's state under floods (see README, "Limits and
+/// bounds"): calls followed, in-dialog requests not acted on, TCP and IP fragment reassembly.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BoundStats {
+    /// INVITEs not followed: `max_calls` reached (or too many calls on one Call-ID).
+    pub invites_shed_max_calls: u64,
+    /// INVITEs not followed: `max_unanswered_calls` waiting, none evictable.
+    pub invites_shed_unanswered: u64,
+    /// Unanswered calls evicted for newer INVITEs.
+    pub calls_evicted: u64,
+    /// Calls waiting for an answer now.
+    pub unanswered_calls: u64,
+    /// In-dialog requests off the dialog's signalling path, not acted on.
+    pub requests_rejected: u64,
+    /// TCP out-of-order segments shed by the total bounds, and bytes dropped (unframeable,
+    /// before a skipped hole, or shed).
+    pub tcp_segments_shed: u64,
+    pub tcp_bytes_dropped: u64,
+    pub tcp_gaps_skipped: u64,
+    pub tcp_flows_evicted: u64,
+    /// TCP bytes (with per-segment overhead) and out-of-order segments held now.
+    pub tcp_held_bytes: u64,
+    pub tcp_held_segments: u64,
+    /// Fragmented datagrams dropped by the fragment, datagram or memory bounds, and those that
+    /// never completed in time.
+    pub frag_dropped_limit: u64,
+    pub frag_timed_out: u64,
+    /// Fragment bytes (with per-fragment overhead) held now.
+    pub frag_held_bytes: u64,
 }
 
 /// How long unclaimed RTP waits for SIP that describes it, and how much of it is kept.
@@ -173,6 +206,13 @@ impl<T: MediaTable> SignallingWorker<T> {
             rules: None,
             stats: SignallingStats::default(),
         }
+    }
+
+    /// Bounds TCP and IP fragment reassembly by `tcp` and `frags` (else their defaults).
+    pub fn with_reassembly(mut self, tcp: TcpConfig, frags: ReassemblyConfig) -> Self {
+        self.tcp = TcpReassembler::new(tcp);
+        self.frags = Reassembler::new(frags);
+        self
     }
 
     /// Decides each new call's recording by `rules` (see [`super::rules`]).
@@ -599,6 +639,7 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.events = events;
         self.frags.expire(now);
         self.tcp.expire(now);
+        self.stats.bounds = self.bound_stats();
         self.expire_recently_ended(now);
         if !self.pending.is_empty() {
             self.retry_pending(now, sink);
@@ -623,8 +664,32 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.events = events;
     }
 
+    /// The bounds' counters now (see [`BoundStats`]).
+    pub fn bound_stats(&self) -> BoundStats {
+        let t = self.tracker.stats();
+        let tcp = self.tcp.stats();
+        let frag = self.frags.stats();
+        BoundStats {
+            invites_shed_max_calls: t.calls_dropped,
+            invites_shed_unanswered: t.calls_shed_unanswered,
+            calls_evicted: t.calls_evicted,
+            unanswered_calls: t.unanswered_calls,
+            requests_rejected: t.requests_rejected,
+            tcp_segments_shed: tcp.segments_shed,
+            tcp_bytes_dropped: tcp.bytes_dropped,
+            tcp_gaps_skipped: tcp.gaps_skipped,
+            tcp_flows_evicted: tcp.flows_evicted,
+            tcp_held_bytes: self.tcp.held_bytes() as u64,
+            tcp_held_segments: self.tcp.held_segments() as u64,
+            frag_dropped_limit: frag.dropped_limit,
+            frag_timed_out: frag.timed_out,
+            frag_held_bytes: self.frags.held_bytes() as u64,
+        }
+    }
+
     /// Ends every call still open (end of a capture file, or shutdown) with `reason`.
     pub fn finish(&mut self, now: u64, reason: &str, sink: &mut dyn ControlSink) {
+        self.stats.bounds = self.bound_stats();
         self.stats.early_media_unclaimed += self.pending.len() as u64;
         self.pending.clear();
         let calls: Vec<CallRef> = self.routes.keys().copied().collect();
@@ -634,6 +699,16 @@ impl<T: MediaTable> SignallingWorker<T> {
     }
 
     fn end(&mut self, call: CallRef, reason: String, ts_ns: u64, sink: &mut dyn ControlSink) {
+        let end = Control::End {
+            call,
+            reason,
+            ts_ns,
+        };
+        self.close(call, end, ts_ns, sink);
+    }
+
+    /// Sends `call`'s last control message (`End` or `Evict`) and releases its route.
+    fn close(&mut self, call: CallRef, last: Control, ts_ns: u64, sink: &mut dyn ControlSink) {
         let Some(route) = self.routes.remove(&call) else {
             return;
         };
@@ -641,14 +716,7 @@ impl<T: MediaTable> SignallingWorker<T> {
         if let Some(l) = self.load.get_mut(route.worker as usize) {
             *l = l.saturating_sub(1);
         }
-        sink.send(
-            route.worker,
-            Control::End {
-                call,
-                reason,
-                ts_ns,
-            },
-        );
+        sink.send(route.worker, last);
         // The far side's last packets are still in flight when the BYE is captured. The
         // classifier no longer steers them (a new call may reuse the endpoint at once, and must
         // get its own packets), so they come here as unclaimed media; for a short while they
@@ -829,6 +897,16 @@ impl<T: MediaTable> SignallingWorker<T> {
                         );
                     }
                 }
+                CallEvent::Rejected { call, rejection } => {
+                    if let Some(r) = self.routes.get(&call) {
+                        sink.send(r.worker, Control::Rejected { call, rejection });
+                    }
+                }
+                CallEvent::Ended {
+                    call,
+                    reason: EndReason::Evicted,
+                    ts_ns,
+                } => self.close(call, Control::Evict { call, ts_ns }, ts_ns, sink),
                 CallEvent::Ended {
                     call,
                     reason,

@@ -692,6 +692,9 @@ pub(crate) mod tests {
                 duration_ms: Some(160),
                 source: "rfc4733".into(),
             }],
+            dtmf_omitted: 0,
+            rejected_requests: vec![],
+            rejected_requests_omitted: 0,
             recording: Some(Recording {
                 path: PathBuf::from(format!("/var/lib/calltap/recordings/{n}.wav")),
                 bytes: 64_044,
