@@ -387,6 +387,7 @@ fn media_thread(
                     .store(worker.active_calls() as u64, Ordering::Relaxed);
                 l.lag_ns.store(lag_ns, Ordering::Relaxed);
             }
+            live.bounds.store_worker(&worker.stats);
             lag_ns = 0;
             for t in expired.drain(..) {
                 let _ = timeouts.send(t);
@@ -457,6 +458,7 @@ fn signalling_thread<T: MediaTable>(
                 .store(sig.active_calls() as u64, Ordering::Relaxed);
             live.calls_started
                 .store(sig.stats.calls_started, Ordering::Relaxed);
+            live.bounds.store(&sig.stats.bounds);
         }
         if shutdown.stop.load(Ordering::Acquire) && n == 0 {
             // Let the media workers empty their rings first so no audio in flight is lost,
@@ -666,6 +668,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         });
     }
     let tcfg = tracker_config(&cfg);
+    let reassembly = (cfg.tcp, cfg.ipfrag);
     let sip_ports = cfg.sip_ports.clone();
     let sd = shutdown.clone();
     let sig_live = live.clone();
@@ -681,7 +684,9 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     let sig_handle = thread::Builder::new()
         .name("signalling".into())
         .spawn(move || {
-            let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0).with_store(journal);
+            let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0)
+                .with_reassembly(reassembly.0, reassembly.1)
+                .with_store(journal);
             sig.set_sip_ports(&sip_ports);
             sig.set_rules(sig_rules);
             let mut sink = sink;
