@@ -30,7 +30,7 @@ pub struct Call {
     callee: [u8; 4],
 }
 
-fn ip(a: [u8; 4]) -> String {
+pub fn ip(a: [u8; 4]) -> String {
     format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
 }
 
@@ -63,6 +63,12 @@ impl Call {
         } else {
             (self.callee, CALLER)
         };
+        self.sip_hop(at_ms, src, dst, &text);
+    }
+
+    /// A SIP message sent from `src` to `dst` on any hop (a proxy's far side, a third
+    /// party), both on port 5060.
+    pub fn sip_hop(&mut self, at_ms: u64, src: [u8; 4], dst: [u8; 4], text: &str) -> &mut Self {
         let frame = eth(
             0x0800,
             &ipv4(17, src, dst, &udp(5060, 5060, text.as_bytes())),
@@ -71,6 +77,26 @@ impl Call {
             at_ns: at_ms * 1_000_000,
             frame,
         });
+        self
+    }
+
+    /// The caller's in-dialog `method` request (next CSeq, no body) as the dialog's own would
+    /// read, but sent from `src` to `dst`: a spoofed request when those are not the dialog's.
+    pub fn request_from(
+        &mut self,
+        at_ms: u64,
+        method: &str,
+        src: [u8; 4],
+        dst: [u8; 4],
+    ) -> &mut Self {
+        let cseq = self.cseq;
+        self.cseq += 1;
+        let text = format!(
+            "{method} sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+            ip(self.callee),
+            self.headers(method, cseq, true)
+        );
+        self.sip_hop(at_ms, src, dst, &text)
     }
 
     fn headers(&self, method: &str, cseq: u32, to_tag: bool) -> String {
