@@ -862,3 +862,22 @@ fn invite_flood_evicts_only_unanswered_calls_nobody_answered() {
         (1, 0)
     );
 }
+
+/// Forged messages cannot widen the path: a "retransmitted" 200 OK from a third address to the
+/// caller after the answer, or an INVITE copy sent from it, teach the dialog nothing, so its
+/// BYE is still rejected.
+#[test]
+fn forged_messages_do_not_widen_the_path() {
+    let third = "10.0.0.66:5060";
+    let mut h = answered_call();
+    let ok = resp(200, "1 INVITE")
+        .to("tb")
+        .extra("Contact: <sip:bob@10.0.0.66>\r\n");
+    assert!(hop(&mut h, ok, third, A, 2).is_empty());
+    assert!(hop(&mut h, invite(), third, "10.0.0.77:5060", 3).is_empty());
+    let bye = Msg::new("BYE sip:bob@10.0.0.2 SIP/2.0", "2 BYE").to("tb");
+    assert_eq!(
+        kinds(&hop(&mut h, bye, third, B, 5)),
+        ["rejected_bye_unknown_source"]
+    );
+}

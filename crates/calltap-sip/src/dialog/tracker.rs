@@ -645,9 +645,11 @@ impl Tracker {
         };
         let is_invite = cseq_method.eq_ignore_ascii_case("INVITE");
         let initial = m.from_caller && is_invite && cseq == call.invite_cseq;
-        // Responses travel back along the request's hops: one from the path (or, to the initial
-        // INVITE, one sent to the path: a fork's first answer) shows the responder's side.
-        if call.path.knows(src.ip()) || (initial && call.path.knows(dst.ip())) {
+        // Responses travel back along the request's hops: one from the path shows the
+        // responder's side; so does one sent to the path answering the initial INVITE before
+        // the call is answered (a fork's first answer, its address not seen before).
+        let first_answer = initial && !call.answered && call.path.knows(dst.ip());
+        if call.path.knows(src.ip()) || first_answer {
             call.path.learn(msg, src, dst);
         }
         if let Some(bye) = call.unconfirmed_bye.filter(|b| {
