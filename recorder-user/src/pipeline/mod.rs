@@ -5,6 +5,7 @@
 //! runs them inline for deterministic offline results); the workers themselves are plain
 //! structs fed one record at a time.
 
+pub mod bounds;
 pub mod group;
 pub mod media;
 pub mod recording;

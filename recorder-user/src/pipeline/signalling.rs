@@ -19,8 +19,8 @@ use calltap_sip::{
 use serde::Serialize;
 
 use super::{
-    call_uuid, media::END_GRACE_NS, media_key, CallSetup, Control, ControlSink, MediaTable,
-    MediaTimeout, OwnedRecord, Restored,
+    bounds::BoundStats, call_uuid, media::END_GRACE_NS, media_key, CallSetup, Control, ControlSink,
+    MediaTable, MediaTimeout, OwnedRecord, Restored,
 };
 use crate::{
     capture::Record,
@@ -58,37 +58,6 @@ pub struct SignallingStats {
     pub journal_corrupt: u64,
     /// What the bounds on SIP-side state shed, and what they hold now (as of the last tick).
     pub bounds: BoundStats,
-}
-
-/// The bounds on the signalling worker's state under floods (see README, "Limits and
-/// bounds"): calls followed, in-dialog requests not acted on, TCP and IP fragment reassembly.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct BoundStats {
-    /// INVITEs not followed: `max_calls` reached (or too many calls on one Call-ID).
-    pub invites_shed_max_calls: u64,
-    /// INVITEs not followed: `max_unanswered_calls` waiting, none evictable.
-    pub invites_shed_unanswered: u64,
-    /// Unanswered calls evicted for newer INVITEs.
-    pub calls_evicted: u64,
-    /// Calls waiting for an answer now.
-    pub unanswered_calls: u64,
-    /// In-dialog requests off the dialog's signalling path, not acted on.
-    pub requests_rejected: u64,
-    /// TCP out-of-order segments shed by the total bounds, and bytes dropped (unframeable,
-    /// before a skipped hole, or shed).
-    pub tcp_segments_shed: u64,
-    pub tcp_bytes_dropped: u64,
-    pub tcp_gaps_skipped: u64,
-    pub tcp_flows_evicted: u64,
-    /// TCP bytes (with per-segment overhead) and out-of-order segments held now.
-    pub tcp_held_bytes: u64,
-    pub tcp_held_segments: u64,
-    /// Fragmented datagrams dropped by the fragment, datagram or memory bounds, and those that
-    /// never completed in time.
-    pub frag_dropped_limit: u64,
-    pub frag_timed_out: u64,
-    /// Fragment bytes (with per-fragment overhead) held now.
-    pub frag_held_bytes: u64,
 }
 
 /// How long unclaimed RTP waits for SIP that describes it, and how much of it is kept.
@@ -666,25 +635,7 @@ impl<T: MediaTable> SignallingWorker<T> {
 
     /// The bounds' counters now (see [`BoundStats`]).
     pub fn bound_stats(&self) -> BoundStats {
-        let t = self.tracker.stats();
-        let tcp = self.tcp.stats();
-        let frag = self.frags.stats();
-        BoundStats {
-            invites_shed_max_calls: t.calls_dropped,
-            invites_shed_unanswered: t.calls_shed_unanswered,
-            calls_evicted: t.calls_evicted,
-            unanswered_calls: t.unanswered_calls,
-            requests_rejected: t.requests_rejected,
-            tcp_segments_shed: tcp.segments_shed,
-            tcp_bytes_dropped: tcp.bytes_dropped,
-            tcp_gaps_skipped: tcp.gaps_skipped,
-            tcp_flows_evicted: tcp.flows_evicted,
-            tcp_held_bytes: self.tcp.held_bytes() as u64,
-            tcp_held_segments: self.tcp.held_segments() as u64,
-            frag_dropped_limit: frag.dropped_limit,
-            frag_timed_out: frag.timed_out,
-            frag_held_bytes: self.frags.held_bytes() as u64,
-        }
+        BoundStats::of(&self.tracker, &self.tcp, &self.frags)
     }
 
     /// Ends every call still open (end of a capture file, or shutdown) with `reason`.

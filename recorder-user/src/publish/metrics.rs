@@ -852,7 +852,7 @@ mod tests {
         m.sources
             .live
             .bounds
-            .store(&crate::pipeline::signalling::BoundStats {
+            .store(&crate::pipeline::bounds::BoundStats {
                 invites_shed_unanswered: 4,
                 calls_evicted: 5,
                 unanswered_calls: 6,

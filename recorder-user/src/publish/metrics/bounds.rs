@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::pipeline::{media::WorkerStats, signalling::BoundStats};
+use crate::pipeline::{bounds::BoundStats, media::WorkerStats};
 
 /// One series: its metric, its one label (if any), and the counter it reads.
 struct Series {
