@@ -565,3 +565,36 @@ fn sip_over_tcp_in_one_byte_segments_beside_a_connection_full_of_holes() {
     assert!(b.tcp_gaps_skipped >= 20_000 - 1 - per_flow as u64, "{b:?}");
     assert!(b.tcp_held_segments <= per_flow as u64, "{b:?}");
 }
+
+/// The per-call lists a CDR carries are bounded: 300 SIP INFO digits and 40 spoofed BYEs keep
+/// the first 256 digits and 32 requests, and count the rest.
+#[test]
+fn per_call_lists_are_bounded_and_count_the_rest() {
+    const THIRD: [u8; 4] = [198, 18, 9, 9];
+    let mut c = Call::new("lists@test");
+    c.invite(0, "sendrecv", false)
+        .respond(100, 200, "OK", Some("sendrecv"))
+        .ack(110);
+    for i in 0..300u64 {
+        let digit = Some(("application/dtmf-relay", "Signal=5\r\nDuration=100\r\n"));
+        c.request_with(200 + i * 10, "INFO", (CALLER, CALLEE), digit);
+    }
+    for i in 0..40u64 {
+        c.request_from(4000 + i * 10, "BYE", THIRD, CALLEE);
+    }
+    c.bye(5000);
+    let (cdrs, summary) = replay_with("lists", &[&c], |_| {});
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    let cdr = &cdrs[0];
+    assert_eq!(cdr["end_reason"], "bye_caller", "{cdr}");
+    assert_eq!(cdr["dtmf"].as_array().map(Vec::len), Some(256));
+    assert_eq!(cdr["dtmf_omitted"], 44);
+    assert_eq!(cdr["rejected_requests"].as_array().map(Vec::len), Some(32));
+    assert_eq!(cdr["rejected_requests_omitted"], 8);
+    let omitted = |f: fn(&calltap::pipeline::media::WorkerStats) -> u64| -> u64 {
+        summary.workers.iter().map(f).sum()
+    };
+    assert_eq!(omitted(|w| w.dtmf_omitted), 44);
+    assert_eq!(omitted(|w| w.rejected_requests_omitted), 8);
+    assert_eq!(summary.signalling.bounds.requests_rejected, 40);
+}

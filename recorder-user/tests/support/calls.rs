@@ -89,12 +89,29 @@ impl Call {
         src: [u8; 4],
         dst: [u8; 4],
     ) -> &mut Self {
+        self.request_with(at_ms, method, (src, dst), None)
+    }
+
+    /// The caller's in-dialog `method` request (next CSeq) sent from `hop.0` to `hop.1`, with
+    /// a body of the given content type.
+    pub fn request_with(
+        &mut self,
+        at_ms: u64,
+        method: &str,
+        (src, dst): ([u8; 4], [u8; 4]),
+        body: Option<(&str, &str)>,
+    ) -> &mut Self {
         let cseq = self.cseq;
         self.cseq += 1;
+        let (ctype, body) = match body {
+            Some((t, b)) => (format!("Content-Type: {t}\r\n"), b),
+            None => (String::new(), ""),
+        };
         let text = format!(
-            "{method} sip:2002@{} SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+            "{method} sip:2002@{} SIP/2.0\r\n{}{ctype}Content-Length: {}\r\n\r\n{body}",
             ip(self.callee),
-            self.headers(method, cseq, true)
+            self.headers(method, cseq, true),
+            body.len()
         );
         self.sip_hop(at_ms, src, dst, &text)
     }
