@@ -15,8 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{list_items, param};
-use crate::{Message, NameAddr};
+use crate::message::{list_items, name_addr_host, param};
+use crate::Message;
 
 /// Most addresses remembered per dialog. The first learned are the INVITE's own hops and Via
 /// hosts, the ones that matter; more only come from long proxy chains or hostile headers.
@@ -96,7 +96,7 @@ impl SignalPath {
             .chain(msg.headers_named("Record-Route"))
         {
             // `Contact: *` (REGISTER only) or an item without a URI has nothing to learn.
-            for host in list_items(value).filter_map(|i| NameAddr::parse(i)?.host) {
+            for host in list_items(value).filter_map(name_addr_host) {
                 match host.parse::<IpAddr>() {
                     Ok(ip) => self.add(ip),
                     Err(_) => self.named_hops = true,
