@@ -16,6 +16,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use aya::maps::{MapData, RingBuf};
 use calltap_common::counter;
+use calltap_sip::dialog::EndReason;
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TryRecvError, TrySendError};
 use serde::Serialize;
 
@@ -396,6 +397,7 @@ fn media_thread(
                     .store(worker.active_calls() as u64, Ordering::Relaxed);
                 l.lag_ns.store(lag_ns, Ordering::Relaxed);
             }
+            live.bounds.store_worker(&worker.stats);
             lag_ns = 0;
             hand_over(&mut expired, &timeouts, Queue::Timeouts);
         }
@@ -488,6 +490,7 @@ fn signalling_thread<T: MediaTable>(
                 .store(sig.stats.learned_sip_ports, Ordering::Relaxed);
             live.sip_ports_expired
                 .store(sig.stats.expired_sip_ports, Ordering::Relaxed);
+            live.bounds.store(&sig.stats.bounds);
         }
         if shutdown.stop.load(Ordering::Acquire) && n == 0 {
             // Let the media workers empty their rings first so no audio in flight is lost,
@@ -701,9 +704,11 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         live_calls.set_listener(move |e| match e {
             LiveEvent::Started(c) => hooks.call_started(c),
             LiveEvent::Answered(c) => hooks.call_answered(c),
+            LiveEvent::Evicted(c, at_ns) => hooks.call_evicted(c, at_ns),
         });
     }
     let tcfg = tracker_config(&cfg);
+    let reassembly = (cfg.tcp, cfg.ipfrag);
     let sip_ports = cfg.sip_ports.clone();
     let learned_port_idle_ns = cfg.learned_sip_port_idle_s.saturating_mul(1_000_000_000);
     let sd = shutdown.clone();
@@ -720,7 +725,9 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     let sig_handle = thread::Builder::new()
         .name("signalling".into())
         .spawn(move || {
-            let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0).with_store(journal);
+            let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0)
+                .with_reassembly(reassembly.0, reassembly.1)
+                .with_store(journal);
             sig.set_sip_ports(&sip_ports);
             sig.set_learned_port_idle(learned_port_idle_ns);
             sig.set_rules(sig_rules);
@@ -849,7 +856,9 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
             cdr.seal_recording();
             cdr_metrics.observe_call(&cdr);
             cdr_live.remove(&cdr.uuid);
-            if let Some(h) = &cdr_hooks {
+            // An evicted call's call.ended went out when it was evicted (most have no CDR).
+            let evicted = cdr.end_reason == EndReason::Evicted.as_str();
+            if let Some(h) = cdr_hooks.as_ref().filter(|_| !evicted) {
                 h.call_ended(&cdr);
             }
             log::info!(

@@ -48,7 +48,7 @@ use calltap_sip::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::cdr::{Dtmf, RestartGap};
+use super::cdr::{Dtmf, RejectedRequest, RestartGap};
 
 /// Subdirectory of the data dir holding the journal.
 pub const ACTIVE_DIR: &str = "active";
@@ -163,6 +163,13 @@ pub struct CallJournal {
     pub dirs: [DirJournal; 2],
     #[serde(default)]
     pub dtmf: Vec<Dtmf>,
+    #[serde(default)]
+    pub dtmf_omitted: u64,
+    /// In-dialog requests not acted on so far, and those past the CDR's bound.
+    #[serde(default)]
+    pub rejected_requests: Vec<RejectedRequest>,
+    #[serde(default)]
+    pub rejected_requests_omitted: u64,
     /// Where the recording goes (also before it exists).
     pub wav_path: PathBuf,
     pub wav: Option<WavJournal>,
@@ -747,6 +754,7 @@ mod tests {
                     failed: false,
                 }],
                 pending_failure: None,
+                path: Default::default(),
                 media: [
                     Some(DialogMedia {
                         rtp: Some(rtp),
@@ -793,6 +801,15 @@ mod tests {
                 duration_ms: Some(100),
                 source: "rfc4733".into(),
             }],
+            dtmf_omitted: 2,
+            rejected_requests: vec![crate::store::cdr::RejectedRequest {
+                method: "BYE".into(),
+                src: "198.18.0.66:5060".into(),
+                dst: "198.18.0.2:5060".into(),
+                at_ms: 900,
+                reason: "unknown_source".into(),
+            }],
+            rejected_requests_omitted: 0,
             wav_path: "/tmp/x.wav".into(),
             wav: Some(WavJournal {
                 path: "/tmp/x.wav".into(),
