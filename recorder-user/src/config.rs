@@ -27,6 +27,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
     ("storage", "flush_interval_ms", "1000"),
     ("storage", "audio_buffer_mb", "2048"),
+    ("storage", "raw_pcap_max_mb", "128"),
     ("calls", "media_timeout_s", "300"),
     ("calls", "restore_grace_s", "5"),
     ("calls", "max_duration_s", "14400"),
@@ -135,6 +136,8 @@ pub struct Config {
     pub flush_interval_ms: u64,
     /// Most memory for recordings' audio buffers, all media workers together.
     pub audio_buffer_mb: u64,
+    /// Most raw RTP (codecs not decoded) kept per call, in MiB.
+    pub raw_pcap_max_mb: u64,
     pub media_timeout_s: u64,
     /// After a restart, a restored call with no RTP for this long ended while CallTap was down.
     pub restore_grace_s: u64,
@@ -587,6 +590,7 @@ impl Config {
             path_template: tpl.trim().to_string(),
             flush_interval_ms,
             audio_buffer_mb,
+            raw_pcap_max_mb: parse_num(raw, "storage", "raw_pcap_max_mb", "MiB")?,
             media_timeout_s: parse_num(raw, "calls", "media_timeout_s", "seconds")?,
             restore_grace_s: parse_num(raw, "calls", "restore_grace_s", "seconds")?,
             max_duration_s: parse_num(raw, "calls", "max_duration_s", "seconds")?,

@@ -51,9 +51,12 @@ pub fn media_config(cfg: &Config) -> MediaConfig {
         media_timeout_ns: cfg.media_timeout_s.saturating_mul(1_000_000_000),
         max_call_secs: cfg.max_duration_s.max(1),
         restore_grace_ns: cfg.restore_grace_s.saturating_mul(1_000_000_000),
-        spool: crate::store::spool::SpoolConfig::with_memory_mb(
-            cfg.audio_buffer_mb / u64::from(cfg.worker_count().max(1)),
-        ),
+        spool: crate::store::spool::SpoolConfig {
+            raw_pcap_max_bytes: cfg.raw_pcap_max_mb.saturating_mul(1 << 20),
+            ..crate::store::spool::SpoolConfig::with_memory_mb(
+                cfg.audio_buffer_mb / u64::from(cfg.worker_count().max(1)),
+            )
+        },
     }
 }
 

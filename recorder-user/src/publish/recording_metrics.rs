@@ -37,7 +37,9 @@ impl RecordingMetrics {
                 "Spool work worth watching: patch (late audio laid over a part already \
                  written), reopen (a file opened again beyond the open-file budget), \
                  name_taken (a recording name existed: suffixed), queue_full and \
-                 buffers_exhausted (audio dropped rather than stall a worker).",
+                 buffers_exhausted (audio dropped rather than stall a worker), \
+                 raw_rtp_over_limit (a call's raw RTP pcap reached [storage] \
+                 raw_pcap_max_mb).",
             ),
             &["event"],
         )?;
@@ -120,6 +122,7 @@ impl RecordingMetrics {
             ("name_taken", &c.names_taken),
             ("queue_full", &c.queue_full),
             ("buffers_exhausted", &c.buffers_exhausted),
+            ("raw_rtp_over_limit", &c.raw_over_limit),
         ] {
             super::metrics::set_counter(&self.events.with_label_values(&[event]), v.load(Relaxed));
         }
