@@ -26,6 +26,16 @@
 //!    10,000) calls replayed on one thread: dialog tracking, the recording decision, each
 //!    answered call's (silent) WAV made, closed and sealed, and its CDR.
 //!
+//! 9. The kernel's share of CallTap's CPU (`kernel_cpu_share`): system over user + system time
+//!    of the process during the one-worker replay of item 2 (the page-cache work of writing the
+//!    recordings is most of the system time).
+//!
+//! 10. Most calls recorded at once (`max_concurrent_calls_recorded`): `CALLTAP_BENCH_MAX_CALLS`
+//!     (default 100,000) short calls all up at the same time (several address pairs, merged in
+//!     time order), replayed; every call must get its recording with every packet, a sample of
+//!     WAVs sample-exact, and the resident memory per call while all are open is reported
+//!     (`max_concurrent_bytes_per_call`).
+//!
 //! Sizes: `CALLTAP_BENCH_CALLS` (default 400) calls of `CALLTAP_BENCH_SECONDS` (default 20) s.
 
 #[path = "../tests/support/frames.rs"]
@@ -40,7 +50,7 @@ use std::{
 
 use calltap::{capture::xdp::XdpCapture, config::Config, pipeline::MediaTable};
 use calltap_common::{MediaKey, MediaValue, XdpConfig, MAX_WORKERS, SIGNALLING_RING};
-use calltap_lab::load::{check_recording, write_pcap, LoadSpec};
+use calltap_lab::load::{check_recording, write_pcap, write_pcap_merged, LoadSpec};
 use frames::{eth, ipv4, rtp, udp};
 
 /// Counts heap allocations so the bench can show the RTP path does none.
@@ -354,6 +364,7 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
         let mut cdrs = Vec::new();
         let mut recordings = Vec::new();
         let mut recorded_bytes = 0u64;
+        let cpu_before = own_cpu();
         let t = Instant::now();
         let summary = calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&pcap), |cdr| {
             if cdrs.is_empty() {
@@ -367,6 +378,8 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
             }
         });
         let secs = t.elapsed().as_secs_f64();
+        let (user, system) = own_cpu();
+        let (user, system) = (user - cpu_before.0, system - cpu_before.1);
         let complete = cdrs
             .iter()
             .filter(|(a, b)| *a == u64::from(seconds) * 50 && *b == u64::from(seconds) * 50)
@@ -386,6 +399,17 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
             rtp_packets as f64 / secs,
         );
         if workers == 1 {
+            let share = system / (user + system).max(1e-9);
+            eprintln!(
+                "pipeline: CPU {user:.2} s user + {system:.2} s system: the kernel's share {:.0}%, {:.3} CPU s per call-minute",
+                share * 100.0,
+                (user + system) / (f64::from(calls) * f64::from(seconds) / 60.0)
+            );
+            out.insert("kernel_cpu_share".into(), share);
+            out.insert(
+                "cpu_s_per_call_minute".into(),
+                (user + system) / (f64::from(calls.max(1)) * f64::from(seconds.max(1)) / 60.0),
+            );
             out.insert(
                 "pipeline_rtp_pps_per_core".into(),
                 rtp_packets as f64 / secs,
@@ -483,6 +507,95 @@ fn tshark_secs(out: &mut BTreeMap<String, f64>, pcap: &Path, rtp_packets: u64) -
             None
         }
     }
+}
+
+/// This process's user and system CPU seconds so far (every thread).
+fn own_cpu() -> (f64, f64) {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    (t(ru.ru_utime), t(ru.ru_stime))
+}
+
+/// Item 10 of the module docs: `n` calls of 1 s, all up at once, replayed on one worker.
+fn max_concurrent(out: &mut BTreeMap<String, f64>, dir: &Path, n: u32) {
+    if n == 0 {
+        return;
+    }
+    // One address pair's media ports hold 20,000 calls; each pair is its own run.
+    const PER_PAIR: u32 = 20_000;
+    let specs: Vec<LoadSpec> = (0..n.div_ceil(PER_PAIR))
+        .map(|k| {
+            let mut s = LoadSpec::new(PER_PAIR.min(n - k * PER_PAIR), 1);
+            // All started within 0.2 s, each talking for 1 s: all up at once from 0.2 s on.
+            s.rate = f64::from(PER_PAIR) * 5.0;
+            s.uac_ip = std::net::Ipv4Addr::new(198, 18, 100 + k as u8, 1);
+            s.uas_ip = std::net::Ipv4Addr::new(198, 18, 100 + k as u8, 2);
+            s.run = 1000 + k;
+            s
+        })
+        .collect();
+    let pcap = dir.join("max-concurrent.pcap");
+    let t = Instant::now();
+    let written = write_pcap_merged(&pcap, &specs, None).expect("write the capture");
+    eprintln!(
+        "max concurrent: {n} calls, {} RTP packets written in {:.1?}",
+        written.rtp,
+        t.elapsed()
+    );
+    let mut cfg = Config::load_with_env(None, &[]).expect("config");
+    cfg.data_dir = dir.join("data-max");
+    let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    cfg.workers = 1;
+    let rss_before = rss_kib();
+    let mut rss_open = 0;
+    let mut recorded = 0u32;
+    let mut recordings = Vec::new();
+    let want = 50u64;
+    let t = Instant::now();
+    let summary = calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&pcap), |cdr| {
+        if rss_open == 0 {
+            // The first CDR comes at the first BYE, when every call is up.
+            rss_open = rss_kib();
+        }
+        let complete = cdr.packets.caller == want && cdr.packets.callee == want;
+        if let Some(rec) = cdr
+            .recording
+            .as_ref()
+            .filter(|r| complete && r.error.is_none())
+        {
+            recorded += 1;
+            if recordings.len() < 5 || recorded.is_multiple_of(20_000) {
+                recordings.push((cdr.call_id.clone(), rec.path.clone()));
+            }
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let by_run = |call_id: &str| {
+        specs
+            .iter()
+            .find(|s| s.call_index(call_id).is_some())
+            .cloned()
+    };
+    for (call_id, path) in &recordings {
+        let spec = by_run(call_id).expect("a call of the run");
+        verify_wavs(&spec, &[(call_id.clone(), path.clone())])
+            .unwrap_or_else(|e| panic!("max concurrent: {e}"));
+    }
+    let per_call = (rss_open.saturating_sub(rss_before) * 1024) as f64 / f64::from(n);
+    eprintln!(
+        "max concurrent: {recorded} of {n} calls recorded complete in {secs:.1} s; resident memory {:.1} KiB per call while all were up; {} WAVs sample-exact",
+        per_call / 1024.0,
+        recordings.len()
+    );
+    out.insert("max_concurrent_calls_recorded".into(), f64::from(recorded));
+    out.insert("max_concurrent_calls_offered".into(), f64::from(n));
+    out.insert("max_concurrent_bytes_per_call".into(), per_call);
+    out.insert("max_concurrent_replay_secs".into(), secs);
+    let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    let _ = std::fs::remove_file(&pcap);
 }
 
 /// utime + stime of a /proc `stat` file, in seconds.
@@ -924,6 +1037,11 @@ fn main() {
     pipeline(&mut out, &dir, calls, seconds);
     rtp_path_allocations(&mut out, &dir);
     sip_calls_per_second(&mut out, &dir);
+    max_concurrent(
+        &mut out,
+        &dir,
+        env_num("CALLTAP_BENCH_MAX_CALLS", 100_000) as u32,
+    );
     live_capacity_by_workers(
         &mut out,
         &dir,

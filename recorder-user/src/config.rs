@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use calltap_common::{drop_mode, XdpConfig, MAX_WORKERS};
+use calltap_net::{ipfrag::ReassemblyConfig, tcp::TcpConfig};
 
 /// Every key CallTap understands, with its default, by section.
 pub const KEYS: &[(&str, &str, &str)] = &[
@@ -26,11 +27,23 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
     ("storage", "flush_interval_ms", "1000"),
     ("storage", "audio_buffer_mb", "2048"),
+    ("storage", "raw_pcap_max_mb", "128"),
     ("calls", "media_timeout_s", "300"),
     ("calls", "restore_grace_s", "5"),
     ("calls", "max_duration_s", "14400"),
     ("calls", "unanswered_timeout_s", "180"),
     ("calls", "correlation_header", ""),
+    ("calls", "max_calls", "100000"),
+    ("calls", "max_unanswered_calls", "20000"),
+    ("reassembly", "tcp_max_flows", "4096"),
+    ("reassembly", "tcp_max_bytes_per_flow", "262144"),
+    ("reassembly", "tcp_max_segments_per_flow", "256"),
+    ("reassembly", "tcp_max_bytes", "67108864"),
+    ("reassembly", "tcp_max_segments", "16384"),
+    ("reassembly", "ip_max_datagrams", "256"),
+    ("reassembly", "ip_max_bytes", "8388608"),
+    ("reassembly", "ip_max_fragments_per_datagram", "128"),
+    ("reassembly", "ip_timeout_ms", "5000"),
     ("recording", "default", "record"),
     ("database", "url", ""),
     ("database", "retry_interval_ms", "2000"),
@@ -123,12 +136,21 @@ pub struct Config {
     pub flush_interval_ms: u64,
     /// Most memory for recordings' audio buffers, all media workers together.
     pub audio_buffer_mb: u64,
+    /// Most raw RTP (codecs not decoded) kept per call, in MiB.
+    pub raw_pcap_max_mb: u64,
     pub media_timeout_s: u64,
     /// After a restart, a restored call with no RTP for this long ended while CallTap was down.
     pub restore_grace_s: u64,
     pub max_duration_s: u64,
     pub unanswered_timeout_s: u64,
     pub correlation_header: Option<String>,
+    /// Calls followed at once (`[calls] max_calls`), and of those not answered yet
+    /// (`max_unanswered_calls`; see `calltap_sip::dialog::TrackerConfig`).
+    pub max_calls: usize,
+    pub max_unanswered_calls: usize,
+    /// `[reassembly]`: bounds of SIP over TCP and of fragmented datagrams.
+    pub tcp: TcpConfig,
+    pub ipfrag: ReassemblyConfig,
     /// `[recording] default`: what happens to a call no recording rule matches.
     pub recording_default: crate::pipeline::rules::RuleAction,
     /// CDR database URL; None: SQLite `calltap.db` in the data dir.
@@ -551,6 +573,8 @@ impl Config {
             "IP:PORT, e.g. 127.0.0.1:5023 (empty: no console)",
         )?;
         let (password, _) = raw.get("console", "password");
+        let (max_calls, max_unanswered_calls) = call_limits_from_raw(raw)?;
+        let (tcp, ipfrag) = reassembly_from_raw(raw)?;
         Ok(Config {
             interfaces,
             source,
@@ -566,11 +590,16 @@ impl Config {
             path_template: tpl.trim().to_string(),
             flush_interval_ms,
             audio_buffer_mb,
+            raw_pcap_max_mb: parse_num(raw, "storage", "raw_pcap_max_mb", "MiB")?,
             media_timeout_s: parse_num(raw, "calls", "media_timeout_s", "seconds")?,
             restore_grace_s: parse_num(raw, "calls", "restore_grace_s", "seconds")?,
             max_duration_s: parse_num(raw, "calls", "max_duration_s", "seconds")?,
             unanswered_timeout_s: parse_num(raw, "calls", "unanswered_timeout_s", "seconds")?,
             correlation_header: Some(corr.trim().to_string()).filter(|s| !s.is_empty()),
+            max_calls,
+            max_unanswered_calls,
+            tcp,
+            ipfrag,
             recording_default,
             database_url: Some(url.to_string()).filter(|s| !s.is_empty()),
             db_retry_interval_ms,
@@ -737,6 +766,55 @@ fn archive_from_raw(
     ))
 }
 
+/// A count or size that must be at least 1.
+fn positive(raw: &Raw, section: &str, key: &str) -> Result<usize, ConfigError> {
+    let n: usize = parse_num(raw, section, key, "a whole number, at least 1")?;
+    if n == 0 {
+        let (v, o) = raw.get(section, key);
+        return Err(bad(o, section, key, v, "a whole number, at least 1"));
+    }
+    Ok(n)
+}
+
+/// `[calls] max_calls` and `max_unanswered_calls` (no more than `max_calls`, or an INVITE
+/// flood could fill every place before the unanswered bound sheds anything).
+fn call_limits_from_raw(raw: &Raw) -> Result<(usize, usize), ConfigError> {
+    let max_calls = positive(raw, "calls", "max_calls")?;
+    let unanswered = positive(raw, "calls", "max_unanswered_calls")?;
+    if unanswered > max_calls {
+        let (v, o) = raw.get("calls", "max_unanswered_calls");
+        return Err(bad(
+            o,
+            "calls",
+            "max_unanswered_calls",
+            v,
+            "at most [calls] max_calls",
+        ));
+    }
+    Ok((max_calls, unanswered))
+}
+
+/// `[reassembly]`: the TCP and IP fragment bounds.
+fn reassembly_from_raw(raw: &Raw) -> Result<(TcpConfig, ReassemblyConfig), ConfigError> {
+    let get = |key: &str| positive(raw, "reassembly", key);
+    let tcp = TcpConfig {
+        max_flows: get("tcp_max_flows")?,
+        max_buffered_per_flow: get("tcp_max_bytes_per_flow")?,
+        max_segments_per_flow: get("tcp_max_segments_per_flow")?,
+        max_total_bytes: get("tcp_max_bytes")?,
+        max_total_segments: get("tcp_max_segments")?,
+        ..TcpConfig::default()
+    };
+    let ip = ReassemblyConfig {
+        max_datagrams: get("ip_max_datagrams")?,
+        max_total_bytes: get("ip_max_bytes")?,
+        max_fragments_per_datagram: get("ip_max_fragments_per_datagram")?,
+        timeout_ns: (get("ip_timeout_ms")? as u64).saturating_mul(1_000_000),
+        ..ReassemblyConfig::default()
+    };
+    Ok((tcp, ip))
+}
+
 /// `[api] tls_cert` and `tls_key`: both (HTTPS) or neither (plain HTTP).
 fn api_tls_from_raw(raw: &Raw) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
     let (cert, o_cert) = raw.get("api", "tls_cert");
@@ -789,6 +867,56 @@ mod tests {
         assert_eq!(load("off").expect("off"), Some(false));
         let e = load("sometimes").expect_err("not a mode");
         assert!(e.to_string().contains("true, false or auto"), "{e}");
+    }
+
+    /// The bounds' keys default to the bounds the code has, and are validated.
+    #[test]
+    fn limits_default_to_the_code_and_are_validated() {
+        let c = Config::load_with_env(None, &[]).expect("defaults");
+        let tracker = calltap_sip::dialog::TrackerConfig::default();
+        assert_eq!(
+            (c.max_calls, c.max_unanswered_calls),
+            (tracker.max_calls, tracker.max_unanswered_calls)
+        );
+        assert_eq!(c.tcp, TcpConfig::default());
+        assert_eq!(c.ipfrag, ReassemblyConfig::default());
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let c = Config::load_with_env(None, &env("CALLTAP_REASSEMBLY_TCP_MAX_SEGMENTS", "99"))
+            .expect("set");
+        assert_eq!(c.tcp.max_total_segments, 99);
+        for (k, v) in [
+            ("CALLTAP_CALLS_MAX_CALLS", "0"),
+            ("CALLTAP_CALLS_MAX_UNANSWERED_CALLS", "100001"),
+            ("CALLTAP_REASSEMBLY_IP_MAX_BYTES", "-1"),
+            ("CALLTAP_REASSEMBLY_IP_TIMEOUT_MS", "0"),
+        ] {
+            let err = Config::load_with_env(None, &env(k, v)).expect_err(k);
+            assert!(err.to_string().contains(k), "{err}");
+        }
+    }
+
+    /// packaging/calltap.ini lists every key with its default, and nothing else.
+    #[test]
+    fn shipped_ini_lists_every_key_with_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/calltap.ini");
+        let text = std::fs::read_to_string(path).expect("packaging/calltap.ini");
+        let mut section = String::new();
+        let mut shipped = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_string();
+            } else if let Some((k, v)) = line.split_once('=') {
+                shipped.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let keys: Vec<(String, String, String)> = KEYS
+            .iter()
+            .map(|(s, k, v)| (s.to_string(), k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(shipped, keys);
     }
 
     #[test]

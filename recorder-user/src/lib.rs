@@ -11,5 +11,6 @@ pub mod config;
 pub mod limits;
 pub mod pipeline;
 pub mod publish;
+pub mod queues;
 pub mod reload;
 pub mod store;

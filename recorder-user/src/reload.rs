@@ -19,6 +19,9 @@ pub const LIVE_KEYS: &[(&str, &str)] = &[
     ("calls", "media_timeout_s"),
     ("calls", "max_duration_s"),
     ("calls", "unanswered_timeout_s"),
+    // Call limits apply from the next INVITE (calls already followed stay).
+    ("calls", "max_calls"),
+    ("calls", "max_unanswered_calls"),
     ("storage", "path_template"),
     ("storage", "flush_interval_ms"),
     // Ports can be added live (the classifier learns them); removing one needs a restart.

@@ -161,6 +161,17 @@ fn every_call_tshark_finds_is_recorded() {
             ex.file
         );
         for cdr in &cdrs {
+            // Every BYE and CANCEL in these captures travels its dialog's signalling path
+            // (proxies and B2BUAs included): none is taken for a spoofed one.
+            assert!(
+                cdr.rejected_requests
+                    .iter()
+                    .all(|r| r.method != "BYE" && r.method != "CANCEL"),
+                "{}: {}: {:?}",
+                ex.file,
+                cdr.call_id,
+                cdr.rejected_requests
+            );
             assert!(
                 cdr.start_ns <= cdr.end_ns,
                 "{}: {} ends before it starts",

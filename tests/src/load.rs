@@ -559,7 +559,20 @@ impl Written {
 /// Writes the run to a pcap (Ethernet, ns timestamps from [`PCAP_EPOCH_NS`]); with `max_bytes`
 /// it stops before the frame that would make the file larger, for captures of a given size.
 pub fn write_pcap(path: &Path, spec: &LoadSpec, max_bytes: Option<u64>) -> Result<Written> {
-    let mut generator = Generator::new(spec.clone())?;
+    write_pcap_merged(path, std::slice::from_ref(spec), max_bytes)
+}
+
+/// Writes several runs as one pcap, their frames merged in time order: more concurrent calls
+/// than one address pair's ports allow (each spec with its own addresses and `run`).
+pub fn write_pcap_merged(
+    path: &Path,
+    specs: &[LoadSpec],
+    max_bytes: Option<u64>,
+) -> Result<Written> {
+    let mut generators = specs
+        .iter()
+        .map(|s| Generator::new(s.clone()))
+        .collect::<Result<Vec<_>>>()?;
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut writer = PcapWriter::with_header(
         BufWriter::with_capacity(1 << 20, file),
@@ -572,7 +585,14 @@ pub fn write_pcap(path: &Path, spec: &LoadSpec, max_bytes: Option<u64>) -> Resul
     let mut file_bytes = 24u64;
     let mut written = Written::default();
     let mut buf = Vec::with_capacity(MAX_FRAME);
-    while let Some(frame) = generator.next_into(&mut buf) {
+    loop {
+        let next = generators
+            .iter_mut()
+            .filter_map(|g| g.peek_ns().map(|t| (t, g)))
+            .min_by_key(|(t, _)| *t);
+        let Some(frame) = next.and_then(|(_, g)| g.next_into(&mut buf)) else {
+            break;
+        };
         file_bytes += 16 + buf.len() as u64;
         if max_bytes.is_some_and(|max| file_bytes > max) {
             written.truncated = true;

@@ -79,6 +79,13 @@ pub struct Reassembled {
     pub data: Vec<u8>,
 }
 
+/// What one held fragment costs besides its bytes: its entry in the datagram's list of
+/// received ranges (rebuilt, and searched, on every fragment).
+pub const FRAGMENT_OVERHEAD: usize = 32;
+
+/// What one pending datagram costs besides its bytes and fragments: its table entry and state.
+pub const DATAGRAM_OVERHEAD: usize = std::mem::size_of::<(FragKey, Pending)>() + 16;
+
 /// Limits that keep a fragment flood from exhausting memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReassemblyConfig {
@@ -88,8 +95,14 @@ pub struct ReassemblyConfig {
     pub max_datagram_size: usize,
     /// A datagram still incomplete this long after its first fragment is discarded.
     pub timeout_ns: u64,
-    /// Total payload bytes held across all pending datagrams.
+    /// Bytes held across all pending datagrams: each one's buffer (up to its highest
+    /// fragment end, so a lone fragment far into a datagram holds everything before it) plus
+    /// [`FRAGMENT_OVERHEAD`] per fragment and [`DATAGRAM_OVERHEAD`] per datagram.
     pub max_total_bytes: usize,
+    /// Distinct fragments one datagram may have; a datagram with more is dropped. Real ones
+    /// have a handful (64 KiB in 576-byte fragments is 117); tiny fragments only cost time,
+    /// since every fragment is checked against those held.
+    pub max_fragments_per_datagram: usize,
 }
 
 impl Default for ReassemblyConfig {
@@ -101,6 +114,7 @@ impl Default for ReassemblyConfig {
             // short timeout keeps memory low without losing anything useful.
             timeout_ns: 5_000_000_000,
             max_total_bytes: 8 * 1024 * 1024,
+            max_fragments_per_datagram: 128,
         }
     }
 }
@@ -255,6 +269,8 @@ pub fn udp_ports(udp: &[u8]) -> Option<(u16, u16, &[u8])> {
 #[derive(Debug)]
 struct Pending {
     first_ns: u64,
+    /// Distinct (not fully duplicate) fragments received.
+    fragments: usize,
     /// Payload length, known once the fragment without "more fragments" arrives.
     total: Option<usize>,
     buf: Vec<u8>,
@@ -271,10 +287,16 @@ impl Pending {
     fn new(now_ns: u64) -> Self {
         Self {
             first_ns: now_ns,
+            fragments: 0,
             total: None,
             buf: Vec::new(),
             have: Vec::new(),
         }
+    }
+
+    /// Bytes held, as [`ReassemblyConfig::max_total_bytes`] counts them.
+    fn held(&self) -> usize {
+        self.buf.len() + self.fragments * FRAGMENT_OVERHEAD + DATAGRAM_OVERHEAD
     }
 
     fn complete(&self) -> bool {
@@ -304,8 +326,11 @@ impl Pending {
             return Ok(Insert::Duplicate);
         }
         if self.buf.len() < end {
+            // Exactly: the buffer's length is what the memory bound counts.
+            self.buf.reserve_exact(end - self.buf.len());
             self.buf.resize(end, 0);
         }
+        self.fragments += 1;
         if let Some(dst) = self.buf.get_mut(start..end) {
             dst.copy_from_slice(data);
         }
@@ -340,7 +365,7 @@ impl Pending {
 pub struct Reassembler {
     cfg: ReassemblyConfig,
     pending: HashMap<FragKey, Pending>,
-    /// Sum of `buf.len()` over `pending`, kept so the memory limit check is O(1).
+    /// Sum of [`Pending::held`] over `pending`, kept so the memory limit check is O(1).
     bytes: usize,
     stats: FragStats,
 }
@@ -364,6 +389,12 @@ impl Reassembler {
     /// Datagrams currently waiting for more fragments.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Bytes held by the pending datagrams, as [`ReassemblyConfig::max_total_bytes`] counts
+    /// them.
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Adds a fragment; returns the whole datagram once every byte has arrived.
@@ -403,11 +434,12 @@ impl Reassembler {
                 return Err(FragError::LimitExceeded);
             }
             self.pending.insert(frag.key, Pending::new(now_ns));
+            self.bytes += DATAGRAM_OVERHEAD;
         }
 
         // Make room for the bytes this fragment may add, evicting other datagrams first.
         let current = self.pending.get(&frag.key).map_or(0, |p| p.buf.len());
-        let growth = end.saturating_sub(current);
+        let growth = end.saturating_sub(current) + FRAGMENT_OVERHEAD;
         while self.bytes.saturating_add(growth) > self.cfg.max_total_bytes {
             if !self.evict_oldest(Some(&frag.key)) {
                 self.drop_key(&frag.key);
@@ -432,7 +464,7 @@ impl Reassembler {
             return Err(FragError::Inconsistent);
         }
 
-        let before = p.buf.len();
+        let before = p.held();
         match p.insert(frag.offset, &frag.data) {
             Err(e) => {
                 self.drop_key(&frag.key);
@@ -442,11 +474,16 @@ impl Reassembler {
             Ok(Insert::Duplicate) => self.stats.duplicates += 1,
             Ok(Insert::Added) => {}
         }
-        self.bytes += p.buf.len() - before;
+        self.bytes += p.held() - before;
+        if p.fragments > self.cfg.max_fragments_per_datagram {
+            self.drop_key(&frag.key);
+            self.stats.dropped_limit += 1;
+            return Err(FragError::LimitExceeded);
+        }
 
         if p.complete() {
             if let Some(done) = self.pending.remove(&frag.key) {
-                self.bytes = self.bytes.saturating_sub(done.buf.len());
+                self.bytes = self.bytes.saturating_sub(done.held());
                 self.stats.completed += 1;
                 return Ok(Some(Reassembled {
                     key: frag.key,
@@ -465,7 +502,7 @@ impl Reassembler {
         self.pending.retain(|_, p| {
             let keep = now_ns.saturating_sub(p.first_ns) <= timeout;
             if !keep {
-                freed += p.buf.len();
+                freed += p.held();
             }
             keep
         });
@@ -475,7 +512,7 @@ impl Reassembler {
 
     fn drop_key(&mut self, key: &FragKey) {
         if let Some(p) = self.pending.remove(key) {
-            self.bytes = self.bytes.saturating_sub(p.buf.len());
+            self.bytes = self.bytes.saturating_sub(p.held());
         }
     }
 
@@ -835,6 +872,89 @@ mod tests {
         assert_eq!(r.stats().dropped_limit, 3);
     }
 
+    /// The held bytes as the datagrams add them up (what the running total must match).
+    fn recounted(r: &Reassembler) -> usize {
+        r.pending.values().map(Pending::held).sum()
+    }
+
+    /// A flood of datagrams that never complete, in tiny fragments that never touch (so each
+    /// is a range of its own): bounded in datagrams, fragments and bytes at every step, and
+    /// gone once the timeout passes.
+    #[test]
+    fn fragments_that_never_complete_are_bounded_and_expire() {
+        let cfg = ReassemblyConfig::default();
+        let mut r = Reassembler::new(cfg);
+        let mut now = 0u64;
+        for id in 0..2000u16 {
+            // 200 one-byte fragments 16 bytes apart, and never the last one.
+            for k in 0..200usize {
+                let f = Fragment {
+                    key: FragKey {
+                        src: IpAddr::V4(Ipv4Addr::from(SRC)),
+                        dst: IpAddr::V4(Ipv4Addr::from(DST)),
+                        id: u32::from(id),
+                        protocol: 17,
+                    },
+                    offset: k * 16,
+                    more: true,
+                    data: vec![0x55],
+                };
+                now += 1_000;
+                let _ = r.push(f, now);
+                assert!(r.pending() <= cfg.max_datagrams);
+                assert!(r.held_bytes() <= cfg.max_total_bytes);
+                assert!(r
+                    .pending
+                    .values()
+                    .all(|p| p.fragments <= cfg.max_fragments_per_datagram));
+            }
+        }
+        assert_eq!(r.held_bytes(), recounted(&r));
+        // Every one of those datagrams passed the fragment bound and was dropped (and what
+        // came after, a datagram of its own, was evicted by the datagram bound or waits).
+        assert!(r.stats().dropped_limit >= 2000, "{:?}", r.stats());
+
+        // Datagrams within the fragment bound wait for their timeout, then go.
+        for id in 0..1000u16 {
+            let f = fragment_of(&v4_frag(id, 8, true, &[7; 8]))
+                .unwrap()
+                .unwrap();
+            now += 1_000;
+            let _ = r.push(f, now);
+            assert!(r.pending() <= cfg.max_datagrams);
+            assert!(r.held_bytes() <= cfg.max_total_bytes);
+        }
+        assert_eq!(r.pending(), cfg.max_datagrams);
+        assert_eq!(r.held_bytes(), recounted(&r));
+        r.expire(now + cfg.timeout_ns + 1);
+        assert_eq!((r.pending(), r.held_bytes()), (0, 0));
+        assert_eq!(r.stats().timed_out, cfg.max_datagrams as u64);
+        assert_eq!(r.stats().completed, 0);
+    }
+
+    /// The memory bound counts each fragment's overhead, not only its bytes.
+    #[test]
+    fn held_bytes_count_fragment_overhead() {
+        let cfg = ReassemblyConfig {
+            max_total_bytes: 2 * DATAGRAM_OVERHEAD + 40 * (FRAGMENT_OVERHEAD + 16),
+            ..ReassemblyConfig::default()
+        };
+        let mut r = Reassembler::new(cfg);
+        let mut refused = 0;
+        for k in 0..100usize {
+            let f = fragment_of(&v4_frag(1, k * 16, true, &[1]))
+                .unwrap()
+                .unwrap();
+            if r.push(f, 0).is_err() {
+                refused += 1;
+            }
+            assert!(r.held_bytes() <= cfg.max_total_bytes);
+        }
+        // 100 bytes of payload, but far more held: the datagram outgrew the budget.
+        assert!(refused > 0, "{:?}", r.stats());
+        assert_eq!(r.held_bytes(), recounted(&r));
+    }
+
     #[test]
     fn udp_ports_bounds() {
         assert_eq!(udp_ports(&[0; 7]), None);
@@ -880,7 +1000,12 @@ mod tests {
             for idx in order.iter().take(5) {
                 seq.insert(idx.index(seq.len()), pkts[idx.index(n)].clone());
             }
-            let mut r = Reassembler::new(ReassemblyConfig::default());
+            // Up to 500 fragments of 8 bytes: far more than the default bound lets a datagram
+            // have, which is not what this property is about.
+            let mut r = Reassembler::new(ReassemblyConfig {
+                max_fragments_per_datagram: 1024,
+                ..ReassemblyConfig::default()
+            });
             let mut done = Vec::new();
             for p in &seq {
                 let f = fragment_of(p).unwrap().unwrap();

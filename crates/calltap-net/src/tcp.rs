@@ -99,15 +99,35 @@ pub struct FlowKey {
     pub dst: SocketAddr,
 }
 
-/// Bounds on the reassembler's memory and state lifetime.
+/// What one held out-of-order segment costs besides its payload: its share of a B-tree node
+/// (an 8-byte key and a 24-byte `Vec` header, in nodes that are not always full) and the
+/// allocator's header and rounding of its payload (a 1-byte payload takes a 32-byte chunk).
+/// Counted so that a stream of 1-byte segments cannot hold 80 times what its payload says.
+pub const SEGMENT_OVERHEAD: usize = 80;
+
+/// What one tracked direction costs besides what it holds: its table entry and state.
+pub const FLOW_OVERHEAD: usize = std::mem::size_of::<(FlowKey, Flow)>() + 16;
+
+/// Bounds on the reassembler's memory and state lifetime. Bytes are counted as held: payload
+/// plus [`SEGMENT_OVERHEAD`] per out-of-order segment (and [`FLOW_OVERHEAD`] per direction in
+/// the total).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpConfig {
     /// Directions tracked at once; beyond this the least recently active one is evicted.
     pub max_flows: usize,
-    /// Bytes held per direction (unconsumed in-order plus out-of-order). Exceeding it with
-    /// out-of-order data skips the oldest hole; exceeding it with in-order data the consumer
-    /// cannot frame discards that data.
+    /// Bytes held per direction (unconsumed in-order plus out-of-order with their overhead).
+    /// Exceeding it with out-of-order data skips the oldest hole; exceeding it with in-order
+    /// data the consumer cannot frame discards that data.
     pub max_buffered_per_flow: usize,
+    /// Out-of-order segments held per direction; one more skips the oldest hole, as the byte
+    /// bound does.
+    pub max_segments_per_flow: usize,
+    /// Bytes held across all directions. Beyond it the direction holding the most loses what
+    /// it holds (counted in [`TcpStats::segments_shed`] and [`TcpStats::bytes_dropped`]): an
+    /// attacker's streams are the large ones, a SIP message in progress is small.
+    pub max_total_bytes: usize,
+    /// Out-of-order segments held across all directions; beyond, as for `max_total_bytes`.
+    pub max_total_segments: usize,
     /// A direction with no segments for this long is forgotten.
     pub idle_timeout_ns: u64,
     /// A hole not filled within this time is skipped. In a passive capture a missing segment
@@ -123,6 +143,10 @@ impl Default for TcpConfig {
         Self {
             max_flows: 4096,
             max_buffered_per_flow: 256 * 1024,
+            // A 256 KiB window of 1460-byte segments is 180 of them.
+            max_segments_per_flow: 256,
+            max_total_bytes: 64 * 1024 * 1024,
+            max_total_segments: 16 * 1024,
             idle_timeout_ns: 300_000_000_000,
             gap_timeout_ns: 1_000_000_000,
             close_linger_ns: 5_000_000_000,
@@ -147,7 +171,12 @@ pub struct TcpStats {
     pub flows_expired: u64,
     /// Bytes discarded: unframeable data before a skipped hole or beyond the buffer limit.
     pub bytes_dropped: u64,
+    /// Out-of-order segments discarded, never delivered, because the total bounds were hit.
+    pub segments_shed: u64,
 }
+
+/// Unconsumed-byte buffers keep up to this much spare capacity between messages.
+const RETAIN_CAPACITY: usize = 16 * 1024;
 
 /// Absolute stream offsets start here, so a sequence number slightly before the current
 /// position (a retransmission) still maps to a non-negative offset.
@@ -189,6 +218,21 @@ impl Flow {
             closed: false,
             last_ns: now_ns,
         }
+    }
+
+    /// Bytes this direction holds, as the bounds count them (see [`SEGMENT_OVERHEAD`]).
+    fn held(&self) -> usize {
+        self.ready.len() + self.ooo_bytes + self.ooo.len() * SEGMENT_OVERHEAD
+    }
+
+    /// Drops everything held (the total bounds chose this direction).
+    fn purge(&mut self, stats: &mut TcpStats) {
+        stats.segments_shed += self.ooo.len() as u64;
+        stats.bytes_dropped += (self.ready.len() + self.ooo_bytes) as u64;
+        self.ready = Vec::new();
+        self.ooo.clear();
+        self.ooo_bytes = 0;
+        self.gap_since = None;
     }
 
     /// Maps a sequence number to an absolute offset, treating it as within 2 GiB of the
@@ -337,7 +381,8 @@ impl Flow {
                         self.gap_since.get_or_insert(now_ns);
                     }
                 }
-                while self.ready.len() + self.ooo_bytes > cfg.max_buffered_per_flow
+                while (self.held() > cfg.max_buffered_per_flow
+                    || self.ooo.len() > cfg.max_segments_per_flow)
                     && !self.ooo.is_empty()
                 {
                     self.skip_gap(now_ns, stats);
@@ -355,6 +400,10 @@ pub struct TcpReassembler {
     cfg: TcpConfig,
     flows: HashMap<FlowKey, Flow>,
     stats: TcpStats,
+    /// Sum of [`Flow::held`] plus [`FLOW_OVERHEAD`] per direction.
+    held: usize,
+    /// Out-of-order segments held by all directions.
+    segments: usize,
 }
 
 impl TcpReassembler {
@@ -364,7 +413,19 @@ impl TcpReassembler {
             cfg,
             flows: HashMap::new(),
             stats: TcpStats::default(),
+            held: 0,
+            segments: 0,
         }
+    }
+
+    /// Bytes held across all directions, as [`TcpConfig::max_total_bytes`] counts them.
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// Out-of-order segments held across all directions.
+    pub fn held_segments(&self) -> usize {
+        self.segments
     }
 
     /// Counters since creation.
@@ -393,22 +454,66 @@ impl TcpReassembler {
             }
             self.make_room(now_ns);
             self.flows.insert(flow, Flow::new(&seg, now_ns));
+            self.held += FLOW_OVERHEAD;
         }
         let cfg = self.cfg;
-        match self.flows.get_mut(&flow) {
-            Some(f) => {
-                f.on_segment(&seg, fresh, now_ns, &cfg, &mut self.stats);
-                &f.ready
-            }
-            None => &[],
+        let change = self.flows.get_mut(&flow).map(|f| {
+            let before = (f.held(), f.ooo.len());
+            f.on_segment(&seg, fresh, now_ns, &cfg, &mut self.stats);
+            (before, (f.held(), f.ooo.len()))
+        });
+        if let Some((before, after)) = change {
+            self.account(before, after);
         }
+        if self.held > cfg.max_total_bytes || self.segments > cfg.max_total_segments {
+            self.shed();
+        }
+        self.flows.get(&flow).map_or(&[], |f| f.ready.as_slice())
+    }
+
+    /// Moves the totals from a direction's `(held, segments)` before a change to after it.
+    fn account(&mut self, before: (usize, usize), after: (usize, usize)) {
+        self.held = (self.held + after.0).saturating_sub(before.0);
+        self.segments = (self.segments + after.1).saturating_sub(before.1);
+    }
+
+    /// Brings the totals back within their bounds: the direction holding the most loses what
+    /// it holds, then the next, until they fit.
+    fn shed(&mut self) {
+        while self.held > self.cfg.max_total_bytes || self.segments > self.cfg.max_total_segments {
+            let victim = self
+                .flows
+                .values_mut()
+                .filter(|f| f.held() > 0)
+                .max_by_key(|f| f.held());
+            let Some(f) = victim else {
+                break;
+            };
+            let before = (f.held(), f.ooo.len());
+            f.purge(&mut self.stats);
+            let after = (f.held(), f.ooo.len());
+            self.account(before, after);
+        }
+    }
+
+    /// Recomputes the totals from the directions (after changes to many of them).
+    fn recount(&mut self) {
+        self.held = self.flows.values().map(|f| f.held() + FLOW_OVERHEAD).sum();
+        self.segments = self.flows.values().map(|f| f.ooo.len()).sum();
     }
 
     /// Marks the first `n` available bytes of `flow` as used (clamped to what is available).
     pub fn consume(&mut self, flow: &FlowKey, n: usize) {
         if let Some(f) = self.flows.get_mut(flow) {
+            let before = f.held();
             let n = n.min(f.ready.len());
             f.ready.drain(..n);
+            // What is held is counted by length: give back a buffer a large message left
+            // behind, so its capacity does not stay allocated uncounted.
+            if f.ready.capacity() > RETAIN_CAPACITY.max(2 * f.ready.len()) {
+                f.ready.shrink_to(f.ready.len());
+            }
+            self.held = self.held.saturating_sub(before - f.held());
         }
     }
 
@@ -429,6 +534,7 @@ impl TcpReassembler {
                 f.skip_gap(now_ns, &mut self.stats);
             }
         }
+        self.recount();
     }
 
     /// Ensures there is room for one more flow.
@@ -446,7 +552,9 @@ impl TcpReassembler {
                 .map(|(k, _)| *k);
             match victim {
                 Some(k) => {
-                    self.flows.remove(&k);
+                    if let Some(f) = self.flows.remove(&k) {
+                        self.account((f.held() + FLOW_OVERHEAD, f.ooo.len()), (0, 0));
+                    }
                     self.stats.flows_evicted += 1;
                 }
                 None => break,
@@ -772,8 +880,9 @@ mod tests {
 
     #[test]
     fn gap_skip_by_buffer_limit() {
+        // Room for 100 bytes and the overhead of two held segments.
         let cfg = TcpConfig {
-            max_buffered_per_flow: 100,
+            max_buffered_per_flow: 100 + 2 * SEGMENT_OVERHEAD,
             ..TcpConfig::default()
         };
         let mut r = TcpReassembler::new(cfg);
@@ -860,6 +969,77 @@ mod tests {
         assert_eq!(r.stats().flows_expired, 3);
     }
 
+    /// The totals as the directions add them up (what the incremental accounting must match).
+    fn recounted(r: &TcpReassembler) -> (usize, usize) {
+        let held = r.flows.values().map(|f| f.held() + FLOW_OVERHEAD).sum();
+        (held, r.flows.values().map(|f| f.ooo.len()).sum())
+    }
+
+    /// SIP over TCP in 1-byte segments with a gap before each: every segment is held out of
+    /// order, so what bounds the direction is the segment count and the per-segment overhead,
+    /// not the (tiny) payload.
+    #[test]
+    fn one_byte_segments_with_gaps_stay_within_the_bounds() {
+        let cfg = TcpConfig::default();
+        let mut r = TcpReassembler::new(cfg);
+        r.push(key(), syn(0), 0);
+        for i in 0..100_000u32 {
+            r.push(key(), seg(2 + 2 * i, b"x"), u64::from(i));
+            assert!(r.held_segments() <= cfg.max_segments_per_flow, "{i}");
+            assert!(
+                r.held_bytes() <= cfg.max_buffered_per_flow + FLOW_OVERHEAD,
+                "{i}"
+            );
+        }
+        let f = &r.flows[&key()];
+        // Held bytes are counted with their overhead: 1-byte segments cost 81 bytes each.
+        assert_eq!(
+            f.held(),
+            f.ready.len() + f.ooo.len() * (1 + SEGMENT_OVERHEAD)
+        );
+        assert_eq!((r.held_bytes(), r.held_segments()), recounted(&r));
+        assert!(r.stats().gaps_skipped > 90_000, "{:?}", r.stats());
+        // The hole-skipping drops each 1-byte "message" before the next hole: nothing glued.
+        assert!(f.ready.len() <= 1);
+    }
+
+    /// Many directions each holding out-of-order data up to its own bound would exceed the total:
+    /// the largest holders lose what they hold, a direction delivering in order is untouched.
+    #[test]
+    fn total_bounds_shed_the_largest_holders() {
+        let cfg = TcpConfig {
+            max_total_bytes: 64 * 1024,
+            max_total_segments: 500,
+            ..TcpConfig::default()
+        };
+        let mut r = TcpReassembler::new(cfg);
+        let flow = |i: u16| FlowKey {
+            src: SocketAddr::from(([10, 0, 1, 1], 1000 + i)),
+            dst: SocketAddr::from(([10, 0, 0, 2], 5060)),
+        };
+        let honest = flow(999);
+        r.push(honest, syn(0), 0);
+        let mut delivered = Vec::new();
+        let mut seq = 1u32;
+        for round in 0..200u32 {
+            for i in 0..50u16 {
+                // Each attacker direction leaves a hole at its start and sends 1-byte segments.
+                r.push(flow(i), seg(0, b"a"), 0);
+                r.push(flow(i), seg(2 + 2 * round, b"b"), u64::from(round));
+                assert!(r.held_bytes() <= cfg.max_total_bytes, "{round}");
+                assert!(r.held_segments() <= cfg.max_total_segments, "{round}");
+                assert_eq!((r.held_bytes(), r.held_segments()), recounted(&r));
+            }
+            let got = r.push(honest, seg(seq, MSG1), u64::from(round));
+            assert_eq!(got, MSG1, "the in-order direction loses nothing");
+            delivered.push(got.len());
+            r.consume(&honest, MSG1.len());
+            seq += MSG1.len() as u32;
+        }
+        assert!(r.stats().segments_shed > 0, "{:?}", r.stats());
+        assert_eq!(delivered.len(), 200);
+    }
+
     #[test]
     fn resync_finds_start_lines() {
         assert_eq!(resync_sip(b"INVITE sip:bob@x SIP/2.0\r\n"), Some(0));
@@ -918,6 +1098,39 @@ mod tests {
                 r.consume(&key(), n);
             }
             prop_assert_eq!(out, stream);
+        }
+
+        /// Whatever arrives, the running totals equal the directions' sum and stay in bounds.
+        #[test]
+        fn totals_track_the_directions(
+            ops in proptest::collection::vec((0u16..6, any::<u16>(), 0usize..40, 0u8..8), 1..300),
+        ) {
+            let cfg = TcpConfig {
+                max_flows: 4,
+                max_buffered_per_flow: 2048,
+                max_segments_per_flow: 12,
+                max_total_bytes: 4096,
+                max_total_segments: 30,
+                ..TcpConfig::default()
+            };
+            let mut r = TcpReassembler::new(cfg);
+            let data = [b'z'; 40];
+            for (i, (port, seq, len, kind)) in ops.into_iter().enumerate() {
+                let k = FlowKey {
+                    src: SocketAddr::from(([10, 0, 0, 1], 1000 + port)),
+                    dst: SocketAddr::from(([10, 0, 0, 2], 5060)),
+                };
+                let now = i as u64 * 100_000_000;
+                match kind {
+                    0 => { r.push(k, syn(u32::from(seq)), now); }
+                    1 => r.consume(&k, len),
+                    2 => r.expire(now),
+                    _ => { r.push(k, seg(u32::from(seq), &data[..len]), now); }
+                }
+                prop_assert_eq!((r.held_bytes(), r.held_segments()), recounted(&r));
+                prop_assert!(r.held_segments() <= cfg.max_total_segments);
+                prop_assert!(r.held_bytes() <= cfg.max_total_bytes);
+            }
         }
 
         /// Arbitrary input never panics the parser, the reassembler or resync.

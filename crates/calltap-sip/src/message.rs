@@ -131,6 +131,32 @@ pub(crate) fn media_type(ct: &str) -> &str {
 /// First element of a comma-separated header list, honouring quotes and angle brackets (a
 /// display name or URI may contain commas).
 fn first_list_item(v: &str) -> &str {
+    match list_comma(v) {
+        Some(i) => v.get(..i).unwrap_or(v),
+        None => v,
+    }
+}
+
+/// The elements of a comma-separated header list (`Via`, `Record-Route`, `Contact`), as
+/// [`first_list_item`] splits them, trimmed, empty ones skipped.
+pub(crate) fn list_items(v: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(v);
+    std::iter::from_fn(move || loop {
+        let r = rest?;
+        let (item, next) = match list_comma(r) {
+            Some(i) => (r.get(..i).unwrap_or(""), r.get(i + 1..)),
+            None => (r, None),
+        };
+        rest = next;
+        let item = item.trim();
+        if !item.is_empty() {
+            return Some(item);
+        }
+    })
+}
+
+/// Index of the first comma of `v` outside quotes and angle brackets.
+fn list_comma(v: &str) -> Option<usize> {
     let mut quoted = false;
     let mut angle = false;
     let mut escaped = false;
@@ -144,11 +170,11 @@ fn first_list_item(v: &str) -> &str {
             '"' => quoted = !quoted,
             '<' if !quoted => angle = true,
             '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => return v.get(..i).unwrap_or(v),
+            ',' if !quoted && !angle => return Some(i),
             _ => {}
         }
     }
-    v
+    None
 }
 
 /// A From/To/Contact value: optional display name, the URI, and the parts a recorder files
@@ -171,46 +197,59 @@ impl NameAddr {
     /// `sip:bob@host;tag=x` form, where everything after the first `;` is a header parameter.
     /// Returns `None` when there is no URI at all.
     pub fn parse(value: &str) -> Option<NameAddr> {
-        let v = value.trim();
-        let (display, uri, params) = if let Some(rest) = v.strip_prefix('"') {
-            let end = closing_quote(rest)?;
-            let display = unescape(rest.get(..end)?);
-            let after = rest.get(end + 1..)?.trim_start();
-            let inner = after.strip_prefix('<')?;
-            let close = inner.find('>')?;
-            (
-                Some(display),
-                inner.get(..close)?,
-                inner.get(close + 1..).unwrap_or(""),
-            )
-        } else if let Some(open) = v.find('<') {
-            let display = v.get(..open)?.trim();
-            let inner = v.get(open + 1..)?;
-            let close = inner.find('>')?;
-            (
-                (!display.is_empty()).then(|| display.to_string()),
-                inner.get(..close)?,
-                inner.get(close + 1..).unwrap_or(""),
-            )
-        } else {
-            match v.find(';') {
-                Some(semi) => (None, v.get(..semi)?, v.get(semi..).unwrap_or("")),
-                None => (None, v, ""),
-            }
-        };
-        let uri = uri.trim();
-        if uri.is_empty() {
-            return None;
-        }
+        let (display, uri, params) = split_name_addr(value)?;
         let (user, host) = uri_parts(uri);
         Some(NameAddr {
-            display,
+            display: display.map(|(d, quoted)| if quoted { unescape(d) } else { d.to_string() }),
             uri: uri.to_string(),
-            user,
-            host,
+            user: user.map(str::to_string),
+            host: host.map(str::to_string),
             tag: param(params, "tag").map(str::to_string),
         })
     }
+}
+
+/// The host of a name-addr's sip/sips URI, as [`NameAddr::parse`] finds it, without allocating
+/// (the tracker reads every Contact and Record-Route of a dialog's messages).
+pub(crate) fn name_addr_host(value: &str) -> Option<&str> {
+    let (_, uri, _) = split_name_addr(value)?;
+    uri_parts(uri).1
+}
+
+/// A name-addr's display name (and whether it was quoted, so still escaped), URI and header
+/// parameters, as written; `None` when there is no URI at all.
+type RawNameAddr<'a> = (Option<(&'a str, bool)>, &'a str, &'a str);
+
+fn split_name_addr(value: &str) -> Option<RawNameAddr<'_>> {
+    let v = value.trim();
+    let (display, uri, params) = if let Some(rest) = v.strip_prefix('"') {
+        let end = closing_quote(rest)?;
+        let display = rest.get(..end)?;
+        let after = rest.get(end + 1..)?.trim_start();
+        let inner = after.strip_prefix('<')?;
+        let close = inner.find('>')?;
+        (
+            Some((display, true)),
+            inner.get(..close)?,
+            inner.get(close + 1..).unwrap_or(""),
+        )
+    } else if let Some(open) = v.find('<') {
+        let display = v.get(..open)?.trim();
+        let inner = v.get(open + 1..)?;
+        let close = inner.find('>')?;
+        (
+            (!display.is_empty()).then_some((display, false)),
+            inner.get(..close)?,
+            inner.get(close + 1..).unwrap_or(""),
+        )
+    } else {
+        match v.find(';') {
+            Some(semi) => (None, v.get(..semi)?, v.get(semi..).unwrap_or("")),
+            None => (None, v, ""),
+        }
+    };
+    let uri = uri.trim();
+    (!uri.is_empty()).then_some((display, uri, params))
 }
 
 /// Index of the closing quote of a quoted-string body (after the opening quote).
@@ -256,13 +295,13 @@ pub(crate) fn param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// User and host of a sip/sips/tel URI.
-fn uri_parts(uri: &str) -> (Option<String>, Option<String>) {
+fn uri_parts(uri: &str) -> (Option<&str>, Option<&str>) {
     let Some((scheme, rest)) = uri.split_once(':') else {
         return (None, None);
     };
     if scheme.eq_ignore_ascii_case("tel") {
         let number = rest.split(';').next().unwrap_or("").trim();
-        return ((!number.is_empty()).then(|| number.to_string()), None);
+        return ((!number.is_empty()).then_some(number), None);
     }
     if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
         return (None, None);
@@ -275,15 +314,13 @@ fn uri_parts(uri: &str) -> (Option<String>, Option<String>) {
     };
     let user = userinfo
         .map(|u| u.split(':').next().unwrap_or(u))
-        .filter(|u| !u.is_empty())
-        .map(str::to_string);
+        .filter(|u| !u.is_empty());
     let host = if let Some(v6) = hostport.strip_prefix('[') {
         v6.find(']').and_then(|end| v6.get(..end))
     } else {
         hostport.split([':', ';']).next()
     };
-    let host = host.filter(|h| !h.is_empty()).map(str::to_string);
-    (user, host)
+    (user, host.filter(|h| !h.is_empty()))
 }
 
 #[cfg(test)]
@@ -331,6 +368,21 @@ mod tests {
         assert_eq!(NameAddr::parse("<sip:a@b"), None);
         let n = NameAddr::parse("sip:@").expect("parses");
         assert_eq!((n.user, n.host), (None, None));
+    }
+
+    #[test]
+    fn list_items_split_at_top_level_commas() {
+        let items: Vec<&str> =
+            list_items(r#" "a, b" <sip:x@y>, <sip:z@w;lr> ,, SIP/2.0/UDP 10.0.0.1"#).collect();
+        assert_eq!(
+            items,
+            [
+                r#""a, b" <sip:x@y>"#,
+                "<sip:z@w;lr>",
+                "SIP/2.0/UDP 10.0.0.1"
+            ]
+        );
+        assert_eq!(list_items("").count(), 0);
     }
 
     #[test]

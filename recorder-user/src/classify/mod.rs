@@ -4,7 +4,7 @@
 use std::{
     cell::RefCell,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, PoisonError, RwLock,
     },
 };
@@ -40,11 +40,20 @@ impl Change {
     }
 }
 
+/// Changes queued per reader; past it the reader is told to copy the table anew.
+const REPLICA_QUEUE: usize = 65_536;
+
+/// Where one reader's replica gets the changes, and the flag that tells it it missed some.
+struct Reader {
+    changes: Sender<Change>,
+    stale: Arc<AtomicBool>,
+}
+
 /// The table itself, and where each reader's replica gets the changes.
 #[derive(Default)]
 struct Authority {
     map: Map,
-    readers: Vec<Sender<Change>>,
+    readers: Vec<Reader>,
 }
 
 /// Media endpoints and learned SIP ports, shared by the signalling worker (writer) and the
@@ -88,11 +97,17 @@ impl SharedMediaTable {
     /// A new reader's replica: the table as it is now, then every later change.
     fn replica(&self) -> Replica {
         let mut a = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        a.readers.push(tx);
+        let (tx, rx) = crossbeam_channel::bounded(REPLICA_QUEUE);
+        let stale = Arc::new(AtomicBool::new(false));
+        a.readers.push(Reader {
+            changes: tx,
+            stale: stale.clone(),
+        });
         Replica {
             map: a.map.clone(),
             changes: rx,
+            stale,
+            authority: self.inner.clone(),
         }
     }
 
@@ -106,8 +121,16 @@ impl SharedMediaTable {
     fn change(&self, change: Change) {
         let mut a = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         change.apply(&mut a.map);
-        // A reader that is gone (its capture thread ended) is forgotten.
-        a.readers.retain(|tx| tx.send(change).is_ok());
+        // A reader that is gone (its capture thread ended) is forgotten; one that has not kept
+        // up copies the table anew (bounded queues: a stalled reader costs no memory).
+        a.readers.retain(|r| match r.changes.try_send(change) {
+            Ok(()) => true,
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                r.stale.store(true, Ordering::Release);
+                true
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        });
     }
 }
 
@@ -138,10 +161,28 @@ impl MediaTable for SharedMediaTable {
 struct Replica {
     map: Map,
     changes: Receiver<Change>,
+    /// Set when a change did not fit the queue: the copy is out of date.
+    stale: Arc<AtomicBool>,
+    authority: Arc<RwLock<Authority>>,
 }
 
 impl Replica {
+    fn behind(&self) -> bool {
+        !self.changes.is_empty() || self.stale.load(Ordering::Relaxed)
+    }
+
     fn catch_up(&mut self) {
+        if self.stale.swap(false, Ordering::Acquire) {
+            // What is queued is in the table already (changes are applied before they are
+            // sent); what comes after the copy is applied again, which changes nothing.
+            for _ in self.changes.try_iter() {}
+            self.map = self
+                .authority
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .map
+                .clone();
+        }
         for c in self.changes.try_iter() {
             c.apply(&mut self.map);
         }
@@ -189,7 +230,7 @@ impl UserTables {
 impl Tables for UserTables {
     fn media(&self, key: &MediaKey) -> Option<MediaValue> {
         let mut r = self.replica.borrow_mut();
-        if !r.changes.is_empty() {
+        if r.behind() {
             r.catch_up();
         }
         r.map.get(key).copied()
@@ -337,6 +378,23 @@ mod tests {
         table.forget_sip_port(5061).expect("forget");
         assert!(!reader.is_sip_port(5061));
         assert!(reader.is_sip_port(5060), "same bitmap word, configured");
+    }
+
+    #[test]
+    fn a_reader_that_fell_behind_the_queue_copies_the_table_anew() {
+        let mut table = SharedMediaTable::default();
+        let reader = UserTables::new(XdpConfig::default(), &[], table.clone());
+        let key = |i: u32| MediaKey::v4([198, 18, (i >> 16) as u8, 9], i as u16);
+        let n = REPLICA_QUEUE as u32 + 10;
+        for i in 0..n {
+            table.insert(key(i), owner(1)).expect("insert");
+        }
+        table.remove(&key(0));
+        assert!(reader.replica.borrow().stale.load(Ordering::Relaxed));
+        assert_eq!(reader.media(&key(n - 1)), Some(owner(1)));
+        assert_eq!(reader.media(&key(0)), None);
+        assert_eq!(reader.replica.borrow().map.len(), n as usize - 1);
+        assert!(!reader.replica.borrow().behind());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub fn tracker_config(cfg: &Config) -> calltap_sip::dialog::TrackerConfig {
         correlation_header: cfg.correlation_header.clone(),
         max_call_duration_ns: cfg.max_duration_s.saturating_mul(1_000_000_000),
         unanswered_timeout_ns: cfg.unanswered_timeout_s.saturating_mul(1_000_000_000),
+        max_calls: cfg.max_calls,
+        max_unanswered_calls: cfg.max_unanswered_calls,
         ..calltap_sip::dialog::TrackerConfig::default()
     }
 }
@@ -49,9 +51,12 @@ pub fn media_config(cfg: &Config) -> MediaConfig {
         media_timeout_ns: cfg.media_timeout_s.saturating_mul(1_000_000_000),
         max_call_secs: cfg.max_duration_s.max(1),
         restore_grace_ns: cfg.restore_grace_s.saturating_mul(1_000_000_000),
-        spool: crate::store::spool::SpoolConfig::with_memory_mb(
-            cfg.audio_buffer_mb / u64::from(cfg.worker_count().max(1)),
-        ),
+        spool: crate::store::spool::SpoolConfig {
+            raw_pcap_max_bytes: cfg.raw_pcap_max_mb.saturating_mul(1 << 20),
+            ..crate::store::spool::SpoolConfig::with_memory_mb(
+                cfg.audio_buffer_mb / u64::from(cfg.worker_count().max(1)),
+            )
+        },
     }
 }
 
@@ -60,7 +65,8 @@ pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> 
     let table = SharedMediaTable::default();
     let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
     let n = cfg.worker_count();
-    let mut sig = SignallingWorker::new(table, n, tracker_config(cfg), 0);
+    let mut sig = SignallingWorker::new(table, n, tracker_config(cfg), 0)
+        .with_reassembly(cfg.tcp, cfg.ipfrag);
     sig.set_sip_ports(&cfg.sip_ports);
     sig.set_learned_port_idle(cfg.learned_sip_port_idle_s.saturating_mul(1_000_000_000));
     // Offline: no rules database, but `[recording] default` applies as it does live.

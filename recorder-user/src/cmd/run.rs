@@ -16,11 +16,11 @@ use std::{
 use anyhow::{bail, Context as _};
 use aya::maps::{MapData, RingBuf};
 use calltap_common::counter;
-use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
+use calltap_sip::dialog::EndReason;
+use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TryRecvError, TrySendError};
 use serde::Serialize;
 
 use super::replay::{media_config, tracker_config};
-use crate::store::spool::{files::FdBudget, Capacity};
 use crate::{
     capture::{
         af_packet::{AfPacketCapture, RecordQueue},
@@ -55,6 +55,10 @@ use crate::{
         cdr::{Cdr, JsonlSink},
         writer::{CdrWriter, WriterConfig, WriterSnapshot},
     },
+};
+use crate::{
+    queues::{self, Queue},
+    store::spool::{files::FdBudget, Capacity},
 };
 
 /// Records a worker takes from its input before it looks at control messages again.
@@ -217,9 +221,14 @@ impl Input {
 struct Senders(Vec<Sender<Control>>);
 
 impl ControlSink for Senders {
+    /// Waits for room (see [`queues`]): a media worker never waits on anything, so its queue
+    /// is full only when it is overloaded, and SIP then backs up into its ring.
     fn send(&mut self, worker: u32, msg: Control) {
         if let Some(tx) = self.0.get(worker as usize) {
-            let _ = tx.send(msg);
+            if let Err(SendTimeoutError::Timeout(_)) = tx.send_timeout(msg, queues::CONTROL_WAIT) {
+                queues::overflow(Queue::Control);
+                log::error!("media worker {worker} took no control message for 1 s: one dropped");
+            }
         }
     }
 }
@@ -370,9 +379,7 @@ fn media_thread(
             // One clock read per batch, not per packet.
             lag_ns = lag_ns.max(crate::clock::unix_ns().saturating_sub(newest_ts));
         }
-        for cdr in done.drain(..) {
-            let _ = cdrs.send(cdr);
-        }
+        hand_over(&mut done, &cdrs, Queue::Cdr);
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
             let now = crate::clock::unix_ns();
@@ -390,10 +397,9 @@ fn media_thread(
                     .store(worker.active_calls() as u64, Ordering::Relaxed);
                 l.lag_ns.store(lag_ns, Ordering::Relaxed);
             }
+            live.bounds.store_worker(&worker.stats);
             lag_ns = 0;
-            for t in expired.drain(..) {
-                let _ = timeouts.send(t);
-            }
+            hand_over(&mut expired, &timeouts, Queue::Timeouts);
         }
         if shutdown.stop.load(Ordering::Acquire) {
             if n == 0 && !drained_reported {
@@ -404,6 +410,7 @@ fn media_thread(
                 // Signalling has ended every call and hung up.
                 apply(&mut worker, &mut done);
                 worker.reap(u64::MAX, &mut done);
+                // Stopping: the CDR thread is draining, waiting for it is right now.
                 for cdr in done.drain(..) {
                     let _ = cdrs.send(cdr);
                 }
@@ -419,6 +426,23 @@ fn media_thread(
             }
         } else {
             empty = 0;
+        }
+    }
+}
+
+/// Sends what `items` holds without waiting; what does not fit stays for the next call (see
+/// [`queues`]), and each hand-over that found the queue full is counted.
+fn hand_over<T>(items: &mut Vec<T>, tx: &Sender<T>, queue: Queue) {
+    let mut rest = items.drain(..);
+    while let Some(item) = rest.next() {
+        match tx.try_send(item) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(item)) => {
+                let left: Vec<T> = std::iter::once(item).chain(rest).collect();
+                *items = left;
+                queues::overflow(queue);
+                return;
+            }
         }
     }
 }
@@ -466,6 +490,7 @@ fn signalling_thread<T: MediaTable>(
                 .store(sig.stats.learned_sip_ports, Ordering::Relaxed);
             live.sip_ports_expired
                 .store(sig.stats.expired_sip_ports, Ordering::Relaxed);
+            live.bounds.store(&sig.stats.bounds);
         }
         if shutdown.stop.load(Ordering::Acquire) && n == 0 {
             // Let the media workers empty their rings first so no audio in flight is lost,
@@ -583,8 +608,8 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
 
     // Channels and threads.
     let live = Arc::new(LiveStats::new(n));
-    let (cdr_tx, cdr_rx) = unbounded::<Cdr>();
-    let (to_tx, to_rx) = unbounded::<MediaTimeout>();
+    let (cdr_tx, cdr_rx) = bounded::<Cdr>(queues::CDR);
+    let (to_tx, to_rx) = bounded::<MediaTimeout>(queues::TIMEOUTS);
     let mut ctl_txs = Vec::new();
     let mut media_handles = Vec::new();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -614,7 +639,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     // Finished calls leave the journal when their CDR is in calls.jsonl (the CDR thread).
     let cdr_journal = journal.clone();
     for (i, input) in inputs.into_iter().enumerate() {
-        let (tx, rx) = unbounded::<Control>();
+        let (tx, rx) = bounded::<Control>(queues::CONTROL);
         ctl_txs.push(tx);
         let worker = MediaWorker::new(i as u32, mcfg.clone()).with_store(journal.clone());
         let (cdrs, timeouts, sd, lv) = (
@@ -642,7 +667,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     let live_calls = LiveCalls::new(ctl_txs.clone());
     // Recording rules: the default mode until the database hands over the rules (see below).
     let rules = LiveRules::new(RuleSet::default_only(cfg.recording_default));
-    let (settings_tx, settings_rx) = unbounded::<SignallingSettings>();
+    let (settings_tx, settings_rx) = bounded::<SignallingSettings>(16);
     // The reloader's way to the workers; emptied at shutdown, since the workers stop only when
     // every sender of their control channel is gone.
     let reload_targets = Arc::new(Mutex::new(ctl_txs.clone()));
@@ -679,9 +704,11 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         live_calls.set_listener(move |e| match e {
             LiveEvent::Started(c) => hooks.call_started(c),
             LiveEvent::Answered(c) => hooks.call_answered(c),
+            LiveEvent::Evicted(c, at_ns) => hooks.call_evicted(c, at_ns),
         });
     }
     let tcfg = tracker_config(&cfg);
+    let reassembly = (cfg.tcp, cfg.ipfrag);
     let sip_ports = cfg.sip_ports.clone();
     let learned_port_idle_ns = cfg.learned_sip_port_idle_s.saturating_mul(1_000_000_000);
     let sd = shutdown.clone();
@@ -698,7 +725,9 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     let sig_handle = thread::Builder::new()
         .name("signalling".into())
         .spawn(move || {
-            let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0).with_store(journal);
+            let mut sig = SignallingWorker::new(sig_table, n, tcfg, 0)
+                .with_reassembly(reassembly.0, reassembly.1)
+                .with_store(journal);
             sig.set_sip_ports(&sip_ports);
             sig.set_learned_port_idle(learned_port_idle_ns);
             sig.set_rules(sig_rules);
@@ -827,7 +856,9 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
             cdr.seal_recording();
             cdr_metrics.observe_call(&cdr);
             cdr_live.remove(&cdr.uuid);
-            if let Some(h) = &cdr_hooks {
+            // An evicted call's call.ended went out when it was evicted (most have no CDR).
+            let evicted = cdr.end_reason == EndReason::Evicted.as_str();
+            if let Some(h) = cdr_hooks.as_ref().filter(|_| !evicted) {
                 h.call_ended(&cdr);
             }
             log::info!(
@@ -1135,6 +1166,7 @@ mod tests {
 
     use super::*;
     use crate::pipeline::group::GROUP;
+    use crossbeam_channel::unbounded;
 
     fn record(ts_ns: u64, frame: &[u8]) -> Vec<u8> {
         let meta = PacketMeta {

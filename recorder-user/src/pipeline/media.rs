@@ -37,7 +37,10 @@ use crate::{
             CallJournal, DirJournal, JournalWriter, SideJournal, WavJournal, COUNTERS_NS,
             DURABLE_NS, VERSION,
         },
-        cdr::{rfc3339, Cdr, Dtmf, PacketCounts, Party, Recording, RestartGap, StreamQuality},
+        cdr::{
+            rfc3339, Cdr, Dtmf, PacketCounts, Party, Recording, RejectedRequest, RestartGap,
+            StreamQuality,
+        },
         paths::{expand, PathFields},
         spool::{
             window::RawPcap, Closing, FailReason, RecId, Reply, Spool, SpoolConfig, Tag, WavWindow,
@@ -101,6 +104,39 @@ pub struct WorkerStats {
     /// the disk could not keep up.
     pub recordings_failed: u64,
     pub samples_dropped: u64,
+    /// Calls signalling evicted unanswered that had nothing to record: dropped without a CDR.
+    pub calls_evicted: u64,
+    /// DTMF digits and rejected requests past their per-call bounds, counted only.
+    pub dtmf_omitted: u64,
+    pub rejected_requests_omitted: u64,
+}
+
+/// Most DTMF digits a CDR lists; more are counted (`dtmf_omitted`). An IVR call has tens.
+pub const MAX_DTMF_PER_CALL: usize = 256;
+/// Most rejected in-dialog requests a CDR lists; more are counted (`rejected_requests_omitted`).
+pub const MAX_REJECTED_PER_CALL: usize = 32;
+
+/// Adds a digit to the call's CDR, within [`MAX_DTMF_PER_CALL`].
+fn push_dtmf(c: &mut ActiveCall, d: Dtmf, stats: &mut WorkerStats) {
+    let total = &mut stats.dtmf_omitted;
+    push_bounded(
+        &mut c.dtmf,
+        d,
+        MAX_DTMF_PER_CALL,
+        &mut c.dtmf_omitted,
+        total,
+    );
+}
+
+/// Appends `item` to a per-call list bounded at `max`, or counts it in `omitted` (and the
+/// worker's `total`) once the list is full.
+fn push_bounded<T>(list: &mut Vec<T>, item: T, max: usize, omitted: &mut u64, total: &mut u64) {
+    if list.len() < max {
+        list.push(item);
+    } else {
+        *omitted += 1;
+        *total += 1;
+    }
 }
 
 #[derive(Default)]
@@ -179,6 +215,10 @@ struct ActiveCall {
     failure: Option<String>,
     unsupported: BTreeSet<String>,
     dtmf: Vec<Dtmf>,
+    dtmf_omitted: u64,
+    /// In-dialog requests signalling did not act on, for the CDR.
+    rejected: Vec<RejectedRequest>,
+    rejected_omitted: u64,
     /// Active-call journal bookkeeping (see [`crate::store::callstore`]).
     journal: JournalState,
     /// Signalling ended the call (reason, time); it is finished after [`END_GRACE_NS`].
@@ -608,6 +648,9 @@ impl MediaWorker {
                         failure: None,
                         unsupported: BTreeSet::new(),
                         dtmf: Vec::new(),
+                        dtmf_omitted: 0,
+                        rejected: Vec::new(),
+                        rejected_omitted: 0,
                         last_media_ns: start,
                         timed_out: false,
                         awaiting_since: None,
@@ -700,16 +743,35 @@ impl MediaWorker {
                 ts_ns,
             } => {
                 if let Some(c) = self.calls.get_mut(&call) {
-                    c.dtmf.push(Dtmf {
+                    let d = Dtmf {
                         side: side_name(side_index(side)).into(),
                         digit,
                         at_ms: ts_ns.saturating_sub(c.setup.start_ns) / 1_000_000,
                         duration_ms,
                         source: "sip_info".into(),
-                    });
+                    };
+                    push_dtmf(c, d, &mut self.stats);
                     c.journal.dirty = true;
                 }
             }
+            Control::Rejected { call, rejection } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    let r = RejectedRequest {
+                        src: rejection.src.to_string(),
+                        dst: rejection.dst.to_string(),
+                        at_ms: rejection.ts_ns.saturating_sub(c.setup.start_ns) / 1_000_000,
+                        reason: rejection.reason.as_str().into(),
+                        method: rejection.method,
+                    };
+                    let (max, total) = (
+                        MAX_REJECTED_PER_CALL,
+                        &mut self.stats.rejected_requests_omitted,
+                    );
+                    push_bounded(&mut c.rejected, r, max, &mut c.rejected_omitted, total);
+                    c.journal.dirty = true;
+                }
+            }
+            Control::Evict { call, ts_ns } => self.evict(call, ts_ns, done),
             Control::Recording {
                 call,
                 action,
@@ -786,20 +848,66 @@ impl MediaWorker {
             let Some(mut c) = self.calls.remove(&call) else {
                 continue;
             };
-            for k in c.endpoint_keys() {
-                for map in [&mut self.endpoints, &mut self.ending_endpoints] {
-                    if map.get(&k).is_some_and(|e| e.0 == call) {
-                        map.remove(&k);
-                    }
-                }
-                if !self.endpoints.contains_key(&k) {
-                    self.shared.remove(&k);
-                }
-            }
+            self.forget_endpoints(call, &c);
             self.stats.calls_ended += 1;
             let (reason, at) = c.ending.take().unwrap_or_default();
             let cdr = self.finish(c, reason, at);
             done.push(cdr);
+        }
+    }
+
+    /// Removes a call's endpoints from the lookup tables (the call is already out of `calls`).
+    fn forget_endpoints(&mut self, call: CallRef, c: &ActiveCall) {
+        for k in c.endpoint_keys() {
+            for map in [&mut self.endpoints, &mut self.ending_endpoints] {
+                if map.get(&k).is_some_and(|e| e.0 == call) {
+                    map.remove(&k);
+                }
+            }
+            if !self.endpoints.contains_key(&k) {
+                self.shared.remove(&k);
+            }
+        }
+    }
+
+    /// Signalling evicted an unanswered call ([`Control::Evict`]). One with nothing to show
+    /// (no packet, file, answer, digit, operator action or rejected request) goes without a
+    /// CDR, as an INVITE shed at the door would; any other ends with reason `evicted`.
+    fn evict(&mut self, call: CallRef, ts_ns: u64, done: &mut Vec<Cdr>) {
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        let empty = c.ending.is_none()
+            && c.answer_ns.is_none()
+            && c.wav.is_none()
+            && c.raw.is_none()
+            && c.dirs.iter().all(|d| d.packets == 0 && d.rtcp_packets == 0)
+            && c.dtmf.is_empty()
+            && c.recording_events.is_empty()
+            && c.rejected.is_empty();
+        if !empty {
+            let reason = calltap_sip::dialog::EndReason::Evicted.as_str();
+            self.control(
+                Control::End {
+                    call,
+                    reason,
+                    ts_ns,
+                },
+                done,
+            );
+            return;
+        }
+        let Some(c) = self.calls.remove(&call) else {
+            return;
+        };
+        self.forget_endpoints(call, &c);
+        self.stats.calls_evicted += 1;
+        // A file made ahead goes with `c` (dropping it removes the file); a journal written
+        // for the call goes too, or a restart would bring the call back.
+        if let Some(store) = self.store.as_ref().filter(|_| c.journal.saved_ns != 0) {
+            if let Err(e) = store.remove(&c.setup.uuid) {
+                log::warn!("active-call journal: {e}");
+            }
         }
     }
 
@@ -911,13 +1019,14 @@ impl MediaWorker {
             CodecKind::TelephoneEvent => {
                 if let Some(digit) = d.dtmf.push(rtp.timestamp, rtp.payload) {
                     let at_ms = now.saturating_sub(c.setup.start_ns) / 1_000_000;
-                    c.dtmf.push(Dtmf {
+                    let d = Dtmf {
                         side: side_name(sender).into(),
                         digit: digit.digit,
                         at_ms,
                         duration_ms: Some(digit.duration / (clock.max(1) / 1000).max(1)),
                         source: "rfc4733".into(),
-                    });
+                    };
+                    push_dtmf(c, d, &mut self.stats);
                 }
                 return true;
             }
@@ -1165,6 +1274,9 @@ impl MediaWorker {
             d.rtcp_jitter_ms = dj.rtcp_jitter_ms;
         }
         c.dtmf = j.dtmf;
+        c.dtmf_omitted = j.dtmf_omitted;
+        c.rejected = j.rejected_requests;
+        c.rejected_omitted = j.rejected_requests_omitted;
         // Operator control before the crash, replayed in order into the fresh gate (the call's
         // rule decision set its initial state in Start).
         for ev in &j.recording_events {
@@ -1360,6 +1472,9 @@ impl MediaWorker {
             streams,
             restart_gaps: std::mem::take(&mut c.journal.restart_gaps),
             dtmf: std::mem::take(&mut c.dtmf),
+            dtmf_omitted: c.dtmf_omitted,
+            rejected_requests: std::mem::take(&mut c.rejected),
+            rejected_requests_omitted: c.rejected_omitted,
             recording,
             worker: self.id,
             recording_events: std::mem::take(&mut c.recording_events),
@@ -1419,6 +1534,9 @@ fn journal_of(c: &ActiveCall, worker: u32, now: u64) -> CallJournal {
             }
         }),
         dtmf: c.dtmf.clone(),
+        dtmf_omitted: c.dtmf_omitted,
+        rejected_requests: c.rejected.clone(),
+        rejected_requests_omitted: c.rejected_omitted,
         wav_path: c.wav_path.clone(),
         // Only a file the spool thread confirmed: a restart must never continue another.
         wav: c

@@ -5,6 +5,7 @@
 //! runs them inline for deterministic offline results); the workers themselves are plain
 //! structs fed one record at a time.
 
+pub mod bounds;
 pub mod group;
 pub mod media;
 pub mod recording;
@@ -121,6 +122,20 @@ pub enum Control {
         call: CallRef,
         reason: String,
         ts_ns: u64,
+    },
+    /// Signalling stopped following an unanswered call nobody had answered, to admit a newer
+    /// INVITE under a flood (`[calls] max_unanswered_calls`). A call that has nothing (no
+    /// packet, recording or operator action) is dropped without a CDR, as if it had never been
+    /// followed; otherwise it ends like `End` with reason `evicted`.
+    Evict {
+        call: CallRef,
+        ts_ns: u64,
+    },
+    /// An in-dialog request signalling did not act on (it came from or went to an address off
+    /// the dialog's signalling path): listed in the CDR's `rejected_requests`.
+    Rejected {
+        call: CallRef,
+        rejection: calltap_sip::dialog::Rejection,
     },
     /// An operator's recording control (API, console), checked against the call's state by
     /// `publish::live` before it is sent; `ts_ns` is when it was asked for.

@@ -13,14 +13,14 @@ use calltap_net::{
     tcp::{parse_tcp, resync_sip, FlowKey, TcpConfig, TcpReassembler},
 };
 use calltap_sip::{
-    dialog::{CallEvent, CallRef, Side, Tracker, TrackerConfig},
+    dialog::{CallEvent, CallRef, EndReason, Side, Tracker, TrackerConfig},
     parse, parse_datagram, Message, ParseError,
 };
 use serde::Serialize;
 
 use super::{
-    call_uuid, media::END_GRACE_NS, media_key, sip_ports::SipPorts, CallSetup, Control,
-    ControlSink, MediaTable, MediaTimeout, OwnedRecord, Restored,
+    bounds::BoundStats, call_uuid, media::END_GRACE_NS, media_key, sip_ports::SipPorts, CallSetup,
+    Control, ControlSink, MediaTable, MediaTimeout, OwnedRecord, Restored,
 };
 use crate::{
     capture::Record,
@@ -63,6 +63,8 @@ pub struct SignallingStats {
     pub calls_restored_ended: u64,
     /// Journal files that could not be read (set aside in `active/corrupt/`).
     pub journal_corrupt: u64,
+    /// What the bounds on SIP-side state shed, and what they hold now (as of the last tick).
+    pub bounds: BoundStats,
 }
 
 /// How long unclaimed RTP waits for SIP that describes it, and how much of it is kept.
@@ -183,6 +185,13 @@ impl<T: MediaTable> SignallingWorker<T> {
             rules: None,
             stats: SignallingStats::default(),
         }
+    }
+
+    /// Bounds TCP and IP fragment reassembly by `tcp` and `frags` (else their defaults).
+    pub fn with_reassembly(mut self, tcp: TcpConfig, frags: ReassemblyConfig) -> Self {
+        self.tcp = TcpReassembler::new(tcp);
+        self.frags = Reassembler::new(frags);
+        self
     }
 
     /// Decides each new call's recording by `rules` (see [`super::rules`]).
@@ -676,6 +685,7 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.events = events;
         self.frags.expire(now);
         self.tcp.expire(now);
+        self.stats.bounds = self.bound_stats();
         self.expire_recently_ended(now);
         self.expire_sip_ports(now);
         if !self.pending.is_empty() {
@@ -701,8 +711,14 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.events = events;
     }
 
+    /// The bounds' counters now (see [`BoundStats`]).
+    pub fn bound_stats(&self) -> BoundStats {
+        BoundStats::of(&self.tracker, &self.tcp, &self.frags)
+    }
+
     /// Ends every call still open (end of a capture file, or shutdown) with `reason`.
     pub fn finish(&mut self, now: u64, reason: &str, sink: &mut dyn ControlSink) {
+        self.stats.bounds = self.bound_stats();
         self.stats.early_media_unclaimed += self.pending.len() as u64;
         self.pending.clear();
         let calls: Vec<CallRef> = self.routes.keys().copied().collect();
@@ -712,6 +728,16 @@ impl<T: MediaTable> SignallingWorker<T> {
     }
 
     fn end(&mut self, call: CallRef, reason: String, ts_ns: u64, sink: &mut dyn ControlSink) {
+        let end = Control::End {
+            call,
+            reason,
+            ts_ns,
+        };
+        self.close(call, end, ts_ns, sink);
+    }
+
+    /// Sends `call`'s last control message (`End` or `Evict`) and releases its route.
+    fn close(&mut self, call: CallRef, last: Control, ts_ns: u64, sink: &mut dyn ControlSink) {
         let Some(route) = self.routes.remove(&call) else {
             return;
         };
@@ -719,14 +745,7 @@ impl<T: MediaTable> SignallingWorker<T> {
         if let Some(l) = self.load.get_mut(route.worker as usize) {
             *l = l.saturating_sub(1);
         }
-        sink.send(
-            route.worker,
-            Control::End {
-                call,
-                reason,
-                ts_ns,
-            },
-        );
+        sink.send(route.worker, last);
         // The far side's last packets are still in flight when the BYE is captured. The
         // classifier no longer steers them (a new call may reuse the endpoint at once, and must
         // get its own packets), so they come here as unclaimed media; for a short while they
@@ -935,6 +954,16 @@ impl<T: MediaTable> SignallingWorker<T> {
                         );
                     }
                 }
+                CallEvent::Rejected { call, rejection } => {
+                    if let Some(r) = self.routes.get(&call) {
+                        sink.send(r.worker, Control::Rejected { call, rejection });
+                    }
+                }
+                CallEvent::Ended {
+                    call,
+                    reason: EndReason::Evicted,
+                    ts_ns,
+                } => self.close(call, Control::Evict { call, ts_ns }, ts_ns, sink),
                 CallEvent::Ended {
                     call,
                     reason,

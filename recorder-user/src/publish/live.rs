@@ -3,7 +3,8 @@
 //! Fed by [`LiveSink`], which wraps the signalling worker's control sink: it sees the messages
 //! that start, answer, hold and end calls (SIP rate), never RTP, so the lock here is never taken
 //! on the packet path. A call leaves the registry when its CDR reaches the `cdr` thread
-//! ([`LiveCalls::remove`]), which also covers calls the media workers end by media timeout.
+//! ([`LiveCalls::remove`]), which also covers calls the media workers end by media timeout, or
+//! when signalling evicts it unanswered ([`Control::Evict`]), since that may have no CDR.
 //!
 //! Recording control goes the other way: [`LiveCalls::control`] checks the transition against
 //! the call's recording state and sends [`Control::Recording`] to the call's media worker.
@@ -145,6 +146,10 @@ impl LiveCall {
 pub enum LiveEvent<'a> {
     Started(&'a LiveCall),
     Answered(&'a LiveCall),
+    /// Evicted unanswered under an INVITE flood, at the time given: the call's end for
+    /// listeners (a quiet evicted call has no CDR; one with something to show gets a CDR with
+    /// end reason `evicted`, which the `cdr` thread does not announce again).
+    Evicted(&'a LiveCall, u64),
 }
 
 type Listener = Box<dyn Fn(LiveEvent<'_>) + Send + Sync>;
@@ -194,6 +199,7 @@ enum Note {
     Answered(CallRef, u64),
     Media(CallRef, usize, bool),
     End(CallRef),
+    Evict(CallRef, u64),
 }
 
 impl LiveCalls {
@@ -292,17 +298,20 @@ impl LiveCalls {
             return Err(ControlError::TooMany);
         }
         // Sent under the lock so two requests on one call reach the worker in the order they
-        // were checked in; an unbounded channel's send does not block.
+        // were checked in; the wait for room is bounded (see `crate::queues`).
         self.workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(c.worker as usize)
             .ok_or(ControlError::WorkerGone)?
-            .send(Control::Recording {
-                call: c.call,
-                action,
-                ts_ns,
-            })
+            .send_timeout(
+                Control::Recording {
+                    call: c.call,
+                    action,
+                    ts_ns,
+                },
+                crate::queues::CONTROL_WAIT,
+            )
             .map_err(|_| ControlError::WorkerGone)?;
         c.recording = next;
         c.transitions += 1;
@@ -325,6 +334,7 @@ impl LiveCalls {
                 Note::Media(*call, side_index(*side), held)
             }
             Control::End { call, .. } => Note::End(*call),
+            Control::Evict { call, ts_ns } => Note::Evict(*call, *ts_ns),
             _ => return None,
         })
     }
@@ -347,6 +357,18 @@ impl LiveCalls {
                 if let (Some(f), Some(c)) = (self.listener.get(), reg.by_uuid.get(&uuid)) {
                     if c.start_ns >= self.since_ns {
                         f(LiveEvent::Started(c));
+                    }
+                }
+                return;
+            }
+            Note::Evict(call, ts_ns) => {
+                let evicted = reg
+                    .by_ref
+                    .remove(&call)
+                    .and_then(|u| reg.by_uuid.remove(&u));
+                if let (Some(f), Some(c)) = (self.listener.get(), evicted) {
+                    if c.start_ns >= self.since_ns {
+                        f(LiveEvent::Evicted(&c, ts_ns));
                     }
                 }
                 return;
@@ -374,7 +396,7 @@ impl LiveCalls {
             }
             Note::Media(_, side, held) => c.held[side] = held,
             Note::End(_) => c.state = CallState::Ending,
-            Note::Start(_) => {}
+            Note::Start(_) | Note::Evict(..) => {}
         }
         c.refresh_state();
         if answered_now {
@@ -463,6 +485,7 @@ pub(crate) mod tests {
             let s = match e {
                 LiveEvent::Started(c) => format!("started {}", c.uuid),
                 LiveEvent::Answered(c) => format!("answered {}", c.uuid),
+                LiveEvent::Evicted(c, _) => format!("evicted {}", c.uuid),
             };
             ev.lock().expect("events").push(s);
         });

@@ -20,6 +20,10 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+mod bounds;
+
+pub use bounds::BoundsLive;
+
 use super::webhook::WebhookCounters;
 use crate::{
     capture::{xdp::XdpCounters, InputFill},
@@ -42,6 +46,7 @@ pub const END_REASONS: &[&str] = &[
     "media_timeout",
     "recorder_restart",
     "recorder_stop",
+    "evicted",
 ];
 
 /// The bounded `reason` label for a CDR end reason.
@@ -87,6 +92,8 @@ pub struct LiveStats {
     /// Duration of each media worker's flush round (every open WAV's header and dirty pages
     /// handed to the kernel); observed by the worker once per flush interval, lock-free.
     pub flush_seconds: Histogram,
+    /// What the bounds on calls, requests and reassembly shed and hold.
+    pub bounds: BoundsLive,
 }
 
 /// Flush round buckets: a round is microseconds when idle, milliseconds with thousands of calls.
@@ -110,6 +117,7 @@ impl LiveStats {
             sip_ports_expired: AtomicU64::new(0),
             flush_seconds: Histogram::with_opts(opts)
                 .expect("constant histogram options are valid"),
+            bounds: BoundsLive::new(workers),
         }
     }
 }
@@ -203,6 +211,7 @@ pub struct Metrics {
     webhook_failures: IntCounter,
     webhook_retries: IntCounter,
     recording: super::recording_metrics::RecordingMetrics,
+    bounds: bounds::BoundMetrics,
     sources: Sources,
 }
 
@@ -505,6 +514,7 @@ impl Metrics {
                 "Webhook delivery attempts that retried an earlier failure.",
             )?,
             recording: super::recording_metrics::RecordingMetrics::new(&registry)?,
+            bounds: bounds::BoundMetrics::register(&registry)?,
             registry,
             sources: Sources {
                 capture,
@@ -635,6 +645,7 @@ impl Metrics {
             CaptureCounters::None => {}
         }
         let live = &self.sources.live;
+        self.bounds.refresh(&live.bounds);
         for (i, w) in live.workers.iter().enumerate() {
             let id = i.to_string();
             set_counter(
@@ -900,6 +911,27 @@ mod tests {
             .lag_ns
             .store(1_500_000, Ordering::Relaxed);
         m.sources.live.flush_seconds.observe(0.002);
+        m.sources
+            .live
+            .bounds
+            .store(&crate::pipeline::bounds::BoundStats {
+                invites_shed_unanswered: 4,
+                calls_evicted: 5,
+                unanswered_calls: 6,
+                requests_rejected: 2,
+                tcp_segments_shed: 9,
+                tcp_held_bytes: 1000,
+                frag_timed_out: 3,
+                ..Default::default()
+            });
+        m.sources
+            .live
+            .bounds
+            .store_worker(&crate::pipeline::media::WorkerStats {
+                id: 1,
+                dtmf_omitted: 8,
+                ..Default::default()
+            });
         let archive = Arc::new(ArchiveCounters::default());
         archive.archived_total.store(5, Ordering::Relaxed);
         archive.failures_total.store(2, Ordering::Relaxed);
@@ -946,6 +978,15 @@ mod tests {
             "calltap_worker_lag_seconds{worker=\"0\"} 0.0015",
             "calltap_recording_flush_seconds_bucket{le=\"0.0025\"} 1",
             "calltap_api_requests_total{route=\"/api/v1/calls/{uuid}\",status=\"404\"} 1",
+            "calltap_sip_invites_shed_total{reason=\"max_unanswered\"} 4",
+            "calltap_sip_calls_evicted_total 5",
+            "calltap_sip_unanswered_calls 6",
+            "calltap_sip_requests_rejected_total 2",
+            "calltap_tcp_segments_shed_total 9",
+            "calltap_tcp_held_bytes 1000",
+            "calltap_ipfrag_datagrams_dropped_total{reason=\"timeout\"} 3",
+            "calltap_call_events_omitted_total{kind=\"dtmf\"} 8",
+            "calltap_call_events_omitted_total{kind=\"rejected_request\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -1,13 +1,18 @@
 //! Metrics of the recordings' way to disk: calls that got no (or only part of a) recording and
-//! why, the spool threads' work, and how many calls the limits allow at once.
+//! why, the spool threads' work, the queues between threads, and how many calls the limits
+//! allow at once.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::store::spool::{self, files::FdBudget, FailReason};
+use crate::{
+    queues::{self, Queue},
+    store::spool::{self, files::FdBudget, FailReason},
+};
 
 /// The series, read at scrape time from the spool's process-wide counters.
 pub struct RecordingMetrics {
     failed: IntCounterVec,
+    overflows: IntCounterVec,
     events: IntCounterVec,
     bytes: IntCounter,
     open_files: IntGauge,
@@ -32,7 +37,9 @@ impl RecordingMetrics {
                 "Spool work worth watching: patch (late audio laid over a part already \
                  written), reopen (a file opened again beyond the open-file budget), \
                  name_taken (a recording name existed: suffixed), queue_full and \
-                 buffers_exhausted (audio dropped rather than stall a worker).",
+                 buffers_exhausted (audio dropped rather than stall a worker), \
+                 raw_rtp_over_limit (a call's raw RTP pcap reached [storage] \
+                 raw_pcap_max_mb).",
             ),
             &["event"],
         )?;
@@ -54,8 +61,18 @@ impl RecordingMetrics {
             ),
             &["limit"],
         )?;
+        let overflows = IntCounterVec::new(
+            Opts::new(
+                "calltap_queue_overflow_total",
+                "Times a queue between threads was full: control (a media worker overloaded; \
+                 the sender waited), cdr and timeouts (kept and retried), journal (a call's \
+                 state written at its next flush instead).",
+            ),
+            &["queue"],
+        )?;
         for c in [
             Box::new(failed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(overflows.clone()),
             Box::new(events.clone()),
             Box::new(bytes.clone()),
             Box::new(open_files.clone()),
@@ -66,8 +83,12 @@ impl RecordingMetrics {
         for r in FailReason::ALL {
             failed.with_label_values(&[r.as_str()]);
         }
+        for q in Queue::ALL {
+            overflows.with_label_values(&[q.as_str()]);
+        }
         Ok(RecordingMetrics {
             failed,
+            overflows,
             events,
             bytes,
             open_files,
@@ -101,10 +122,17 @@ impl RecordingMetrics {
             ("name_taken", &c.names_taken),
             ("queue_full", &c.queue_full),
             ("buffers_exhausted", &c.buffers_exhausted),
+            ("raw_rtp_over_limit", &c.raw_over_limit),
         ] {
             super::metrics::set_counter(&self.events.with_label_values(&[event]), v.load(Relaxed));
         }
         super::metrics::set_counter(&self.bytes, c.bytes_written.load(Relaxed));
+        for q in Queue::ALL {
+            super::metrics::set_counter(
+                &self.overflows.with_label_values(&[q.as_str()]),
+                queues::overflows(q),
+            );
+        }
         self.open_files
             .set(i64::try_from(FdBudget::get().open()).unwrap_or(i64::MAX));
     }

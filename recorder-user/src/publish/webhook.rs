@@ -378,6 +378,22 @@ impl WebhookSender {
         self.send(Event::new("call.ended", &cdr.uuid, data));
     }
 
+    /// A call signalling evicted unanswered at `at_ns` (see [`super::live::LiveEvent::Evicted`]):
+    /// its `call.ended`, so every `call.started` has one.
+    pub fn call_evicted(&self, c: &LiveCall, at_ns: u64) {
+        let start_ms = c.start_ns / 1_000_000;
+        let data = json!({
+            "uuid": c.uuid, "call_id": c.call_id,
+            "from_user": c.from_user, "from_uri": c.from_uri,
+            "to_user": c.to_user, "to_uri": c.to_uri,
+            "start": c.start, "answer": null, "end": crate::store::cdr::rfc3339(at_ns),
+            "duration_ms": (at_ns / 1_000_000).saturating_sub(start_ms), "talk_ms": 0,
+            "end_reason": calltap_sip::dialog::EndReason::Evicted.as_str(),
+            "recording": null, "recording_events": [],
+        });
+        self.send(Event::new("call.ended", &c.uuid, data));
+    }
+
     /// For the archiver: the call's recording now lives at `location` (a path or an object
     /// URL in long-term storage).
     pub fn recording_archived(&self, uuid: &str, location: &str, bytes: u64, sha256: &str) {

@@ -48,7 +48,7 @@ use calltap_sip::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::cdr::{Dtmf, RestartGap};
+use super::cdr::{Dtmf, RejectedRequest, RestartGap};
 
 /// Subdirectory of the data dir holding the journal.
 pub const ACTIVE_DIR: &str = "active";
@@ -84,6 +84,10 @@ pub enum CallStoreError {
     Name { path: PathBuf, uuid: String },
     #[error("{path}: {what}")]
     Torn { path: PathBuf, what: String },
+    /// The journal thread's queue is full (the disk is slow): the call is journaled at its
+    /// next flush instead.
+    #[error("the active-call journal's queue is full")]
+    QueueFull,
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> CallStoreError + '_ {
@@ -159,6 +163,13 @@ pub struct CallJournal {
     pub dirs: [DirJournal; 2],
     #[serde(default)]
     pub dtmf: Vec<Dtmf>,
+    #[serde(default)]
+    pub dtmf_omitted: u64,
+    /// In-dialog requests not acted on so far, and those past the CDR's bound.
+    #[serde(default)]
+    pub rejected_requests: Vec<RejectedRequest>,
+    #[serde(default)]
+    pub rejected_requests_omitted: u64,
     /// Where the recording goes (also before it exists).
     pub wav_path: PathBuf,
     pub wav: Option<WavJournal>,
@@ -466,7 +477,7 @@ impl JournalWriter {
 
     /// Starts the journal thread.
     pub fn start(store: CallStore) -> io::Result<(JournalWriter, JournalThread)> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::bounded(crate::queues::JOURNAL);
         let handle = std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || journal_thread(&store, &rx))?;
@@ -488,10 +499,13 @@ impl JournalWriter {
                 }
                 Ok(())
             }
-            Target::Thread(tx) => {
-                let _ = tx.send(Op::Save(Box::new(j), durable));
-                Ok(())
-            }
+            Target::Thread(tx) => match tx.try_send(Op::Save(Box::new(j), durable)) {
+                Err(crossbeam_channel::TrySendError::Full(_)) => {
+                    crate::queues::overflow(crate::queues::Queue::Journal);
+                    Err(CallStoreError::QueueFull)
+                }
+                _ => Ok(()),
+            },
         }
     }
 
@@ -499,6 +513,8 @@ impl JournalWriter {
     pub fn remove(&self, uuid: &str) -> Result<(), CallStoreError> {
         match &self.0 {
             Target::Inline(store) => store.remove(uuid),
+            // Never dropped: a call left in the journal would be restored after a restart.
+            // Only the CDR thread removes, and it may wait.
             Target::Thread(tx) => {
                 let _ = tx.send(Op::Remove(uuid.to_string()));
                 Ok(())
@@ -510,8 +526,9 @@ impl JournalWriter {
     pub fn beat(&self, now_ns: u64) -> Result<(), CallStoreError> {
         match &self.0 {
             Target::Inline(store) => store.beat(now_ns),
+            // A beat that does not fit is as good as the next one.
             Target::Thread(tx) => {
-                let _ = tx.send(Op::Beat(now_ns));
+                let _ = tx.try_send(Op::Beat(now_ns));
                 Ok(())
             }
         }
@@ -737,6 +754,7 @@ mod tests {
                     failed: false,
                 }],
                 pending_failure: None,
+                path: Default::default(),
                 media: [
                     Some(DialogMedia {
                         rtp: Some(rtp),
@@ -783,6 +801,15 @@ mod tests {
                 duration_ms: Some(100),
                 source: "rfc4733".into(),
             }],
+            dtmf_omitted: 2,
+            rejected_requests: vec![crate::store::cdr::RejectedRequest {
+                method: "BYE".into(),
+                src: "198.18.0.66:5060".into(),
+                dst: "198.18.0.2:5060".into(),
+                at_ms: 900,
+                reason: "unknown_source".into(),
+            }],
+            rejected_requests_omitted: 0,
             wav_path: "/tmp/x.wav".into(),
             wav: Some(WavJournal {
                 path: "/tmp/x.wav".into(),

@@ -52,6 +52,22 @@ pub struct Dtmf {
     pub source: String,
 }
 
+/// An in-dialog request CallTap did not act on: it would have ended the call or changed its
+/// media, but it came from, or went to, an address that is not on the dialog's signalling path
+/// (a spoofed BYE only the mirror port saw, for instance).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RejectedRequest {
+    /// SIP method, upper case.
+    pub method: String,
+    /// Sender and receiver, `ip:port`.
+    pub src: String,
+    pub dst: String,
+    /// Milliseconds from call start.
+    pub at_ms: u64,
+    /// `unknown_source` or `unknown_destination`.
+    pub reason: String,
+}
+
 /// The recording file of a call.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Recording {
@@ -169,6 +185,16 @@ pub struct Cdr {
     pub streams: Vec<StreamQuality>,
     #[serde(default)]
     pub dtmf: Vec<Dtmf>,
+    /// Digits past the per-call bound (see `pipeline::media::MAX_DTMF_PER_CALL`), counted
+    /// only.
+    #[serde(default)]
+    pub dtmf_omitted: u64,
+    /// In-dialog requests not acted on (at most `pipeline::media::MAX_REJECTED_PER_CALL`).
+    #[serde(default)]
+    pub rejected_requests: Vec<RejectedRequest>,
+    /// Rejected requests past that bound, counted only.
+    #[serde(default)]
+    pub rejected_requests_omitted: u64,
     #[serde(default)]
     pub recording: Option<Recording>,
     /// Spans the recorder was down (crash, kill, reboot) while the call went on: the recording

@@ -273,6 +273,33 @@ macro_rules! backend_sql {
                     .execute(&mut **tx)
                     .await?;
                 }
+                for (n, r) in c.rejected_requests.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO rejected_requests (call_uuid, n, method, src, dst, at_ms, \
+                         reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(&c.uuid)
+                    .bind(n as i64)
+                    .bind(&r.method)
+                    .bind(&r.src)
+                    .bind(&r.dst)
+                    .bind(i(r.at_ms))
+                    .bind(&r.reason)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                // Columns of migration 0008, likewise.
+                if c.dtmf_omitted > 0 || c.rejected_requests_omitted > 0 {
+                    sqlx::query(
+                        "UPDATE calls SET dtmf_omitted = $2, rejected_requests_omitted = $3 \
+                         WHERE uuid = $1",
+                    )
+                    .bind(&c.uuid)
+                    .bind(i(c.dtmf_omitted))
+                    .bind(i(c.rejected_requests_omitted))
+                    .execute(&mut **tx)
+                    .await?;
+                }
                 // Columns of migration 0005, set apart so the long insert above stays as it is.
                 if c.recording_mode.is_some() {
                     sqlx::query("UPDATE calls SET recording_mode = $2, rule_id = $3 WHERE uuid = $1")
@@ -692,6 +719,15 @@ pub(crate) mod tests {
                 duration_ms: Some(160),
                 source: "rfc4733".into(),
             }],
+            dtmf_omitted: 0,
+            rejected_requests: vec![crate::store::cdr::RejectedRequest {
+                method: "BYE".into(),
+                src: "198.18.0.66:5060".into(),
+                dst: "198.18.0.2:5060".into(),
+                at_ms: 1700,
+                reason: "unknown_source".into(),
+            }],
+            rejected_requests_omitted: 3,
             recording: Some(Recording {
                 path: PathBuf::from(format!("/var/lib/calltap/recordings/{n}.wav")),
                 bytes: 64_044,
@@ -758,6 +794,7 @@ pub(crate) mod tests {
         assert_eq!(count(&db, "interactions").await, 2);
         assert_eq!(count(&db, "restart_gaps").await, 4);
         assert_eq!(count(&db, "recording_events").await, 4);
+        assert_eq!(count(&db, "rejected_requests").await, 4);
         let gap: (i64, i64) = on_pool!(&db, pool => sqlx::query_as(
             "SELECT ms, to_ns - from_ns FROM restart_gaps WHERE call_uuid = $1")
             .bind(&cdrs[2].uuid)

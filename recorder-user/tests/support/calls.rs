@@ -39,7 +39,7 @@ pub struct Call {
     callee_media: Option<([u8; 4], u16)>,
 }
 
-fn ip(a: [u8; 4]) -> String {
+pub fn ip(a: [u8; 4]) -> String {
     format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
 }
 
@@ -117,6 +117,12 @@ impl Call {
         } else {
             (self.callee, self.caller)
         };
+        self.sip_hop(at_ms, src, dst, &text);
+    }
+
+    /// A SIP message sent from `src` to `dst` on any hop (a proxy's far side, a third
+    /// party), both on port 5060.
+    pub fn sip_hop(&mut self, at_ms: u64, src: [u8; 4], dst: [u8; 4], text: &str) -> &mut Self {
         let frame = eth(
             0x0800,
             &ipv4(17, src, dst, &udp(5060, 5060, text.as_bytes())),
@@ -125,6 +131,43 @@ impl Call {
             at_ns: at_ms * 1_000_000,
             frame,
         });
+        self
+    }
+
+    /// The caller's in-dialog `method` request (next CSeq, no body) as the dialog's own would
+    /// read, but sent from `src` to `dst`: a spoofed request when those are not the dialog's.
+    pub fn request_from(
+        &mut self,
+        at_ms: u64,
+        method: &str,
+        src: [u8; 4],
+        dst: [u8; 4],
+    ) -> &mut Self {
+        self.request_with(at_ms, method, (src, dst), None)
+    }
+
+    /// The caller's in-dialog `method` request (next CSeq) sent from `hop.0` to `hop.1`, with
+    /// a body of the given content type.
+    pub fn request_with(
+        &mut self,
+        at_ms: u64,
+        method: &str,
+        (src, dst): ([u8; 4], [u8; 4]),
+        body: Option<(&str, &str)>,
+    ) -> &mut Self {
+        let cseq = self.cseq;
+        self.cseq += 1;
+        let (ctype, body) = match body {
+            Some((t, b)) => (format!("Content-Type: {t}\r\n"), b),
+            None => (String::new(), ""),
+        };
+        let text = format!(
+            "{method} sip:2002@{} SIP/2.0\r\n{}{ctype}Content-Length: {}\r\n\r\n{body}",
+            ip(self.callee),
+            self.headers(method, cseq, true),
+            body.len()
+        );
+        self.sip_hop(at_ms, src, dst, &text)
     }
 
     fn headers(&self, method: &str, cseq: u32, to_tag: bool) -> String {

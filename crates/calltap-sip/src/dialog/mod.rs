@@ -6,6 +6,7 @@
 //! duplicated and reordered messages, so every transition is idempotent.
 
 mod body;
+mod path;
 mod tracker;
 
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +16,7 @@ use serde::Serialize;
 use crate::sdp::{Direction, RtpMap};
 use crate::NameAddr;
 
+pub use path::{RejectReason, SignalPath, MAX_PATH_ADDRS};
 pub use tracker::{DialogFork, DialogMedia, DialogState, Tracker};
 
 /// Identity of one call inside a tracker (unique for the tracker's lifetime, never reused).
@@ -62,6 +64,9 @@ pub enum EndReason {
     MediaTimeout,
     /// The recorder stopped while the call was up.
     RecorderRestart,
+    /// Evicted unanswered, to admit a newer INVITE when `max_unanswered_calls` (or
+    /// `max_calls`) were followed: nobody beyond the next hop had answered it in any way.
+    Evicted,
 }
 
 impl EndReason {
@@ -75,6 +80,7 @@ impl EndReason {
             EndReason::Unanswered => "unanswered".to_string(),
             EndReason::MediaTimeout => "media_timeout".to_string(),
             EndReason::RecorderRestart => "recorder_restart".to_string(),
+            EndReason::Evicted => "evicted".to_string(),
         }
     }
 }
@@ -129,6 +135,10 @@ pub enum CallEvent {
         duration_ms: Option<u32>,
         ts_ns: u64,
     },
+    /// An in-dialog request that would have ended the call or changed its media (BYE, CANCEL,
+    /// re-INVITE, UPDATE, INFO, SDP in any request) was not acted on: it came from or went to
+    /// an address that is not on the dialog's signalling path (see [`SignalPath`]).
+    Rejected { call: CallRef, rejection: Rejection },
     /// The call is over; no further events follow for it.
     Ended {
         call: CallRef,
@@ -145,9 +155,21 @@ impl CallEvent {
             | CallEvent::Ringing { call, .. }
             | CallEvent::Answered { call, .. }
             | CallEvent::Dtmf { call, .. }
+            | CallEvent::Rejected { call, .. }
             | CallEvent::Ended { call, .. } => *call,
         }
     }
+}
+
+/// An in-dialog request the tracker did not act on (see [`CallEvent::Rejected`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The method, upper case.
+    pub method: String,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub reason: RejectReason,
+    pub ts_ns: u64,
 }
 
 /// Tracker limits and timeouts. Zero durations disable the corresponding timeout.
@@ -162,6 +184,12 @@ pub struct TrackerConfig {
     pub unanswered_timeout_ns: u64,
     /// Most calls followed at once; further INVITEs are counted and ignored.
     pub max_calls: usize,
+    /// Most unanswered calls followed at once, so an INVITE flood cannot fill `max_calls`. At
+    /// the bound a new INVITE evicts the oldest unanswered call that nobody beyond the next hop
+    /// has answered in any way (no response but 100 Trying or an authentication challenge, no
+    /// SDP from the callee) with [`EndReason::Evicted`]; if every unanswered call has had an
+    /// answer of some kind (ringing, early media), the new INVITE is counted and ignored.
+    pub max_unanswered_calls: usize,
     /// How long an ended call is remembered, so retransmitted BYEs, 200 OKs and ACKs do not
     /// look like new traffic. 32 s is SIP's transaction timeout (64*T1).
     pub linger_ns: u64,
@@ -177,6 +205,7 @@ impl Default for TrackerConfig {
             max_call_duration_ns: 4 * 3600 * 1_000_000_000,
             unanswered_timeout_ns: 180 * 1_000_000_000,
             max_calls: 100_000,
+            max_unanswered_calls: 20_000,
             linger_ns: 32 * 1_000_000_000,
             cancel_grace_ns: 4 * 1_000_000_000,
         }
@@ -193,8 +222,20 @@ pub struct TrackerStats {
     pub active_calls: u64,
     /// Ended calls still remembered for retransmissions.
     pub lingering_calls: u64,
-    /// INVITEs ignored because `max_calls` were already followed.
+    /// INVITEs ignored because `max_calls` were already followed (and none could be
+    /// evicted), or their Call-ID had too many calls already.
     pub calls_dropped: u64,
+    /// INVITEs ignored because `max_unanswered_calls` were waiting and none could be evicted.
+    pub calls_shed_unanswered: u64,
+    /// Unanswered calls evicted for a newer INVITE ([`EndReason::Evicted`]).
+    pub calls_evicted: u64,
+    /// Calls currently followed that are not answered yet.
+    pub unanswered_calls: u64,
+    /// In-dialog requests not acted on ([`CallEvent::Rejected`]).
+    pub requests_rejected: u64,
+    /// Rejected BYEs that ended the call after all: the other party answered them 2xx from the
+    /// dialog's path, so they were real (sent along a path the dialog had not shown).
+    pub byes_confirmed: u64,
     /// INVITE retransmissions (and spirals) recognised as such.
     pub retransmissions: u64,
     /// Messages of dialogs the tracker does not know (started before capture, or not INVITE).

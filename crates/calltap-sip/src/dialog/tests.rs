@@ -131,6 +131,11 @@ fn kinds(evs: &[CallEvent]) -> Vec<String> {
             CallEvent::Ringing { .. } => "ringing".to_string(),
             CallEvent::Answered { .. } => "answered".to_string(),
             CallEvent::Dtmf { digit, .. } => format!("dtmf_{digit}"),
+            CallEvent::Rejected { rejection: r, .. } => format!(
+                "rejected_{}_{}",
+                r.method.to_ascii_lowercase(),
+                r.reason.as_str()
+            ),
             CallEvent::Ended { reason, .. } => format!("ended_{}", reason.as_str()),
         })
         .collect()
@@ -563,4 +568,316 @@ fn restored_dialog_goes_on() {
     assert_eq!(kinds(&ev), ["ended_bye_callee"]);
     assert_eq!(ev[0].call(), restored);
     assert!(h2.t.snapshot(restored).is_none());
+}
+
+/// Sends `m` from `src` to `dst` at `s` seconds.
+fn hop(h: &mut Harness, m: Msg<'_>, src: &str, dst: &str, s: u64) -> Vec<CallEvent> {
+    h.t.on_message(&m.build(), sa(src), sa(dst), s * SEC, &mut h.out);
+    std::mem::take(&mut h.out)
+}
+
+/// An answered call between A and B.
+fn answered_call() -> Harness {
+    let mut h = Harness::new(TrackerConfig::default());
+    h.ab(invite(), 0);
+    let ok = resp(200, "1 INVITE")
+        .to("tb")
+        .sdp(sdp("10.0.0.2", 6000, ""))
+        .extra("Contact: <sip:bob@10.0.0.2:5060>\r\n");
+    assert_eq!(kinds(&h.ba(ok, 1)), ["answered", "media_callee_sendrecv"]);
+    h
+}
+
+/// Issue #14 item 5: in-dialog requests from a third address, or sent to an address that is
+/// not on the dialog's path (only the mirror sees them), neither end the call nor move its
+/// media; each is reported once; the real BYE still ends the call.
+#[test]
+fn spoofed_in_dialog_requests_are_rejected() {
+    let mut h = answered_call();
+    let third = "10.0.0.66:5060";
+    let unused = "10.0.0.77:5060";
+    let bye = || Msg::new("BYE sip:bob@10.0.0.2 SIP/2.0", "2 BYE").to("tb");
+    assert_eq!(
+        kinds(&hop(&mut h, bye(), third, B, 5)),
+        ["rejected_bye_unknown_source"]
+    );
+    // From the caller's own address, but to an address no message of the dialog showed.
+    let ev = hop(&mut h, bye(), A, unused, 6);
+    let want = Rejection {
+        method: "BYE".into(),
+        src: sa(A),
+        dst: sa(unused),
+        reason: RejectReason::UnknownDestination,
+        ts_ns: 6 * SEC,
+    };
+    assert!(
+        matches!(&ev[..], [CallEvent::Rejected { rejection, .. }] if *rejection == want),
+        "{ev:?}"
+    );
+    // The callee's tags from a third address, to the caller.
+    let callee_bye = Msg::new("BYE sip:alice@10.0.0.1 SIP/2.0", "9 BYE")
+        .from("tb")
+        .to("ta");
+    assert_eq!(
+        kinds(&hop(&mut h, callee_bye, third, A, 7)),
+        ["rejected_bye_unknown_source"]
+    );
+    // A re-INVITE moving the caller's media, an UPDATE, SIP INFO DTMF and a late CANCEL.
+    let reinvite = Msg::new("INVITE sip:bob@10.0.0.2 SIP/2.0", "3 INVITE")
+        .to("tb")
+        .sdp(sdp("10.0.0.66", 9000, ""));
+    assert_eq!(
+        kinds(&hop(&mut h, reinvite, third, B, 8)),
+        ["rejected_invite_unknown_source"]
+    );
+    let update = Msg::new("UPDATE sip:bob@10.0.0.2 SIP/2.0", "4 UPDATE")
+        .to("tb")
+        .sdp(sdp("10.0.0.66", 9002, "a=sendonly\r\n"));
+    assert_eq!(
+        kinds(&hop(&mut h, update, A, unused, 8)),
+        ["rejected_update_unknown_destination"]
+    );
+    let info = Msg::new("INFO sip:bob@10.0.0.2 SIP/2.0", "5 INFO")
+        .to("tb")
+        .body("application/dtmf-relay", "Signal=7\r\nDuration=160\r\n");
+    assert_eq!(
+        kinds(&hop(&mut h, info, third, B, 9)),
+        ["rejected_info_unknown_source"]
+    );
+    // A bare ACK changes nothing: not checked, not reported.
+    let ack = Msg::new("ACK sip:bob@10.0.0.2 SIP/2.0", "1 ACK").to("tb");
+    assert!(hop(&mut h, ack, third, B, 9).is_empty());
+    assert_eq!(h.t.stats().requests_rejected, 6);
+    assert_eq!(h.t.active_calls(), 1);
+    // The call is as it was: the same SDP from the caller is still no change.
+    let refresh = Msg::new("INVITE sip:bob@10.0.0.2 SIP/2.0", "6 INVITE")
+        .to("tb")
+        .sdp(sdp("10.0.0.1", 4000, ""));
+    assert!(h.ab(refresh, 10).is_empty());
+    assert_eq!(kinds(&h.ab(bye(), 20)), ["ended_bye_caller"]);
+}
+
+/// A CANCEL from a third address does not cancel a ringing call.
+#[test]
+fn spoofed_cancel_is_rejected() {
+    let mut h = Harness::new(TrackerConfig::default());
+    h.ab(invite(), 0);
+    h.ba(resp(180, "1 INVITE").to("tb"), 1);
+    let cancel = Msg::new("CANCEL sip:bob@b.example SIP/2.0", "1 CANCEL");
+    assert_eq!(
+        kinds(&hop(&mut h, cancel, "10.0.0.66:5060", B, 2)),
+        ["rejected_cancel_unknown_source"]
+    );
+    assert!(h.tick(30).is_empty(), "no cancel pending");
+    let ok = resp(200, "1 INVITE").to("tb");
+    assert_eq!(kinds(&h.ba(ok, 31)), ["answered"]);
+}
+
+/// Through a record-routing proxy P: the mirror sees both hops of the INVITE and of its
+/// answer; BYEs from either side, on either hop, end the call, and so does a BYE the callee
+/// sends straight to the caller when the proxy does not stay in the path.
+#[test]
+fn in_dialog_requests_through_a_proxy_are_accepted() {
+    const P: &str = "10.0.0.5:5060";
+    let proxied = |h: &mut Harness| {
+        let ev = hop(h, invite(), A, P, 0);
+        assert_eq!(kinds(&ev)[0], "started");
+        // The proxy forwards it (its Via on top) to the callee: a copy, not a new call.
+        let fwd = invite().extra("Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKp1\r\n");
+        assert!(hop(h, fwd, P, B, 0).is_empty());
+        let ok = || {
+            resp(200, "1 INVITE")
+                .to("tb")
+                .extra("Record-Route: <sip:10.0.0.5;lr>\r\nContact: <sip:bob@10.0.0.2>\r\n")
+        };
+        assert_eq!(kinds(&hop(h, ok(), B, P, 1)), ["answered"]);
+        assert!(hop(h, ok(), P, A, 1).is_empty());
+    };
+    let callee_bye = || {
+        Msg::new("BYE sip:alice@10.0.0.1 SIP/2.0", "7 BYE")
+            .from("tb")
+            .to("ta")
+    };
+    let caller_bye = || Msg::new("BYE sip:bob@10.0.0.2 SIP/2.0", "2 BYE").to("tb");
+    for (bye, src, dst, end) in [
+        (callee_bye(), B, P, "ended_bye_callee"),
+        (callee_bye(), P, A, "ended_bye_callee"),
+        (caller_bye(), A, P, "ended_bye_caller"),
+        (caller_bye(), P, B, "ended_bye_caller"),
+    ] {
+        let mut h = Harness::new(TrackerConfig::default());
+        proxied(&mut h);
+        assert_eq!(
+            kinds(&hop(&mut h, bye, src, dst, 10)),
+            [end],
+            "{src} -> {dst}"
+        );
+    }
+
+    // The mirror sees only the caller's hop, and the proxy does not record-route: the callee's
+    // BYE goes straight to the caller, from the address its Contact gave.
+    let mut h = Harness::new(TrackerConfig::default());
+    hop(&mut h, invite(), A, P, 0);
+    let ok = resp(200, "1 INVITE")
+        .to("tb")
+        .extra("Contact: <sip:bob@10.0.0.2>\r\n");
+    assert_eq!(kinds(&hop(&mut h, ok, P, A, 1)), ["answered"]);
+    assert_eq!(
+        kinds(&hop(&mut h, callee_bye(), B, A, 10)),
+        ["ended_bye_callee"]
+    );
+    assert_eq!(h.t.stats().requests_rejected, 0);
+}
+
+/// A BYE along a path the dialog never showed (a proxy failing over to its twin) is rejected
+/// at first, but the other party's 2xx from the dialog's path shows it was real: the call ends
+/// at the BYE. A 2xx from elsewhere, or to elsewhere, does not.
+#[test]
+fn a_rejected_bye_the_other_party_accepts_ends_the_call() {
+    const TWIN: &str = "10.0.0.6:5060";
+    let mut h = answered_call();
+    let bye = Msg::new("BYE sip:alice@10.0.0.1 SIP/2.0", "7 BYE")
+        .from("tb")
+        .to("ta");
+    assert_eq!(
+        kinds(&hop(&mut h, bye, TWIN, A, 10)),
+        ["rejected_bye_unknown_source"]
+    );
+    let ok = || resp(200, "7 BYE").from("tb").to("ta");
+    assert!(hop(&mut h, ok(), "10.0.0.66:5060", TWIN, 10).is_empty());
+    assert!(hop(&mut h, ok(), A, "10.0.0.66:5060", 10).is_empty());
+    let ev = hop(&mut h, ok(), A, TWIN, 11);
+    assert!(
+        matches!(&ev[..], [CallEvent::Ended { reason: EndReason::Bye(Side::Callee), ts_ns, .. }] if *ts_ns == 10 * SEC),
+        "{ev:?}"
+    );
+    assert_eq!(h.t.stats().byes_confirmed, 1);
+}
+
+/// The path survives a restart (journal), and a journal without one checks nothing.
+#[test]
+fn restored_dialog_keeps_its_path() {
+    let h = answered_call();
+    let state = h.t.snapshot(CallRef(1)).expect("active");
+    assert!(state.path.knows(sa(A).ip()) && state.path.knows(sa(B).ip()));
+    let mut h2 = Harness::new(TrackerConfig::default());
+    h2.t.restore(&state, 30 * SEC).expect("restored");
+    let bye = || Msg::new("BYE sip:bob@10.0.0.2 SIP/2.0", "2 BYE").to("tb");
+    assert_eq!(
+        kinds(&hop(&mut h2, bye(), "10.0.0.66:5060", B, 31)),
+        ["rejected_bye_unknown_source"]
+    );
+    let old = DialogState {
+        path: SignalPath::default(),
+        ..state
+    };
+    let mut h3 = Harness::new(TrackerConfig::default());
+    h3.t.restore(&old, 30 * SEC).expect("restored");
+    assert_eq!(
+        kinds(&hop(&mut h3, bye(), "10.0.0.66:5060", B, 31)),
+        ["ended_bye_caller"]
+    );
+}
+
+fn flood_invite(n: u32) -> crate::Message {
+    let cid = format!("flood-{n}@x");
+    let mut m = invite();
+    m.cid = &cid;
+    m.build()
+}
+
+/// An INVITE flood larger than `max_unanswered_calls`: the oldest unanswered calls nobody
+/// answered are evicted for newer ones, so calls interleaved with the flood still start, ring,
+/// get answered; answered and ringing calls are never evicted; memory is bounded.
+#[test]
+fn invite_flood_evicts_only_unanswered_calls_nobody_answered() {
+    let cfg = TrackerConfig {
+        max_unanswered_calls: 100,
+        ..TrackerConfig::default()
+    };
+    let mut h = Harness::new(cfg.clone());
+    let mut ordinary = Vec::new();
+    let mut evicted = 0;
+    let flooder = sa("10.9.0.1:5060");
+    for n in 0..5000u32 {
+        let ts = u64::from(n) * 1_000_000;
+        h.t.on_message(&flood_invite(n), flooder, sa(B), ts, &mut h.out);
+        if n % 250 == 0 {
+            // An ordinary call: INVITE, 180, 200 (the 200 only much later for every other one).
+            let cid = format!("ordinary-{n}@a");
+            let mut inv = invite();
+            inv.cid = &cid;
+            h.t.on_message(&inv.build(), sa(A), sa(B), ts, &mut h.out);
+            let mut ring = resp(180, "1 INVITE").to("tb");
+            ring.cid = &cid;
+            h.t.on_message(&ring.build(), sa(B), sa(A), ts + 1000, &mut h.out);
+            ordinary.push(cid);
+        }
+        for ev in h.out.drain(..) {
+            if let CallEvent::Ended { reason, .. } = ev {
+                assert_eq!(reason, EndReason::Evicted);
+                evicted += 1;
+            }
+        }
+        let s = h.t.stats();
+        assert!(s.unanswered_calls <= 100, "{s:?}");
+        assert!(s.active_calls <= 100, "{s:?}");
+    }
+    // Every ordinary call is still followed (ringing: not evictable) and can be answered.
+    for cid in &ordinary {
+        let mut ok = resp(200, "1 INVITE").to("tb");
+        ok.cid = cid;
+        assert_eq!(kinds(&h.ba(ok, 10)), ["answered"], "{cid}");
+    }
+    let s = h.t.stats();
+    assert_eq!(s.calls_evicted, evicted);
+    assert_eq!(s.calls_started, 5000 + ordinary.len() as u64);
+    assert_eq!(s.calls_shed_unanswered, 0);
+    assert_eq!(s.unanswered_calls, 100 - ordinary.len() as u64);
+    // Lingering evicted calls absorb retransmissions instead of starting again.
+    let mut out = Vec::new();
+    h.t.on_message(&flood_invite(0), flooder, sa(B), 11 * SEC, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(h.t.stats().retransmissions, 1);
+
+    // When every unanswered call has been answered in some way, a new INVITE is shed.
+    let mut h = Harness::new(TrackerConfig {
+        max_unanswered_calls: 3,
+        ..cfg
+    });
+    for n in 0..3u32 {
+        let cid = format!("ringing-{n}@a");
+        let mut inv = invite();
+        inv.cid = &cid;
+        h.ab(inv, 0);
+        let mut ring = resp(183, "1 INVITE").to("tb");
+        ring.cid = &cid;
+        h.ba(ring, 0);
+    }
+    let mut out = Vec::new();
+    h.t.on_message(&flood_invite(1), flooder, sa(B), SEC, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(
+        (h.t.stats().calls_shed_unanswered, h.t.stats().calls_evicted),
+        (1, 0)
+    );
+}
+
+/// Forged messages cannot widen the path: a "retransmitted" 200 OK from a third address to the
+/// caller after the answer, or an INVITE copy sent from it, teach the dialog nothing, so its
+/// BYE is still rejected.
+#[test]
+fn forged_messages_do_not_widen_the_path() {
+    let third = "10.0.0.66:5060";
+    let mut h = answered_call();
+    let ok = resp(200, "1 INVITE")
+        .to("tb")
+        .extra("Contact: <sip:bob@10.0.0.66>\r\n");
+    assert!(hop(&mut h, ok, third, A, 2).is_empty());
+    assert!(hop(&mut h, invite(), third, "10.0.0.77:5060", 3).is_empty());
+    let bye = Msg::new("BYE sip:bob@10.0.0.2 SIP/2.0", "2 BYE").to("tb");
+    assert_eq!(
+        kinds(&hop(&mut h, bye, third, B, 5)),
+        ["rejected_bye_unknown_source"]
+    );
 }

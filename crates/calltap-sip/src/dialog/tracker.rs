@@ -5,14 +5,21 @@
 //! tag is only known once it answers and may differ per fork. A request whose From tag is the
 //! caller's was sent by the caller; one whose To tag is the caller's was sent by the callee;
 //! responses come from the other side than their request.
+//!
+//! In-dialog requests are acted on only when they travel the dialog's signalling path (see
+//! [`super::path`]); and under an INVITE flood, unanswered calls are bounded apart from the
+//! rest, so the flood can never push out or block answered calls (see
+//! [`TrackerConfig::max_unanswered_calls`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 
 use super::body::{info_dtmf, sdp_body};
 use serde::{Deserialize, Serialize};
 
-use super::{CallEvent, CallRef, EndReason, Side, TrackerConfig, TrackerStats};
+use super::{
+    CallEvent, CallRef, EndReason, Rejection, Side, SignalPath, TrackerConfig, TrackerStats,
+};
 use crate::sdp::{self, Direction, RtpMap};
 use crate::{Message, NameAddr, StartLine};
 
@@ -41,6 +48,21 @@ struct Call {
     pending_failure: Option<u16>,
     /// What each side last announced, to emit [`CallEvent::Media`] only on change.
     media: [Option<DialogMedia>; 2],
+    /// Addresses in-dialog requests may come from and go to.
+    path: SignalPath,
+    /// The latest BYE rejected for its path, ending the call after all if the other party
+    /// answers it 2xx from the path.
+    unconfirmed_bye: Option<UnconfirmedBye>,
+}
+
+/// A rejected BYE that a 2xx from the dialog's path would confirm.
+#[derive(Clone, Copy)]
+struct UnconfirmedBye {
+    cseq: u32,
+    sender: Side,
+    /// Where it came from: the 2xx goes back there.
+    src: IpAddr,
+    ts_ns: u64,
 }
 
 /// What a restarted recorder needs to go on following a dialog it followed before: its
@@ -65,6 +87,10 @@ pub struct DialogState {
     /// Caller's, then callee's last media announcement.
     #[serde(default)]
     pub media: [Option<DialogMedia>; 2],
+    /// Where the dialog's signalling goes (empty in journals of older versions: nothing is
+    /// checked then).
+    #[serde(default)]
+    pub path: SignalPath,
 }
 
 /// A callee tag of a dialog (see [`DialogState`]).
@@ -101,6 +127,10 @@ pub struct Tracker {
     /// Ended calls in end order, with the clock at their end, for reaping.
     ended: VecDeque<(u64, CallRef)>,
     active: usize,
+    /// Active calls not answered yet (bounded by `max_unanswered_calls`).
+    waiting: BTreeSet<CallRef>,
+    /// Those of `waiting` that may be evicted (see [`evictable`]), oldest first.
+    fresh: BTreeSet<CallRef>,
     stats: TrackerStats,
     /// Calls a message changed or matched since the last [`Tracker::take_touched`], when
     /// enabled (the daemon journals their state; offline replay does not need it).
@@ -130,6 +160,8 @@ impl Tracker {
             by_call_id: HashMap::new(),
             ended: VecDeque::new(),
             active: 0,
+            waiting: BTreeSet::new(),
+            fresh: BTreeSet::new(),
             stats: TrackerStats::default(),
             touched: None,
         }
@@ -169,6 +201,7 @@ impl Tracker {
             forks: c.forks.clone(),
             pending_failure: c.pending_failure,
             media: c.media.clone(),
+            path: c.path.clone(),
         })
     }
 
@@ -204,6 +237,8 @@ impl Tracker {
             forks: state.forks.iter().take(MAX_FORKS).cloned().collect(),
             pending_failure: state.pending_failure,
             media: state.media.clone(),
+            path: state.path.clone(),
+            unconfirmed_bye: None,
         };
         self.calls.insert(id, call);
         self.by_call_id
@@ -211,6 +246,9 @@ impl Tracker {
             .or_default()
             .push(id);
         self.active += 1;
+        self.waiting.insert(id);
+        self.fresh.insert(id);
+        self.review(id);
         Some(id)
     }
 
@@ -222,6 +260,7 @@ impl Tracker {
         TrackerStats {
             active_calls: self.active as u64,
             lingering_calls: self.ended.len() as u64,
+            unanswered_calls: self.waiting.len() as u64,
             ..self.stats
         }
     }
@@ -251,24 +290,26 @@ impl Tracker {
         let to = msg.to();
         let from_tag = from.tag.as_deref().unwrap_or("");
         let to_tag = to.as_ref().and_then(|t| t.tag.as_deref());
-        match &msg.start {
-            StartLine::Request { method, .. } => {
-                if method.eq_ignore_ascii_case("INVITE") && to_tag.is_none() {
-                    self.initial_invite(msg, call_id, cseq, from, to, src, dst, ts_ns, out);
-                } else {
-                    self.request(msg, method, call_id, from_tag, to_tag, ts_ns, out);
-                }
-            }
-            StartLine::Response { code, .. } => {
-                let Some(m) = self.find(call_id, from_tag, to_tag) else {
-                    self.stats.orphans += 1;
-                    return;
-                };
-                self.touch(m.call);
-                let is_invite = cseq_method.eq_ignore_ascii_case("INVITE");
-                self.response(msg, *code, m, is_invite, cseq, to_tag, ts_ns, out);
+        if let StartLine::Request { method, .. } = &msg.start {
+            if method.eq_ignore_ascii_case("INVITE") && to_tag.is_none() {
+                self.initial_invite(msg, call_id, cseq, from, to, (src, dst), ts_ns, out);
+                return;
             }
         }
+        let Some(m) = self.find(call_id, from_tag, to_tag) else {
+            self.stats.orphans += 1;
+            return;
+        };
+        self.touch(m.call);
+        let hop = (src, dst);
+        match &msg.start {
+            StartLine::Request { method, .. } => self.request(msg, method, &m, hop, ts_ns, out),
+            StartLine::Response { code, .. } => {
+                let cseq = (cseq, cseq_method.as_str());
+                self.response(msg, *code, &m, cseq, to_tag, hop, ts_ns, out);
+            }
+        }
+        self.review(m.call);
     }
 
     /// Periodic timeouts: maximum duration, unanswered calls, CANCELs and fork failures that
@@ -357,7 +398,10 @@ impl Tracker {
             })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of the message on_message already took apart"
+    )]
     fn initial_invite(
         &mut self,
         msg: &Message,
@@ -365,8 +409,7 @@ impl Tracker {
         cseq: u32,
         from: NameAddr,
         to: Option<NameAddr>,
-        src: SocketAddr,
-        dst: SocketAddr,
+        (src, dst): (SocketAddr, SocketAddr),
         ts_ns: u64,
         out: &mut Vec<CallEvent>,
     ) {
@@ -374,6 +417,11 @@ impl Tracker {
         if let Some(m) = self.find(call_id, from_tag, None) {
             self.touch(m.call);
             if let Some(call) = self.calls.get_mut(&m.call) {
+                // The same INVITE on the proxy's far side (or the caller's retry) shows the
+                // next hop; only a copy sent from the path can add to it.
+                if !call.ended && call.path.knows(src.ip()) {
+                    call.path.learn(msg, src, dst);
+                }
                 if cseq <= call.invite_cseq {
                     // Retransmission, or the same INVITE seen again on the proxy's far side.
                     self.stats.retransmissions += 1;
@@ -391,13 +439,7 @@ impl Tracker {
                 // call that happens to share Call-ID and tag.
             }
         }
-        if self.active >= self.cfg.max_calls
-            || self
-                .by_call_id
-                .get(call_id)
-                .is_some_and(|v| v.len() >= MAX_CALLS_PER_CALL_ID)
-        {
-            self.stats.calls_dropped += 1;
+        if !self.admit(call_id, ts_ns, out) {
             return;
         }
         let id = CallRef(self.next_id);
@@ -426,7 +468,10 @@ impl Tracker {
             forks: Vec::new(),
             pending_failure: None,
             media: [None, None],
+            path: SignalPath::default(),
+            unconfirmed_bye: None,
         };
+        call.path.learn(msg, src, dst);
         out.push(CallEvent::Started {
             call: id,
             call_id: call.call_id.clone(),
@@ -444,26 +489,59 @@ impl Tracker {
             .or_default()
             .push(id);
         self.active += 1;
+        self.waiting.insert(id);
+        self.fresh.insert(id);
         self.stats.calls_started += 1;
         self.touch(id);
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Whether a new call may be followed: below `max_calls`, and below
+    /// `max_unanswered_calls` once the oldest evictable unanswered call is evicted if needed.
+    fn admit(&mut self, call_id: &str, ts_ns: u64, out: &mut Vec<CallEvent>) -> bool {
+        if self.active >= self.cfg.max_calls
+            || self
+                .by_call_id
+                .get(call_id)
+                .is_some_and(|v| v.len() >= MAX_CALLS_PER_CALL_ID)
+        {
+            self.stats.calls_dropped += 1;
+            return false;
+        }
+        while self.waiting.len() >= self.cfg.max_unanswered_calls {
+            let Some(victim) = self.fresh.pop_first() else {
+                self.stats.calls_shed_unanswered += 1;
+                return false;
+            };
+            self.stats.calls_evicted += 1;
+            self.end(victim, EndReason::Evicted, ts_ns, out);
+        }
+        true
+    }
+
+    /// Keeps `waiting` and `fresh` in step with what the call's last message changed.
+    fn review(&mut self, id: CallRef) {
+        match self.calls.get(&id) {
+            Some(c) if !c.ended && !c.answered => {
+                if !evictable(c) {
+                    self.fresh.remove(&id);
+                }
+            }
+            _ => {
+                self.waiting.remove(&id);
+                self.fresh.remove(&id);
+            }
+        }
+    }
+
     fn request(
         &mut self,
         msg: &Message,
         method: &str,
-        call_id: &str,
-        from_tag: &str,
-        to_tag: Option<&str>,
+        m: &Match,
+        (src, dst): (SocketAddr, SocketAddr),
         ts_ns: u64,
         out: &mut Vec<CallEvent>,
     ) {
-        let Some(m) = self.find(call_id, from_tag, to_tag) else {
-            self.stats.orphans += 1;
-            return;
-        };
-        self.touch(m.call);
         let Some(call) = self.calls.get_mut(&m.call) else {
             return;
         };
@@ -471,13 +549,46 @@ impl Tracker {
             // Retransmitted BYE, ACK of a failure...: absorbed.
             return;
         }
-        call.activity_ns = ts_ns;
         let sender = if m.from_caller {
             Side::Caller
         } else {
             Side::Callee
         };
         let is = |name: &str| method.eq_ignore_ascii_case(name);
+        // Requests that would end the call or change what is recorded must travel its path.
+        let consequential = ["BYE", "CANCEL", "INVITE", "UPDATE", "INFO"]
+            .iter()
+            .any(|name| is(name))
+            || sdp_body(msg).is_some();
+        if consequential {
+            if let Err(reason) = call.path.check(src, dst) {
+                if is("BYE") {
+                    if let Some((cseq, _)) = msg.cseq() {
+                        call.unconfirmed_bye = Some(UnconfirmedBye {
+                            cseq,
+                            sender,
+                            src: src.ip().to_canonical(),
+                            ts_ns,
+                        });
+                    }
+                }
+                self.stats.requests_rejected += 1;
+                let rejection = Rejection {
+                    method: method.to_ascii_uppercase(),
+                    src,
+                    dst,
+                    reason,
+                    ts_ns,
+                };
+                out.push(CallEvent::Rejected {
+                    call: call.id,
+                    rejection,
+                });
+                return;
+            }
+            call.path.learn(msg, src, dst);
+        }
+        call.activity_ns = ts_ns;
         if is("BYE") {
             let id = call.id;
             self.end(id, EndReason::Bye(sender), ts_ns, out);
@@ -505,15 +616,18 @@ impl Tracker {
         apply_sdp(call, sender, msg, ts_ns, out, &mut self.stats);
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of the message on_message already took apart"
+    )]
     fn response(
         &mut self,
         msg: &Message,
         code: u16,
-        m: Match,
-        is_invite: bool,
-        cseq: u32,
+        m: &Match,
+        (cseq, cseq_method): (u32, &str),
         to_tag: Option<&str>,
+        (src, dst): (SocketAddr, SocketAddr),
         ts_ns: u64,
         out: &mut Vec<CallEvent>,
     ) {
@@ -529,7 +643,28 @@ impl Tracker {
         } else {
             Side::Caller
         };
+        let is_invite = cseq_method.eq_ignore_ascii_case("INVITE");
         let initial = m.from_caller && is_invite && cseq == call.invite_cseq;
+        // Responses travel back along the request's hops: one from the path shows the
+        // responder's side; so does one sent to the path answering the initial INVITE before
+        // the call is answered (a fork's first answer, its address not seen before).
+        let first_answer = initial && !call.answered && call.path.knows(dst.ip());
+        if call.path.knows(src.ip()) || first_answer {
+            call.path.learn(msg, src, dst);
+        }
+        if let Some(bye) = call.unconfirmed_bye.filter(|b| {
+            (200..300).contains(&code)
+                && cseq_method.eq_ignore_ascii_case("BYE")
+                && cseq == b.cseq
+                && dst.ip().to_canonical() == b.src
+                && call.path.knows(src.ip())
+        }) {
+            // The other party accepted the BYE: it was real, only its path was new.
+            let id = call.id;
+            self.stats.byes_confirmed += 1;
+            self.end(id, EndReason::Bye(bye.sender), bye.ts_ns, out);
+            return;
+        }
         if initial {
             let tag = to_tag.unwrap_or("");
             match code {
@@ -595,6 +730,13 @@ impl Tracker {
             return;
         }
         call.ended = true;
+        // A lingering call only absorbs retransmissions: its media and path are not needed.
+        call.media = [None, None];
+        call.forks = Vec::new();
+        call.path = SignalPath::default();
+        call.unconfirmed_bye = None;
+        self.waiting.remove(&id);
+        self.fresh.remove(&id);
         self.active = self.active.saturating_sub(1);
         self.stats.calls_ended += 1;
         self.ended.push_back((self.clock, id));
@@ -622,6 +764,14 @@ impl Tracker {
             }
         }
     }
+}
+
+/// Whether an unanswered call may be evicted for a newer INVITE: nobody beyond the next hop
+/// has answered it in any way. 100 Trying comes from the next proxy and authentication
+/// challenges from a proxy too; ringing, a fork's tag, a failure or SDP from the callee side
+/// mean the call reached someone.
+fn evictable(c: &Call) -> bool {
+    !c.answered && !c.ringing && c.forks.is_empty() && c.media[1].is_none()
 }
 
 /// Records a callee tag seen in a response to the initial INVITE.

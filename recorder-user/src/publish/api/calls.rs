@@ -116,6 +116,16 @@ pub struct RecordingEventRow {
     pub at_ms: i64,
 }
 
+/// An in-dialog request CallTap did not act on (off the dialog's signalling path).
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct RejectedRequestRow {
+    pub method: String,
+    pub src: String,
+    pub dst: String,
+    pub at_ms: i64,
+    pub reason: String,
+}
+
 /// A span the recorder was down during the call (crash, kill, reboot); silence in the file.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct RestartGapRow {
@@ -168,8 +178,11 @@ pub struct CallDetail {
     pub packets_rtcp: i64,
     pub streams: Vec<StreamRow>,
     pub dtmf: Vec<DtmfRow>,
+    pub dtmf_omitted: i64,
     pub recording_events: Vec<RecordingEventRow>,
     pub restart_gaps: Vec<RestartGapRow>,
+    pub rejected_requests: Vec<RejectedRequestRow>,
+    pub rejected_requests_omitted: i64,
     pub recording: Option<RecordingRow>,
     pub has_raw_rtp_pcap: bool,
 }
@@ -181,6 +194,8 @@ struct Extra {
     packets_caller: i64,
     packets_callee: i64,
     packets_rtcp: i64,
+    dtmf_omitted: i64,
+    rejected_requests_omitted: i64,
 }
 
 const SUMMARY_COLUMNS: &str = "uuid, call_id, interaction_id, from_user, from_display, from_uri, \
@@ -369,7 +384,7 @@ pub async fn detail(
         db,
         Extra,
         "SELECT unsupported_codecs, missing_directions, packets_caller, packets_callee, \
-         packets_rtcp FROM calls WHERE uuid = $1",
+         packets_rtcp, dtmf_omitted, rejected_requests_omitted FROM calls WHERE uuid = $1",
         &args,
         fetch_one
     )?;
@@ -404,6 +419,14 @@ pub async fn detail(
         &args,
         fetch_all
     )?;
+    let rejected_requests = fetch!(
+        db,
+        RejectedRequestRow,
+        "SELECT method, src, dst, at_ms, reason FROM rejected_requests WHERE call_uuid = $1 \
+         ORDER BY n",
+        &args,
+        fetch_all
+    )?;
     let mut recording = fetch!(
         db,
         RecordingRow,
@@ -424,8 +447,11 @@ pub async fn detail(
         packets_rtcp: extra.packets_rtcp,
         streams,
         dtmf,
+        dtmf_omitted: extra.dtmf_omitted,
         recording_events,
         restart_gaps,
+        rejected_requests,
+        rejected_requests_omitted: extra.rejected_requests_omitted,
         has_raw_rtp_pcap: recording.as_ref().is_some_and(|r| r.raw_rtp_pcap.is_some()),
         recording,
     }))

@@ -251,6 +251,10 @@ fn schemas() -> Value {
         "RecordingEvent": {"type": "object", "required": ["action", "ts", "at_ms"], "properties": {
             "action": {"type": "string", "enum": ["start", "stop", "pause", "resume"]},
             "ts": {"type": "string", "format": "date-time"}, "at_ms": int}},
+        "RejectedRequest": {"type": "object", "required": ["method", "src", "dst", "at_ms", "reason"], "properties": {
+            "method": s, "src": {"type": "string", "description": "ip:port"}, "dst": {"type": "string", "description": "ip:port"},
+            "at_ms": int,
+            "reason": {"type": "string", "enum": ["unknown_source", "unknown_destination"]}}},
         "RestartGap": {"type": "object", "required": ["from", "to", "ms"], "properties": {
             "from": {"type": "string", "format": "date-time"},
             "to": {"type": "string", "format": "date-time"}, "ms": int}},
@@ -262,14 +266,17 @@ fn schemas() -> Value {
             "deleted": {"type": "string", "format": "date-time", "nullable": true, "description": "When the file was deleted (the download then answers 410 Gone); null while it exists"},
             "deleted_reason": {"type": "string", "nullable": true, "description": "Why it was deleted: retention (older than [retention] archive_days, or the oldest when the disk passed max_used_percent); null while it exists"}}},
         "CallDetail": {"allOf": [{"$ref": "#/components/schemas/CallSummary"}, {"type": "object",
-            "required": ["streams", "dtmf", "recording_events", "restart_gaps", "has_raw_rtp_pcap"],
+            "required": ["streams", "dtmf", "dtmf_omitted", "recording_events", "restart_gaps", "rejected_requests", "rejected_requests_omitted", "has_raw_rtp_pcap"],
             "properties": {
                 "unsupported_codecs": s, "missing_directions": s,
                 "packets_caller": int, "packets_callee": int, "packets_rtcp": int,
                 "streams": {"type": "array", "items": {"$ref": "#/components/schemas/Stream"}},
                 "dtmf": {"type": "array", "items": {"$ref": "#/components/schemas/Dtmf"}},
+                "dtmf_omitted": {"type": "integer", "description": "Digits past the per-call bound (256), counted only"},
                 "recording_events": {"type": "array", "description": "Recording control during the call, in order", "items": {"$ref": "#/components/schemas/RecordingEvent"}},
                 "restart_gaps": {"type": "array", "description": "Spans the recorder was down during the call (crash, kill, reboot): silence in the file", "items": {"$ref": "#/components/schemas/RestartGap"}},
+                "rejected_requests": {"type": "array", "description": "In-dialog requests (BYE, CANCEL, re-INVITE, UPDATE, INFO, SDP) not acted on: sent from or to an address off the dialog's signalling path, e.g. a spoofed BYE only the mirror port saw. At most 32", "items": {"$ref": "#/components/schemas/RejectedRequest"}},
+                "rejected_requests_omitted": {"type": "integer", "description": "Rejected requests past the per-call bound (32), counted only"},
                 "recording": {"$ref": "#/components/schemas/Recording"},
                 "has_raw_rtp_pcap": {"type": "boolean"}}}]},
         "Status": {"type": "object", "required": ["version", "uptime_s", "data_dir", "database"], "properties": {

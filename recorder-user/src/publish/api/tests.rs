@@ -418,6 +418,28 @@ async fn detail_has_streams_dtmf_and_recording() {
     assert_eq!(d["restart_gaps"][0]["ms"], 2500, "{d}");
     assert_eq!(d["recording_mode"], "record", "{d}");
     assert_eq!(d["restart_gaps"][0]["from"], "2023-11-14T22:13:22.000Z");
+    // Requests CallTap did not act on survive the database (issue #14 item 5).
+    assert_eq!(d["rejected_requests"][0]["method"], "BYE", "{d}");
+    assert_eq!(d["rejected_requests"][0]["src"], "198.18.0.66:5060");
+    assert_eq!(d["rejected_requests"][0]["dst"], "198.18.0.2:5060");
+    assert_eq!(d["rejected_requests"][0]["at_ms"], 1700);
+    assert_eq!(d["rejected_requests"][0]["reason"], "unknown_source");
+    assert_eq!(d["rejected_requests_omitted"], 3);
+    assert_eq!(d["dtmf_omitted"], 0);
+    let doc = openapi::document();
+    let detail = &doc["components"]["schemas"]["CallDetail"]["allOf"][1];
+    for field in [
+        "rejected_requests",
+        "rejected_requests_omitted",
+        "dtmf_omitted",
+    ] {
+        let required = detail["required"].as_array().expect("required");
+        assert!(
+            required.iter().any(|r| r == field),
+            "{field} not in the document"
+        );
+        assert!(d.get(field).is_some(), "{field} not in the answer");
+    }
     assert_eq!(d["recording"]["sample_rate"], 8000);
     assert!(d.get("recording_path").is_none(), "no server paths: {d}");
     let missing = get(&f.app, "/api/v1/calls/no-such-call", &f.viewer).await;

@@ -18,6 +18,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use memmap2::{MmapMut, MmapOptions};
 
 use super::chunk::CHUNK_BYTES;
@@ -142,12 +144,20 @@ impl std::fmt::Debug for Tag {
     }
 }
 
+/// Buffers whose disk blocks are allocated at a time (16 MiB), as the pool grows.
+const STEP: usize = 4096;
+
 /// The mapping of one worker's buffers.
 pub struct Arena {
     map: MmapMut,
     buffers: usize,
-    /// The file behind it, if any.
+    /// The file behind it, if any, and its path.
+    file: Option<File>,
     path: Option<PathBuf>,
+    /// Buffers below this have their disk blocks allocated (all of them when anonymous): only
+    /// those are handed out, so a write to a buffer never has to allocate a block (a full
+    /// disk would make that a SIGBUS).
+    backed: AtomicUsize,
 }
 
 // SAFETY: the mapping is plain memory; every buffer in it is reached only through its unique
@@ -170,13 +180,15 @@ impl Arena {
         Ok(Arena {
             map,
             buffers,
+            file: None,
             path: None,
+            backed: AtomicUsize::new(buffers),
         })
     }
 
-    /// `buffers` buffers in the file `path`, made anew (run [`recover`] on the old one first):
-    /// its blocks are allocated up front, so a full disk can never turn a write to a buffer
-    /// into a SIGBUS.
+    /// `buffers` buffers in the file `path`, made anew (run [`recover`] on the old one first).
+    /// The file is sparse; its blocks are allocated [`STEP`] buffers at a time as the pool
+    /// grows ([`Arena::back`]), so the disk it takes follows the calls recorded at once.
     pub fn file(path: &Path, buffers: usize) -> io::Result<Arena> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -188,7 +200,8 @@ impl Arena {
             .truncate(true)
             .open(path)?;
         let len = pages_at(buffers) + buffers * CHUNK_BYTES;
-        allocate(&file, len as u64)?;
+        file.set_len(len as u64)?;
+        allocate(&file, 0, 4096)?;
         let mut head = [0u8; 24];
         head[..8].copy_from_slice(MAGIC);
         head[8..16].copy_from_slice(&(buffers as u64).to_le_bytes());
@@ -197,11 +210,39 @@ impl Arena {
         // SAFETY: the file is ours (made anew above, in CallTap's data directory); nobody
         // truncates it while it is mapped.
         let map = unsafe { MmapOptions::new().len(len).map_mut(&file)? };
-        Ok(Arena {
+        let arena = Arena {
             map,
             buffers,
+            file: Some(file),
             path: Some(path.to_path_buf()),
-        })
+            backed: AtomicUsize::new(0),
+        };
+        arena.back(STEP.min(buffers))?;
+        Ok(arena)
+    }
+
+    /// Buffers whose blocks are allocated.
+    pub fn backed(&self) -> usize {
+        self.backed.load(Ordering::Acquire)
+    }
+
+    /// Allocates the blocks of at least the first `upto` buffers (their headers and pages),
+    /// [`STEP`] at a time; a no-op for what is allocated already, and for anonymous memory.
+    /// Called by the pool before it hands out a buffer past the allocated ones.
+    pub fn back(&self, upto: usize) -> io::Result<()> {
+        let have = self.backed();
+        let Some(file) = self.file.as_ref().filter(|_| upto > have) else {
+            return Ok(());
+        };
+        let want = upto.max(have + STEP).min(self.buffers);
+        let heads = (4096 + have * HEAD) as u64..(4096 + want * HEAD) as u64;
+        let at = pages_at(self.buffers);
+        let pages = (at + have * CHUNK_BYTES) as u64..(at + want * CHUNK_BYTES) as u64;
+        for r in [heads, pages] {
+            allocate(file, r.start, r.end - r.start)?;
+        }
+        self.backed.store(want, Ordering::Release);
+        Ok(())
     }
 
     pub fn buffers(&self) -> usize {
@@ -292,13 +333,26 @@ impl std::fmt::Debug for Chunk {
     }
 }
 
-/// Allocates `len` bytes of `file` (see [`Arena::file`]).
-fn allocate(file: &File, len: u64) -> io::Result<()> {
+/// Allocates the blocks of `len` bytes of `file` from `offset` (see [`Arena::back`]); on file
+/// systems without fallocate the bytes are written instead (zeros), which allocates them too.
+fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: fallocate on a descriptor we own.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) } {
+    let rc = unsafe {
+        libc::posix_fallocate(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t)
+    };
+    match rc {
         0 => Ok(()),
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
+        libc::EOPNOTSUPP | libc::EINVAL => {
+            let zeros = [0u8; 1 << 16];
+            let mut at = offset;
+            while at < offset + len {
+                let n = (offset + len - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            Ok(())
+        }
         e => Err(io::Error::from_raw_os_error(e)),
     }
 }
@@ -466,5 +520,129 @@ fn apply(out: &mut File, h: &Head, data: &[u8]) -> io::Result<()> {
         State::Append | State::AppendOpen => {
             out.write_all(&data[..usize::from(h.n).min(CHUNK_BYTES)])
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+
+    #[test]
+    fn the_file_takes_disk_as_buffers_are_handed_out() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("media-0.buf");
+        let a = Arena::file(&path, 100_000).expect("arena");
+        let allocated = || std::fs::metadata(&path).expect("meta").blocks() * 512;
+        assert!(allocated() < 20 << 20, "{} bytes at first", allocated());
+        assert_eq!(a.backed(), STEP);
+        a.back(10_000).expect("grow");
+        assert!(a.backed() >= 10_000);
+        assert!(allocated() >= 10_000 * CHUNK_BYTES as u64);
+        assert!(allocated() < 60 << 20, "{} bytes", allocated());
+    }
+
+    /// A crashed run's buffers, laid into their files in queue order, the open buffers last:
+    /// a write, then a patch over it, a silence, and an open buffer holding a later page.
+    #[test]
+    fn recovery_replays_what_was_queued_then_what_was_open() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("spool");
+        let wav = tmp.path().join("a.wav");
+        std::fs::write(&wav, vec![0u8; 44]).expect("wav");
+        let tag = Tag::new("call-a", false);
+        {
+            let a = Arena::file(&dir.join("media-0.buf"), 64).expect("arena");
+            let data = 44u64;
+            let mut w = a.chunk(0).expect("chunk");
+            w.bytes_mut().fill(1);
+            w.mark(
+                &tag,
+                Meaning {
+                    lo: 0,
+                    hi: 4096,
+                    seq: 1,
+                    offset: data,
+                    ..Meaning::of(State::Write)
+                },
+            );
+            // Channel 1 of frames 10..20 over the page just written.
+            let mut p = a.chunk(1).expect("chunk");
+            for (i, b) in p.bytes_mut().chunks_exact_mut(2).take(10).enumerate() {
+                b.copy_from_slice(&(i as i16 + 100).to_le_bytes());
+            }
+            p.mark(
+                &tag,
+                Meaning {
+                    channel: 1,
+                    n: 10,
+                    seq: 2,
+                    offset: 10,
+                    ..Meaning::of(State::Patch)
+                },
+            );
+            let mut z = a.chunk(2).expect("chunk");
+            z.mark(
+                &tag,
+                Meaning {
+                    seq: 3,
+                    offset: 1000,
+                    to: 1024,
+                    ..Meaning::of(State::Zero)
+                },
+            );
+            let mut o = a.chunk(3).expect("chunk");
+            o.bytes_mut().fill(7);
+            o.mark(
+                &tag,
+                Meaning {
+                    offset: data + 4096,
+                    ..Meaning::of(State::Open)
+                },
+            );
+            // Done and given back before the crash: not replayed.
+            let mut done = a.chunk(4).expect("chunk");
+            done.bytes_mut().fill(9);
+            done.mark(
+                &tag,
+                Meaning {
+                    lo: 0,
+                    hi: 4096,
+                    seq: 4,
+                    offset: data + 8192,
+                    ..Meaning::of(State::Write)
+                },
+            );
+            done.release();
+        }
+        let got = recover(&dir, &|uuid| {
+            (uuid == "call-a")
+                .then(|| wav.clone())
+                .map_or((None, None), |w| (Some(w), None))
+        });
+        assert_eq!(
+            got,
+            Recovered {
+                buffers: 4,
+                orphans: 0,
+                errors: 0
+            }
+        );
+        assert!(
+            !dir.join("media-0.buf").exists(),
+            "the arena is gone once replayed"
+        );
+        let bytes = std::fs::read(&wav).expect("read");
+        assert_eq!(bytes.len(), 44 + 8192, "nothing of the released buffer");
+        let frame = |f: usize| &bytes[44 + f * 4..44 + f * 4 + 4];
+        assert_eq!(frame(0), &[1, 1, 1, 1]);
+        assert_eq!(
+            frame(12),
+            &[1, 1, 102, 0],
+            "channel 0 kept, channel 1 patched"
+        );
+        assert_eq!(frame(1010), &[0, 0, 0, 0], "silenced");
+        assert_eq!(frame(1024), &[7, 7, 7, 7], "the open buffer's page");
     }
 }

@@ -31,7 +31,13 @@ pub struct ChunkPool {
     pub exhausted: u64,
     /// Buffers handed out for the first time (a page of the arena first touched).
     pub fresh: u64,
+    /// The arena could not grow (a full disk) and it was logged.
+    disk_full_logged: bool,
 }
+
+/// Buffers kept allocated beyond those handed out: what a burst of new calls takes between two
+/// flush ticks.
+const HEADROOM: usize = 4096;
 
 impl ChunkPool {
     /// A pool over `arena`, and the sender the spool thread gives buffers back on.
@@ -48,6 +54,7 @@ impl ChunkPool {
                 made: 0,
                 exhausted: 0,
                 fresh: 0,
+                disk_full_logged: false,
             },
             tx,
         )
@@ -60,12 +67,8 @@ impl ChunkPool {
         }
         let mut c = match self.free.pop() {
             Some(c) => c,
-            None => match self.arena.chunk(self.made) {
-                Some(c) => {
-                    self.made += 1;
-                    self.fresh += 1;
-                    c
-                }
+            None => match self.fresh_chunk() {
+                Some(c) => c,
                 None => {
                     self.exhausted += 1;
                     return None;
@@ -74,6 +77,35 @@ impl ChunkPool {
         };
         c.bytes_mut().fill(0);
         Some(c)
+    }
+
+    /// A buffer never handed out before; its disk blocks are allocated first (normally done
+    /// ahead, by [`ChunkPool::headroom`]). `None` when the arena is used up or the disk full.
+    fn fresh_chunk(&mut self) -> Option<Chunk> {
+        if self.made >= self.arena.backed() {
+            if let Err(e) = self.arena.back(self.made + 1) {
+                if !self.disk_full_logged {
+                    self.disk_full_logged = true;
+                    log::error!("audio buffers cannot grow: {e}");
+                }
+                return None;
+            }
+        }
+        let c = self.arena.chunk(self.made)?;
+        self.made += 1;
+        self.fresh += 1;
+        Some(c)
+    }
+
+    /// Allocates the arena's blocks ahead of the buffers the pool may hand out before its
+    /// next call here (the flush tick): the packet path then never waits for the disk.
+    pub fn headroom(&mut self) {
+        if let Err(e) = self.arena.back(self.made + HEADROOM) {
+            if !self.disk_full_logged {
+                self.disk_full_logged = true;
+                log::error!("audio buffers cannot grow: {e}");
+            }
+        }
     }
 
     /// A buffer that was not sent anywhere comes straight back.

@@ -230,6 +230,8 @@ pub struct SpoolCounters {
     pub queue_full: AtomicU64,
     /// Audio buffers wanted while all of a worker's were in use.
     pub buffers_exhausted: AtomicU64,
+    /// Calls whose raw RTP pcap reached its bound (later packets counted, not kept).
+    pub raw_over_limit: AtomicU64,
     failed: [AtomicU64; 4],
 }
 
@@ -258,6 +260,8 @@ pub struct SpoolConfig {
     /// The directory of the arena files that keep buffered audio across a crash of the
     /// process (see [`arena`]); `None`: anonymous memory.
     pub dir: Option<PathBuf>,
+    /// Most bytes one call's raw RTP pcap (codecs CallTap cannot decode) keeps.
+    pub raw_pcap_max_bytes: u64,
 }
 
 impl SpoolConfig {
@@ -266,6 +270,7 @@ impl SpoolConfig {
         SpoolConfig {
             max_buffers: (max_mb.saturating_mul(1 << 20) / CHUNK_BYTES as u64).max(64) as usize,
             dir: None,
+            raw_pcap_max_bytes: 128 << 20,
         }
     }
 }
@@ -283,6 +288,7 @@ pub struct Spool {
     replies: Receiver<Reply>,
     counters: Arc<SpoolCounters>,
     seq: u64,
+    raw_pcap_max_bytes: u64,
 }
 
 /// The arena file of worker `worker` under `dir`.
@@ -334,8 +340,10 @@ impl Spool {
         let (pool, back) = ChunkPool::new(arena);
         // Every buffer can be in the queue at once, plus the operations that carry none (a
         // header per call per flush, creations, closes).
-        let (tx, rx) = crossbeam_channel::bounded(buffers.saturating_mul(2) + 65_536);
-        let (reply_tx, replies) = crossbeam_channel::unbounded();
+        let queue = buffers.saturating_mul(2) + 65_536;
+        let (tx, rx) = crossbeam_channel::bounded(queue);
+        // An answer per creation or failure: never more than the operations queued.
+        let (reply_tx, replies) = crossbeam_channel::bounded(queue);
         let counters = counters().clone();
         let disk = disk::Disk::new(back.clone(), reply_tx.clone(), counters.clone());
         let spawned = std::thread::Builder::new()
@@ -357,7 +365,13 @@ impl Spool {
             replies,
             counters,
             seq: 0,
+            raw_pcap_max_bytes: cfg.raw_pcap_max_bytes,
         }
+    }
+
+    /// Most bytes one call's raw RTP pcap keeps (see [`SpoolConfig`]).
+    pub fn raw_pcap_max_bytes(&self) -> u64 {
+        self.raw_pcap_max_bytes
     }
 
     /// The next queue position, for the headers of buffers sent (see [`arena::recover`]).
@@ -402,8 +416,11 @@ impl Spool {
         &self.counters
     }
 
-    /// Publishes the pool's exhaustion count (the pool itself is the worker's, unshared).
+    /// The flush tick's housekeeping: the arena grows ahead of the buffers the next calls
+    /// will take, and the pool's exhaustion count is published (the pool itself is the
+    /// worker's, unshared).
     pub fn publish(&mut self) {
+        self.pool.headroom();
         let n = std::mem::take(&mut self.pool.exhausted);
         if n > 0 {
             self.counters

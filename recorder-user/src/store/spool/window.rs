@@ -558,7 +558,9 @@ pub struct RawPcap {
     tag: Tag,
     chunk: Option<Chunk>,
     len: usize,
-    /// Packets dropped (no buffer, or the queue was full).
+    /// Bytes of packets taken so far, against the spool's per-call bound.
+    taken: u64,
+    /// Packets dropped (no buffer, the queue was full, or past the per-call bound).
     pub dropped: u64,
 }
 
@@ -592,6 +594,7 @@ impl RawPcap {
             tag,
             chunk: None,
             len: 0,
+            taken: 0,
             dropped: 0,
         };
         if !spool.send(op) {
@@ -600,9 +603,21 @@ impl RawPcap {
         raw
     }
 
-    /// Appends one packet (cut to what fits a buffer).
+    /// Appends one packet (cut to what fits a buffer); past the spool's per-call bound
+    /// ([`super::SpoolConfig::raw_pcap_max_bytes`]) packets are counted, not kept.
     pub fn push(&mut self, spool: &mut Spool, ts_ns: u64, wire_len: u32, frame: &[u8]) {
         let cap = frame.len().min(CHUNK_BYTES - RECORD_HEADER);
+        self.taken += (RECORD_HEADER + cap) as u64;
+        if self.taken > spool.raw_pcap_max_bytes() {
+            if self.dropped == 0 {
+                spool
+                    .counters()
+                    .raw_over_limit
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.dropped += 1;
+            return;
+        }
         if self.len + RECORD_HEADER + cap > CHUNK_BYTES {
             self.flush(spool);
         }
@@ -908,7 +923,7 @@ mod tests {
             0,
             SpoolConfig {
                 max_buffers: 2,
-                dir: None,
+                ..SpoolConfig::default()
             },
         );
         let mut w = WavWindow::create(
@@ -927,6 +942,33 @@ mod tests {
         assert_eq!(w.take_unreported(), None, "reported once");
         let (_, s) = testing::finish(&mut spool, w);
         assert_eq!(s[0], 5);
+    }
+
+    #[test]
+    fn a_calls_raw_rtp_is_bounded() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let record = (16 + 214) as u64;
+        let mut spool = Spool::start(
+            0,
+            SpoolConfig {
+                raw_pcap_max_bytes: 10 * record,
+                ..SpoolConfig::with_memory_mb(16)
+            },
+        );
+        let path = tmp.path().join("big.rtp.pcap");
+        let mut raw = RawPcap::open(
+            &mut spool,
+            RecId(9),
+            Tag::new("u", true),
+            path.clone(),
+            false,
+        );
+        for i in 0..50u64 {
+            raw.push(&mut spool, i * 20_000_000, 214, &[7u8; 214]);
+        }
+        assert_eq!(raw.dropped, 40);
+        let closed = raw.close(&mut spool).wait(WAIT).expect("closed");
+        assert_eq!(closed.bytes, 24 + 10 * record, "ten packets kept");
     }
 
     #[test]
