@@ -53,6 +53,8 @@ pub fn media_config(cfg: &Config) -> MediaConfig {
         restore_grace_ns: cfg.restore_grace_s.saturating_mul(1_000_000_000),
         spool: crate::store::spool::SpoolConfig {
             raw_pcap_max_bytes: cfg.raw_pcap_max_mb.saturating_mul(1 << 20),
+            // Offline: the capture waits for the disk rather than lose audio.
+            backpressure: true,
             ..crate::store::spool::SpoolConfig::with_memory_mb(
                 cfg.audio_buffer_mb / u64::from(cfg.worker_count().max(1)),
             )

@@ -615,6 +615,8 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut mcfg = media_config(&cfg);
     mcfg.spool.dir = Some(cfg.data_dir.join(SPOOL_DIR));
+    // Live capture never waits for the disk: a full spool drops audio and counts it.
+    mcfg.spool.backpressure = false;
     // Calls an earlier run was recording when it died; resumed before records are handled.
     let callstore = CallStore::open(&cfg.data_dir.join(ACTIVE_DIR))?;
     let resumed = callstore.load();

@@ -685,7 +685,17 @@ impl<T: MediaTable> SignallingWorker<T> {
         self.events = events;
         self.frags.expire(now);
         self.tcp.expire(now);
+        let before = self.stats.bounds.invites_shed_max_calls;
         self.stats.bounds = self.bound_stats();
+        let shed = self.stats.bounds.invites_shed_max_calls
+            - before.min(self.stats.bounds.invites_shed_max_calls);
+        if shed > 0 {
+            // Calls that get no recording at all: said once per tick, not per INVITE.
+            log::warn!(
+                "{shed} INVITE(s) not followed since the last tick: [calls] max_calls calls are \
+                 up already (calltap_sip_invites_shed_total{{reason=\"max_calls\"}})"
+            );
+        }
         self.expire_recently_ended(now);
         self.expire_sip_ports(now);
         if !self.pending.is_empty() {

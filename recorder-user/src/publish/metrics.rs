@@ -21,6 +21,7 @@ use prometheus::{
 };
 
 mod bounds;
+mod recording;
 
 pub use bounds::BoundsLive;
 
@@ -210,7 +211,7 @@ pub struct Metrics {
     webhook_events: IntCounterVec,
     webhook_failures: IntCounter,
     webhook_retries: IntCounter,
-    recording: super::recording_metrics::RecordingMetrics,
+    recording: recording::RecordingMetrics,
     bounds: bounds::BoundMetrics,
     sources: Sources,
 }
@@ -228,7 +229,7 @@ struct Sources {
 }
 
 /// Sets a counter to a value read from a monotonic source.
-pub(super) fn set_counter(c: &IntCounter, v: u64) {
+fn set_counter(c: &IntCounter, v: u64) {
     let now = c.get();
     if v > now {
         c.inc_by(v - now);
@@ -513,7 +514,7 @@ impl Metrics {
                 "calltap_webhook_retries_total",
                 "Webhook delivery attempts that retried an earlier failure.",
             )?,
-            recording: super::recording_metrics::RecordingMetrics::new(&registry)?,
+            recording: recording::RecordingMetrics::new(&registry)?,
             bounds: bounds::BoundMetrics::register(&registry)?,
             registry,
             sources: Sources {

@@ -6,6 +6,5 @@ pub mod console;
 pub mod http;
 pub mod live;
 pub mod metrics;
-pub mod recording_metrics;
 pub mod tls;
 pub mod webhook;

@@ -35,7 +35,8 @@ pub const TAG_BYTES: usize = 88;
 #[repr(u8)]
 pub enum State {
     Free = 0,
-    /// A call's open buffer: the whole truth of its part of the WAV at `offset`.
+    /// A call's open buffer: the whole truth of its part of the WAV, bytes `lo..hi` of it
+    /// at `offset + lo` (buffer 0 leaves the header's bytes out).
     Open = 1,
     /// Waiting to be written: bytes `lo..hi` at `offset`.
     Write = 2,
@@ -482,8 +483,7 @@ fn apply(out: &mut File, h: &Head, data: &[u8]) -> io::Result<()> {
     let data_at = super::super::wav::DATA_OFFSET;
     match State::from_u8(h.state) {
         State::Free => Ok(()),
-        State::Open => out.write_all_at(data, h.offset),
-        State::Write => {
+        State::Open | State::Write => {
             let (lo, hi) = (usize::from(h.lo), usize::from(h.hi).min(CHUNK_BYTES));
             match data.get(lo..hi) {
                 Some(bytes) => out.write_all_at(bytes, h.offset + lo as u64),
@@ -597,6 +597,8 @@ mod tests {
             o.mark(
                 &tag,
                 Meaning {
+                    lo: 0,
+                    hi: 4096,
                     offset: data + 4096,
                     ..Meaning::of(State::Open)
                 },

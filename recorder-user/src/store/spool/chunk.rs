@@ -35,6 +35,9 @@ pub struct ChunkPool {
     disk_full_logged: bool,
 }
 
+/// Buffers on their way back from the spool thread at most (the rest wait there).
+pub const RETURNS: usize = 16_384;
+
 /// Buffers kept allocated beyond those handed out: what a burst of new calls takes between two
 /// flush ticks.
 const HEADROOM: usize = 4096;
@@ -42,14 +45,13 @@ const HEADROOM: usize = 4096;
 impl ChunkPool {
     /// A pool over `arena`, and the sender the spool thread gives buffers back on.
     pub fn new(arena: Arc<Arena>) -> (ChunkPool, Sender<Chunk>) {
-        // Never full: at most every buffer of the arena is on its way back.
-        let (tx, rx) = crossbeam_channel::bounded(arena.buffers().max(1));
-        let buffers = arena.buffers();
+        // The spool thread never waits on it: what does not fit waits in the thread (see
+        // `disk::Disk::give_back`).
+        let (tx, rx) = crossbeam_channel::bounded(RETURNS);
         (
             ChunkPool {
                 arena,
-                // Room for every buffer: a buffer coming back never grows it on the packet path.
-                free: Vec::with_capacity(buffers),
+                free: Vec::with_capacity(RETURNS),
                 returns: rx,
                 made: 0,
                 exhausted: 0,

@@ -13,7 +13,7 @@ use std::{
     sync::{atomic::Ordering, Arc},
 };
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::{
     files::{create_new, FdBudget, Files},
@@ -39,6 +39,8 @@ pub struct Disk {
     c: Arc<SpoolCounters>,
     /// The directory the last file was created in, known to exist.
     last_dir: Option<std::path::PathBuf>,
+    /// Buffers done with that did not fit the way back yet.
+    waiting: Vec<Chunk>,
 }
 
 impl Disk {
@@ -49,6 +51,7 @@ impl Disk {
             replies,
             c,
             last_dir: None,
+            waiting: Vec::new(),
         }
     }
 
@@ -133,10 +136,21 @@ impl Disk {
         }
     }
 
-    /// A buffer whose operation is done: free in the arena, back to the worker.
-    fn give_back(&self, mut chunk: Chunk) {
+    /// A buffer whose operation is done: free in the arena, back to the worker. Never waits:
+    /// when the way back is full (the worker has not taken any for a while) the buffer waits
+    /// here, and goes with the next one.
+    fn give_back(&mut self, mut chunk: Chunk) {
         chunk.release();
-        let _ = self.back.send(chunk);
+        while let Some(c) = self.waiting.pop() {
+            if let Err(TrySendError::Full(c)) = self.back.try_send(c) {
+                self.waiting.push(c);
+                break;
+            }
+        }
+        match self.back.try_send(chunk) {
+            Err(TrySendError::Full(c)) => self.waiting.push(c),
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+        }
     }
 
     fn create(&mut self, id: RecId, path: &Path, kind: FileKind) {

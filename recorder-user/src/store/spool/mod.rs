@@ -262,6 +262,9 @@ pub struct SpoolConfig {
     pub dir: Option<PathBuf>,
     /// Most bytes one call's raw RTP pcap (codecs CallTap cannot decode) keeps.
     pub raw_pcap_max_bytes: u64,
+    /// The worker waits for room in the spool thread's queue instead of dropping audio: for
+    /// replay, where the capture waits as well, and never for live capture.
+    pub backpressure: bool,
 }
 
 impl SpoolConfig {
@@ -271,6 +274,7 @@ impl SpoolConfig {
             max_buffers: (max_mb.saturating_mul(1 << 20) / CHUNK_BYTES as u64).max(64) as usize,
             dir: None,
             raw_pcap_max_bytes: 128 << 20,
+            backpressure: false,
         }
     }
 }
@@ -289,7 +293,14 @@ pub struct Spool {
     counters: Arc<SpoolCounters>,
     seq: u64,
     raw_pcap_max_bytes: u64,
+    backpressure: bool,
 }
+
+/// Operations queued for a spool thread (writes of buffers the disk has not taken yet: 256
+/// MiB of audio when full); past it a live worker drops audio.
+const QUEUE: usize = 65_536;
+/// The same with backpressure (replay): the worker waits, so a short queue is enough.
+const QUEUE_WAITED: usize = 4096;
 
 /// The arena file of worker `worker` under `dir`.
 pub fn arena_path(dir: &std::path::Path, worker: u32) -> PathBuf {
@@ -340,10 +351,15 @@ impl Spool {
         let (pool, back) = ChunkPool::new(arena);
         // Every buffer can be in the queue at once, plus the operations that carry none (a
         // header per call per flush, creations, closes).
-        let queue = buffers.saturating_mul(2) + 65_536;
-        let (tx, rx) = crossbeam_channel::bounded(queue);
-        // An answer per creation or failure: never more than the operations queued.
-        let (reply_tx, replies) = crossbeam_channel::bounded(queue);
+        let queue = if cfg.backpressure {
+            QUEUE_WAITED
+        } else {
+            QUEUE
+        };
+        let (tx, rx) = crossbeam_channel::bounded(queue.min(buffers.saturating_mul(2) + 1024));
+        // An answer per creation and per failure: bounded by the calls (`[calls] max_calls`),
+        // never waited for by the spool thread.
+        let (reply_tx, replies) = crossbeam_channel::unbounded();
         let counters = counters().clone();
         let disk = disk::Disk::new(back.clone(), reply_tx.clone(), counters.clone());
         let spawned = std::thread::Builder::new()
@@ -366,6 +382,7 @@ impl Spool {
             counters,
             seq: 0,
             raw_pcap_max_bytes: cfg.raw_pcap_max_bytes,
+            backpressure: cfg.backpressure,
         }
     }
 
@@ -391,6 +408,9 @@ impl Spool {
             Backend::Thread { ops: Some(tx), .. } => tx,
             Backend::Thread { ops: None, .. } => return false,
         };
+        if self.backpressure {
+            return tx.send(op).is_ok();
+        }
         match tx.try_send(op) {
             Ok(()) => true,
             Err(TrySendError::Full(op) | TrySendError::Disconnected(op)) => {

@@ -15,7 +15,7 @@
 
 use super::{
     arena::{Meaning, State, Tag},
-    chunk::{Chunk, CHUNK_BYTES, CHUNK_FRAMES},
+    chunk::{Chunk, CHUNK_BYTES},
     Closing, FailReason, FileKind, Op, RecId, Spool,
 };
 use crate::store::wav::{Probe, DATA_OFFSET};
@@ -33,6 +33,27 @@ pub const STALE_MS: u64 = 2000;
 const FRAME_BYTES: u64 = 4;
 /// An empty dirty range.
 const CLEAN: (u16, u16) = (CHUNK_BYTES as u16, 0);
+const PAGE: u64 = CHUNK_BYTES as u64;
+
+// A buffer is one page of the file, header included: buffer `p` holds file bytes
+// `p * PAGE..(p + 1) * PAGE`, so every write is a whole, aligned page of the page cache (no
+// partial page to look up or fill). Frames are 4 bytes from byte 44, so none straddles a page;
+// buffer 0 starts with the header's 44 bytes, which only the header write touches.
+
+/// File byte where frame `f` starts.
+fn byte_of(f: u64) -> u64 {
+    DATA_OFFSET + f * FRAME_BYTES
+}
+
+/// The buffer (file page) frame `f` lies in.
+fn page_of(f: u64) -> u64 {
+    byte_of(f) / PAGE
+}
+
+/// The first frame of buffer `p`.
+fn first_frame(p: u64) -> u64 {
+    (p * PAGE).saturating_sub(DATA_OFFSET) / FRAME_BYTES
+}
 
 /// One open buffer and the bytes of it not yet written to the file.
 struct Slot {
@@ -134,7 +155,7 @@ impl WavWindow {
         let mut w = WavWindow::empty(id, tag, rate, max_seconds);
         w.frames = probe.frames.max(frames_hint.min(probe.extent));
         w.header_frames = probe.frames;
-        w.first = probe.extent.div_ceil(CHUNK_FRAMES);
+        w.first = byte_of(probe.extent).div_ceil(PAGE);
         if !spool.send(Op::Reopen {
             id,
             path,
@@ -246,8 +267,8 @@ impl WavWindow {
         let mut at = pos;
         let mut done = 0usize;
         while at < end {
-            let idx = at / CHUNK_FRAMES;
-            let take = (end.min((idx + 1) * CHUNK_FRAMES) - at) as usize;
+            let idx = page_of(at);
+            let take = (end.min(first_frame(idx + 1)) - at) as usize;
             let part = &samples[done..done + take];
             if idx < self.first {
                 self.patch(spool, channel, at, part);
@@ -272,7 +293,10 @@ impl WavWindow {
                     c.mark(
                         &self.tag,
                         Meaning {
-                            offset: DATA_OFFSET + idx * CHUNK_BYTES as u64,
+                            // What a crash recovery writes: never the header's bytes.
+                            lo: (byte_of(first_frame(idx)) % PAGE) as u16,
+                            hi: CHUNK_BYTES as u16,
+                            offset: idx * PAGE,
                             ..Meaning::of(State::Open)
                         },
                     );
@@ -288,7 +312,7 @@ impl WavWindow {
         let Some(chunk) = slot.chunk.as_mut() else {
             return;
         };
-        let from = ((pos % CHUNK_FRAMES) * FRAME_BYTES) as usize;
+        let from = (byte_of(pos) % PAGE) as usize;
         let to = from + samples.len() * FRAME_BYTES as usize;
         let frames = chunk.bytes_mut()[from..to].chunks_exact_mut(FRAME_BYTES as usize);
         // One loop per channel so the offset is a constant.
@@ -348,7 +372,7 @@ impl WavWindow {
             .copied()
             .unwrap_or(newest);
         let settled = slowest.saturating_sub(WINDOW_MS * u64::from(self.rate) / 1000);
-        while (self.first + 1) * CHUNK_FRAMES <= settled {
+        while first_frame(self.first + 1) <= settled {
             self.seal_first(spool);
         }
     }
@@ -386,7 +410,7 @@ impl WavWindow {
     /// says so first (see [`super::arena`]). `false`: the queue was full, the buffer is back in
     /// the pool.
     fn write_out(&self, spool: &mut Spool, mut chunk: Chunk, idx: u64, lo: u16, hi: u16) -> bool {
-        let offset = DATA_OFFSET + idx * CHUNK_BYTES as u64;
+        let offset = idx * PAGE;
         chunk.mark(
             &self.tag,
             Meaning {
@@ -420,18 +444,18 @@ impl WavWindow {
         for k in 0..OPEN {
             let idx = self.first + k as u64;
             let slot = &mut self.slots[(self.start + k) % OPEN];
-            let (start, end) = (idx * CHUNK_FRAMES, (idx + 1) * CHUNK_FRAMES);
+            let (start, end) = (first_frame(idx), first_frame(idx + 1));
             let Some(chunk) = slot.chunk.as_mut() else {
                 continue;
             };
             if end <= from {
                 continue;
             }
-            let at = ((from.max(start) - start) * FRAME_BYTES) as usize;
+            let at = (byte_of(from.max(start)) % PAGE) as usize;
             chunk.bytes_mut()[at..].fill(0);
             slot.touch(at, CHUNK_BYTES);
         }
-        let on_disk = (self.first * CHUNK_FRAMES).min(self.frames);
+        let on_disk = first_frame(self.first).min(self.frames);
         if from >= on_disk {
             return;
         }
@@ -502,7 +526,7 @@ impl WavWindow {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
-            let idx = pos / CHUNK_FRAMES;
+            let idx = page_of(pos);
             if idx < self.first || idx >= self.first + OPEN as u64 {
                 return;
             }
@@ -511,7 +535,7 @@ impl WavWindow {
                 return;
             };
             let base = chunk.bytes().as_ptr();
-            let start = ((pos % CHUNK_FRAMES) * FRAME_BYTES) as usize;
+            let start = (byte_of(pos) % PAGE) as usize;
             let end = (start + (frames * FRAME_BYTES) as usize).min(CHUNK_BYTES);
             let mut at = start & !63;
             while at < end {
@@ -935,9 +959,10 @@ mod tests {
             60,
         );
         // Three buffers' worth at once, all within the window: the third has no buffer.
-        w.write(&mut spool, 0, 0, &[5; 3 * CHUNK_FRAMES as usize]);
+        let n = 3 * crate::store::spool::CHUNK_FRAMES;
+        w.write(&mut spool, 0, 0, &vec![5; n as usize]);
         assert_eq!(w.failure(), Some(FailReason::Backlog));
-        assert_eq!(w.dropped_samples, CHUNK_FRAMES);
+        assert_eq!(w.dropped_samples, n - first_frame(2));
         assert_eq!(w.take_unreported(), Some(FailReason::Backlog));
         assert_eq!(w.take_unreported(), None, "reported once");
         let (_, s) = testing::finish(&mut spool, w);

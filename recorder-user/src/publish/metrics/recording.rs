@@ -114,7 +114,7 @@ impl RecordingMetrics {
         use std::sync::atomic::Ordering::Relaxed;
         let c = spool::counters();
         for r in FailReason::ALL {
-            super::metrics::set_counter(&self.failed.with_label_values(&[r.as_str()]), c.failed(r));
+            super::set_counter(&self.failed.with_label_values(&[r.as_str()]), c.failed(r));
         }
         for (event, v) in [
             ("patch", &c.patches),
@@ -124,11 +124,11 @@ impl RecordingMetrics {
             ("buffers_exhausted", &c.buffers_exhausted),
             ("raw_rtp_over_limit", &c.raw_over_limit),
         ] {
-            super::metrics::set_counter(&self.events.with_label_values(&[event]), v.load(Relaxed));
+            super::set_counter(&self.events.with_label_values(&[event]), v.load(Relaxed));
         }
-        super::metrics::set_counter(&self.bytes, c.bytes_written.load(Relaxed));
+        super::set_counter(&self.bytes, c.bytes_written.load(Relaxed));
         for q in Queue::ALL {
-            super::metrics::set_counter(
+            super::set_counter(
                 &self.overflows.with_label_values(&[q.as_str()]),
                 queues::overflows(q),
             );
