@@ -28,6 +28,19 @@ pub fn calltap_bin() -> PathBuf {
     target.join("debug/calltap")
 }
 
+/// The release build of calltap, for tests whose traffic rates only mean something against
+/// what ships (the attack lab's floods): `CALLTAP_RELEASE_BIN`, else the workspace's release
+/// build (`cargo xtask test` builds it).
+pub fn calltap_release_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CALLTAP_RELEASE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("release/calltap")
+}
+
 /// A `calltap run` process capturing on the lab mirror port.
 pub struct Daemon {
     child: Option<Child>,
@@ -44,19 +57,29 @@ impl Daemon {
     /// Like [`Daemon::start`], but keeps what an earlier run left in `data_dir` (spool, queues,
     /// database): a restart.
     pub fn restart(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        Self::spawn(NS_REC, &[MIRROR_IF], data_dir, extra, env, None)
+        Self::spawn(
+            calltap_bin(),
+            NS_REC,
+            &[MIRROR_IF],
+            data_dir,
+            extra,
+            env,
+            None,
+        )
     }
 
-    /// Like [`Daemon::start`], under an open-file limit of `nofile` (soft and hard), as
-    /// systemd's default `LimitNOFILE=1024` would run the packaged service.
-    pub fn start_with_nofile(
+    /// Like [`Daemon::start`], running the release build ([`calltap_release_bin`]), under an
+    /// open-file limit of `nofile` (soft and hard) if given, as systemd's default
+    /// `LimitNOFILE=1024` would run the packaged service.
+    pub fn start_release(
         data_dir: &Path,
         extra: &[&str],
         env: &[(&str, &str)],
-        nofile: u64,
+        nofile: Option<u64>,
     ) -> Result<Self> {
         let _ = std::fs::remove_dir_all(data_dir);
-        Self::spawn(NS_REC, &[MIRROR_IF], data_dir, extra, env, Some(nofile))
+        let bin = calltap_release_bin();
+        Self::spawn(bin, NS_REC, &[MIRROR_IF], data_dir, extra, env, nofile)
     }
 
     /// Like [`Daemon::start`], capturing on `interfaces` of network namespace `ns` (a test's
@@ -69,10 +92,11 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Result<Self> {
         let _ = std::fs::remove_dir_all(data_dir);
-        Self::spawn(ns, interfaces, data_dir, extra, env, None)
+        Self::spawn(calltap_bin(), ns, interfaces, data_dir, extra, env, None)
     }
 
     fn spawn(
+        bin: PathBuf,
         ns: &str,
         interfaces: &[&str],
         data_dir: &Path,
@@ -80,10 +104,10 @@ impl Daemon {
         env: &[(&str, &str)],
         nofile: Option<u64>,
     ) -> Result<Self> {
-        let bin = calltap_bin();
         if !bin.exists() {
             bail!(
-                "{} not built: run `cargo build -p calltap` (cargo xtask test does)",
+                "{} not built: run `cargo build -p calltap` (or `--release`; cargo xtask test \
+                 builds both)",
                 bin.display()
             );
         }
