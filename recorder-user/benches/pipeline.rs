@@ -37,6 +37,7 @@
 //!     (`max_concurrent_bytes_per_call`).
 //!
 //! Sizes: `CALLTAP_BENCH_CALLS` (default 400) calls of `CALLTAP_BENCH_SECONDS` (default 20) s.
+//! `CALLTAP_BENCH_ONLY=max,sip` runs only those steps (xdp, pipeline, alloc, sip, max, live).
 
 #[path = "../tests/support/frames.rs"]
 #[allow(dead_code)]
@@ -1033,20 +1034,41 @@ fn main() {
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir).expect("bench dir");
     let mut out = BTreeMap::new();
-    xdp_costs(&mut out);
-    pipeline(&mut out, &dir, calls, seconds);
-    rtp_path_allocations(&mut out, &dir);
-    sip_calls_per_second(&mut out, &dir);
-    max_concurrent(
-        &mut out,
-        &dir,
-        env_num("CALLTAP_BENCH_MAX_CALLS", 100_000) as u32,
-    );
-    live_capacity_by_workers(
-        &mut out,
-        &dir,
-        env_num("CALLTAP_BENCH_LIVE_SECONDS", 10) as u32,
-    );
+    // `CALLTAP_BENCH_ONLY=max,sip` runs only those steps (xdp, pipeline, alloc, sip, max,
+    // live); the figures are merged into the existing results.json.
+    let only = std::env::var("CALLTAP_BENCH_ONLY").unwrap_or_default();
+    let run = |step: &str| only.is_empty() || only.split(',').any(|s| s.trim() == step);
+    if !only.is_empty() {
+        if let Ok(old) = std::fs::read_to_string(dir.join("results.json")) {
+            out = serde_json::from_str(&old).unwrap_or_default();
+        }
+    }
+    if run("xdp") {
+        xdp_costs(&mut out);
+    }
+    if run("pipeline") {
+        pipeline(&mut out, &dir, calls, seconds);
+    }
+    if run("alloc") {
+        rtp_path_allocations(&mut out, &dir);
+    }
+    if run("sip") {
+        sip_calls_per_second(&mut out, &dir);
+    }
+    if run("max") {
+        max_concurrent(
+            &mut out,
+            &dir,
+            env_num("CALLTAP_BENCH_MAX_CALLS", 100_000) as u32,
+        );
+    }
+    if run("live") {
+        live_capacity_by_workers(
+            &mut out,
+            &dir,
+            env_num("CALLTAP_BENCH_LIVE_SECONDS", 10) as u32,
+        );
+    }
     out.insert("bench_calls".into(), f64::from(calls));
     out.insert("bench_seconds".into(), f64::from(seconds));
     println!("\n{:<40} {:>16}", "figure", "value");
