@@ -40,7 +40,7 @@ use std::{
 use crossbeam_channel::{Receiver, Sender};
 use sha2::{Digest as _, Sha256};
 
-use calltap_media::{codec::CodecKind, quality::JitterEstimator, stream::StreamTimeline};
+use calltap_media::{codec::CodecId, quality::JitterEstimator, stream::StreamTimeline};
 use calltap_sip::{
     dialog::DialogState,
     sdp::{Direction, RtpMap},
@@ -119,7 +119,7 @@ pub struct DirJournal {
     pub packets: u64,
     pub bytes: u64,
     pub codec: Option<String>,
-    pub kind: Option<CodecKind>,
+    pub kind: Option<CodecId>,
     pub rtcp_packets: u64,
     pub rtcp_fraction_lost: Option<f64>,
     pub rtcp_jitter_ms: Option<f64>,
@@ -776,6 +776,7 @@ mod tests {
                         encoding: "PCMU".into(),
                         clock_rate: 8000,
                         channels: 1,
+                        fmtp: None,
                     }],
                     direction: Some(Direction::SendRecv),
                 },
@@ -789,7 +790,7 @@ mod tests {
                     packets: 50,
                     bytes: 8000,
                     codec: Some("PCMU".into()),
-                    kind: Some(CodecKind::Pcmu),
+                    kind: CodecId::named("PCMU"),
                     ..DirJournal::default()
                 },
                 DirJournal::default(),

@@ -13,7 +13,7 @@ use std::{
 
 use calltap_common::{flags, Class, MediaKey};
 use calltap_media::{
-    codec::{dtmf::DtmfDetector, g711, g722::G722Decoder, CodecKind},
+    codec::{dtmf::DtmfDetector, CodecId, Decoder, Payload},
     quality::{mos_from_r, r_factor, JitterEstimator},
     rtcp::{parse_compound, RtcpPacket},
     rtp::RtpPacket,
@@ -26,6 +26,7 @@ use calltap_sip::{
 };
 use serde::Serialize;
 
+use self::decode::{payload_of, Pcm};
 use super::{
     media_key, recording::RecordingAction, rules::RuleAction, CallSetup, Control, MediaTimeout,
     Restored,
@@ -48,6 +49,8 @@ use crate::{
         wav::{self, DATA_OFFSET},
     },
 };
+
+mod decode;
 
 /// Settings of a media worker.
 #[derive(Clone, Debug)]
@@ -155,10 +158,14 @@ struct SideMedia {
 #[derive(Default)]
 #[repr(C)]
 struct DirState {
-    /// The last payload type's codec and RTP clock, so the per-packet path looks the SDP up
+    /// The last payload type's payload and RTP clock, so the per-packet path looks the SDP up
     /// (and builds a codec name) only when the payload type or the SDP changes.
-    pt_cache: Option<(u8, CodecKind, u32)>,
-    kind: Option<CodecKind>,
+    pt_cache: Option<(u8, Payload, u32)>,
+    /// The codec of the latest audio, and its decoder (built when the codec changes; its state
+    /// carries over DTMF and comfort noise). A stateless decoder (G.711) is a pointer to its
+    /// code and nothing on the heap.
+    kind: Option<CodecId>,
+    decoder: Option<Box<dyn Decoder>>,
     timeline_clock: u32,
     ssrc: Option<u32>,
     /// Capture time of this direction's last RTP packet.
@@ -169,8 +176,6 @@ struct DirState {
     timeline: Option<StreamTimeline>,
     // Cold: per codec or SDP change, per DTMF or RTCP packet, at the CDR.
     codec: Option<String>,
-    /// Boxed: 312 bytes that only G.722 calls use.
-    g722: Option<Box<G722Decoder>>,
     dtmf: DtmfDetector,
     rtcp_packets: u64,
     rtcp_fraction_lost: Option<f64>,
@@ -245,6 +250,55 @@ impl ActiveCall {
             at += 64;
         }
         prefetch(std::ptr::from_ref(&self.setup.start_ns).cast());
+    }
+
+    /// Writes samples placed at `pos` of `channel`, making the recording at `rate` first if it
+    /// may be made and is not yet; paused or stopped spans stay silence.
+    fn write_audio(
+        &mut self,
+        spool: &mut Spool,
+        max_secs: u64,
+        channel: usize,
+        pos: u64,
+        samples: &[i16],
+        rate: u32,
+    ) {
+        if self.wav.is_none() {
+            if self.no_file || self.write_failed {
+                return;
+            }
+            self.open_recording(spool, rate, max_secs);
+        }
+        if let Some(w) = self.wav.as_mut() {
+            self.gate.write(w, spool, channel, pos, samples);
+        }
+    }
+
+    /// The slow path of a packet whose payload type is not the direction's last: what it
+    /// carries (from the SDP), the codec's name for the CDR, and a decoder when the codec
+    /// changed. Returns the payload and its RTP clock.
+    #[cold]
+    fn payload_type_changed(&mut self, sender: usize, pt: u8) -> (Payload, u32) {
+        let codecs = [
+            &self.sides[1 - sender].codecs[..],
+            &self.sides[sender].codecs[..],
+        ];
+        let (payload, name, clock, format) = payload_of(codecs, pt);
+        let d = &mut self.dirs[sender];
+        match payload {
+            Payload::Unsupported => {
+                self.unsupported.insert(name);
+            }
+            Payload::TelephoneEvent | Payload::ComfortNoise => {}
+            Payload::Audio(codec) => {
+                d.codec = Some(name);
+                if d.kind != Some(codec) || d.decoder.is_none() {
+                    d.decoder = Some(codec.decoder(&format));
+                }
+            }
+        }
+        d.pt_cache = Some((pt, payload, clock));
+        (payload, clock)
     }
 
     /// Starts the call's recording at `rate` (the spool thread creates the file).
@@ -498,9 +552,6 @@ fn endpoints(rec: &Record<'_>) -> Option<(SocketAddr, SocketAddr)> {
 /// the network, so the seed must not be guessable), at a fraction of SipHash's cost.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 
-/// Largest decoded packet we handle: 120 ms of 16 kHz audio, doubled for resampling.
-const PCM_MAX: usize = 16_000 * 120 / 1000 * 2;
-
 pub struct MediaWorker {
     pub id: u32,
     cfg: MediaConfig,
@@ -514,8 +565,7 @@ pub struct MediaWorker {
     shared: foldhash::HashSet<MediaKey>,
     /// Calls signalling has ended, in end order: finished once their grace period is over.
     ending_queue: std::collections::VecDeque<(u64, CallRef)>,
-    pcm: Box<[i16; PCM_MAX]>,
-    resampled: Box<[i16; PCM_MAX]>,
+    pcm: Pcm,
     last_flush_ns: u64,
     /// The active-call journal (`calltap run`; replay has none).
     store: Option<JournalWriter>,
@@ -536,8 +586,7 @@ impl MediaWorker {
             ending_endpoints: FastMap::default(),
             shared: foldhash::HashSet::default(),
             ending_queue: std::collections::VecDeque::new(),
-            pcm: Box::new([0; PCM_MAX]),
-            resampled: Box::new([0; PCM_MAX]),
+            pcm: Pcm::new(),
             last_flush_ns: 0,
             store: None,
             spool,
@@ -995,28 +1044,18 @@ impl MediaWorker {
         };
         c.heard(now);
         let sender = c.direction_of(rtp.ssrc, sender, now);
-        let (kind, clock) = match c.dirs[sender].pt_cache {
-            Some((pt, kind, clock)) if pt == rtp.payload_type => (kind, clock),
-            _ => {
-                let (kind, name, clock) = codec_of(c, 1 - sender, sender, rtp.payload_type);
-                match kind {
-                    CodecKind::Unsupported => {
-                        c.unsupported.insert(name);
-                    }
-                    CodecKind::TelephoneEvent | CodecKind::ComfortNoise => {}
-                    _ => c.dirs[sender].codec = Some(name),
-                }
-                c.dirs[sender].pt_cache = Some((rtp.payload_type, kind, clock));
-                (kind, clock)
-            }
+        let (payload, clock) = match c.dirs[sender].pt_cache {
+            Some((pt, payload, clock)) if pt == rtp.payload_type => (payload, clock),
+            _ => c.payload_type_changed(sender, rtp.payload_type),
         };
         let d = &mut c.dirs[sender];
         d.last_ns = Some(now);
         d.packets += 1;
         d.bytes += rtp.payload.len() as u64;
         d.ssrc = Some(rtp.ssrc);
-        match kind {
-            CodecKind::TelephoneEvent => {
+        let kind = match payload {
+            Payload::Audio(codec) => codec,
+            Payload::TelephoneEvent => {
                 if let Some(digit) = d.dtmf.push(rtp.timestamp, rtp.payload) {
                     let at_ms = now.saturating_sub(c.setup.start_ns) / 1_000_000;
                     let d = Dtmf {
@@ -1030,38 +1069,18 @@ impl MediaWorker {
                 }
                 return true;
             }
-            CodecKind::ComfortNoise => return true,
-            CodecKind::Unsupported => {
+            Payload::ComfortNoise => return true,
+            Payload::Unsupported => {
                 raw_rtp(c, rec, &mut self.spool);
                 return true;
             }
-            _ => {}
-        }
+        };
         d.kind = Some(kind);
         let jitter = d.jitter.get_or_insert_with(|| JitterEstimator::new(clock));
         jitter.update(rtp.timestamp, now);
-
-        // Decode.
-        let n = match kind {
-            CodecKind::Pcmu => {
-                let n = rtp.payload.len().min(PCM_MAX);
-                g711::decode_ulaw(&rtp.payload[..n], &mut self.pcm[..n]);
-                n
-            }
-            CodecKind::Pcma => {
-                let n = rtp.payload.len().min(PCM_MAX);
-                g711::decode_alaw(&rtp.payload[..n], &mut self.pcm[..n]);
-                n
-            }
-            CodecKind::G722 => {
-                let n = rtp.payload.len().min(PCM_MAX / 2);
-                d.g722
-                    .get_or_insert_with(|| Box::new(G722Decoder::new()))
-                    .decode(&rtp.payload[..n], &mut self.pcm[..])
-            }
-            _ => 0,
+        let Some(codec_rate) = d.decoder.as_ref().map(|dec| dec.rate()) else {
+            return true;
         };
-        let codec_rate = kind.output_rate();
         let wav_rate = match &c.wav {
             Some(w) => w.rate(),
             None => codec_rate,
@@ -1075,7 +1094,27 @@ impl MediaWorker {
         let Some(timeline) = d.timeline.as_mut() else {
             return true;
         };
+        let (gap_from, lost_before) = (timeline.end_pos(), timeline.lost());
         let placement = timeline.place(rtp.ssrc, rtp.sequence, rtp.timestamp, arrival as u64);
+        let lost = timeline.lost().saturating_sub(lost_before);
+        let max_secs = self.cfg.max_call_secs;
+        if let (Placement::Write { pos }, true) = (placement, lost > 0) {
+            // Packets went missing right before this one: the decoder's concealment (if it
+            // has one) goes in the gap they left.
+            let room = pos.saturating_sub(gap_from);
+            if let Some(dec) = c.dirs[sender].decoder.as_mut() {
+                if let Some(s) = self.pcm.conceal(dec.as_mut(), lost, room, wav_rate) {
+                    let from = pos - s.len() as u64;
+                    c.write_audio(&mut self.spool, max_secs, sender, from, s, wav_rate);
+                }
+            }
+        }
+        // Every packet goes through the decoder, placed or not: a stateful codec's state must
+        // follow the stream.
+        let Some(decoder) = c.dirs[sender].decoder.as_mut() else {
+            return true;
+        };
+        let n = self.pcm.decode(decoder.as_mut(), rtp.payload);
         let Placement::Write { pos } = placement else {
             log::debug!(
                 "{}: {} packet seq {} ts {} at {} not placed: {placement:?}",
@@ -1087,35 +1126,8 @@ impl MediaWorker {
             );
             return true;
         };
-        let samples: &[i16] = if codec_rate == wav_rate {
-            &self.pcm[..n]
-        } else if codec_rate * 2 == wav_rate {
-            // 8 kHz audio in a 16 kHz recording: sample-and-hold doubling.
-            let n = n.min(PCM_MAX / 2);
-            for i in 0..n {
-                self.resampled[2 * i] = self.pcm[i];
-                self.resampled[2 * i + 1] = self.pcm[i];
-            }
-            &self.resampled[..2 * n]
-        } else {
-            // 16 kHz audio in an 8 kHz recording: average pairs.
-            let n2 = n / 2;
-            for i in 0..n2 {
-                self.resampled[i] =
-                    ((self.pcm[2 * i] as i32 + self.pcm[2 * i + 1] as i32) / 2) as i16;
-            }
-            &self.resampled[..n2]
-        };
-        if c.wav.is_none() {
-            if c.no_file || c.write_failed {
-                return true;
-            }
-            c.open_recording(&mut self.spool, wav_rate, self.cfg.max_call_secs);
-        }
-        if let Some(w) = c.wav.as_mut() {
-            // Paused or stopped spans stay silence: only the parts outside them are written.
-            c.gate.write(w, &mut self.spool, sender, pos, samples);
-        }
+        let samples = self.pcm.fit(n, codec_rate, wav_rate);
+        c.write_audio(&mut self.spool, max_secs, sender, pos, samples, wav_rate);
         true
     }
 
@@ -1560,24 +1572,6 @@ fn journal_of(c: &ActiveCall, worker: u32, now: u64) -> CallJournal {
         write_failed: c.write_failed,
         last_media_ns: c.last_media_ns,
     }
-}
-
-/// Codec of payload type `pt` sent by `sender`: the receiver's SDP defines what it expects
-/// (dynamic types are the answerer's numbering), the sender's is the fallback, then the static
-/// assignments.
-fn codec_of(c: &ActiveCall, receiver: usize, sender: usize, pt: u8) -> (CodecKind, String, u32) {
-    for side in [receiver, sender] {
-        if let Some(m) = c.sides[side].codecs.iter().find(|m| m.pt == pt) {
-            let kind = CodecKind::from_rtpmap(&m.encoding, m.clock_rate);
-            return (kind, m.encoding.to_ascii_uppercase(), m.clock_rate.max(1));
-        }
-    }
-    let kind = CodecKind::from_static_pt(pt);
-    let name = match kind {
-        CodecKind::Unsupported => format!("PT{pt}"),
-        known => known.name().to_owned(),
-    };
-    (kind, name, kind.rtp_clock().max(1))
 }
 
 /// Whether `payload` held RTCP at all: a packet that does not parse is not counted, and says
