@@ -1,9 +1,7 @@
 //! The worker and its packet path: which call a record belongs to, RTP to placed audio, RTCP
 //! to quality figures, and the periodic flush.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use calltap_common::{flags, Class, MediaKey};
+use calltap_common::{Class, MediaKey};
 use calltap_media::{
     codec::Payload,
     quality::JitterEstimator,
@@ -28,29 +26,6 @@ use crate::{
         spool::{window::RawPcap, RecId, Spool, Tag},
     },
 };
-
-/// Source and destination of the record's innermost IP/UDP headers.
-pub(super) fn endpoints(rec: &Record<'_>) -> Option<(SocketAddr, SocketAddr)> {
-    let m = &rec.meta;
-    let l3 = m.l3_off as usize;
-    let (src, dst): (IpAddr, IpAddr) = if m.flags & flags::IPV6 != 0 {
-        let h = rec.frame.get(l3..l3 + 40)?;
-        let s: [u8; 16] = h[8..24].try_into().ok()?;
-        let d: [u8; 16] = h[24..40].try_into().ok()?;
-        (Ipv6Addr::from(s).into(), Ipv6Addr::from(d).into())
-    } else {
-        let h = rec.frame.get(l3..l3 + 20)?;
-        let s: [u8; 4] = h[12..16].try_into().ok()?;
-        let d: [u8; 4] = h[16..20].try_into().ok()?;
-        (Ipv4Addr::from(s).into(), Ipv4Addr::from(d).into())
-    };
-    let l4 = m.l4_off as usize;
-    let p = rec.frame.get(l4..l4 + 4)?;
-    Some((
-        SocketAddr::new(src, u16::from_be_bytes([p[0], p[1]])),
-        SocketAddr::new(dst, u16::from_be_bytes([p[2], p[3]])),
-    ))
-}
 
 /// The worker's per-packet maps: foldhash, seeded per process (keys come from SDP, i.e. from
 /// the network, so the seed must not be guessable), at a fraction of SipHash's cost.
@@ -123,7 +98,8 @@ impl MediaWorker {
     /// the prefetches.
     #[inline]
     pub fn warm(&self, rec: &Record<'_>, audio: bool) {
-        let Some((c, sender)) = endpoints(rec)
+        let Some((c, sender)) = rec
+            .endpoints()
             .and_then(|(src, dst)| self.locate(media_key(src), media_key(dst)))
             .and_then(|(call, sender)| Some((self.calls.get(&call)?, sender.min(1))))
         else {
@@ -146,7 +122,7 @@ impl MediaWorker {
     /// when no call of this worker has the record's endpoint: the driver then applies pending
     /// control messages and retries, or counts it with [`MediaWorker::unknown`].
     pub fn packet(&mut self, rec: &Record<'_>) -> bool {
-        let Some((src, dst)) = endpoints(rec) else {
+        let Some((src, dst)) = rec.endpoints() else {
             self.stats.records += 1;
             self.stats.bad_rtp += 1;
             return true;
