@@ -90,8 +90,8 @@ impl CallSetup {
     }
 }
 
-/// Signalling -> media worker.
-#[derive(Clone, Debug)]
+/// Signalling and the control plane -> media worker.
+#[derive(Debug)]
 pub enum Control {
     Start(Box<CallSetup>),
     Media {
@@ -157,6 +157,18 @@ pub enum Control {
     /// classifier's table; the signalling worker hands it to the owner (rare: a call's first
     /// packets only, so the copy does not matter).
     Packet(Box<OwnedRecord>),
+    /// Attach an output to a live call (a listener, an encoder): from now on it gets the call's
+    /// placed audio (see [`media::outputs`]). Dropped when the call is gone.
+    Attach {
+        call: CallRef,
+        output: media::outputs::NewOutput,
+    },
+    /// Detach an output attached before: it is closed, and gets nothing more.
+    Detach {
+        call: CallRef,
+        id: media::outputs::OutputId,
+        ts_ns: u64,
+    },
     /// A configuration reload changed the worker's settings (path template, flush interval,
     /// timeouts): calls already open keep their files; new values apply from now on.
     Settings(Box<media::MediaConfig>),

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::{
     pipeline::{
+        media::outputs::{AudioOutput, NewOutput, OutputId},
         recording::{RecordingAction, RecordingState, MAX_TRANSITIONS},
         rules::RuleAction,
         CallSetup, Control, ControlSink,
@@ -263,6 +264,46 @@ impl LiveCalls {
     /// stamped now. Returns the call as it is afterwards.
     pub fn control(&self, uuid: &str, action: RecordingAction) -> Result<LiveCall, ControlError> {
         self.control_at(uuid, action, crate::clock::unix_ns())
+    }
+
+    /// Attaches `output` to the call's audio (a listener, an encoder; see
+    /// [`crate::pipeline::media::outputs`]): it gets the call's placed audio from now until the
+    /// call ends or it is detached. Returns its id, for [`LiveCalls::detach`].
+    pub fn attach(
+        &self,
+        uuid: &str,
+        output: Box<dyn AudioOutput>,
+    ) -> Result<OutputId, ControlError> {
+        let new = NewOutput::new(output);
+        let id = new.id;
+        self.send_to_call(uuid, |call| Control::Attach { call, output: new })?;
+        Ok(id)
+    }
+
+    /// Detaches an output [`LiveCalls::attach`] attached: it is closed and gets nothing more.
+    pub fn detach(&self, uuid: &str, id: OutputId) -> Result<(), ControlError> {
+        let ts_ns = crate::clock::unix_ns();
+        self.send_to_call(uuid, |call| Control::Detach { call, id, ts_ns })
+    }
+
+    /// Sends the message `msg` makes for the live call `uuid` to its worker.
+    fn send_to_call(
+        &self,
+        uuid: &str,
+        msg: impl FnOnce(CallRef) -> Control,
+    ) -> Result<(), ControlError> {
+        let reg = self.lock();
+        let c = reg
+            .by_uuid
+            .get(uuid)
+            .ok_or_else(|| ControlError::NotFound(uuid.to_string()))?;
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(c.worker as usize)
+            .ok_or(ControlError::WorkerGone)?
+            .send_timeout(msg(c.call), crate::queues::CONTROL_WAIT)
+            .map_err(|_| ControlError::WorkerGone)
     }
 
     fn control_at(
@@ -692,5 +733,45 @@ pub(crate) mod tests {
         assert_eq!(json["recording_mode"], "skip");
         assert_eq!(json["rule_id"], 42);
         assert_eq!(json["recording"], "stopped");
+    }
+
+    /// An output attached through the registry reaches the call's worker, and so does its
+    /// detachment; an unknown call is refused.
+    #[test]
+    fn outputs_are_attached_to_and_detached_from_a_live_call_on_its_worker() {
+        struct Silent;
+        impl crate::pipeline::media::outputs::AudioOutput for Silent {
+            fn kind(&self) -> &'static str {
+                "silent"
+            }
+            fn write(
+                &mut self,
+                _: &mut crate::pipeline::media::outputs::OutputCtx<'_>,
+                _: crate::pipeline::media::outputs::Placed<'_>,
+            ) {
+            }
+        }
+        let (tx, rx) = unbounded();
+        let live = LiveCalls::new(vec![tx]);
+        start_call(&live, 5);
+        let id = live.attach("uuid-5", Box::new(Silent)).expect("attached");
+        match rx.try_recv() {
+            Ok(Control::Attach { call, output }) => {
+                assert_eq!(
+                    (call, output.id, output.output.kind()),
+                    (CallRef(5), id, "silent")
+                )
+            }
+            other => panic!("expected an Attach, got {other:?}"),
+        }
+        live.detach("uuid-5", id).expect("detached");
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Control::Detach { call: CallRef(5), id: d, .. }) if d == id
+        ));
+        assert!(matches!(
+            live.attach("nope", Box::new(Silent)),
+            Err(ControlError::NotFound(_))
+        ));
     }
 }

@@ -15,10 +15,14 @@ use calltap_sip::{
 };
 
 use super::{
-    decode::payload_of, journal::JournalState, ssrc::SsrcDirs, WorkerStats, MAX_DTMF_PER_CALL,
+    decode::payload_of,
+    journal::JournalState,
+    outputs::{CallOutputs, Placed},
+    ssrc::SsrcDirs,
+    WorkerStats, MAX_DTMF_PER_CALL,
 };
 use crate::{
-    pipeline::{media_key, recording, CallSetup},
+    pipeline::{media_key, CallSetup},
     store::{
         cdr::{Dtmf, RejectedRequest},
         spool::{window::RawPcap, RecId, Spool, Tag, WavWindow},
@@ -100,11 +104,6 @@ pub(super) struct DirState {
 pub(super) struct ActiveCall {
     pub(super) last_media_ns: u64,
     pub(super) timed_out: bool,
-    /// No file may be created (yet): a `skip` call (never), an `on_demand` call until an
-    /// operator starts it; the file is then created at the next audio packet.
-    pub(super) no_file: bool,
-    /// The recording failed (logged once): no file is made for it any more.
-    pub(super) write_failed: bool,
     /// Restored and not yet heard from since (time of the restore); see [`JournalState`].
     pub(super) awaiting_since: Option<u64>,
     /// An SSRC moved to the other direction, not yet confirmed: (ssrc, original direction,
@@ -112,9 +111,8 @@ pub(super) struct ActiveCall {
     pub(super) contender: Option<(u32, usize, u64)>,
     /// Which direction each SSRC seen so far belongs to (bounded; see `direction_of`).
     pub(super) ssrc_dirs: SsrcDirs,
-    pub(super) wav: Option<WavWindow>,
-    /// Operator pause/stop: spans kept out of the file, and the events for the CDR.
-    pub(super) gate: recording::RecordingGate,
+    /// Where the call's placed audio goes: the recording first.
+    pub(super) outputs: CallOutputs,
     pub(super) dirs: [DirState; 2],
     // Cold: per control message, flush tick or call end (`setup.start_ns` is read per packet,
     // but where it lies in `setup` made no difference to the misses measured).
@@ -164,26 +162,14 @@ impl ActiveCall {
         prefetch(std::ptr::from_ref(&self.setup.start_ns).cast());
     }
 
-    /// Writes samples placed at `pos` of `channel`, making the recording at `rate` first if it
-    /// may be made and is not yet; paused or stopped spans stay silence.
-    pub(super) fn write_audio(
-        &mut self,
-        spool: &mut Spool,
-        max_secs: u64,
-        channel: usize,
-        pos: u64,
-        samples: &[i16],
-        rate: u32,
-    ) {
-        if self.wav.is_none() {
-            if self.no_file || self.write_failed {
-                return;
-            }
-            self.open_recording(spool, rate, max_secs);
+    /// Hands placed audio to the call's outputs, making the recording at the audio's rate
+    /// first if it may be made and is not yet.
+    #[inline]
+    pub(super) fn write_audio(&mut self, spool: &mut Spool, max_secs: u64, audio: Placed<'_>) {
+        if self.outputs.wav.wants_file() {
+            self.open_recording(spool, audio.rate, max_secs);
         }
-        if let Some(w) = self.wav.as_mut() {
-            self.gate.write(w, spool, channel, pos, samples);
-        }
+        self.outputs.write(spool, audio);
     }
 
     /// The slow path of a packet whose payload type is not the direction's last: what it
@@ -215,7 +201,7 @@ impl ActiveCall {
 
     /// Starts the call's recording at `rate` (the spool thread creates the file).
     pub(super) fn open_recording(&mut self, spool: &mut Spool, rate: u32, max_secs: u64) {
-        self.wav = Some(WavWindow::create(
+        self.outputs.wav.open(WavWindow::create(
             spool,
             RecId::wav(self.setup.call),
             Tag::new(&self.setup.uuid, false),

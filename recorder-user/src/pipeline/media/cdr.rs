@@ -5,6 +5,7 @@ use calltap_sip::NameAddr;
 
 use super::{
     call::{side_name, ActiveCall, DirState},
+    outputs::Finished,
     worker::MediaWorker,
 };
 use crate::store::{
@@ -14,6 +15,14 @@ use crate::store::{
 };
 
 impl MediaWorker {
+    /// Closes the outputs attached to `c` (it ended, or was evicted, at `end_ns`).
+    pub(super) fn close_attached(&mut self, c: &mut ActiveCall, end_ns: u64) {
+        let at = end_ns.saturating_sub(c.setup.start_ns);
+        self.stats.attached_samples_dropped +=
+            c.outputs
+                .close_attached(&mut self.spool, at, &c.setup.call_id);
+    }
+
     pub(super) fn finish(&mut self, mut c: Box<ActiveCall>, reason: String, end_ns: u64) -> Cdr {
         let start = c.setup.start_ns;
         let end_ns = end_ns.max(start);
@@ -22,30 +31,28 @@ impl MediaWorker {
         // audio came; unanswered attempts only when early media arrived.
         // A recording that failed during the call is not replaced by a silent file at its end:
         // the CDR says there is no recording rather than offering silence as the call's audio.
-        if c.wav.is_none() && !c.no_file && !c.write_failed && (c.answer_ns.is_some() || any_audio)
-        {
+        if c.outputs.wav.wants_file() && (c.answer_ns.is_some() || any_audio) {
             c.open_recording(&mut self.spool, 8000, self.cfg.max_call_secs);
         }
         let raw_closing = c
             .raw
             .take()
             .map(|r| (c.raw_path.clone(), r.close(&mut self.spool)));
-        let recording = match c.wav.take() {
-            // The file could never be made: no recording, and the CDR says why.
-            Some(w) if w.failure().is_some_and(|f| f == FailReason::Create) => None,
+        self.close_attached(&mut c, end_ns);
+        // `None`: the file could never be made; the CDR says why.
+        let recording = match c.outputs.wav.finish(&mut self.spool, end_ns - start) {
             None => None,
-            Some(mut w) => {
-                let frames = (end_ns - start) as u128 * w.rate() as u128 / 1_000_000_000;
-                let frames = c.gate.final_frames(w.rate(), frames as u64);
-                w.extend_to(frames);
-                let (rate, frames) = (w.rate(), w.frames());
-                if let Some(reason) = w.take_unreported() {
+            Some(f) => {
+                let Finished {
+                    rate,
+                    frames,
+                    closing,
+                    unreported,
+                } = f;
+                if let Some(reason) = unreported {
                     self.stats.recordings_failed += 1;
                     c.failure.get_or_insert_with(|| backlog_message(reason));
                 }
-                // Closed by the spool thread, sealed (fsync, sha256) by whoever takes the
-                // CDR: see `Recording`.
-                let closing = w.close(&mut self.spool);
                 let (raw_rtp_pcap, raw_closing) = match &raw_closing {
                     Some((path, closing)) => (Some(path.clone()), closing.clone()),
                     None => (None, Closing::default()),

@@ -8,12 +8,13 @@ use calltap_sip::dialog::CallRef;
 use super::{
     call::{push_bounded, push_dtmf, side_index, side_name, ActiveCall, DirState, SideMedia},
     journal::JournalState,
+    outputs::{CallOutputs, WavOutput},
     ssrc::SsrcDirs,
     worker::MediaWorker,
     MediaConfig, END_GRACE_NS, MAX_REJECTED_PER_CALL,
 };
 use crate::{
-    pipeline::{media_key, recording, recording::RecordingAction, rules::RuleAction, Control},
+    pipeline::{media_key, recording::RecordingAction, rules::RuleAction, Control},
     store::{
         cdr::{rfc3339, Cdr, Dtmf, RejectedRequest},
         paths::{expand, PathFields},
@@ -45,13 +46,9 @@ impl MediaWorker {
                         self.stats.recordings_failed += 1;
                     }
                     c.failure.get_or_insert(error);
-                    c.write_failed = true;
                     c.journal.dirty = true;
-                    if let Some(w) = c.wav.as_mut().filter(|_| !id.is_raw()) {
-                        w.fail(&mut self.spool, reason);
-                        // Logged by the spool thread, which knows the error.
-                        let _ = w.take_unreported();
-                    }
+                    let wav_reason = Some(reason).filter(|_| !id.is_raw());
+                    c.outputs.wav.fail(&mut self.spool, wav_reason);
                 }
             }
         }
@@ -106,7 +103,7 @@ impl MediaWorker {
                         answer_ns: None,
                         sides: [SideMedia::default(), SideMedia::default()],
                         dirs: [DirState::default(), DirState::default()],
-                        wav: None,
+                        outputs: CallOutputs::new(WavOutput::new(mode)),
                         wav_path,
                         wav_confirmed: false,
                         raw: None,
@@ -127,15 +124,7 @@ impl MediaWorker {
                             ..JournalState::default()
                         },
                         ending: None,
-                        write_failed: false,
-                        gate: match mode {
-                            RuleAction::Record => Default::default(),
-                            RuleAction::Skip | RuleAction::OnDemand => {
-                                recording::RecordingGate::stopped()
-                            }
-                        },
                         recording_events: Vec::new(),
-                        no_file: mode != RuleAction::Record,
                     }),
                 );
             }
@@ -238,6 +227,22 @@ impl MediaWorker {
                 }
             }
             Control::Evict { call, ts_ns } => self.evict(call, ts_ns, done),
+            Control::Attach { call, output } => match self.calls.get_mut(&call) {
+                Some(c) => {
+                    self.stats.outputs_attached += 1;
+                    log::debug!("call {}: {output:?} attached", c.setup.call_id);
+                    c.outputs.attach(output);
+                }
+                // Ended meanwhile: the output is dropped, and its receiving end sees it.
+                None => log::debug!("{output:?} not attached: the call is gone"),
+            },
+            Control::Detach { call, id, ts_ns } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    let at = ts_ns.saturating_sub(c.setup.start_ns);
+                    self.stats.attached_samples_dropped +=
+                        c.outputs.detach(&mut self.spool, id, at, &c.setup.call_id);
+                }
+            }
             Control::Recording {
                 call,
                 action,
@@ -245,19 +250,11 @@ impl MediaWorker {
             } => {
                 if let Some(c) = self.calls.get_mut(&call) {
                     let at = ts_ns.saturating_sub(c.setup.start_ns);
-                    if c.gate.apply(action, at) {
+                    if c.outputs.recording(&mut self.spool, action, at) {
                         if action == RecordingAction::Start
                             && c.setup.recording.action == RuleAction::OnDemand
                         {
-                            c.no_file = false;
-                        }
-                        let closing = c.gate.state() != recording::RecordingState::Recording;
-                        if let Some(w) = c.wav.as_mut() {
-                            if closing {
-                                recording::blank_from(w, &mut self.spool, at);
-                            } else {
-                                c.gate.close_span(w, &mut self.spool);
-                            }
+                            c.outputs.wav.allow_file();
                         }
                         c.recording_events.push(crate::store::cdr::RecordingEvent {
                             action: action.as_str().into(),
@@ -345,7 +342,7 @@ impl MediaWorker {
         };
         let empty = c.ending.is_none()
             && c.answer_ns.is_none()
-            && c.wav.is_none()
+            && c.outputs.wav.window().is_none()
             && c.raw.is_none()
             && c.dirs.iter().all(|d| d.packets == 0 && d.rtcp_packets == 0)
             && c.dtmf.is_empty()
@@ -363,11 +360,12 @@ impl MediaWorker {
             );
             return;
         }
-        let Some(c) = self.calls.remove(&call) else {
+        let Some(mut c) = self.calls.remove(&call) else {
             return;
         };
         self.forget_endpoints(call, &c);
         self.stats.calls_evicted += 1;
+        self.close_attached(&mut c, ts_ns);
         // A file made ahead goes with `c` (dropping it removes the file); a journal written
         // for the call goes too, or a restart would bring the call back.
         if let Some(store) = self.store.as_ref().filter(|_| c.journal.saved_ns != 0) {

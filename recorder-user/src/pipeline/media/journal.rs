@@ -59,9 +59,9 @@ pub(super) fn material(c: &ActiveCall) -> u64 {
         }
         mix(d.pt_cache.map_or(u64::MAX, |(pt, _, _)| u64::from(pt)));
     }
-    mix(u64::from(c.wav.is_some()));
+    mix(u64::from(c.outputs.wav.window().is_some()));
     mix(u64::from(c.raw.is_some()));
-    mix(u64::from(c.write_failed));
+    mix(u64::from(c.outputs.wav.failed()));
     mix(c.dtmf.len() as u64);
     mix(c.unsupported.len() as u64);
     mix(c.ssrc_dirs.len as u64);
@@ -176,18 +176,23 @@ impl MediaWorker {
         // rule decision set its initial state in Start).
         for ev in &j.recording_events {
             if let Some(action) = RecordingAction::parse(&ev.action) {
-                if c.gate.apply(action, ev.at_ms.saturating_mul(1_000_000))
+                if c.outputs
+                    .wav
+                    .gate_mut()
+                    .apply(action, ev.at_ms.saturating_mul(1_000_000))
                     && action == RecordingAction::Start
                     && c.setup.recording.action == RuleAction::OnDemand
                 {
-                    c.no_file = false;
+                    c.outputs.wav.allow_file();
                 }
             }
         }
         c.recording_events = j.recording_events;
         c.unsupported = j.unsupported.into_iter().collect();
         c.ssrc_dirs = SsrcDirs::from_pairs(&j.ssrc_dirs);
-        c.write_failed = j.write_failed;
+        if j.write_failed {
+            c.outputs.wav.fail(&mut self.spool, None);
+        }
         c.last_media_ns = now_ns;
         c.journal.dialog = j.dialog.map(Box::new);
         c.journal.restart_gaps = j.restart_gaps;
@@ -199,7 +204,7 @@ impl MediaWorker {
             // know what the file holds before it writes into it.
             match wav::probe(&w.path, w.rate) {
                 Ok(probe) => {
-                    c.wav = Some(WavWindow::reopen(
+                    c.outputs.wav.open(WavWindow::reopen(
                         &mut self.spool,
                         RecId::wav(call),
                         Tag::new(&c.setup.uuid, false),
@@ -311,8 +316,9 @@ pub(super) fn journal_of(c: &ActiveCall, worker: u32, now: u64) -> CallJournal {
         wav_path: c.wav_path.clone(),
         // Only a file the spool thread confirmed: a restart must never continue another.
         wav: c
+            .outputs
             .wav
-            .as_ref()
+            .window()
             .filter(|_| c.wav_confirmed)
             .map(|w| WavJournal {
                 path: c.wav_path.clone(),
@@ -328,7 +334,7 @@ pub(super) fn journal_of(c: &ActiveCall, worker: u32, now: u64) -> CallJournal {
         recording: s.recording,
         recording_events: c.recording_events.clone(),
         ending: c.ending.clone(),
-        write_failed: c.write_failed,
+        write_failed: c.outputs.wav.failed(),
         last_media_ns: c.last_media_ns,
     }
 }

@@ -1,9 +1,26 @@
-//! A media worker: owns a set of calls, turns their RTP into a stereo WAV (channel 0 = caller,
-//! channel 1 = callee), their RTCP into quality figures, and each finished call into a CDR.
+//! A media worker: owns a set of calls, turns their RTP into placed audio for each call's
+//! outputs (the stereo WAV first: channel 0 = caller, channel 1 = callee), their RTCP into
+//! quality figures, and each finished call into a CDR.
 //!
 //! The per-packet path does hash lookups, decoding into a preallocated buffer and stores into
 //! the recording's open buffers: no locks, no allocation, no system calls. The files are the
 //! worker's spool thread's ([`crate::store::spool`]).
+//!
+//! | file | holds |
+//! |------|-------|
+//! | `worker.rs` | the worker and its packet path: record -> call -> RTP -> decode -> place -> outputs; RTCP; the flush tick |
+//! | `call.rs` | one call's state, laid out for the packet path |
+//! | `ssrc.rs` | which direction an SSRC belongs to when endpoints cannot tell |
+//! | `decode.rs` | payload type -> codec (SDP), the stream's decoder, rate fitting, loss concealment |
+//! | `outputs/` | the output seam: [`outputs::AudioOutput`], the WAV output, outputs attached at run time |
+//! | `control.rs` | control messages: calls starting, changing, ending; outputs attached; spool answers |
+//! | `journal.rs` | the active-call journal: what is written when; taking a call over after a restart |
+//! | `cdr.rs` | a finished call's CDR |
+//!
+//! Where to add things: **a codec** is a file in `calltap_media::codec` and one line in its
+//! registry (nothing here changes); **an output** (live listener, encoder) is a type
+//! implementing [`outputs::AudioOutput`], attached to a live call with
+//! `LiveCalls::attach` ([`crate::publish::live`]).
 
 use std::path::PathBuf;
 
@@ -17,6 +34,7 @@ mod cdr;
 mod control;
 mod decode;
 mod journal;
+pub mod outputs;
 mod ssrc;
 mod worker;
 
@@ -75,6 +93,9 @@ pub struct WorkerStats {
     /// the disk could not keep up.
     pub recordings_failed: u64,
     pub samples_dropped: u64,
+    /// Outputs attached to live calls, and the samples they dropped (their hand-off was full).
+    pub outputs_attached: u64,
+    pub attached_samples_dropped: u64,
     /// Calls signalling evicted unanswered that had nothing to record: dropped without a CDR.
     pub calls_evicted: u64,
     /// DTMF digits and rejected requests past their per-call bounds, counted only.

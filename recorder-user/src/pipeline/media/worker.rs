@@ -15,6 +15,7 @@ use super::{
     call::{push_dtmf, side_index, side_name, ActiveCall},
     cdr::backlog_message,
     decode::Pcm,
+    outputs::{AudioOutput, OutputCtx, Placed},
     MediaConfig, WorkerStats,
 };
 use crate::{
@@ -107,9 +108,11 @@ impl MediaWorker {
         };
         if !audio {
             c.warm(sender);
-        } else if let (Some(w), Some(t)) = (c.wav.as_ref(), c.dirs[sender].timeline.as_ref()) {
+        } else if let (Some(rate), Some(t)) =
+            (c.outputs.wav.rate(), c.dirs[sender].timeline.as_ref())
+        {
             // Where the packet's audio will most likely go: 20 ms from the direction's end.
-            w.prefetch(t.end_pos(), u64::from(w.rate() / 50));
+            c.outputs.wav.prefetch(t.end_pos(), u64::from(rate / 50));
         }
     }
 
@@ -212,10 +215,7 @@ impl MediaWorker {
         let Some(codec_rate) = d.decoder.as_ref().map(|dec| dec.rate()) else {
             return true;
         };
-        let wav_rate = match &c.wav {
-            Some(w) => w.rate(),
-            None => codec_rate,
-        };
+        let wav_rate = c.outputs.wav.rate().unwrap_or(codec_rate);
         if d.timeline.is_none() || d.timeline_clock != clock {
             d.timeline = Some(StreamTimeline::new(clock, wav_rate));
             d.timeline_clock = clock;
@@ -234,9 +234,10 @@ impl MediaWorker {
             // has one) goes in the gap they left.
             let room = pos.saturating_sub(gap_from);
             if let Some(dec) = c.dirs[sender].decoder.as_mut() {
-                if let Some(s) = self.pcm.conceal(dec.as_mut(), lost, room, wav_rate) {
-                    let from = pos - s.len() as u64;
-                    c.write_audio(&mut self.spool, max_secs, sender, from, s, wav_rate);
+                if let Some(samples) = self.pcm.conceal(dec.as_mut(), lost, room, wav_rate) {
+                    let at = pos - samples.len() as u64;
+                    let audio = Placed::new(sender, at, wav_rate, samples);
+                    c.write_audio(&mut self.spool, max_secs, audio);
                 }
             }
         }
@@ -258,7 +259,8 @@ impl MediaWorker {
             return true;
         };
         let samples = self.pcm.fit(n, codec_rate, wav_rate);
-        c.write_audio(&mut self.spool, max_secs, sender, pos, samples, wav_rate);
+        let audio = Placed::new(sender, pos, wav_rate, samples);
+        c.write_audio(&mut self.spool, max_secs, audio);
         true
     }
 
@@ -269,15 +271,20 @@ impl MediaWorker {
             self.stats.flush_rounds += 1;
             self.spool_replies();
             for c in self.calls.values_mut() {
-                if let Some(w) = c.wav.as_mut() {
-                    w.flush(&mut self.spool);
-                    if let Some(reason) = w.take_unreported() {
-                        self.stats.recordings_failed += 1;
-                        c.failure.get_or_insert_with(|| backlog_message(reason));
-                        log::error!("{}: {}", c.wav_path.display(), backlog_message(reason));
-                    }
-                    self.stats.samples_dropped += std::mem::take(&mut w.dropped_samples);
+                let wav = &mut c.outputs.wav;
+                wav.flush(&mut OutputCtx {
+                    spool: &mut self.spool,
+                });
+                if let Some(reason) = wav.take_unreported() {
+                    self.stats.recordings_failed += 1;
+                    c.failure.get_or_insert_with(|| backlog_message(reason));
+                    log::error!("{}: {}", c.wav_path.display(), backlog_message(reason));
                 }
+                self.stats.samples_dropped += wav.take_dropped();
+                let at = now.saturating_sub(c.setup.start_ns);
+                self.stats.attached_samples_dropped +=
+                    c.outputs
+                        .flush_attached(&mut self.spool, at, &c.setup.call_id);
                 if let Some(r) = c.raw.as_mut() {
                     r.flush(&mut self.spool);
                 }
@@ -350,7 +357,7 @@ pub(super) fn rtcp(c: &mut ActiveCall, sender: usize, payload: &[u8]) -> bool {
 
 /// Keeps RTP CallTap cannot decode in a pcap beside the recording, so nothing is lost.
 pub(super) fn raw_rtp(c: &mut ActiveCall, rec: &Record<'_>, spool: &mut Spool) {
-    if c.no_file {
+    if c.outputs.wav.no_file() {
         return;
     }
     let raw = c.raw.get_or_insert_with(|| {
