@@ -38,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use calltap::{capture::xdp::XdpCapture, config::Config, pipeline::MediaTable};
+use calltap::{capture::xdp::XdpCapture, classify::MediaTable, config::Config};
 use calltap_common::{MediaKey, MediaValue, XdpConfig, MAX_WORKERS, SIGNALLING_RING};
 use calltap_lab::load::{check_recording, write_pcap, LoadSpec};
 use frames::{eth, ipv4, rtp, udp};

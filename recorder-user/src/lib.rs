@@ -13,4 +13,5 @@ pub mod pipeline;
 pub mod publish;
 pub mod queues;
 pub mod reload;
+pub mod runtime;
 pub mod store;

@@ -21,9 +21,8 @@ use calltap::{
         media::MediaWorker, recording::RecordingAction, signalling::SignallingWorker, Control,
     },
     store::{
-        callstore::{CallStore, JournalWriter, ACTIVE_DIR},
+        callstore::{recover_journaled, CallStore, JournalWriter, ACTIVE_DIR},
         cdr::Cdr,
-        spool::recover_journaled,
     },
 };
 use calltap_common::SIGNALLING_RING;

@@ -16,7 +16,7 @@ use super::{
     mirror_port::{AfterCapture, DropDecision},
     Attachment, CaptureError,
 };
-use crate::pipeline::MediaTable;
+use crate::classify::MediaTable;
 
 /// The XDP object built by build.rs (empty when built with `CALLTAP_SKIP_EBPF=1`).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/calltap-xdp.o"));

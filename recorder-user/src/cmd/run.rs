@@ -28,14 +28,14 @@ use crate::{
         xdp::{wait_readable, RingPositions, XdpCapture, XdpCounters},
         Attachment, InputFill, Record,
     },
-    classify::{SharedMediaTable, UserTables},
+    classify::{MediaTable, SharedMediaTable, UserTables},
     config::{Config, SourceKind},
     pipeline::{
         group::{Group, Step},
         media::{MediaWorker, WorkerStats},
         rules::{LiveRules, RuleSet},
         signalling::{SignallingStats, SignallingWorker},
-        Control, ControlSink, MediaTable, MediaTimeout,
+        Control, ControlSink, MediaTimeout,
     },
     publish::{
         api,
@@ -46,6 +46,7 @@ use crate::{
         tls,
         webhook::{WebhookConfig, Webhooks},
     },
+    queues::{self, Queue},
     reload::{Change, Reloader},
     store::{
         archive::{
@@ -53,12 +54,9 @@ use crate::{
         },
         callstore::{CallStore, JournalWriter, ACTIVE_DIR},
         cdr::{Cdr, JsonlSink},
+        spool::{files::FdBudget, Capacity},
         writer::{CdrWriter, WriterConfig, WriterSnapshot},
     },
-};
-use crate::{
-    queues::{self, Queue},
-    store::spool::{files::FdBudget, Capacity},
 };
 
 /// Records a worker takes from its input before it looks at control messages again.
@@ -634,7 +632,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     // Audio the crashed run had buffered goes into its recordings before any worker maps its
     // own buffers or a call goes on.
     let spool_dir = cfg.data_dir.join(SPOOL_DIR);
-    crate::store::spool::recover_journaled(&spool_dir, &resumed.calls);
+    crate::store::callstore::recover_journaled(&spool_dir, &resumed.calls);
     let (journal, journal_thread) = JournalWriter::start(callstore)?;
     // Finished calls leave the journal when their CDR is in calls.jsonl (the CDR thread).
     let cdr_journal = journal.clone();
@@ -1163,10 +1161,10 @@ fn install_signal_handlers(shutdown: &Arc<Shutdown>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use calltap_common::PacketMeta;
+    use crossbeam_channel::unbounded;
 
     use super::*;
     use crate::pipeline::group::GROUP;
-    use crossbeam_channel::unbounded;
 
     fn record(ts_ns: u64, frame: &[u8]) -> Vec<u8> {
         let meta = PacketMeta {

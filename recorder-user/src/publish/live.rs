@@ -372,7 +372,7 @@ impl LiveCalls {
                 ..
             } => {
                 let held = rtp.is_none() || *direction != Direction::SendRecv;
-                Note::Media(*call, side_index(*side), held)
+                Note::Media(*call, side.index(), held)
             }
             Control::End { call, .. } => Note::End(*call),
             Control::Evict { call, ts_ns } => Note::Evict(*call, *ts_ns),
@@ -445,13 +445,6 @@ impl LiveCalls {
                 f(LiveEvent::Answered(c));
             }
         }
-    }
-}
-
-fn side_index(side: calltap_sip::dialog::Side) -> usize {
-    match side {
-        calltap_sip::dialog::Side::Caller => 0,
-        calltap_sip::dialog::Side::Callee => 1,
     }
 }
 

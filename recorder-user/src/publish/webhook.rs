@@ -597,10 +597,7 @@ struct Delivery {
 
 impl Delivery {
     fn run(self) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let rt = match crate::runtime::current_thread() {
             Ok(rt) => rt,
             Err(e) => {
                 // Events still reach the disk queue (the channel fills, then overflows to it).

@@ -347,10 +347,7 @@ impl Archiver {
         let (tx, rx) = bounded(CHANNEL);
         let counters = Arc::new(ArchiveCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(ArchiverError::Runtime)?;
+        let rt = crate::runtime::current_thread().map_err(ArchiverError::Runtime)?;
         let target = match &cfg.target {
             TargetSpec::Spool => "spool".to_string(),
             TargetSpec::Dir(d) => d.display().to_string(),

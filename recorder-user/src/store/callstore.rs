@@ -37,18 +37,20 @@ use std::{
     thread::JoinHandle,
 };
 
-use crossbeam_channel::{Receiver, Sender};
-use sha2::{Digest as _, Sha256};
-
 use calltap_media::{codec::CodecId, quality::JitterEstimator, stream::StreamTimeline};
 use calltap_sip::{
     dialog::DialogState,
     sdp::{Direction, RtpMap},
     NameAddr,
 };
+use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
-use super::cdr::{Dtmf, RejectedRequest, RestartGap};
+use super::{
+    cdr::{Dtmf, RejectedRequest, RestartGap},
+    spool,
+};
 
 /// Subdirectory of the data dir holding the journal.
 pub const ACTIVE_DIR: &str = "active";
@@ -700,6 +702,35 @@ fn parse_journal(path: &Path, bytes: &[u8], uuid: &str) -> Result<CallJournal, C
         });
     }
     Ok(j)
+}
+
+/// Lays the audio a crashed run left buffered under `dir` into the recordings its journaled
+/// calls name (see [`spool::recover`]); run before the workers map their own arenas and the
+/// calls are restored. Logs what it did.
+pub fn recover_journaled(dir: &std::path::Path, calls: &[CallJournal]) -> spool::Recovered {
+    let files: std::collections::HashMap<&str, (Option<PathBuf>, Option<PathBuf>)> = calls
+        .iter()
+        .map(|j| {
+            let wav = j.wav.as_ref().map(|w| w.path.clone());
+            let raw = j
+                .raw_path
+                .clone()
+                .or_else(|| Some(j.wav_path.with_extension("rtp.pcap")))
+                .filter(|_| j.raw_pcap);
+            (j.uuid.as_str(), (wav, raw))
+        })
+        .collect();
+    let done = spool::recover(dir, &|uuid| files.get(uuid).cloned().unwrap_or_default());
+    if done != spool::Recovered::default() {
+        log::info!(
+            "recovered {} buffer(s) of audio a crashed run had not written yet ({} of calls no \
+             longer journaled dropped, {} failed)",
+            done.buffers,
+            done.orphans,
+            done.errors
+        );
+    }
+    done
 }
 
 #[cfg(test)]

@@ -1005,10 +1005,7 @@ pub(crate) mod tests {
             "no rotated journal in {}",
             dir.display()
         );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
+        let rt = crate::runtime::current_thread().expect("rt");
         rt.block_on(async {
             let db = Db::connect(url, T).await.expect("connect");
             let counts = db.call_counts().await.expect("counts");
@@ -1019,10 +1016,7 @@ pub(crate) mod tests {
     }
 
     fn run_suite(mut fresh: impl FnMut(&str) -> String, tmp: &Path) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
+        let rt = crate::runtime::current_thread().expect("rt");
         let case_dir = |name: &str| {
             let d = tmp.join(name);
             std::fs::create_dir_all(&d).expect("case dir");
@@ -1088,10 +1082,7 @@ pub(crate) mod tests {
             &data,
             || {
                 *locker.lock().expect("locker") = Some(std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("rt");
+                    let rt = crate::runtime::current_thread().expect("rt");
                     rt.block_on(async {
                         use sqlx::Connection as _;
                         let mut conn = sqlx::SqliteConnection::connect(&locker_url)

@@ -40,11 +40,12 @@ pub struct Sweep {
     pub bytes: u64,
 }
 
-/// Size and usage of the filesystem holding `path`.
+/// Size and usage of the filesystem holding `path`, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FsUsage {
     pub size: u64,
     pub used: u64,
+    /// Available to unprivileged writers (what a non-root daemon can still use).
     pub avail: u64,
 }
 
@@ -60,6 +61,7 @@ impl FsUsage {
     }
 }
 
+/// statvfs(2) of the filesystem holding `path` (the spool's alarm and watermark, the metrics).
 pub fn fs_usage(path: &Path) -> std::io::Result<FsUsage> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())

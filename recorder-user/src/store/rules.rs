@@ -195,10 +195,7 @@ pub fn spawn_loader(
     std::thread::Builder::new()
         .name("rules-load".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match crate::runtime::current_thread() {
                 Ok(rt) => rt,
                 Err(e) => {
                     log::error!(
@@ -346,10 +343,7 @@ mod tests {
     }
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt")
+        crate::runtime::current_thread().expect("rt")
     }
 
     #[test]

@@ -262,10 +262,7 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self, rx: Receiver<Cdr>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let rt = match crate::runtime::current_thread() {
             Ok(rt) => rt,
             Err(e) => {
                 log::error!("CDR writer: no async runtime ({e}); every CDR goes to the journal");

@@ -226,8 +226,10 @@ impl Payload {
 #[cfg(test)]
 pub(crate) mod test_util {
     //! Cross-checks against an installed ffmpeg; tests skip them when it is absent.
-    use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::{
+        io::Write,
+        process::{Command, Stdio},
+    };
 
     /// Decodes `data` (raw stream in ffmpeg input format `fmt`) to 16-bit mono PCM.
     pub fn ffmpeg_decode(fmt: &str, data: &[u8]) -> Option<Vec<i16>> {

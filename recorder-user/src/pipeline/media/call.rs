@@ -9,10 +9,7 @@ use calltap_media::{
     quality::JitterEstimator,
     stream::StreamTimeline,
 };
-use calltap_sip::{
-    dialog::Side,
-    sdp::{Direction, RtpMap},
-};
+use calltap_sip::sdp::{Direction, RtpMap};
 
 use super::{
     decode::payload_of,
@@ -249,13 +246,6 @@ impl ActiveCall {
                 Some(Direction::SendOnly | Direction::RecvOnly | Direction::Inactive)
             ) || (s.direction.is_some() && s.rtp.is_none())
         })
-    }
-}
-
-pub(super) fn side_index(side: Side) -> usize {
-    match side {
-        Side::Caller => 0,
-        Side::Callee => 1,
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use calltap_sip::dialog::CallRef;
 
 use super::{
-    call::{push_bounded, push_dtmf, side_index, side_name, ActiveCall, DirState, SideMedia},
+    call::{push_bounded, push_dtmf, side_name, ActiveCall, DirState, SideMedia},
     journal::JournalState,
     outputs::{CallOutputs, WavOutput},
     ssrc::SsrcDirs,
@@ -140,7 +140,7 @@ impl MediaWorker {
                 let Some(c) = self.calls.get_mut(&call) else {
                     return;
                 };
-                let s = &mut c.sides[side_index(side)];
+                let s = &mut c.sides[side.index()];
                 for old in s.rtp.iter().chain(s.rtcp.iter()) {
                     let k = media_key(*old);
                     if self.endpoints.get(&k).map(|e| e.0) == Some(call) {
@@ -199,7 +199,7 @@ impl MediaWorker {
             } => {
                 if let Some(c) = self.calls.get_mut(&call) {
                     let d = Dtmf {
-                        side: side_name(side_index(side)).into(),
+                        side: side_name(side.index()).into(),
                         digit,
                         at_ms: ts_ns.saturating_sub(c.setup.start_ns) / 1_000_000,
                         duration_ms,

@@ -19,8 +19,8 @@
 //!
 //! Where to add things: **a codec** is a file in `calltap_media::codec` and one line in its
 //! registry (nothing here changes); **an output** (live listener, encoder) is a type
-//! implementing [`outputs::AudioOutput`], attached to a live call with
-//! `LiveCalls::attach` ([`crate::publish::live`]).
+//! implementing [`outputs::AudioOutput`], attached to a live call with `LiveCalls::attach`
+//! (the publish layer's `live` registry).
 
 use std::path::PathBuf;
 

@@ -12,7 +12,7 @@ use calltap_media::{
 use calltap_sip::dialog::{CallRef, Side};
 
 use super::{
-    call::{push_dtmf, side_index, side_name, ActiveCall},
+    call::{push_dtmf, side_name, ActiveCall},
     cdr::backlog_message,
     decode::Pcm,
     outputs::{AudioOutput, OutputCtx, Placed},
@@ -142,11 +142,8 @@ impl MediaWorker {
     pub(super) fn locate(&self, src: MediaKey, dst: MediaKey) -> Option<(CallRef, usize)> {
         let by_src_first = !self.shared.is_empty() && self.shared.contains(&dst);
         let lookup = |map: &FastMap<MediaKey, (CallRef, Side)>| {
-            let by_dst = || {
-                map.get(&dst)
-                    .map(|&(call, side)| (call, 1 - side_index(side)))
-            };
-            let by_src = || map.get(&src).map(|&(call, side)| (call, side_index(side)));
+            let by_dst = || map.get(&dst).map(|&(call, side)| (call, 1 - side.index()));
+            let by_src = || map.get(&src).map(|&(call, side)| (call, side.index()));
             if by_src_first {
                 by_src().or_else(by_dst)
             } else {

@@ -6,10 +6,12 @@ use std::net::SocketAddr;
 use calltap_common::{flags, Class, MediaKey, MediaValue};
 use calltap_sip::dialog::CallRef;
 
-use crate::capture::Record;
-use crate::pipeline::{media_key, Control, ControlSink, MediaTable, OwnedRecord};
-
 use super::{SignallingWorker, EARLY_GRACE_NS, EARLY_MAX};
+use crate::{
+    capture::Record,
+    classify::MediaTable,
+    pipeline::{media_key, Control, ControlSink, OwnedRecord},
+};
 
 impl<T: MediaTable> SignallingWorker<T> {
     /// Media no table entry claimed when it was captured. If a call has claimed its endpoints

@@ -10,16 +10,16 @@ use calltap_net::{
     tcp::{TcpConfig, TcpReassembler},
 };
 use calltap_sip::{
-    dialog::{CallEvent, CallRef, Side, Tracker, TrackerConfig},
+    dialog::{CallEvent, CallRef, Tracker, TrackerConfig},
     Message,
 };
 use serde::Serialize;
 
 use super::{
-    bounds::BoundStats, media::END_GRACE_NS, sip_ports::SipPorts, Control, ControlSink, MediaTable,
+    bounds::BoundStats, media::END_GRACE_NS, sip_ports::SipPorts, Control, ControlSink,
     MediaTimeout, OwnedRecord,
 };
-use crate::{capture::Record, store::callstore::JournalWriter};
+use crate::{capture::Record, classify::MediaTable, store::callstore::JournalWriter};
 
 mod endpoints;
 mod restore;
@@ -112,13 +112,6 @@ pub struct SignallingWorker<T: MediaTable> {
     /// Recording rules, consulted once per new call; `None` records every call.
     rules: Option<std::sync::Arc<super::rules::LiveRules>>,
     pub stats: SignallingStats,
-}
-
-fn side_index(side: Side) -> usize {
-    match side {
-        Side::Caller => 0,
-        Side::Callee => 1,
-    }
 }
 
 impl<T: MediaTable> SignallingWorker<T> {

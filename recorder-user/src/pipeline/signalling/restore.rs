@@ -3,13 +3,15 @@
 
 use calltap_sip::dialog::CallRef;
 
-use crate::pipeline::{media_key, CallSetup, Control, ControlSink, MediaTable, Restored};
-use crate::store::{
-    callstore::{CallJournal, Loaded},
-    cdr::RestartGap,
-};
-
 use super::{Route, SignallingWorker};
+use crate::{
+    classify::MediaTable,
+    pipeline::{media_key, CallSetup, Control, ControlSink, Restored},
+    store::{
+        callstore::{CallJournal, Loaded},
+        cdr::RestartGap,
+    },
+};
 
 /// Announces a restored call the way a new one is announced (`Start`, then `Answered` if it
 /// was), so whatever watches the control stream (the live-call registry) knows it too; the

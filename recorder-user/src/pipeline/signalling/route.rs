@@ -4,9 +4,11 @@
 use calltap_common::MediaKey;
 use calltap_sip::dialog::{CallEvent, EndReason};
 
-use crate::pipeline::{call_uuid, media_key, CallSetup, Control, ControlSink, MediaTable};
-
-use super::{side_index, Route, SignallingWorker};
+use super::{Route, SignallingWorker};
+use crate::{
+    classify::MediaTable,
+    pipeline::{call_uuid, media_key, CallSetup, Control, ControlSink},
+};
 
 impl<T: MediaTable> SignallingWorker<T> {
     pub(super) fn route(&mut self, events: &mut Vec<CallEvent>, sink: &mut dyn ControlSink) {
@@ -82,8 +84,7 @@ impl<T: MediaTable> SignallingWorker<T> {
                         .chain(rtcp.iter())
                         .map(|a| media_key(*a))
                         .collect();
-                    let old =
-                        std::mem::replace(&mut route.keys[side_index(side)], new_keys.clone());
+                    let old = std::mem::replace(&mut route.keys[side.index()], new_keys.clone());
                     // The worker learns the endpoints before the kernel starts steering them to
                     // it, so no packet arrives for an endpoint it does not know.
                     sink.send(

@@ -10,10 +10,8 @@ use calltap_net::{
 };
 use calltap_sip::{parse, parse_datagram, ParseError};
 
-use crate::capture::Record;
-use crate::pipeline::{ControlSink, MediaTable};
-
 use super::SignallingWorker;
+use crate::{capture::Record, classify::MediaTable, pipeline::ControlSink};
 
 impl<T: MediaTable> SignallingWorker<T> {
     pub(super) fn fragment(&mut self, rec: &Record<'_>, sink: &mut dyn ControlSink) {

@@ -21,8 +21,8 @@
 //! ([`AudioOutput::recording`]).
 //!
 //! **Adding an output**: a type implementing [`AudioOutput`] (with a [`Handoff`] to its own
-//! thread), attached to a live call through `LiveCalls::attach`
-//! (`crate::publish::live`). Nothing in the worker changes.
+//! thread), attached to a live call by the control plane (`LiveCalls::attach` in the publish
+//! layer's `live` registry). Nothing in the worker changes.
 
 mod wav;
 

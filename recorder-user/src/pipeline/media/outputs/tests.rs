@@ -10,6 +10,7 @@ use calltap_media::codec::g711::ulaw_to_linear;
 use calltap_sip::{
     dialog::{CallRef, Side},
     sdp::{Direction, RtpMap},
+    NameAddr,
 };
 use crossbeam_channel::Receiver;
 
@@ -19,7 +20,7 @@ use crate::{
     pipeline::{
         media::{MediaConfig, MediaWorker},
         recording::RecordingAction,
-        Control,
+        CallSetup, Control,
     },
     store::{cdr::Cdr, spool::SpoolConfig},
 };
@@ -142,8 +143,25 @@ fn worker(dir: &std::path::Path) -> MediaWorker {
         ..MediaConfig::default()
     };
     let mut w = MediaWorker::new(0, cfg);
-    let mut setup = crate::publish::live::tests::setup(CALL.0);
-    setup.start_ns = START;
+    let party = |user: &str| NameAddr {
+        display: None,
+        user: Some(user.into()),
+        host: Some("198.18.0.2".into()),
+        uri: format!("sip:{user}@198.18.0.2"),
+        tag: None,
+    };
+    let setup = CallSetup {
+        call: CALL,
+        uuid: "uuid-7".into(),
+        call_id: "cid-7".into(),
+        interaction: "cid-7".into(),
+        from: party("1000"),
+        to: party("2000"),
+        caller_ip: (*caller().ip()).into(),
+        callee_ip: (*callee().ip()).into(),
+        start_ns: START,
+        recording: Default::default(),
+    };
     let mut done = Vec::new();
     w.control(Control::Start(Box::new(setup)), &mut done);
     for (side, addr) in [(Side::Caller, caller()), (Side::Callee, callee())] {
