@@ -269,16 +269,16 @@ fn sip_calls_per_second(out: &mut BTreeMap<String, f64>, dir: &Path) {
     let _ = std::fs::remove_file(&full);
     // Recorded (a file made, closed, fsync'd and hashed per call: the disk's share shows), and
     // with `[recording] default = skip` (the signalling alone).
-    use calltap::pipeline::rules::RuleAction;
+    use calltap::rules::RuleAction;
     for (mode, key) in [
         (RuleAction::Record, "sip_calls_per_second"),
         (RuleAction::Skip, "sip_calls_per_second_unrecorded"),
     ] {
         let mut cfg = Config::load_with_env(None, &[]).expect("config");
-        cfg.data_dir = dir.join("data-sip");
-        let _ = std::fs::remove_dir_all(&cfg.data_dir);
-        cfg.workers = 1;
-        cfg.recording_default = mode;
+        cfg.storage.data_dir = dir.join("data-sip");
+        let _ = std::fs::remove_dir_all(&cfg.storage.data_dir);
+        cfg.capture.workers = 1;
+        cfg.recording.default = mode;
         let mut cdrs = 0u64;
         let mut recorded = 0u64;
         let t = Instant::now();
@@ -299,7 +299,7 @@ fn sip_calls_per_second(out: &mut BTreeMap<String, f64>, dir: &Path) {
             "sip: {calls} calls ({messages} SIP messages), recording {mode:?}: {secs:.2} s, {rate:.0} calls/s"
         );
         out.insert(key.into(), rate);
-        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+        let _ = std::fs::remove_dir_all(&cfg.storage.data_dir);
     }
     let _ = std::fs::remove_file(&sip);
 }
@@ -346,9 +346,9 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
     let tshark = tshark_secs(out, &pcap, rtp_packets);
     for workers in [1u32, 2] {
         let mut cfg = Config::load_with_env(None, &[]).expect("config");
-        cfg.data_dir = dir.join(format!("data-{workers}"));
-        let _ = std::fs::remove_dir_all(&cfg.data_dir);
-        cfg.workers = workers;
+        cfg.storage.data_dir = dir.join(format!("data-{workers}"));
+        let _ = std::fs::remove_dir_all(&cfg.storage.data_dir);
+        cfg.capture.workers = workers;
         let rss_before = rss_kib();
         let mut rss_open = 0;
         let mut cdrs = Vec::new();
@@ -406,7 +406,7 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
                 (rss_open.saturating_sub(rss_before) * 1024) as f64 / f64::from(calls.max(1)),
             );
         }
-        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+        let _ = std::fs::remove_dir_all(&cfg.storage.data_dir);
     }
     let _ = std::fs::remove_file(&pcap);
 }
@@ -414,9 +414,9 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
 /// One worker's replay of `pcap` into `dir`: (seconds, allocations, calls complete).
 fn replay_once(dir: &Path, pcap: &Path, want: u64) -> (f64, u64, usize) {
     let mut cfg = Config::load_with_env(None, &[]).expect("config");
-    cfg.data_dir = dir.to_path_buf();
+    cfg.storage.data_dir = dir.to_path_buf();
     let _ = std::fs::remove_dir_all(dir);
-    cfg.workers = 1;
+    cfg.capture.workers = 1;
     let mut complete = 0;
     let a0 = allocations();
     let t = Instant::now();

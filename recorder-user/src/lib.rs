@@ -13,5 +13,7 @@ pub mod pipeline;
 pub mod publish;
 pub mod queues;
 pub mod reload;
+pub mod rules;
 pub mod runtime;
+pub mod settings;
 pub mod store;

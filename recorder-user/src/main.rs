@@ -4,8 +4,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use calltap::{
+    capture::config::SourceKind,
     cmd::{import_csv, replay, run, token},
-    config::{Config, SourceKind},
+    config::Config,
+    settings::Kind,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -77,6 +79,9 @@ enum Command {
     CheckConfig {
         #[command(flatten)]
         common: Common,
+        /// Also list every key: its value, type, default and whether a reload applies it.
+        #[arg(long)]
+        keys: bool,
     },
 }
 
@@ -107,7 +112,7 @@ enum TokenAction {
 fn load(common: &Common) -> anyhow::Result<Config> {
     let mut cfg = Config::load(common.config.as_deref())?;
     if let Some(d) = &common.data_dir {
-        cfg.data_dir = d.clone();
+        cfg.storage.data_dir = d.clone();
     }
     Ok(cfg)
 }
@@ -149,20 +154,20 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let data_dir = common.data_dir.clone();
             let overrides = move |cfg: &mut Config| {
                 if let Some(d) = &data_dir {
-                    cfg.data_dir = d.clone();
+                    cfg.storage.data_dir = d.clone();
                 }
                 if !interfaces.is_empty() {
-                    cfg.interfaces = interfaces.clone();
+                    cfg.capture.interfaces = interfaces.clone();
                 }
                 if let Some(s) = source {
-                    cfg.source = match s {
+                    cfg.capture.source = match s {
                         Source::Auto => SourceKind::Auto,
                         Source::Xdp => SourceKind::Xdp,
                         Source::AfPacket => SourceKind::AfPacket,
                     };
                 }
                 if let Some(w) = workers {
-                    cfg.workers = w.clamp(1, calltap_common::MAX_WORKERS);
+                    cfg.capture.workers = w.clamp(1, calltap_common::MAX_WORKERS);
                 }
             };
             let env: Vec<(String, String)> = std::env::vars().collect();
@@ -183,13 +188,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
             files,
         } => {
             let cfg = load(&common)?;
-            std::fs::create_dir_all(&cfg.data_dir)
-                .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+            std::fs::create_dir_all(&cfg.storage.data_dir)
+                .with_context(|| format!("creating data dir {}", cfg.storage.data_dir.display()))?;
             let mut journal =
-                calltap::store::cdr::JsonlSink::open(&cfg.data_dir.join("calls.jsonl"))
+                calltap::store::cdr::JsonlSink::open(&cfg.storage.data_dir.join("calls.jsonl"))
                     .context("opening the CDR journal")?;
             let writer = calltap::store::writer::CdrWriter::start(
-                calltap::store::writer::WriterConfig::from_config(&cfg),
+                calltap::store::writer::WriterConfig::new(&cfg.database, &cfg.storage),
             )?;
             let mut failed = None;
             let summary = replay::replay(&cfg, &files, |cdr| {
@@ -259,17 +264,44 @@ fn real_main() -> anyhow::Result<ExitCode> {
             println!("{}", made.token);
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { common } => {
+        Command::CheckConfig { common, keys } => {
             let cfg = load(&common)?;
-            if let Some((cert, key)) = &cfg.api_tls {
+            if keys {
+                let env: Vec<(String, String)> = std::env::vars().collect();
+                let (_, values) = Config::resolve(common.config.as_deref(), &env)?;
+                for (section, key) in calltap::config::keys() {
+                    let value = match (section.name, key.name) {
+                        ("storage", "data_dir") => cfg.storage.data_dir.display().to_string(),
+                        (s, k) => values
+                            .get(&(s.to_string(), k.to_string()))
+                            .cloned()
+                            .unwrap_or_default(),
+                    };
+                    // Secrets are never printed; a database URL without its password.
+                    let value = match key.kind {
+                        Kind::Secret if !value.is_empty() => "(set)".to_string(),
+                        Kind::Url => calltap::store::db::redact(&value),
+                        _ => value,
+                    };
+                    println!(
+                        "[{}] {} = {value}  ({}; default {:?}; {})",
+                        section.name,
+                        key.name,
+                        key.kind.name(),
+                        key.default,
+                        if key.live { "reload" } else { "restart" }
+                    );
+                }
+            }
+            if let Some((cert, key)) = &cfg.api.tls {
                 calltap::publish::tls::server_config(cert, key)?;
             }
             println!(
                 "configuration OK: interfaces [{}], {} media workers, SIP ports {:?}, data dir {}",
-                cfg.interfaces.join(","),
-                cfg.worker_count(),
-                cfg.sip_ports,
-                cfg.data_dir.display()
+                cfg.capture.interfaces.join(","),
+                cfg.capture.worker_count(),
+                cfg.capture.sip_ports,
+                cfg.storage.data_dir.display()
             );
             Ok(ExitCode::SUCCESS)
         }

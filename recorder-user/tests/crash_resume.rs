@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use calltap::{
     capture::Record,
     classify::{classify_frame, SharedMediaTable, UserTables},
-    cmd::{
-        replay::{media_config, tracker_config},
-        run::SPOOL_DIR,
-    },
+    cmd::run::SPOOL_DIR,
     config::Config,
     pipeline::{
-        media::MediaWorker, recording::RecordingAction, signalling::SignallingWorker, Control,
+        media::{MediaConfig, MediaWorker},
+        recording::RecordingAction,
+        signalling::SignallingWorker,
+        Control,
     },
     store::{
         callstore::{recover_journaled, CallStore, JournalWriter, ACTIVE_DIR},
@@ -56,12 +56,12 @@ struct Run {
 impl Run {
     fn new(data: &Path, workers: u32, store: Option<&CallStore>) -> Run {
         let mut cfg = Config::load_with_env(None, &[]).expect("default config");
-        cfg.data_dir = data.to_path_buf();
-        cfg.workers = workers;
+        cfg.storage.data_dir = data.to_path_buf();
+        cfg.capture.workers = workers;
         let table = SharedMediaTable::default();
-        let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
-        let mut sig = SignallingWorker::new(table, workers, tracker_config(&cfg), 0);
-        let mut mcfg = media_config(&cfg);
+        let tables = UserTables::new(cfg.capture.xdp(), &cfg.capture.sip_ports, table.clone());
+        let mut sig = SignallingWorker::new(table, workers, cfg.calls.tracker(), 0);
+        let mut mcfg = MediaConfig::new(&cfg.storage, &cfg.calls, cfg.capture.worker_count());
         if store.is_some() {
             // As `calltap run`: buffered audio kept in the data directory across a crash.
             mcfg.spool.dir = Some(data.join(SPOOL_DIR));
@@ -78,7 +78,7 @@ impl Run {
                 .map(|w| w.with_store(journal.clone()))
                 .collect();
         }
-        sig.set_sip_ports(&cfg.sip_ports);
+        sig.set_sip_ports(&cfg.capture.sip_ports);
         Run {
             tables,
             sig,

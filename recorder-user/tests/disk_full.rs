@@ -53,8 +53,8 @@ fn full_recordings_disk_keeps_cdrs_and_does_not_crash() {
     let pcap = dir.join("calls.pcap");
     write_pcap(&pcap, &calls.iter().collect::<Vec<_>>());
     let mut cfg = Config::load_with_env(None, &[]).expect("config");
-    cfg.data_dir = dir.join("data");
-    cfg.workers = 1;
+    cfg.storage.data_dir = dir.join("data");
+    cfg.capture.workers = 1;
     let mut cdrs = Vec::new();
     let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |c| cdrs.push(c.clone()));
     assert_eq!(cdrs.len(), 4, "every call keeps its CDR");

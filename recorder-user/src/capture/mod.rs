@@ -2,6 +2,7 @@
 //! the frame) so the rest of the pipeline cannot tell XDP, AF_PACKET and pcap replay apart.
 
 pub mod af_packet;
+pub mod config;
 pub mod mirror_port;
 pub mod pcap;
 pub mod xdp;

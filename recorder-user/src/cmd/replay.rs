@@ -32,45 +32,24 @@ pub struct ReplaySummary {
     pub errors: Vec<String>,
 }
 
-pub fn tracker_config(cfg: &Config) -> calltap_sip::dialog::TrackerConfig {
-    calltap_sip::dialog::TrackerConfig {
-        correlation_header: cfg.correlation_header.clone(),
-        max_call_duration_ns: cfg.max_duration_s.saturating_mul(1_000_000_000),
-        unanswered_timeout_ns: cfg.unanswered_timeout_s.saturating_mul(1_000_000_000),
-        max_calls: cfg.max_calls,
-        max_unanswered_calls: cfg.max_unanswered_calls,
-        ..calltap_sip::dialog::TrackerConfig::default()
-    }
-}
-
-pub fn media_config(cfg: &Config) -> MediaConfig {
-    MediaConfig {
-        recordings_dir: cfg.recordings_dir(),
-        path_template: cfg.path_template.clone(),
-        flush_interval_ns: cfg.flush_interval_ms.saturating_mul(1_000_000),
-        media_timeout_ns: cfg.media_timeout_s.saturating_mul(1_000_000_000),
-        max_call_secs: cfg.max_duration_s.max(1),
-        restore_grace_ns: cfg.restore_grace_s.saturating_mul(1_000_000_000),
-        spool: crate::store::spool::SpoolConfig::with_memory_mb(
-            cfg.audio_buffer_mb / u64::from(cfg.worker_count().max(1)),
-        ),
-    }
-}
-
 /// Replays `files` in order; every finished call is passed to `on_cdr`.
 pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> ReplaySummary {
     let table = SharedMediaTable::default();
-    let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
-    let n = cfg.worker_count();
-    let mut sig = SignallingWorker::new(table, n, tracker_config(cfg), 0)
-        .with_reassembly(cfg.tcp, cfg.ipfrag);
-    sig.set_sip_ports(&cfg.sip_ports);
-    sig.set_learned_port_idle(cfg.learned_sip_port_idle_s.saturating_mul(1_000_000_000));
+    let tables = UserTables::new(cfg.capture.xdp(), &cfg.capture.sip_ports, table.clone());
+    let n = cfg.capture.worker_count();
+    let mut sig = SignallingWorker::new(table, n, cfg.calls.tracker(), 0)
+        .with_reassembly(cfg.reassembly.tcp, cfg.reassembly.ipfrag);
+    sig.set_sip_ports(&cfg.capture.sip_ports);
+    sig.set_learned_port_idle(
+        cfg.capture
+            .learned_sip_port_idle_s
+            .saturating_mul(1_000_000_000),
+    );
     // Offline: no rules database, but `[recording] default` applies as it does live.
-    sig.set_rules(crate::pipeline::rules::LiveRules::new(
-        crate::pipeline::rules::RuleSet::default_only(cfg.recording_default),
+    sig.set_rules(crate::rules::LiveRules::new(
+        crate::rules::RuleSet::default_only(cfg.recording.default),
     ));
-    let mcfg = media_config(cfg);
+    let mcfg = MediaConfig::new(&cfg.storage, &cfg.calls, n);
     let mut workers: Vec<MediaWorker> = (0..n).map(|i| MediaWorker::new(i, mcfg.clone())).collect();
     // Each worker's records wait in a group until it is full or something else must happen
     // first (a SIP record, a tick, the end): handled in capture order all the same.

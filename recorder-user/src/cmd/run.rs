@@ -20,20 +20,19 @@ use calltap_sip::dialog::EndReason;
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TryRecvError, TrySendError};
 use serde::Serialize;
 
-use super::replay::{media_config, tracker_config};
 use crate::{
     capture::{
         af_packet::{AfPacketCapture, RecordQueue},
+        config::SourceKind,
         mirror_port::{self, InterfaceFacts},
         xdp::{wait_readable, RingPositions, XdpCapture, XdpCounters},
         Attachment, InputFill, Record,
     },
     classify::{MediaTable, SharedMediaTable, UserTables},
-    config::{Config, SourceKind},
+    config::Config,
     pipeline::{
         group::{Group, Step},
-        media::{MediaWorker, WorkerStats},
-        rules::{LiveRules, RuleSet},
+        media::{MediaConfig, MediaWorker, WorkerStats},
         signalling::{SignallingStats, SignallingWorker},
         Control, ControlSink, MediaTimeout,
     },
@@ -48,6 +47,7 @@ use crate::{
     },
     queues::{self, Queue},
     reload::{Change, Reloader},
+    rules::{LiveRules, RuleSet},
     store::{
         archive::{
             queue::Job, target::TargetSpec, ArchiveConfig, ArchiveSnapshot, Archiver, OnArchived,
@@ -515,12 +515,12 @@ fn signalling_thread<T: MediaTable>(
 pub const SPOOL_DIR: &str = "spool";
 
 pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
-    if cfg.interfaces.is_empty() {
+    if cfg.capture.interfaces.is_empty() {
         bail!("no capture interface: give --interface IF or set [capture] interfaces");
     }
-    fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let n = cfg.worker_count();
+    fs::create_dir_all(&cfg.storage.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.storage.data_dir.display()))?;
+    let n = cfg.capture.worker_count();
     let shutdown = Arc::new(Shutdown {
         stop: Arc::new(AtomicBool::new(false)),
         drained: AtomicU32::new(0),
@@ -533,12 +533,15 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     let mut xdp = None;
     let mut af = None;
     let mut source = String::new();
-    if matches!(cfg.source, SourceKind::Auto | SourceKind::Xdp) {
+    if matches!(cfg.capture.source, SourceKind::Auto | SourceKind::Xdp) {
         let attempt = (|| {
-            let mut x = XdpCapture::load(&cfg.xdp(), &cfg.sip_ports)?;
-            for iface in &cfg.interfaces {
+            let mut x = XdpCapture::load(&cfg.capture.xdp(), &cfg.capture.sip_ports)?;
+            for iface in &cfg.capture.interfaces {
                 let facts = InterfaceFacts::read(iface);
-                x.attach(iface, mirror_port::decide(cfg.drop_after_capture, &facts))?;
+                x.attach(
+                    iface,
+                    mirror_port::decide(cfg.capture.drop_after_capture, &facts),
+                )?;
             }
             x.settle_drop_mode()?;
             Ok::<_, crate::capture::CaptureError>(x)
@@ -548,7 +551,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
                 source = "xdp".into();
                 xdp = Some(x);
             }
-            Err(e) if cfg.source == SourceKind::Auto => {
+            Err(e) if cfg.capture.source == SourceKind::Auto => {
                 log::warn!("XDP capture unavailable ({e}); falling back to AF_PACKET");
             }
             Err(e) => return Err(e.into()),
@@ -574,13 +577,14 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         attachments = x.attachments.clone();
     } else {
         source = "af_packet".into();
-        let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
+        let tables = UserTables::new(cfg.capture.xdp(), &cfg.capture.sip_ports, table.clone());
         let (capture, worker_rx, sig_rx) =
-            AfPacketCapture::start(&cfg.interfaces, tables, n, shutdown.stop.clone())?;
+            AfPacketCapture::start(&cfg.capture.interfaces, tables, n, shutdown.stop.clone())?;
         inputs = worker_rx.into_iter().map(Input::Channel).collect();
         sig_input = Input::Channel(sig_rx);
         // A packet socket only ever copies: the host's stack gets every frame.
         attachments = cfg
+            .capture
             .interfaces
             .iter()
             .map(|i| Attachment {
@@ -611,10 +615,10 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     let mut ctl_txs = Vec::new();
     let mut media_handles = Vec::new();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut mcfg = media_config(&cfg);
-    mcfg.spool.dir = Some(cfg.data_dir.join(SPOOL_DIR));
+    let mut mcfg = MediaConfig::new(&cfg.storage, &cfg.calls, n);
+    mcfg.spool.dir = Some(cfg.storage.data_dir.join(SPOOL_DIR));
     // Calls an earlier run was recording when it died; resumed before records are handled.
-    let callstore = CallStore::open(&cfg.data_dir.join(ACTIVE_DIR))?;
+    let callstore = CallStore::open(&cfg.storage.data_dir.join(ACTIVE_DIR))?;
     let resumed = callstore.load();
     if resumed.corrupt > 0 {
         log::error!(
@@ -631,7 +635,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     }
     // Audio the crashed run had buffered goes into its recordings before any worker maps its
     // own buffers or a call goes on.
-    let spool_dir = cfg.data_dir.join(SPOOL_DIR);
+    let spool_dir = cfg.storage.data_dir.join(SPOOL_DIR);
     crate::store::callstore::recover_journaled(&spool_dir, &resumed.calls);
     let (journal, journal_thread) = JournalWriter::start(callstore)?;
     // Finished calls leave the journal when their CDR is in calls.jsonl (the CDR thread).
@@ -664,7 +668,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     // Active calls for the API and console, fed by the signalling worker's control messages.
     let live_calls = LiveCalls::new(ctl_txs.clone());
     // Recording rules: the default mode until the database hands over the rules (see below).
-    let rules = LiveRules::new(RuleSet::default_only(cfg.recording_default));
+    let rules = LiveRules::new(RuleSet::default_only(cfg.recording.default));
     let (settings_tx, settings_rx) = bounded::<SignallingSettings>(16);
     // The reloader's way to the workers; emptied at shutdown, since the workers stop only when
     // every sender of their control channel is gone.
@@ -679,23 +683,27 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
             &r.cli_keys,
             move |c| overrides(c),
             move |change: &Change<'_>| {
-                let media = media_config(change.config);
+                let c = change.config;
+                let media = MediaConfig::new(&c.storage, &c.calls, c.capture.worker_count());
                 for tx in workers_ctl.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                     let _ = tx.send(Control::Settings(Box::new(media.clone())));
                 }
                 let _ = settings_tx.send((
-                    tracker_config(change.config),
+                    change.config.calls.tracker(),
                     change.added_sip_ports.to_vec(),
                 ));
-                reload_rules.set_default(change.config.recording_default);
+                reload_rules.set_default(change.config.recording.default);
             },
         ))
     });
     let sink = LiveSink::new(Senders(ctl_txs), live_calls.clone());
     // Webhooks: started/answered from the registry (signalling thread), ended from the cdr
     // thread; `webhooks.sender()` is also the handle for `recording_archived`.
-    let webhooks = match WebhookConfig::from_config(&cfg) {
-        Some(wc) => Some(Webhooks::start(wc, &cfg.data_dir.join("webhooks.queue"))?),
+    let webhooks = match WebhookConfig::new(&cfg.webhooks) {
+        Some(wc) => Some(Webhooks::start(
+            wc,
+            &cfg.storage.data_dir.join("webhooks.queue"),
+        )?),
         None => None,
     };
     if let Some(hooks) = webhooks.as_ref().and_then(Webhooks::sender) {
@@ -705,10 +713,13 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
             LiveEvent::Evicted(c, at_ns) => hooks.call_evicted(c, at_ns),
         });
     }
-    let tcfg = tracker_config(&cfg);
-    let reassembly = (cfg.tcp, cfg.ipfrag);
-    let sip_ports = cfg.sip_ports.clone();
-    let learned_port_idle_ns = cfg.learned_sip_port_idle_s.saturating_mul(1_000_000_000);
+    let tcfg = cfg.calls.tracker();
+    let reassembly = (cfg.reassembly.tcp, cfg.reassembly.ipfrag);
+    let sip_ports = cfg.capture.sip_ports.clone();
+    let learned_port_idle_ns = cfg
+        .capture
+        .learned_sip_port_idle_s
+        .saturating_mul(1_000_000_000);
     let sd = shutdown.clone();
     let sig_live = live.clone();
     // The kernel's map when XDP captures, the shared userspace map otherwise.
@@ -718,7 +729,12 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     };
     // Recording rules: the default mode until the database hands over the rules (retried in the
     // background); the API replaces them after each change.
-    crate::store::rules::spawn_loader(&cfg, rules.clone(), shutdown.stop.clone())?;
+    crate::store::rules::spawn_loader(
+        &cfg.database,
+        &cfg.storage.data_dir,
+        rules.clone(),
+        shutdown.stop.clone(),
+    )?;
     let sig_rules = rules.clone();
     let sig_handle = thread::Builder::new()
         .name("signalling".into())
@@ -737,14 +753,14 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
             };
             signalling_thread(sig, sig_input, sink, feeds, sd, n, sig_live)
         })?;
-    let jsonl = cfg.data_dir.join("calls.jsonl");
+    let jsonl = cfg.storage.data_dir.join("calls.jsonl");
     // Database, or CSV journal while the database is away; never blocks this thread.
-    let writer = CdrWriter::start(WriterConfig::from_config(&cfg))?;
+    let writer = CdrWriter::start(WriterConfig::new(&cfg.database, &cfg.storage))?;
     // Finished recordings: spool -> archive, retention, disk alarm. Its own thread; handing a
     // file over never waits for the archive. `archiver.counters()` is the metrics handle.
     // With an archive configured, each archived WAV is a recording.archived webhook (the raw
     // RTP pcap beside it is not; without an archive, recordings stay where call.ended says).
-    let archiving = !matches!(cfg.archive_target, TargetSpec::Spool);
+    let archiving = !matches!(cfg.archive.target, TargetSpec::Spool);
     let hooks = webhooks
         .as_ref()
         .and_then(Webhooks::sender)
@@ -761,7 +777,8 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
             }
         }) as OnArchived
     });
-    let archiver = Archiver::start(ArchiveConfig::from_config(&cfg), on_archived)?;
+    let archive = ArchiveConfig::new(&cfg.archive, cfg.retention, &cfg.database, &cfg.storage);
+    let archiver = Archiver::start(archive, on_archived)?;
     let archive_submit = archiver.submitter();
     let capture_counters = match (&counters, &af) {
         (Some(c), _) => CaptureCounters::Xdp(c.clone()),
@@ -783,7 +800,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         metrics.set_interface_info(&a.interface, a.mode, a.after.after_capture.as_str());
     }
     metrics.set_inputs(fills);
-    metrics.set_spool(cfg.recordings_dir());
+    metrics.set_spool(cfg.storage.recordings_dir());
     metrics.set_capacity(&capacity);
     metrics.set_archive(archiver.counters());
     // Without webhooks configured the series stay at zero, so dashboards show "none" rather
@@ -795,12 +812,12 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
             .unwrap_or_default(),
     );
     // The management server; started before the ready file so a watcher can scrape at once.
-    let http_server = match &cfg.api_listen {
+    let http_server = match &cfg.api.listen {
         Some(addr) => {
-            let api = api::ApiState::connecting(&cfg, Some(writer.counters()));
+            let api = api::ApiState::connecting(&cfg.api_settings(), Some(writer.counters()));
             api.set_capture(api::CaptureInfo {
                 source: source.clone(),
-                interfaces: cfg.interfaces.clone(),
+                interfaces: cfg.capture.interfaces.clone(),
             });
             api.set_live(live_calls.clone());
             api.set_metrics(metrics.clone());
@@ -812,7 +829,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
                 http::router(metrics.clone()).merge(api::router(api)),
                 metrics.clone(),
             );
-            let tls = match &cfg.api_tls {
+            let tls = match &cfg.api.tls {
                 Some((cert, key)) => Some(tls::server_config(cert, key)?),
                 None => None,
             };
@@ -898,12 +915,12 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         (lines, unlisted, writer.finish())
     })?;
 
-    let ready = cfg.data_dir.join("calltap.ready");
+    let ready = cfg.storage.data_dir.join("calltap.ready");
     fs::write(&ready, format!("{source}\n"))?;
     log::info!(
         "capturing on {} ({source}), {n} media workers, data in {}",
-        cfg.interfaces.join(","),
-        cfg.data_dir.display()
+        cfg.capture.interfaces.join(","),
+        cfg.storage.data_dir.display()
     );
     while !shutdown.stop.load(Ordering::Acquire) {
         thread::sleep(Duration::from_millis(100));
@@ -974,7 +991,7 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
         w.finish();
     }
     drop(http_server);
-    write_summary(&cfg.data_dir.join("run-summary.json"), &summary)?;
+    write_summary(&cfg.storage.data_dir.join("run-summary.json"), &summary)?;
     let _ = fs::remove_file(&ready);
     drop(xdp);
     drop(af);
@@ -996,8 +1013,8 @@ fn assess_limits(cfg: &Config, workers: u32) -> Capacity {
     let (nofile, _) = crate::limits::nofile();
     let budget = FdBudget::get();
     budget.set_limit(FdBudget::from_rlimit(nofile));
-    let max_calls = tracker_config(cfg).max_calls as u64;
-    let c = Capacity::assess(max_calls, cfg.audio_buffer_mb);
+    let max_calls = cfg.calls.max_calls as u64;
+    let c = Capacity::assess(max_calls, cfg.storage.audio_buffer_mb);
     let bound = if c.concurrent_calls == c.max_calls {
         "[calls] max_calls"
     } else {
@@ -1009,7 +1026,7 @@ fn assess_limits(cfg: &Config, workers: u32) -> Capacity {
          calls beyond that reopen their file per write",
         c.concurrent_calls,
         c.max_calls,
-        cfg.audio_buffer_mb,
+        cfg.storage.audio_buffer_mb,
         c.buffer_calls,
         c.open_files,
     );
@@ -1049,13 +1066,13 @@ fn start_console(parts: ConsoleParts<'_>) -> Option<Console> {
         workers,
         reloader,
     } = parts;
-    let listen = cfg.console_listen.clone()?;
+    let listen = cfg.console.listen.clone()?;
     let started = Instant::now();
     let (live, store, ifs, data_dir) = (
         live_calls.clone(),
         writer.counters(),
-        cfg.interfaces.join(","),
-        cfg.data_dir.display().to_string(),
+        cfg.capture.interfaces.join(","),
+        cfg.storage.data_dir.display().to_string(),
     );
     let source = source.to_string();
     let status = move || {
@@ -1100,7 +1117,7 @@ fn start_console(parts: ConsoleParts<'_>) -> Option<Console> {
     };
     let cfg = ConsoleConfig {
         listen,
-        password: cfg.console_password.clone(),
+        password: cfg.console.password.clone(),
         idle: crate::publish::console::IDLE,
     };
     match Console::start(cfg, live_calls.clone(), backend) {

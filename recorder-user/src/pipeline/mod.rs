@@ -6,10 +6,10 @@
 //! structs fed one record at a time.
 
 pub mod bounds;
+pub mod config;
 pub mod group;
 pub mod media;
 pub mod recording;
-pub mod rules;
 pub mod signalling;
 pub mod sip_ports;
 
@@ -35,8 +35,8 @@ pub struct CallSetup {
     pub callee_ip: std::net::IpAddr,
     pub start_ns: u64,
     /// Whether (and why) the call is recorded: decided once, at call start, by the recording
-    /// rules ([`rules::LiveRules`]).
-    pub recording: rules::RecordingMode,
+    /// rules ([`crate::rules::LiveRules`]).
+    pub recording: crate::rules::RecordingMode,
 }
 
 impl CallSetup {

@@ -22,9 +22,9 @@ use crate::{
     pipeline::{
         media::outputs::{AudioOutput, NewOutput, OutputId},
         recording::{RecordingAction, RecordingState, MAX_TRANSITIONS},
-        rules::RuleAction,
         CallSetup, Control, ControlSink,
     },
+    rules::RuleAction,
     store::cdr::rfc3339,
 };
 
@@ -689,7 +689,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rule_modes_are_listed_on_demand_starts_stopped_and_skip_refuses_control() {
-        use crate::pipeline::rules::RecordingMode;
+        use crate::rules::RecordingMode;
         let (tx, rx) = unbounded();
         let live = LiveCalls::new(vec![tx]);
         let mut sink = LiveSink::new(Vec::<(u32, Control)>::new(), live.clone());

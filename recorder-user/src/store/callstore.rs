@@ -192,7 +192,7 @@ pub struct CallJournal {
     /// The recording decision made at call start (rules), so a restored call is recorded, or
     /// not, as before; journals of older versions mean "record".
     #[serde(default)]
-    pub recording: crate::pipeline::rules::RecordingMode,
+    pub recording: crate::rules::RecordingMode,
     /// Operator recording control so far (start/stop/pause/resume), replayed into the restored
     /// call's gate so paused and stopped spans stay silent and on-demand calls stay as asked.
     #[serde(default)]
@@ -854,8 +854,8 @@ mod tests {
             unsupported: vec![],
             ssrc_dirs: vec![(0xabcd, 0)],
             restart_gaps: vec![RestartGap::new(1, 2_000_000)],
-            recording: crate::pipeline::rules::RecordingMode {
-                action: crate::pipeline::rules::RuleAction::OnDemand,
+            recording: crate::rules::RecordingMode {
+                action: crate::rules::RuleAction::OnDemand,
                 rule_id: Some(7),
             },
             recording_events: vec![crate::store::cdr::RecordingEvent {

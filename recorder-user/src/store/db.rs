@@ -650,6 +650,25 @@ pub fn redact(url: &str) -> String {
 }
 
 /// The store suite, run against SQLite (a temp dir) and a real PostgreSQL cluster.
+/// Opens (and migrates) the CDR database at `url`, for the API, the rules loader and the
+/// one-shot commands. The CDR writer opens (and migrates) the same database at the same moment
+/// when the daemon starts; on a fresh SQLite file two migrators race ("table calls already
+/// exists", nothing is locked across sqlx's check-then-apply), so a failed migration is
+/// retried: by then the other side has applied it and the retry finds it done.
+pub async fn connect_migrated(url: String, write_timeout: Duration) -> Result<Db, DbError> {
+    let timeout = write_timeout.max(Duration::from_millis(2000));
+    let mut attempt = 0;
+    loop {
+        match Db::connect(&url, timeout).await {
+            Err(DbError::Migrate { .. }) if attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::{

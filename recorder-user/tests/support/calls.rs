@@ -335,8 +335,8 @@ pub fn replay(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let mut cfg = Config::load_with_env(None, &env).expect("config");
-    cfg.data_dir = dir.join("data");
-    cfg.workers = 2;
+    cfg.storage.data_dir = dir.join("data");
+    cfg.capture.workers = 2;
     let mut cdrs = Vec::new();
     let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |cdr| {
         cdrs.push(serde_json::to_value(cdr).expect("cdr json"))

@@ -14,7 +14,8 @@ use super::{
     MediaConfig, END_GRACE_NS, MAX_REJECTED_PER_CALL,
 };
 use crate::{
-    pipeline::{media_key, recording::RecordingAction, rules::RuleAction, Control},
+    pipeline::{media_key, recording::RecordingAction, Control},
+    rules::RuleAction,
     store::{
         cdr::{rfc3339, Cdr, Dtmf, RejectedRequest},
         paths::{expand, PathFields},

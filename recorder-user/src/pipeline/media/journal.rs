@@ -9,9 +9,8 @@ use super::{
     worker::MediaWorker,
 };
 use crate::{
-    pipeline::{
-        media_key, recording::RecordingAction, rules::RuleAction, CallSetup, Control, Restored,
-    },
+    pipeline::{media_key, recording::RecordingAction, CallSetup, Control, Restored},
+    rules::RuleAction,
     store::{
         callstore::{
             CallJournal, DirJournal, SideJournal, WavJournal, COUNTERS_NS, DURABLE_NS, VERSION,

@@ -27,7 +27,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use self::worker::MediaWorker;
-use crate::store::spool::SpoolConfig;
+use super::config::CallsConfig;
+use crate::store::{config::StorageConfig, spool::SpoolConfig};
 
 mod call;
 mod cdr;
@@ -53,6 +54,22 @@ pub struct MediaConfig {
     pub restore_grace_ns: u64,
     /// The worker's audio buffers (see [`crate::store::spool`]).
     pub spool: SpoolConfig,
+}
+
+impl MediaConfig {
+    /// A worker's settings from `[storage]` and `[calls]`: the audio buffers are shared out
+    /// among `workers`.
+    pub fn new(storage: &StorageConfig, calls: &CallsConfig, workers: u32) -> MediaConfig {
+        MediaConfig {
+            recordings_dir: storage.recordings_dir(),
+            path_template: storage.path_template.clone(),
+            flush_interval_ns: storage.flush_interval_ms.saturating_mul(1_000_000),
+            media_timeout_ns: calls.media_timeout_s.saturating_mul(1_000_000_000),
+            max_call_secs: calls.max_duration_s.max(1),
+            restore_grace_ns: calls.restore_grace_s.saturating_mul(1_000_000_000),
+            spool: SpoolConfig::with_memory_mb(storage.audio_buffer_mb / u64::from(workers.max(1))),
+        }
+    }
 }
 
 impl Default for MediaConfig {

@@ -110,7 +110,7 @@ pub struct SignallingWorker<T: MediaTable> {
     touched: Vec<CallRef>,
     next_untracked: u64,
     /// Recording rules, consulted once per new call; `None` records every call.
-    rules: Option<std::sync::Arc<super::rules::LiveRules>>,
+    rules: Option<std::sync::Arc<crate::rules::LiveRules>>,
     pub stats: SignallingStats,
 }
 
@@ -147,8 +147,8 @@ impl<T: MediaTable> SignallingWorker<T> {
         self
     }
 
-    /// Decides each new call's recording by `rules` (see [`super::rules`]).
-    pub fn set_rules(&mut self, rules: std::sync::Arc<super::rules::LiveRules>) {
+    /// Decides each new call's recording by `rules` (see [`crate::rules`]).
+    pub fn set_rules(&mut self, rules: std::sync::Arc<crate::rules::LiveRules>) {
         self.rules = Some(rules);
     }
 

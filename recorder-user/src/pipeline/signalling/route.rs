@@ -42,7 +42,7 @@ impl<T: MediaTable> SignallingWorker<T> {
                     );
                     let uuid = call_uuid(ts_ns, call, self.node);
                     let recording = self.rules.as_ref().map_or_else(Default::default, |r| {
-                        r.decide(&crate::pipeline::rules::CallFacts {
+                        r.decide(&crate::rules::CallFacts {
                             from: &from,
                             to: &to,
                             caller_ip,

@@ -4,10 +4,8 @@
 
 use super::{AudioOutput, OutputCtx, Placed};
 use crate::{
-    pipeline::{
-        recording::{blank_from, RecordingAction, RecordingGate, RecordingState},
-        rules::RuleAction,
-    },
+    pipeline::recording::{blank_from, RecordingAction, RecordingGate, RecordingState},
+    rules::RuleAction,
     store::spool::{Closing, FailReason, Spool, WavWindow},
 };
 
