@@ -17,8 +17,7 @@ use std::net::SocketAddr;
 
 use calltap_common::MediaKey;
 use calltap_sip::{
-    dialog::{CallRef, Side},
-    sdp::{Direction, RtpMap},
+    dialog::{CallEvent, CallRef},
     NameAddr,
 };
 
@@ -61,30 +60,13 @@ impl CallSetup {
 #[derive(Debug)]
 pub enum Control {
     Start(Box<CallSetup>),
-    Media {
-        call: CallRef,
-        side: Side,
-        rtp: Option<SocketAddr>,
-        rtcp: Option<SocketAddr>,
-        codecs: Vec<RtpMap>,
-        direction: Direction,
-        ts_ns: u64,
-    },
-    Ringing {
-        call: CallRef,
-        ts_ns: u64,
-    },
-    Answered {
-        call: CallRef,
-        ts_ns: u64,
-    },
-    Dtmf {
-        call: CallRef,
-        side: Side,
-        digit: char,
-        duration_ms: Option<u32>,
-        ts_ns: u64,
-    },
+    /// What SIP said about a call since it started, as the dialog tracker said it: where a
+    /// side receives media (`Media`, its endpoints already admitted by signalling), ringing,
+    /// the answer, SIP INFO digits, in-dialog requests not acted on (`Rejected`: listed in
+    /// the CDR's `rejected_requests`). `Started` and `Ended` come as `Start` and `End`.
+    /// Boxed: a started call's event is large, and every queued message is as large as the
+    /// largest.
+    Event(Box<CallEvent>),
     End {
         call: CallRef,
         reason: String,
@@ -97,12 +79,6 @@ pub enum Control {
     Evict {
         call: CallRef,
         ts_ns: u64,
-    },
-    /// An in-dialog request signalling did not act on (it came from or went to an address off
-    /// the dialog's signalling path): listed in the CDR's `rejected_requests`.
-    Rejected {
-        call: CallRef,
-        rejection: calltap_sip::dialog::Rejection,
     },
     /// An operator's recording control (API, console), checked against the call's state by
     /// `publish::live` before it is sent; `ts_ns` is when it was asked for.
@@ -204,4 +180,16 @@ pub fn media_key(addr: SocketAddr) -> MediaKey {
 /// Counter-based unique ids for calls: time-ordered, unique per recorder process run.
 pub fn call_uuid(start_ns: u64, call: CallRef, node: u32) -> String {
     format!("{start_ns:016x}-{node:04x}-{:012x}", call.0)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every slot of a worker's control queue is as large as the largest message: they stay
+    /// small, the large ones boxed.
+    #[test]
+    fn control_messages_stay_small() {
+        let size = std::mem::size_of::<super::Control>();
+        eprintln!("Control: {size} bytes");
+        assert!(size <= 64, "{size}");
+    }
 }

@@ -14,7 +14,10 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use calltap_sip::{dialog::CallRef, sdp::Direction};
+use calltap_sip::{
+    dialog::{CallEvent, CallRef},
+    sdp::Direction,
+};
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
@@ -362,18 +365,21 @@ impl LiveCalls {
     fn note(worker: u32, msg: &Control) -> Option<Note> {
         Some(match msg {
             Control::Start(s) => Note::Start(Box::new(LiveCall::from_setup(worker, s))),
-            Control::Ringing { call, .. } => Note::Ringing(*call),
-            Control::Answered { call, ts_ns } => Note::Answered(*call, *ts_ns),
-            Control::Media {
-                call,
-                side,
-                rtp,
-                direction,
-                ..
-            } => {
-                let held = rtp.is_none() || *direction != Direction::SendRecv;
-                Note::Media(*call, side.index(), held)
-            }
+            Control::Event(ev) => match &**ev {
+                CallEvent::Ringing { call, .. } => Note::Ringing(*call),
+                CallEvent::Answered { call, ts_ns } => Note::Answered(*call, *ts_ns),
+                CallEvent::Media {
+                    call,
+                    side,
+                    rtp,
+                    direction,
+                    ..
+                } => {
+                    let held = rtp.is_none() || *direction != Direction::SendRecv;
+                    Note::Media(*call, side.index(), held)
+                }
+                _ => return None,
+            },
             Control::End { call, .. } => Note::End(*call),
             Control::Evict { call, ts_ns } => Note::Evict(*call, *ts_ns),
             _ => return None,
@@ -533,10 +539,10 @@ pub(crate) mod tests {
         }
         sink.send(
             0,
-            Control::Ringing {
+            Control::Event(Box::new(CallEvent::Ringing {
                 call: CallRef(1),
                 ts_ns: t0 + 5,
-            },
+            })),
         );
         assert_eq!(
             live.get("uuid-1").map(|c| c.state),
@@ -545,10 +551,10 @@ pub(crate) mod tests {
         for ts_ns in [t0 + 1_000_000_000, t0 + 2_000_000_000] {
             sink.send(
                 0,
-                Control::Answered {
+                Control::Event(Box::new(CallEvent::Answered {
                     call: CallRef(1),
                     ts_ns,
-                },
+                })),
             );
         }
         let c = live.get("uuid-1").expect("listed");
@@ -560,7 +566,7 @@ pub(crate) mod tests {
         );
         sink.send(
             0,
-            Control::Media {
+            Control::Event(Box::new(CallEvent::Media {
                 call: CallRef(1),
                 side: Side::Callee,
                 rtp: None,
@@ -568,7 +574,7 @@ pub(crate) mod tests {
                 codecs: vec![],
                 direction: Direction::SendRecv,
                 ts_ns: 0,
-            },
+            })),
         );
         assert_eq!(live.get("uuid-1").map(|c| c.state), Some(CallState::Held));
         // Every message went on to the inner sink.
@@ -641,10 +647,10 @@ pub(crate) mod tests {
         sink.send(0, Control::Start(Box::new(setup(3))));
         sink.send(
             0,
-            Control::Answered {
+            Control::Event(Box::new(CallEvent::Answered {
                 call: CallRef(3),
                 ts_ns: 1_700_000_001_000_000_000,
-            },
+            })),
         );
         let c = live.get("uuid-3").expect("listed");
         assert_eq!(c.state, CallState::Answered);
@@ -655,10 +661,10 @@ pub(crate) mod tests {
         sink.send(0, Control::Start(Box::new(fresh)));
         sink.send(
             0,
-            Control::Answered {
+            Control::Event(Box::new(CallEvent::Answered {
                 call: CallRef(4),
                 ts_ns: crate::clock::unix_ns(),
-            },
+            })),
         );
         assert_eq!(*heard.lock().expect("heard"), 2);
     }

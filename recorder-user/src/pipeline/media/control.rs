@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use calltap_sip::dialog::CallRef;
+use calltap_sip::dialog::{CallEvent, CallRef};
 
 use super::{
     call::{push_bounded, push_dtmf, side_name, ActiveCall, DirState, SideMedia},
@@ -129,61 +129,7 @@ impl MediaWorker {
                     }),
                 );
             }
-            Control::Media {
-                call,
-                side,
-                rtp,
-                rtcp,
-                codecs,
-                direction,
-                ts_ns,
-            } => {
-                let Some(c) = self.calls.get_mut(&call) else {
-                    return;
-                };
-                let s = &mut c.sides[side.index()];
-                for old in s.rtp.iter().chain(s.rtcp.iter()) {
-                    let k = media_key(*old);
-                    if self.endpoints.get(&k).map(|e| e.0) == Some(call) {
-                        self.endpoints.remove(&k);
-                    }
-                }
-                for new in rtp.iter().chain(rtcp.iter()) {
-                    let k = media_key(*new);
-                    // Entries of `endpoints` all belong to live calls (ending ones moved out).
-                    if let Some((prev, _)) = self.endpoints.insert(k, (call, side)) {
-                        if prev != call {
-                            self.shared.insert(k);
-                        }
-                    }
-                }
-                s.rtp = rtp;
-                s.rtcp = rtcp;
-                if !codecs.is_empty() {
-                    s.codecs = codecs;
-                }
-                s.direction = Some(direction);
-                // The SDP may map payload types differently now.
-                for d in c.dirs.iter_mut() {
-                    d.pt_cache = None;
-                }
-                // Leaving hold restarts the inactivity clock.
-                c.last_media_ns = c.last_media_ns.max(ts_ns);
-                c.journal.dirty = true;
-            }
-            Control::Ringing { call, ts_ns } => {
-                if let Some(c) = self.calls.get_mut(&call) {
-                    c.ringing_ns.get_or_insert(ts_ns);
-                    c.journal.dirty = true;
-                }
-            }
-            Control::Answered { call, ts_ns } => {
-                if let Some(c) = self.calls.get_mut(&call) {
-                    c.answer_ns.get_or_insert(ts_ns);
-                    c.last_media_ns = c.last_media_ns.max(ts_ns);
-                    c.journal.dirty = true;
-                }
-            }
+            Control::Event(ev) => self.event(*ev),
             Control::Dialog { call, state } => {
                 if let Some(c) = self.calls.get_mut(&call) {
                     c.journal.dialog = Some(state);
@@ -191,42 +137,6 @@ impl MediaWorker {
                 }
             }
             Control::Restore(r) => self.restore(*r, done),
-            Control::Dtmf {
-                call,
-                side,
-                digit,
-                duration_ms,
-                ts_ns,
-            } => {
-                if let Some(c) = self.calls.get_mut(&call) {
-                    let d = Dtmf {
-                        side: side_name(side.index()).into(),
-                        digit,
-                        at_ms: ts_ns.saturating_sub(c.setup.start_ns) / 1_000_000,
-                        duration_ms,
-                        source: "sip_info".into(),
-                    };
-                    push_dtmf(c, d, &mut self.stats);
-                    c.journal.dirty = true;
-                }
-            }
-            Control::Rejected { call, rejection } => {
-                if let Some(c) = self.calls.get_mut(&call) {
-                    let r = RejectedRequest {
-                        src: rejection.src.to_string(),
-                        dst: rejection.dst.to_string(),
-                        at_ms: rejection.ts_ns.saturating_sub(c.setup.start_ns) / 1_000_000,
-                        reason: rejection.reason.as_str().into(),
-                        method: rejection.method,
-                    };
-                    let (max, total) = (
-                        MAX_REJECTED_PER_CALL,
-                        &mut self.stats.rejected_requests_omitted,
-                    );
-                    push_bounded(&mut c.rejected, r, max, &mut c.rejected_omitted, total);
-                    c.journal.dirty = true;
-                }
-            }
             Control::Evict { call, ts_ns } => self.evict(call, ts_ns, done),
             Control::Attach { call, output } => match self.calls.get_mut(&call) {
                 Some(c) => {
@@ -290,6 +200,105 @@ impl MediaWorker {
                 }
                 self.reap(ts_ns, done);
             }
+        }
+    }
+
+    /// What SIP said about a call ([`Control::Event`]).
+    fn event(&mut self, ev: CallEvent) {
+        match ev {
+            CallEvent::Media {
+                call,
+                side,
+                rtp,
+                rtcp,
+                codecs,
+                direction,
+                ts_ns,
+            } => {
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                let s = &mut c.sides[side.index()];
+                for old in s.rtp.iter().chain(s.rtcp.iter()) {
+                    let k = media_key(*old);
+                    if self.endpoints.get(&k).map(|e| e.0) == Some(call) {
+                        self.endpoints.remove(&k);
+                    }
+                }
+                for new in rtp.iter().chain(rtcp.iter()) {
+                    let k = media_key(*new);
+                    // Entries of `endpoints` all belong to live calls (ending ones moved out).
+                    if let Some((prev, _)) = self.endpoints.insert(k, (call, side)) {
+                        if prev != call {
+                            self.shared.insert(k);
+                        }
+                    }
+                }
+                s.rtp = rtp;
+                s.rtcp = rtcp;
+                if !codecs.is_empty() {
+                    s.codecs = codecs;
+                }
+                s.direction = Some(direction);
+                // The SDP may map payload types differently now.
+                for d in c.dirs.iter_mut() {
+                    d.pt_cache = None;
+                }
+                // Leaving hold restarts the inactivity clock.
+                c.last_media_ns = c.last_media_ns.max(ts_ns);
+                c.journal.dirty = true;
+            }
+            CallEvent::Ringing { call, ts_ns } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.ringing_ns.get_or_insert(ts_ns);
+                    c.journal.dirty = true;
+                }
+            }
+            CallEvent::Answered { call, ts_ns } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.answer_ns.get_or_insert(ts_ns);
+                    c.last_media_ns = c.last_media_ns.max(ts_ns);
+                    c.journal.dirty = true;
+                }
+            }
+            CallEvent::Dtmf {
+                call,
+                side,
+                digit,
+                duration_ms,
+                ts_ns,
+            } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    let d = Dtmf {
+                        side: side_name(side.index()).into(),
+                        digit,
+                        at_ms: ts_ns.saturating_sub(c.setup.start_ns) / 1_000_000,
+                        duration_ms,
+                        source: "sip_info".into(),
+                    };
+                    push_dtmf(c, d, &mut self.stats);
+                    c.journal.dirty = true;
+                }
+            }
+            CallEvent::Rejected { call, rejection } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    let r = RejectedRequest {
+                        src: rejection.src.to_string(),
+                        dst: rejection.dst.to_string(),
+                        at_ms: rejection.ts_ns.saturating_sub(c.setup.start_ns) / 1_000_000,
+                        reason: rejection.reason.as_str().into(),
+                        method: rejection.method,
+                    };
+                    let (max, total) = (
+                        MAX_REJECTED_PER_CALL,
+                        &mut self.stats.rejected_requests_omitted,
+                    );
+                    push_bounded(&mut c.rejected, r, max, &mut c.rejected_omitted, total);
+                    c.journal.dirty = true;
+                }
+            }
+            // Announced as `Start` and `End` instead.
+            CallEvent::Started { .. } | CallEvent::Ended { .. } => {}
         }
     }
 

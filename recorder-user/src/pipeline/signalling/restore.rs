@@ -1,7 +1,7 @@
 //! Taking over the calls an earlier run journaled (see [`crate::store::callstore`]): their
 //! dialogs, media endpoints and workers.
 
-use calltap_sip::dialog::CallRef;
+use calltap_sip::dialog::{CallEvent, CallRef};
 
 use super::{Route, SignallingWorker};
 use crate::{
@@ -22,7 +22,10 @@ pub(super) fn announce(j: &CallJournal, call: CallRef, worker: u32, sink: &mut d
         Control::Start(Box::new(CallSetup::journaled(j, call))),
     );
     if let Some(ts_ns) = j.answer_ns {
-        sink.send(worker, Control::Answered { call, ts_ns });
+        sink.send(
+            worker,
+            Control::Event(Box::new(CallEvent::Answered { call, ts_ns })),
+        );
     }
 }
 

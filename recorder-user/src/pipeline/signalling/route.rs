@@ -65,40 +65,32 @@ impl<T: MediaTable> SignallingWorker<T> {
                         })),
                     );
                 }
-                CallEvent::Media {
-                    call,
-                    side,
-                    rtp,
-                    rtcp,
-                    codecs,
-                    direction,
-                    ts_ns,
-                } => {
-                    let (rtp, rtcp) = self.admit_media(call, rtp, rtcp);
-                    let Some(route) = self.routes.get_mut(&call) else {
+                mut media @ CallEvent::Media { .. } => {
+                    let CallEvent::Media {
+                        call,
+                        side,
+                        rtp,
+                        rtcp,
+                        ..
+                    } = &mut media
+                    else {
                         continue;
                     };
-                    let worker = route.worker;
+                    let (call, side) = (*call, *side);
+                    (*rtp, *rtcp) = self.admit_media(call, *rtp, *rtcp);
                     let new_keys: Vec<MediaKey> = rtp
                         .iter()
                         .chain(rtcp.iter())
                         .map(|a| media_key(*a))
                         .collect();
+                    let Some(route) = self.routes.get_mut(&call) else {
+                        continue;
+                    };
+                    let worker = route.worker;
                     let old = std::mem::replace(&mut route.keys[side.index()], new_keys.clone());
                     // The worker learns the endpoints before the kernel starts steering them to
                     // it, so no packet arrives for an endpoint it does not know.
-                    sink.send(
-                        worker,
-                        Control::Media {
-                            call,
-                            side,
-                            rtp,
-                            rtcp,
-                            codecs,
-                            direction,
-                            ts_ns,
-                        },
-                    );
+                    sink.send(worker, Control::Event(Box::new(media)));
                     for key in old.iter().filter(|k| !new_keys.contains(k)) {
                         self.release(key, call);
                     }
@@ -106,39 +98,13 @@ impl<T: MediaTable> SignallingWorker<T> {
                         self.claim(key, call, worker);
                     }
                 }
-                CallEvent::Ringing { call, ts_ns } => {
-                    if let Some(r) = self.routes.get(&call) {
-                        sink.send(r.worker, Control::Ringing { call, ts_ns });
-                    }
-                }
-                CallEvent::Answered { call, ts_ns } => {
-                    if let Some(r) = self.routes.get(&call) {
-                        sink.send(r.worker, Control::Answered { call, ts_ns });
-                    }
-                }
-                CallEvent::Dtmf {
-                    call,
-                    side,
-                    digit,
-                    duration_ms,
-                    ts_ns,
-                } => {
-                    if let Some(r) = self.routes.get(&call) {
-                        sink.send(
-                            r.worker,
-                            Control::Dtmf {
-                                call,
-                                side,
-                                digit,
-                                duration_ms,
-                                ts_ns,
-                            },
-                        );
-                    }
-                }
-                CallEvent::Rejected { call, rejection } => {
-                    if let Some(r) = self.routes.get(&call) {
-                        sink.send(r.worker, Control::Rejected { call, rejection });
+                // The rest goes to the call's worker as it is.
+                ev @ (CallEvent::Ringing { .. }
+                | CallEvent::Answered { .. }
+                | CallEvent::Dtmf { .. }
+                | CallEvent::Rejected { .. }) => {
+                    if let Some(r) = self.routes.get(&ev.call()) {
+                        sink.send(r.worker, Control::Event(Box::new(ev)));
                     }
                 }
                 CallEvent::Ended {

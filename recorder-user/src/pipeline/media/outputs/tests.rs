@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use calltap_common::{Class, PacketMeta};
 use calltap_media::codec::g711::ulaw_to_linear;
 use calltap_sip::{
-    dialog::{CallRef, Side},
+    dialog::{CallEvent, CallRef, Side},
     sdp::{Direction, RtpMap},
     NameAddr,
 };
@@ -165,7 +165,7 @@ fn worker(dir: &std::path::Path) -> MediaWorker {
     let mut done = Vec::new();
     w.control(Control::Start(Box::new(setup)), &mut done);
     for (side, addr) in [(Side::Caller, caller()), (Side::Callee, callee())] {
-        let media = Control::Media {
+        let media = Control::Event(Box::new(CallEvent::Media {
             call: CALL,
             side,
             rtp: Some(SocketAddr::V4(addr)),
@@ -173,14 +173,14 @@ fn worker(dir: &std::path::Path) -> MediaWorker {
             codecs: RtpMap::static_pt(0).into_iter().collect(),
             direction: Direction::SendRecv,
             ts_ns: START,
-        };
+        }));
         w.control(media, &mut done);
     }
     w.control(
-        Control::Answered {
+        Control::Event(Box::new(CallEvent::Answered {
             call: CALL,
             ts_ns: START,
-        },
+        })),
         &mut done,
     );
     w
