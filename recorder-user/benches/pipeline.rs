@@ -282,7 +282,7 @@ fn sip_calls_per_second(out: &mut BTreeMap<String, f64>, dir: &Path) {
         let mut cdrs = 0u64;
         let mut recorded = 0u64;
         let t = Instant::now();
-        let summary = calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&sip), |cdr| {
+        let summary = calltap::daemon::replay::replay(&cfg, std::slice::from_ref(&sip), |cdr| {
             cdrs += 1;
             recorded += u64::from(cdr.recording.as_ref().is_some_and(|r| !r.sha256.is_empty()));
         });
@@ -355,7 +355,7 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
         let mut recordings = Vec::new();
         let mut recorded_bytes = 0u64;
         let t = Instant::now();
-        let summary = calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&pcap), |cdr| {
+        let summary = calltap::daemon::replay::replay(&cfg, std::slice::from_ref(&pcap), |cdr| {
             if cdrs.is_empty() {
                 // The first CDR comes when the first BYE is processed: all calls are still open.
                 rss_open = rss_kib();
@@ -420,7 +420,7 @@ fn replay_once(dir: &Path, pcap: &Path, want: u64) -> (f64, u64, usize) {
     let mut complete = 0;
     let a0 = allocations();
     let t = Instant::now();
-    let summary = calltap::cmd::replay::replay(&cfg, &[pcap.to_path_buf()], |cdr| {
+    let summary = calltap::daemon::replay::replay(&cfg, &[pcap.to_path_buf()], |cdr| {
         complete += usize::from(cdr.packets.caller == want && cdr.packets.callee == want);
     });
     let secs = t.elapsed().as_secs_f64();

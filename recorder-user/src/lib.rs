@@ -8,6 +8,7 @@ pub mod classify;
 pub mod clock;
 pub mod cmd;
 pub mod config;
+pub mod daemon;
 pub mod limits;
 pub mod pipeline;
 pub mod publish;

@@ -2,7 +2,6 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
 use calltap::{
     capture::config::SourceKind,
     cmd::{import_csv, replay, run, token},
@@ -173,7 +172,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let env: Vec<(String, String)> = std::env::vars().collect();
             let (mut cfg, running) = Config::resolve(common.config.as_deref(), &env)?;
             overrides(&mut cfg);
-            let reload = run::ReloadSource {
+            let reload = calltap::daemon::control::ReloadSource {
                 file: common.config.clone(),
                 running,
                 cli_keys,
@@ -188,45 +187,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             files,
         } => {
             let cfg = load(&common)?;
-            std::fs::create_dir_all(&cfg.storage.data_dir)
-                .with_context(|| format!("creating data dir {}", cfg.storage.data_dir.display()))?;
-            let mut journal =
-                calltap::store::cdr::JsonlSink::open(&cfg.storage.data_dir.join("calls.jsonl"))
-                    .context("opening the CDR journal")?;
-            let writer = calltap::store::writer::CdrWriter::start(
-                calltap::store::writer::WriterConfig::new(&cfg.database, &cfg.storage),
-            )?;
-            let mut failed = None;
-            let summary = replay::replay(&cfg, &files, |cdr| {
-                if json {
-                    match serde_json::to_string(cdr) {
-                        Ok(line) => println!("{line}"),
-                        Err(e) => failed = Some(e.to_string()),
-                    }
-                }
-                if let Err(e) = journal.write(cdr) {
-                    failed = Some(e.to_string());
-                }
-                writer.send(cdr.clone());
-            });
-            let store = writer.finish();
-            eprintln!(
-                "calltap replay: CDR store {}",
-                serde_json::to_string(&store)?
-            );
-            if let Some(e) = failed {
-                anyhow::bail!("writing CDRs: {e}");
-            }
-            eprintln!(
-                "calltap replay: {} packets, {} calls; counters {}",
-                summary.packets,
-                summary.calls,
-                serde_json::to_string(&summary.counters)?
-            );
-            for e in &summary.errors {
-                eprintln!("calltap replay: error: {e}");
-            }
-            Ok(if summary.errors.is_empty() {
+            Ok(if replay::replay(&cfg, &files, json)? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)

@@ -5,7 +5,7 @@ mod support;
 
 use std::path::Path;
 
-use calltap::{cmd::replay::ReplaySummary, config::Config};
+use calltap::{config::Config, daemon::replay::ReplaySummary};
 use serde_json::Value;
 use support::{
     calls::{constant, ip, sdp, Call, CALLEE, CALLER},

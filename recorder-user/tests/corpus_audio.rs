@@ -11,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use calltap::{cmd::replay::replay, config::Config, store::cdr::Cdr};
+use calltap::{config::Config, daemon::replay::replay, store::cdr::Cdr};
 
 fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok()

@@ -12,8 +12,8 @@ use std::{
 };
 
 use calltap::{
-    cmd::replay::{replay, ReplaySummary},
     config::Config,
+    daemon::replay::{replay, ReplaySummary},
     store::cdr::Cdr,
 };
 

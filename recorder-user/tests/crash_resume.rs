@@ -12,14 +12,15 @@ use std::path::{Path, PathBuf};
 use calltap::{
     capture::Record,
     classify::{classify_frame, SharedMediaTable, UserTables},
-    cmd::run::SPOOL_DIR,
     config::Config,
-    pipeline::{
-        media::{MediaConfig, MediaWorker},
-        recording::RecordingAction,
-        signalling::SignallingWorker,
-        Control,
+    daemon::{
+        store::SPOOL_DIR,
+        workers::{Durability, Workers},
     },
+    pipeline::{
+        media::MediaWorker, recording::RecordingAction, signalling::SignallingWorker, Control,
+    },
+    rules::{LiveRules, RuleSet},
     store::{
         callstore::{recover_journaled, CallStore, JournalWriter, ACTIVE_DIR},
         cdr::Cdr,
@@ -60,25 +61,18 @@ impl Run {
         cfg.capture.workers = workers;
         let table = SharedMediaTable::default();
         let tables = UserTables::new(cfg.capture.xdp(), &cfg.capture.sip_ports, table.clone());
-        let mut sig = SignallingWorker::new(table, workers, cfg.calls.tracker(), 0);
-        let mut mcfg = MediaConfig::new(&cfg.storage, &cfg.calls, cfg.capture.worker_count());
-        if store.is_some() {
-            // As `calltap run`: buffered audio kept in the data directory across a crash.
-            mcfg.spool.dir = Some(data.join(SPOOL_DIR));
-        }
-        let mut media: Vec<MediaWorker> = (0..workers)
-            .map(|i| MediaWorker::new(i, mcfg.clone()))
-            .collect();
         // Inline: the file system work happens at once, so the kill below comes after it.
         let journal = store.map(|s| JournalWriter::inline(s.clone()));
-        if let Some(journal) = &journal {
-            sig = sig.with_store(journal.clone());
-            media = media
-                .into_iter()
-                .map(|w| w.with_store(journal.clone()))
-                .collect();
-        }
-        sig.set_sip_ports(&cfg.capture.sip_ports);
+        // As `calltap run`: buffered audio kept in the data directory across a crash.
+        let durability = Durability {
+            spool_dir: store.map(|_| data.join(SPOOL_DIR)),
+            journal: journal.clone(),
+        };
+        let rules = LiveRules::new(RuleSet::default_only(cfg.recording.default));
+        let Workers {
+            signalling: sig,
+            media,
+        } = Workers::new(&cfg, table, rules, durability);
         Run {
             tables,
             sig,

@@ -56,7 +56,7 @@ fn full_recordings_disk_keeps_cdrs_and_does_not_crash() {
     cfg.storage.data_dir = dir.join("data");
     cfg.capture.workers = 1;
     let mut cdrs = Vec::new();
-    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |c| cdrs.push(c.clone()));
+    let summary = calltap::daemon::replay::replay(&cfg, &[pcap], |c| cdrs.push(c.clone()));
     assert_eq!(cdrs.len(), 4, "every call keeps its CDR");
     cdrs.sort_by(|a, b| a.call_id.cmp(&b.call_id));
     for c in &cdrs[..2] {

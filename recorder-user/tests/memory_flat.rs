@@ -42,7 +42,7 @@ fn memory_stays_flat_over_a_long_replay() {
     cfg.capture.workers = 2;
     let mut readings = Vec::new();
     let mut n = 0;
-    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |_| {
+    let summary = calltap::daemon::replay::replay(&cfg, &[pcap], |_| {
         n += 1;
         if n % 100 == 0 {
             readings.push(rss_kib());

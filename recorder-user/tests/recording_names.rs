@@ -84,7 +84,7 @@ fn long_and_hostile_users_in_the_same_second_each_get_their_own_wav() {
     std::fs::write(&taken, b"not ours").expect("write");
 
     let mut cdrs = Vec::new();
-    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |c| cdrs.push(c.clone()));
+    let summary = calltap::daemon::replay::replay(&cfg, &[pcap], |c| cdrs.push(c.clone()));
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     assert_eq!(cdrs.len(), users.len());
     let mut paths: Vec<PathBuf> = Vec::new();

@@ -93,7 +93,7 @@ fn run(d: &Damage, case: u64) -> Result<(), TestCaseError> {
     cfg.storage.data_dir = dir.join("data");
     cfg.capture.workers = 1;
     let mut cdrs = Vec::new();
-    calltap::cmd::replay::replay(&cfg, &[pcap], |cdr| cdrs.push(cdr.clone()));
+    calltap::daemon::replay::replay(&cfg, &[pcap], |cdr| cdrs.push(cdr.clone()));
     prop_assert_eq!(cdrs.len(), 1);
     let rec = cdrs[0].recording.clone().expect("recording");
     let mut wav = hound::WavReader::open(&rec.path).expect("wav");

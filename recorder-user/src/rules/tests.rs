@@ -267,7 +267,7 @@ fn skip_and_unstarted_on_demand_calls_leave_no_file() {
         cfg.storage.data_dir = tmp.path().to_path_buf();
         cfg.recording.default = mode;
         let mut cdrs = Vec::new();
-        crate::cmd::replay::replay(&cfg, &files, |c| cdrs.push(c.clone()));
+        crate::daemon::replay::replay(&cfg, &files, |c| cdrs.push(c.clone()));
         assert!(cdrs.len() >= 2, "{mode:?}: {} calls", cdrs.len());
         let mut files_left = 0;
         if let Ok(walk) = std::fs::read_dir(cfg.storage.recordings_dir()) {

@@ -194,6 +194,11 @@ impl<T: MediaTable> SignallingWorker<T> {
         }
     }
 
+    /// Media workers calls are shared out to.
+    pub fn workers(&self) -> u32 {
+        self.workers
+    }
+
     pub fn active_calls(&self) -> usize {
         self.routes.len()
     }
