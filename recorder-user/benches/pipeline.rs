@@ -29,7 +29,7 @@
 //! Sizes: `CALLTAP_BENCH_CALLS` (default 400) calls of `CALLTAP_BENCH_SECONDS` (default 20) s.
 
 #[path = "../tests/support/frames.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "the tests' frame builders; the bench uses some")]
 mod frames;
 
 use std::{
@@ -524,6 +524,7 @@ fn process_cpu_secs(pid: u32) -> f64 {
 fn cpu_children_secs() -> f64 {
     // SAFETY: getrusage writes into the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)

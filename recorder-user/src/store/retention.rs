@@ -66,6 +66,7 @@ pub fn fs_usage(path: &Path) -> std::io::Result<FsUsage> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: an all-zero statvfs is a valid value for the kernel to overwrite.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a statvfs we own.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {

@@ -105,7 +105,10 @@ impl std::fmt::Display for EndReason {
 ///
 /// `Started` is larger than the rest (two name-addrs), but events are transient, few (SIP
 /// rate) and destructured by value by the daemon, so boxing would only add allocations.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "transient, few (SIP rate) and destructured by value: boxing would only allocate"
+)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum CallEvent {
     /// An initial INVITE was seen. Always the first event of a call.
