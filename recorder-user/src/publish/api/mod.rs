@@ -5,6 +5,10 @@
 //!
 //! Every route but `/api/v1/openapi.json` needs a bearer token (see [`auth`]); errors all have
 //! the shape of [`errors::ApiError`].
+//!
+//! **Adding a route**: its handler in a file of this folder (one per resource), its line in
+//! [`router`] under the least role allowed, and its entry in [`openapi`] (`ROUTES` and the
+//! document); a test holds the router and the document to each other.
 
 #[macro_use]
 mod sql;
