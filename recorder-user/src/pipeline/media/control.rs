@@ -8,7 +8,7 @@ use calltap_sip::dialog::{CallEvent, CallRef};
 use super::{
     call::{push_bounded, push_dtmf, side_name, ActiveCall, DirState, SideMedia},
     journal::JournalState,
-    outputs::{CallOutputs, WavOutput},
+    outputs::{self, CallOutputs, WavOutput},
     ssrc::SsrcDirs,
     worker::MediaWorker,
     MediaConfig, END_GRACE_NS, MAX_REJECTED_PER_CALL,
@@ -139,11 +139,15 @@ impl MediaWorker {
             Control::Restore(r) => self.restore(*r, done),
             Control::Evict { call, ts_ns } => self.evict(call, ts_ns, done),
             Control::Attach { call, output } => match self.calls.get_mut(&call) {
-                Some(c) => {
-                    self.stats.outputs_attached += 1;
-                    log::debug!("call {}: {output:?} attached", c.setup.call_id);
-                    c.outputs.attach(output);
-                }
+                Some(c) => match c.outputs.attach(output) {
+                    Ok(()) => self.stats.outputs_attached += 1,
+                    // Dropped: its receiving end sees it closed.
+                    Err(output) => log::warn!(
+                        "call {}: {output:?} not attached: the call has {} outputs already",
+                        c.setup.call_id,
+                        outputs::MAX_ATTACHED
+                    ),
+                },
                 // Ended meanwhile: the output is dropped, and its receiving end sees it.
                 None => log::debug!("{output:?} not attached: the call is gone"),
             },

@@ -182,6 +182,10 @@ impl<T> Handoff<T> {
     }
 }
 
+/// Most outputs one call has attached besides its recording (listeners, encoders): each costs
+/// the worker a copy of every packet's audio.
+pub const MAX_ATTACHED: usize = 16;
+
 /// An attached output and what it has dropped so far.
 struct Attached {
     id: OutputId,
@@ -232,14 +236,18 @@ impl CallOutputs {
         true
     }
 
-    pub fn attach(&mut self, new: NewOutput) {
-        self.attached
-            .get_or_insert_with(Default::default)
-            .push(Attached {
-                id: new.id,
-                output: new.output,
-                dropped: 0,
-            });
+    /// Attaches `new`; gives it back when the call has [`MAX_ATTACHED`] outputs already.
+    pub fn attach(&mut self, new: NewOutput) -> Result<(), NewOutput> {
+        let list = self.attached.get_or_insert_with(Default::default);
+        if list.len() >= MAX_ATTACHED {
+            return Err(new);
+        }
+        list.push(Attached {
+            id: new.id,
+            output: new.output,
+            dropped: 0,
+        });
+        Ok(())
     }
 
     /// Closes and removes output `id` of call `call` (`now_ns` into it), if it has one.

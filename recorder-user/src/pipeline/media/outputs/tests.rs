@@ -341,6 +341,23 @@ fn a_full_output_drops_and_counts_without_holding_up_the_worker_or_the_recording
 }
 
 #[test]
+fn a_call_takes_a_bounded_number_of_outputs() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut w = worker(tmp.path());
+    let mut done = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..super::MAX_ATTACHED + 1 {
+        let (tap, rx) = Tap::new(4);
+        receivers.push(rx);
+        let output = NewOutput::new(tap);
+        w.control(Control::Attach { call: CALL, output }, &mut done);
+    }
+    assert_eq!(w.stats.outputs_attached, super::MAX_ATTACHED as u64);
+    let refused = receivers.pop().expect("the last");
+    assert!(refused.recv().is_err(), "the one too many is dropped");
+}
+
+#[test]
 fn an_output_for_a_call_that_is_gone_is_dropped() {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut w = worker(tmp.path());
