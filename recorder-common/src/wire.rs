@@ -249,8 +249,11 @@ pub mod counter {
 mod pod {
     // SAFETY: all four are repr(C) plain old data without implicit padding.
     unsafe impl aya::Pod for super::MediaKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::MediaValue {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::XdpConfig {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PacketMeta {}
 }
 

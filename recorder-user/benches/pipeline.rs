@@ -40,7 +40,7 @@
 //! `CALLTAP_BENCH_ONLY=max,sip` runs only those steps (xdp, pipeline, alloc, sip, max, live).
 
 #[path = "../tests/support/frames.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "the tests' frame builders; the bench uses some")]
 mod frames;
 
 use std::{
@@ -49,7 +49,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use calltap::{capture::xdp::XdpCapture, config::Config, pipeline::MediaTable};
+use calltap::{capture::xdp::XdpCapture, classify::MediaTable, config::Config};
 use calltap_common::{MediaKey, MediaValue, XdpConfig, MAX_WORKERS, SIGNALLING_RING};
 use calltap_lab::load::{check_recording, write_pcap, write_pcap_merged, LoadSpec};
 use frames::{eth, ipv4, rtp, udp};
@@ -280,20 +280,20 @@ fn sip_calls_per_second(out: &mut BTreeMap<String, f64>, dir: &Path) {
     let _ = std::fs::remove_file(&full);
     // Recorded (a file made, closed, fsync'd and hashed per call: the disk's share shows), and
     // with `[recording] default = skip` (the signalling alone).
-    use calltap::pipeline::rules::RuleAction;
+    use calltap::rules::RuleAction;
     for (mode, key) in [
         (RuleAction::Record, "sip_calls_per_second"),
         (RuleAction::Skip, "sip_calls_per_second_unrecorded"),
     ] {
         let mut cfg = Config::load_with_env(None, &[]).expect("config");
-        cfg.data_dir = dir.join("data-sip");
-        let _ = std::fs::remove_dir_all(&cfg.data_dir);
-        cfg.workers = 1;
-        cfg.recording_default = mode;
+        cfg.storage.data_dir = dir.join("data-sip");
+        let _ = std::fs::remove_dir_all(&cfg.storage.data_dir);
+        cfg.capture.workers = 1;
+        cfg.recording.default = mode;
         let mut cdrs = 0u64;
         let mut recorded = 0u64;
         let t = Instant::now();
-        let summary = calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&sip), |cdr| {
+        let summary = calltap::daemon::replay::replay(&cfg, std::slice::from_ref(&sip), |cdr| {
             cdrs += 1;
             recorded += u64::from(cdr.recording.as_ref().is_some_and(|r| !r.sha256.is_empty()));
         });
@@ -310,7 +310,7 @@ fn sip_calls_per_second(out: &mut BTreeMap<String, f64>, dir: &Path) {
             "sip: {calls} calls ({messages} SIP messages), recording {mode:?}: {secs:.2} s, {rate:.0} calls/s"
         );
         out.insert(key.into(), rate);
-        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+        let _ = std::fs::remove_dir_all(&cfg.storage.data_dir);
     }
     let _ = std::fs::remove_file(&sip);
 }
@@ -357,9 +357,9 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
     let tshark = tshark_secs(out, &pcap, rtp_packets);
     for workers in [1u32, 2] {
         let mut cfg = Config::load_with_env(None, &[]).expect("config");
-        cfg.data_dir = dir.join(format!("data-{workers}"));
-        let _ = std::fs::remove_dir_all(&cfg.data_dir);
-        cfg.workers = workers;
+        cfg.storage.data_dir = dir.join(format!("data-{workers}"));
+        let _ = std::fs::remove_dir_all(&cfg.storage.data_dir);
+        cfg.capture.workers = workers;
         let rss_before = rss_kib();
         let mut rss_open = 0;
         let mut cdrs = Vec::new();
@@ -367,7 +367,7 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
         let mut recorded_bytes = 0u64;
         let cpu_before = own_cpu();
         let t = Instant::now();
-        let summary = calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&pcap), |cdr| {
+        let summary = calltap::daemon::replay::replay(&cfg, std::slice::from_ref(&pcap), |cdr| {
             if cdrs.is_empty() {
                 // The first CDR comes when the first BYE is processed: all calls are still open.
                 rss_open = rss_kib();
@@ -431,7 +431,7 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
                 (rss_open.saturating_sub(rss_before) * 1024) as f64 / f64::from(calls.max(1)),
             );
         }
-        let _ = std::fs::remove_dir_all(&cfg.data_dir);
+        let _ = std::fs::remove_dir_all(&cfg.storage.data_dir);
     }
     let _ = std::fs::remove_file(&pcap);
 }
@@ -439,13 +439,13 @@ fn pipeline(out: &mut BTreeMap<String, f64>, dir: &Path, calls: u32, seconds: u3
 /// One worker's replay of `pcap` into `dir`: (seconds, allocations, calls complete).
 fn replay_once(dir: &Path, pcap: &Path, want: u64) -> (f64, u64, usize) {
     let mut cfg = Config::load_with_env(None, &[]).expect("config");
-    cfg.data_dir = dir.to_path_buf();
+    cfg.storage.data_dir = dir.to_path_buf();
     let _ = std::fs::remove_dir_all(dir);
-    cfg.workers = 1;
+    cfg.capture.workers = 1;
     let mut complete = 0;
     let a0 = allocations();
     let t = Instant::now();
-    let summary = calltap::cmd::replay::replay(&cfg, &[pcap.to_path_buf()], |cdr| {
+    let summary = calltap::daemon::replay::replay(&cfg, &[pcap.to_path_buf()], |cdr| {
         complete += usize::from(cdr.packets.caller == want && cdr.packets.callee == want);
     });
     let secs = t.elapsed().as_secs_f64();
@@ -514,6 +514,7 @@ fn tshark_secs(out: &mut BTreeMap<String, f64>, pcap: &Path, rtp_packets: u64) -
 fn own_cpu() -> (f64, f64) {
     // SAFETY: getrusage writes into the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we pass.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     (t(ru.ru_utime), t(ru.ru_stime))
@@ -546,16 +547,16 @@ fn max_concurrent(out: &mut BTreeMap<String, f64>, dir: &Path, n: u32) {
         t.elapsed()
     );
     let mut cfg = Config::load_with_env(None, &[]).expect("config");
-    cfg.data_dir = dir.join("data-max");
-    let _ = std::fs::remove_dir_all(&cfg.data_dir);
-    cfg.workers = 1;
+    cfg.storage.data_dir = dir.join("data-max");
+    let _ = std::fs::remove_dir_all(&cfg.storage.data_dir);
+    cfg.capture.workers = 1;
     let rss_before = rss_kib();
     let mut rss_open = 0;
     let mut recorded = 0u32;
     let mut recordings = Vec::new();
     let want = 50u64;
     let t = Instant::now();
-    let summary = calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&pcap), |cdr| {
+    let summary = calltap::daemon::replay::replay(&cfg, std::slice::from_ref(&pcap), |cdr| {
         if rss_open == 0 {
             // The first CDR comes at the first BYE, when every call is up.
             rss_open = rss_kib();
@@ -582,7 +583,7 @@ fn max_concurrent(out: &mut BTreeMap<String, f64>, dir: &Path, n: u32) {
     };
     for (call_id, path) in &recordings {
         let spec = by_run(call_id).expect("a call of the run");
-        verify_wavs(&spec, &[(call_id.clone(), path.clone())])
+        verify_wavs(&spec, &[(call_id.to_string(), path.clone())])
             .unwrap_or_else(|e| panic!("max concurrent: {e}"));
     }
     let per_call = (rss_open.saturating_sub(rss_before) * 1024) as f64 / f64::from(n);
@@ -595,7 +596,7 @@ fn max_concurrent(out: &mut BTreeMap<String, f64>, dir: &Path, n: u32) {
     out.insert("max_concurrent_calls_offered".into(), f64::from(n));
     out.insert("max_concurrent_bytes_per_call".into(), per_call);
     out.insert("max_concurrent_replay_secs".into(), secs);
-    let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    let _ = std::fs::remove_dir_all(&cfg.storage.data_dir);
     let _ = std::fs::remove_file(&pcap);
 }
 
@@ -638,6 +639,7 @@ fn process_cpu_secs(pid: u32) -> f64 {
 fn cpu_children_secs() -> f64 {
     // SAFETY: getrusage writes into the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)

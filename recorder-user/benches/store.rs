@@ -107,7 +107,7 @@ fn main() {
     let mut out = BTreeMap::new();
     rt.block_on(async {
         let mut cfg = Config::load_with_env(None, &[]).expect("config");
-        cfg.data_dir = data.clone();
+        cfg.storage.data_dir = data.clone();
         let db = Db::connect(&cfg.database_url(), Duration::from_secs(30))
             .await
             .expect("sqlite");
@@ -128,7 +128,7 @@ fn main() {
         let (_, token) = create_token(&db, Role::Viewer, "bench")
             .await
             .expect("token");
-        let app = api::router(ApiState::new(db, &cfg, None));
+        let app = api::router(ApiState::new(db, &cfg.api_settings(), None));
         // 2026-10-01 (BASE_NS) + d days as RFC 3339; the calls span 30 days of October.
         let day = |d: i64| format!("2026-10-{:02}T00:00:00Z", d + 1);
         let searches = [

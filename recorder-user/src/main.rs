@@ -2,10 +2,11 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
 use calltap::{
+    capture::config::SourceKind,
     cmd::{import_csv, replay, run, token},
-    config::{Config, SourceKind},
+    config::Config,
+    settings::Kind,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -77,6 +78,9 @@ enum Command {
     CheckConfig {
         #[command(flatten)]
         common: Common,
+        /// Also list every key: its value, type, default and whether a reload applies it.
+        #[arg(long)]
+        keys: bool,
     },
 }
 
@@ -107,7 +111,7 @@ enum TokenAction {
 fn load(common: &Common) -> anyhow::Result<Config> {
     let mut cfg = Config::load(common.config.as_deref())?;
     if let Some(d) = &common.data_dir {
-        cfg.data_dir = d.clone();
+        cfg.storage.data_dir = d.clone();
     }
     Ok(cfg)
 }
@@ -149,26 +153,26 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let data_dir = common.data_dir.clone();
             let overrides = move |cfg: &mut Config| {
                 if let Some(d) = &data_dir {
-                    cfg.data_dir = d.clone();
+                    cfg.storage.data_dir = d.clone();
                 }
                 if !interfaces.is_empty() {
-                    cfg.interfaces = interfaces.clone();
+                    cfg.capture.interfaces = interfaces.clone();
                 }
                 if let Some(s) = source {
-                    cfg.source = match s {
+                    cfg.capture.source = match s {
                         Source::Auto => SourceKind::Auto,
                         Source::Xdp => SourceKind::Xdp,
                         Source::AfPacket => SourceKind::AfPacket,
                     };
                 }
                 if let Some(w) = workers {
-                    cfg.workers = w.clamp(1, calltap_common::MAX_WORKERS);
+                    cfg.capture.workers = w.clamp(1, calltap_common::MAX_WORKERS);
                 }
             };
             let env: Vec<(String, String)> = std::env::vars().collect();
             let (mut cfg, running) = Config::resolve(common.config.as_deref(), &env)?;
             overrides(&mut cfg);
-            let reload = run::ReloadSource {
+            let reload = calltap::daemon::control::ReloadSource {
                 file: common.config.clone(),
                 running,
                 cli_keys,
@@ -183,45 +187,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             files,
         } => {
             let cfg = load(&common)?;
-            std::fs::create_dir_all(&cfg.data_dir)
-                .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-            let mut journal =
-                calltap::store::cdr::JsonlSink::open(&cfg.data_dir.join("calls.jsonl"))
-                    .context("opening the CDR journal")?;
-            let writer = calltap::store::writer::CdrWriter::start(
-                calltap::store::writer::WriterConfig::from_config(&cfg),
-            )?;
-            let mut failed = None;
-            let summary = replay::replay(&cfg, &files, |cdr| {
-                if json {
-                    match serde_json::to_string(cdr) {
-                        Ok(line) => println!("{line}"),
-                        Err(e) => failed = Some(e.to_string()),
-                    }
-                }
-                if let Err(e) = journal.write(cdr) {
-                    failed = Some(e.to_string());
-                }
-                writer.send(cdr.clone());
-            });
-            let store = writer.finish();
-            eprintln!(
-                "calltap replay: CDR store {}",
-                serde_json::to_string(&store)?
-            );
-            if let Some(e) = failed {
-                anyhow::bail!("writing CDRs: {e}");
-            }
-            eprintln!(
-                "calltap replay: {} packets, {} calls; counters {}",
-                summary.packets,
-                summary.calls,
-                serde_json::to_string(&summary.counters)?
-            );
-            for e in &summary.errors {
-                eprintln!("calltap replay: error: {e}");
-            }
-            Ok(if summary.errors.is_empty() {
+            Ok(if replay::replay(&cfg, &files, json)? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
@@ -259,17 +225,44 @@ fn real_main() -> anyhow::Result<ExitCode> {
             println!("{}", made.token);
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { common } => {
+        Command::CheckConfig { common, keys } => {
             let cfg = load(&common)?;
-            if let Some((cert, key)) = &cfg.api_tls {
+            if keys {
+                let env: Vec<(String, String)> = std::env::vars().collect();
+                let (_, values) = Config::resolve(common.config.as_deref(), &env)?;
+                for (section, key) in calltap::config::keys() {
+                    let value = match (section.name, key.name) {
+                        ("storage", "data_dir") => cfg.storage.data_dir.display().to_string(),
+                        (s, k) => values
+                            .get(&(s.to_string(), k.to_string()))
+                            .cloned()
+                            .unwrap_or_default(),
+                    };
+                    // Secrets are never printed; a database URL without its password.
+                    let value = match key.kind {
+                        Kind::Secret if !value.is_empty() => "(set)".to_string(),
+                        Kind::Url => calltap::store::db::redact(&value),
+                        _ => value,
+                    };
+                    println!(
+                        "[{}] {} = {value}  ({}; default {:?}; {})",
+                        section.name,
+                        key.name,
+                        key.kind.name(),
+                        key.default,
+                        if key.live { "reload" } else { "restart" }
+                    );
+                }
+            }
+            if let Some((cert, key)) = &cfg.api.tls {
                 calltap::publish::tls::server_config(cert, key)?;
             }
             println!(
                 "configuration OK: interfaces [{}], {} media workers, SIP ports {:?}, data dir {}",
-                cfg.interfaces.join(","),
-                cfg.worker_count(),
-                cfg.sip_ports,
-                cfg.data_dir.display()
+                cfg.capture.interfaces.join(","),
+                cfg.capture.worker_count(),
+                cfg.capture.sip_ports,
+                cfg.storage.data_dir.display()
             );
             Ok(ExitCode::SUCCESS)
         }

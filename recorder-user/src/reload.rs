@@ -10,60 +10,26 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use serde::Serialize;
+pub use crate::settings::ReloadReport;
+use crate::{
+    config::{self, Config, ConfigError, Resolved},
+    publish::api::Reload,
+};
 
-use crate::config::{Config, ConfigError, Resolved};
-
-/// Keys a running daemon takes without a restart.
-pub const LIVE_KEYS: &[(&str, &str)] = &[
-    ("calls", "media_timeout_s"),
-    ("calls", "max_duration_s"),
-    ("calls", "unanswered_timeout_s"),
-    // Call limits apply from the next INVITE (calls already followed stay).
-    ("calls", "max_calls"),
-    ("calls", "max_unanswered_calls"),
-    ("storage", "path_template"),
-    ("storage", "flush_interval_ms"),
-    // Ports can be added live (the classifier learns them); removing one needs a restart.
-    ("capture", "sip_ports"),
-    // Calls that start after the reload get the new default (rules themselves change live
-    // through the API).
-    ("recording", "default"),
-];
+/// Whether a running daemon takes a change of `[section] key` without a restart: the key's
+/// declaration says so (`live`). Call limits apply from the next INVITE (calls already
+/// followed stay); SIP ports can be added live (the classifier learns them), removing one needs
+/// a restart; calls that start after the reload get the new `[recording] default` (rules
+/// themselves change live through the API).
+pub fn is_live(section: &str, key: &str) -> bool {
+    config::key(section, key).is_some_and(|k| k.live)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     /// The new configuration is invalid; nothing was changed.
     #[error("configuration not reloaded, nothing changed: {0}")]
     Config(#[from] ConfigError),
-}
-
-/// What a reload did, by `section.key`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ReloadReport {
-    /// Changed keys now in effect.
-    pub applied: Vec<String>,
-    /// Changed keys that take effect only after a restart (reported again on every reload
-    /// until then).
-    pub needs_restart: Vec<String>,
-}
-
-impl std::fmt::Display for ReloadReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let list = |v: &[String]| {
-            if v.is_empty() {
-                "none".to_string()
-            } else {
-                v.join(", ")
-            }
-        };
-        write!(
-            f,
-            "applied: {}; needs a restart: {}",
-            list(&self.applied),
-            list(&self.needs_restart)
-        )
-    }
 }
 
 /// The changes a reload hands to the running daemon.
@@ -139,7 +105,7 @@ impl Reloader {
             if running.get(key) == Some(value) || self.cli_keys.contains(key) {
                 continue;
             }
-            let is_live = LIVE_KEYS.iter().any(|(s, k)| key.0 == *s && key.1 == *k);
+            let is_live = is_live(&key.0, &key.1);
             if key.0 == "capture" && key.1 == "sip_ports" {
                 let old = ports(running.get(key));
                 let now = ports(Some(value));
@@ -178,6 +144,13 @@ impl Reloader {
     }
 }
 
+/// `POST /api/v1/reload`.
+impl Reload for Reloader {
+    fn reload(&self) -> Result<ReloadReport, String> {
+        Reloader::reload(self).map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -194,11 +167,11 @@ mod tests {
             Some(file.to_path_buf()),
             running,
             &[("capture", "interfaces")],
-            |c| c.workers = c.workers.max(1),
+            |c| c.capture.workers = c.capture.workers.max(1),
             move |ch| {
                 seen.lock().expect("seen").push((
-                    ch.config.media_timeout_s,
-                    ch.config.path_template.clone(),
+                    ch.config.calls.media_timeout_s,
+                    ch.config.storage.path_template.clone(),
                     ch.added_sip_ports.to_vec(),
                 ))
             },

@@ -5,7 +5,7 @@ mod support;
 
 use std::path::Path;
 
-use calltap::{cmd::replay::ReplaySummary, config::Config};
+use calltap::{config::Config, daemon::replay::ReplaySummary};
 use serde_json::Value;
 use support::{
     calls::{constant, ip, sdp, Call, CALLEE, CALLER},
@@ -435,8 +435,10 @@ fn invite_flood_beyond_the_unanswered_bound_still_records_ordinary_calls() {
 /// never holds more than its bound.
 #[test]
 fn sip_over_tcp_in_one_byte_segments_beside_a_connection_full_of_holes() {
-    use support::calls::{Packet, CALLEE_RTP, CALLER_RTP};
-    use support::frames::tcp;
+    use support::{
+        calls::{Packet, CALLEE_RTP, CALLER_RTP},
+        frames::tcp,
+    };
     const ATTACKER: [u8; 4] = [198, 18, 7, 8];
     let id = "tcp-bytes@test";
     let (a, b) = (ip(CALLER), ip(CALLEE));
@@ -541,6 +543,7 @@ fn sip_over_tcp_in_one_byte_segments_beside_a_connection_full_of_holes() {
     let b = &summary.signalling.bounds;
     let per_flow = Config::load_with_env(None, &[])
         .expect("defaults")
+        .reassembly
         .tcp
         .max_segments_per_flow;
     // The first segment starts the stream (no SYN seen); every later one past the bound made

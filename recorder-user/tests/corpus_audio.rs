@@ -11,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use calltap::{cmd::replay::replay, config::Config, store::cdr::Cdr};
+use calltap::{config::Config, daemon::replay::replay, store::cdr::Cdr};
 
 fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok()
@@ -82,8 +82,8 @@ fn replay_file(file: &Path, name: &str) -> (Vec<Cdr>, PathBuf) {
     let dir = std::env::temp_dir().join(format!("calltap-corpus-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = Config::load_with_env(None, &[]).expect("config");
-    cfg.data_dir = dir.clone();
-    cfg.workers = 2;
+    cfg.storage.data_dir = dir.clone();
+    cfg.capture.workers = 2;
     let mut cdrs = Vec::new();
     let summary = replay(&cfg, &[file.to_path_buf()], |c| cdrs.push(c.clone()));
     assert!(summary.errors.is_empty(), "{name}: {:?}", summary.errors);

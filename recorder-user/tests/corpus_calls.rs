@@ -12,8 +12,8 @@ use std::{
 };
 
 use calltap::{
-    cmd::replay::{replay, ReplaySummary},
     config::Config,
+    daemon::replay::{replay, ReplaySummary},
     store::cdr::Cdr,
 };
 
@@ -50,8 +50,8 @@ fn run(file: &Path) -> (Vec<Cdr>, ReplaySummary, PathBuf) {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = Config::load_with_env(None, &[]).expect("config");
-    cfg.data_dir = dir.clone();
-    cfg.workers = 2;
+    cfg.storage.data_dir = dir.clone();
+    cfg.capture.workers = 2;
     let mut cdrs = Vec::new();
     let summary = replay(&cfg, &[file.to_path_buf()], |c| cdrs.push(c.clone()));
     (cdrs, summary, dir)

@@ -12,18 +12,18 @@ use std::path::{Path, PathBuf};
 use calltap::{
     capture::Record,
     classify::{classify_frame, SharedMediaTable, UserTables},
-    cmd::{
-        replay::{media_config, tracker_config},
-        run::SPOOL_DIR,
-    },
     config::Config,
+    daemon::{
+        store::SPOOL_DIR,
+        workers::{Durability, Workers},
+    },
     pipeline::{
         media::MediaWorker, recording::RecordingAction, signalling::SignallingWorker, Control,
     },
+    rules::{LiveRules, RuleSet},
     store::{
-        callstore::{CallStore, JournalWriter, ACTIVE_DIR},
+        callstore::{recover_journaled, CallStore, JournalWriter, ACTIVE_DIR},
         cdr::Cdr,
-        spool::recover_journaled,
     },
 };
 use calltap_common::SIGNALLING_RING;
@@ -57,29 +57,24 @@ struct Run {
 impl Run {
     fn new(data: &Path, workers: u32, store: Option<&CallStore>) -> Run {
         let mut cfg = Config::load_with_env(None, &[]).expect("default config");
-        cfg.data_dir = data.to_path_buf();
-        cfg.workers = workers;
+        cfg.storage.data_dir = data.to_path_buf();
+        cfg.capture.workers = workers;
         let table = SharedMediaTable::default();
-        let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
-        let mut sig = SignallingWorker::new(table, workers, tracker_config(&cfg), 0);
-        let mut mcfg = media_config(&cfg);
-        if store.is_some() {
-            // As `calltap run`: buffered audio kept in the data directory across a crash.
-            mcfg.spool.dir = Some(data.join(SPOOL_DIR));
-        }
-        let mut media: Vec<MediaWorker> = (0..workers)
-            .map(|i| MediaWorker::new(i, mcfg.clone()))
-            .collect();
+        let tables = UserTables::new(cfg.capture.xdp(), &cfg.capture.sip_ports, table.clone());
         // Inline: the file system work happens at once, so the kill below comes after it.
         let journal = store.map(|s| JournalWriter::inline(s.clone()));
-        if let Some(journal) = &journal {
-            sig = sig.with_store(journal.clone());
-            media = media
-                .into_iter()
-                .map(|w| w.with_store(journal.clone()))
-                .collect();
-        }
-        sig.set_sip_ports(&cfg.sip_ports);
+        // As `calltap run`: buffered audio kept in the data directory across a crash.
+        let durability = Durability {
+            spool_dir: store.map(|_| data.join(SPOOL_DIR)),
+            journal: journal.clone(),
+            // Fed as fast as it reads: wait for the disk as a replay does, so nothing is shed.
+            backpressure: true,
+        };
+        let rules = LiveRules::new(RuleSet::default_only(cfg.recording.default));
+        let Workers {
+            signalling: sig,
+            media,
+        } = Workers::new(&cfg, table, rules, durability);
         Run {
             tables,
             sig,

@@ -53,10 +53,10 @@ fn full_recordings_disk_keeps_cdrs_and_does_not_crash() {
     let pcap = dir.join("calls.pcap");
     write_pcap(&pcap, &calls.iter().collect::<Vec<_>>());
     let mut cfg = Config::load_with_env(None, &[]).expect("config");
-    cfg.data_dir = dir.join("data");
-    cfg.workers = 1;
+    cfg.storage.data_dir = dir.join("data");
+    cfg.capture.workers = 1;
     let mut cdrs = Vec::new();
-    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |c| cdrs.push(c.clone()));
+    let summary = calltap::daemon::replay::replay(&cfg, &[pcap], |c| cdrs.push(c.clone()));
     assert_eq!(cdrs.len(), 4, "every call keeps its CDR");
     cdrs.sort_by(|a, b| a.call_id.cmp(&b.call_id));
     for c in &cdrs[..2] {

@@ -87,11 +87,11 @@ fn corrupted_captures_are_counted_and_skipped() {
             let out = dir.join(format!("{round}-{f}"));
             let frames = mangle(&corpus.join(f), &out, &mut rng);
             let mut cfg = Config::load_with_env(None, &[]).expect("config");
-            cfg.data_dir = dir.join("data");
-            cfg.workers = 2;
+            cfg.storage.data_dir = dir.join("data");
+            cfg.capture.workers = 2;
             let mut cdrs = 0;
             let summary =
-                calltap::cmd::replay::replay(&cfg, std::slice::from_ref(&out), |_| cdrs += 1);
+                calltap::daemon::replay::replay(&cfg, std::slice::from_ref(&out), |_| cdrs += 1);
             assert!(summary.errors.is_empty(), "{f}: {:?}", summary.errors);
             assert_eq!(summary.packets, frames as u64, "{f}: every frame read");
             assert_eq!(
@@ -133,8 +133,8 @@ fn files_that_are_not_captures_fail_with_file_and_offset() {
         let path = dir.join(name);
         std::fs::write(&path, bytes).expect("write");
         let mut cfg = Config::load_with_env(None, &[]).expect("config");
-        cfg.data_dir = dir.join("data");
-        let summary = calltap::cmd::replay::replay(&cfg, &[path], |_| {});
+        cfg.storage.data_dir = dir.join("data");
+        let summary = calltap::daemon::replay::replay(&cfg, &[path], |_| {});
         assert_eq!(summary.errors.len(), 1, "{name}: {:?}", summary.errors);
         assert!(
             summary.errors[0].contains(name) && summary.errors[0].contains("offset"),

@@ -38,11 +38,11 @@ fn memory_stays_flat_over_a_long_replay() {
     write_pcap(&pcap, &calls.iter().collect::<Vec<_>>());
     drop(calls);
     let mut cfg = Config::load_with_env(None, &[]).expect("config");
-    cfg.data_dir = dir.join("data");
-    cfg.workers = 2;
+    cfg.storage.data_dir = dir.join("data");
+    cfg.capture.workers = 2;
     let mut readings = Vec::new();
     let mut n = 0;
-    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |_| {
+    let summary = calltap::daemon::replay::replay(&cfg, &[pcap], |_| {
         n += 1;
         if n % 100 == 0 {
             readings.push(rss_kib());

@@ -63,15 +63,15 @@ fn long_and_hostile_users_in_the_same_second_each_get_their_own_wav() {
     let pcap = dir.join("calls.pcap");
     write_pcap(&pcap, &calls.iter().collect::<Vec<_>>());
     let mut cfg = Config::load_with_env(None, &[]).expect("default config");
-    cfg.data_dir = dir.join("data");
-    cfg.workers = 2;
+    cfg.storage.data_dir = dir.join("data");
+    cfg.capture.workers = 2;
 
     // Someone else's file already where the first call's recording goes (replay numbers calls
     // from 1 and stamps them with their INVITE's capture time).
     let first_start = 1_700_000_000_000_000_000u64 + 80 * 1_000_000;
     let taken = expand(
-        &cfg.recordings_dir(),
-        &cfg.path_template,
+        &cfg.storage.recordings_dir(),
+        &cfg.storage.path_template,
         &PathFields {
             start_secs: first_start / 1_000_000_000,
             call_id: "names-1@test",
@@ -84,7 +84,7 @@ fn long_and_hostile_users_in_the_same_second_each_get_their_own_wav() {
     std::fs::write(&taken, b"not ours").expect("write");
 
     let mut cdrs = Vec::new();
-    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |c| cdrs.push(c.clone()));
+    let summary = calltap::daemon::replay::replay(&cfg, &[pcap], |c| cdrs.push(c.clone()));
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     assert_eq!(cdrs.len(), users.len());
     let mut paths: Vec<PathBuf> = Vec::new();
@@ -105,7 +105,7 @@ fn long_and_hostile_users_in_the_same_second_each_get_their_own_wav() {
             cdr.uuid
         );
         assert!(
-            rec.path.starts_with(cfg.recordings_dir()),
+            rec.path.starts_with(cfg.storage.recordings_dir()),
             "{}",
             rec.path.display()
         );

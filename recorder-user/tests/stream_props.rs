@@ -90,10 +90,10 @@ fn run(d: &Damage, case: u64) -> Result<(), TestCaseError> {
     let pcap = dir.join("c.pcap");
     write_pcap(&pcap, &[&c]);
     let mut cfg = Config::load_with_env(None, &[]).expect("config");
-    cfg.data_dir = dir.join("data");
-    cfg.workers = 1;
+    cfg.storage.data_dir = dir.join("data");
+    cfg.capture.workers = 1;
     let mut cdrs = Vec::new();
-    calltap::cmd::replay::replay(&cfg, &[pcap], |cdr| cdrs.push(cdr.clone()));
+    calltap::daemon::replay::replay(&cfg, &[pcap], |cdr| cdrs.push(cdr.clone()));
     prop_assert_eq!(cdrs.len(), 1);
     let rec = cdrs[0].recording.clone().expect("recording");
     let mut wav = hound::WavReader::open(&rec.path).expect("wav");

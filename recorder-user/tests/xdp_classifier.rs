@@ -8,8 +8,7 @@ mod support;
 use aya::maps::{MapData, RingBuf};
 use calltap::{
     capture::{xdp::XdpCapture, Record},
-    classify::{classify_frame, SharedMediaTable, UserTables},
-    pipeline::MediaTable,
+    classify::{classify_frame, MediaTable, SharedMediaTable, UserTables},
 };
 use calltap_common::{
     classify::{counter_for, TARGET_NONE},

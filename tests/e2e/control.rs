@@ -145,8 +145,8 @@ impl Receiver {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = thread::spawn(move || {
             let ns = std::fs::File::open(format!("/run/netns/{NS_REC}")).expect("ns file");
-            // SAFETY: a valid namespace fd; only this thread moves.
             assert_eq!(
+                // SAFETY: a valid namespace fd; only this thread moves.
                 unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
                 0
             );

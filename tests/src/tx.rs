@@ -464,6 +464,7 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
 pub fn now_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we pass.
     let mut ts: libc::timespec = unsafe { mem::zeroed() };
+    // SAFETY: as above.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -490,6 +491,7 @@ pub fn sleep_until(at_ns: u64) {
 pub fn cpu_secs() -> (f64, f64) {
     // SAFETY: getrusage writes into the struct we pass.
     let mut ru: libc::rusage = unsafe { mem::zeroed() };
+    // SAFETY: as above.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     (t(ru.ru_utime), t(ru.ru_stime))

@@ -4,6 +4,8 @@
 //! Everything on the per-packet path parses borrowed buffers and writes into caller-provided
 //! buffers, so the media worker never allocates per packet.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod quality;
 pub mod rtcp;

@@ -1,6 +1,6 @@
 //! Stream-quality metrics: RFC 3550 interarrival jitter and a simplified ITU-T G.107 E-model.
 
-use crate::codec::CodecKind;
+use crate::codec::CodecId;
 
 /// Running RFC 3550 §6.4.1 / A.8 interarrival-jitter estimate for one stream.
 /// Serializable so a restarted recorder continues the estimate (see the daemon's call store).
@@ -58,24 +58,11 @@ impl JitterEstimator {
     }
 }
 
-/// Equipment-impairment parameters (Ie, Bpl) per ITU-T G.113 Appendix I.
-///
-/// Bpl is the value for G.711 *without* packet-loss concealment (4.3), deliberately: CallTap's
-/// recording fills lost packets with silence, so what is rated is the audio as recorded. G.722
-/// is rated on the narrowband scale like G.711 (its wideband Ie of 0 maps to the same figure);
-/// formats that carry no speech get the G.711 defaults so they never penalise the score.
-fn impairment(codec: CodecKind) -> (f64, f64) {
-    match codec {
-        CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => (0.0, 4.3),
-        CodecKind::TelephoneEvent | CodecKind::ComfortNoise | CodecKind::Unsupported => (0.0, 4.3),
-    }
-}
-
 /// Simplified E-model transmission rating (ITU-T G.107) for random loss.
 ///
 /// One-way delay is estimated as half the round trip plus twice the jitter (a typical adaptive
 /// jitter buffer) plus 10 ms of codec/packetisation delay.
-pub fn r_factor(codec: CodecKind, loss_pct: f64, jitter_ms: f64, rtt_ms: f64) -> f64 {
+pub fn r_factor(codec: CodecId, loss_pct: f64, jitter_ms: f64, rtt_ms: f64) -> f64 {
     let ppl = if loss_pct.is_finite() {
         loss_pct.clamp(0.0, 100.0)
     } else {
@@ -93,7 +80,7 @@ pub fn r_factor(codec: CodecKind, loss_pct: f64, jitter_ms: f64, rtt_ms: f64) ->
     };
     let d = rtt / 2.0 + jitter * 2.0 + 10.0;
     let id = 0.024 * d + if d > 177.3 { 0.11 * (d - 177.3) } else { 0.0 };
-    let (ie, bpl) = impairment(codec);
+    let (ie, bpl) = codec.codec().impairment;
     let ie_eff = ie + (95.0 - ie) * ppl / (ppl + bpl);
     93.2 - id - ie_eff
 }
@@ -112,6 +99,10 @@ pub fn mos_from_r(r: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn codec(name: &str) -> CodecId {
+        CodecId::named(name).expect("registered")
+    }
 
     #[test]
     fn constant_delay_has_no_jitter() {
@@ -155,25 +146,20 @@ mod tests {
 
     #[test]
     fn mos_values() {
-        let clean = mos_from_r(r_factor(CodecKind::Pcmu, 0.0, 0.0, 0.0));
+        let clean = mos_from_r(r_factor(codec("PCMU"), 0.0, 0.0, 0.0));
         assert!((clean - 4.4).abs() < 0.05, "{clean}");
-        let lossy = mos_from_r(r_factor(CodecKind::Pcma, 5.0, 0.0, 0.0));
+        let lossy = mos_from_r(r_factor(codec("PCMA"), 5.0, 0.0, 0.0));
         assert!(lossy < 3.8, "{lossy}");
         let mut prev = f64::INFINITY;
         for tenth in 0..=200 {
-            let m = mos_from_r(r_factor(
-                CodecKind::G722,
-                f64::from(tenth) / 10.0,
-                5.0,
-                40.0,
-            ));
+            let m = mos_from_r(r_factor(codec("G722"), f64::from(tenth) / 10.0, 5.0, 40.0));
             assert!(m <= prev && m >= 1.0, "loss {tenth}/10: {m}");
             prev = m;
         }
-        assert!(mos_from_r(r_factor(CodecKind::Pcmu, 0.0, 0.0, 1000.0)) < clean);
+        assert!(mos_from_r(r_factor(codec("PCMU"), 0.0, 0.0, 1000.0)) < clean);
         assert_eq!(mos_from_r(-5.0), 1.0);
         assert_eq!(mos_from_r(120.0), 4.5);
         assert_eq!(mos_from_r(f64::NAN), 1.0);
-        assert!(r_factor(CodecKind::Pcmu, f64::NAN, f64::NAN, f64::INFINITY).is_finite());
+        assert!(r_factor(codec("PCMU"), f64::NAN, f64::NAN, f64::INFINITY).is_finite());
     }
 }

@@ -10,6 +10,8 @@
 //! * [`sdp`] extracts the media endpoints and codecs from an SDP body.
 //! * [`dialog`] follows INVITE dialogs and turns messages into [`dialog::CallEvent`]s.
 
+#![forbid(unsafe_code)]
+
 pub mod dialog;
 mod message;
 mod parse;

@@ -14,6 +14,9 @@ use thiserror::Error;
 pub const MAX_MEDIA: usize = 16;
 /// Most codecs kept per media section.
 pub const MAX_CODECS: usize = 64;
+/// Longest `a=fmtp` parameter list kept (SDP is written by whoever places a call); longer ones
+/// are dropped, and the codec decodes with its defaults.
+pub const MAX_FMTP: usize = 256;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SdpError {
@@ -75,6 +78,10 @@ pub struct RtpMap {
     pub encoding: String,
     pub clock_rate: u32,
     pub channels: u8,
+    /// The format's `a=fmtp` parameters as written (`mode=20`, `octet-align=1`), which some
+    /// codecs decode by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fmtp: Option<Box<str>>,
 }
 
 impl RtpMap {
@@ -105,6 +112,7 @@ impl RtpMap {
             encoding: enc.to_string(),
             clock_rate: rate,
             channels: ch,
+            fmtp: None,
         })
     }
 
@@ -127,8 +135,19 @@ impl RtpMap {
             encoding: encoding.to_string(),
             clock_rate,
             channels,
+            fmtp: None,
         })
     }
+}
+
+/// Parses the value of `a=fmtp:` (`PT PARAMS`); `None` when it is malformed or too long.
+fn parse_fmtp(v: &str) -> Option<(u8, Box<str>)> {
+    let (pt, params) = v.trim().split_once([' ', '\t'])?;
+    let params = params.trim();
+    if params.len() > MAX_FMTP {
+        return None;
+    }
+    Some((pt.parse().ok()?, params.into()))
 }
 
 /// One `m=` section with session-level defaults applied.
@@ -191,6 +210,7 @@ struct RawMedia {
     connection: Option<IpAddr>,
     direction: Option<Direction>,
     rtpmaps: Vec<RtpMap>,
+    fmtps: Vec<(u8, Box<str>)>,
     rtcp: Option<(u16, Option<IpAddr>)>,
     rtcp_mux: bool,
 }
@@ -247,6 +267,13 @@ pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
                                     }
                                 }
                             }
+                            ("fmtp", Some(v)) => {
+                                if let Some(f) = parse_fmtp(v) {
+                                    if m.fmtps.len() < MAX_CODECS {
+                                        m.fmtps.push(f);
+                                    }
+                                }
+                            }
                             ("rtcp", Some(v)) => m.rtcp = parse_rtcp(v).or(m.rtcp),
                             ("rtcp-mux", _) => m.rtcp_mux = true,
                             _ => {}
@@ -300,6 +327,11 @@ fn resolve(m: RawMedia, session_conn: Option<IpAddr>, session_dir: Direction) ->
                 .cloned()
                 .or_else(|| RtpMap::static_pt(pt))
         })
+        .map(|mut r| {
+            // Attached at the end: an fmtp line may come before its rtpmap.
+            r.fmtp = m.fmtps.iter().find(|f| f.0 == r.pt).map(|f| f.1.clone());
+            r
+        })
         .collect();
     MediaDescription {
         media: m.media,
@@ -336,6 +368,7 @@ fn parse_m(value: &str) -> Result<RawMedia, SdpError> {
         connection: None,
         direction: None,
         rtpmaps: Vec::new(),
+        fmtps: Vec::new(),
         rtcp: None,
         rtcp_mux: false,
     })
@@ -439,13 +472,35 @@ mod tests {
                     pt: 97,
                     encoding: "opus".into(),
                     clock_rate: 48000,
-                    channels: 2
+                    channels: 2,
+                    fmtp: None,
                 }
             ]
         );
         // Dynamic PT without rtpmap: dropped rather than guessed.
         let s = parse(b"v=0\nc=IN IP4 1.1.1.1\nm=audio 1 RTP/AVP 100 0\n").expect("parses");
         assert_eq!(s.media[0].codecs.len(), 1);
+    }
+
+    #[test]
+    fn fmtp_goes_with_its_payload_type_wherever_it_is() {
+        let sdp = "v=0\nc=IN IP4 10.0.0.1\nm=audio 4000 RTP/AVP 18 97 101\na=fmtp:18 annexb=no\n\
+            a=fmtp:97 mode-set=0,2; octet-align=1\na=rtpmap:97 AMR/8000\n\
+            a=rtpmap:101 telephone-event/8000\n";
+        let a = parse(sdp.as_bytes()).expect("parses").media.remove(0);
+        let fmtp: Vec<Option<&str>> = a.codecs.iter().map(|c| c.fmtp.as_deref()).collect();
+        assert_eq!(
+            fmtp,
+            [Some("annexb=no"), Some("mode-set=0,2; octet-align=1"), None]
+        );
+        let long = format!(
+            "v=0\nm=audio 4000 RTP/AVP 0\na=fmtp:0 {}\n",
+            "x".repeat(300)
+        );
+        assert_eq!(
+            parse(long.as_bytes()).expect("parses").media[0].codecs[0].fmtp,
+            None
+        );
     }
 
     #[test]

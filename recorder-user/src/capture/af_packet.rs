@@ -162,7 +162,10 @@ fn read_u32(base: *const u8, off: usize) -> u32 {
     unsafe { std::ptr::read_volatile(base.add(off).cast::<u32>()) }
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a thread's whole state, handed over once when it starts"
+)]
 fn capture_loop(
     ring: Ring,
     ifindex: u32,

@@ -60,8 +60,8 @@ impl InterfaceFacts {
             // SAFETY: `cur` is a node of the list getifaddrs returned, alive until freeifaddrs.
             let ifa = unsafe { &*cur };
             cur = ifa.ifa_next;
-            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
             if ifa.ifa_name.is_null()
+                // SAFETY: ifa_name is a NUL-terminated string owned by the list (not null).
                 || unsafe { CStr::from_ptr(ifa.ifa_name) }.to_bytes() != interface.as_bytes()
             {
                 continue;

@@ -2,9 +2,12 @@
 //! the frame) so the rest of the pipeline cannot tell XDP, AF_PACKET and pcap replay apart.
 
 pub mod af_packet;
+pub mod config;
 pub mod mirror_port;
 pub mod pcap;
 pub mod xdp;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use calltap_common::PacketMeta;
 use crossbeam_channel::Receiver;
@@ -80,6 +83,30 @@ impl<'a> Record<'a> {
             return &[];
         }
         self.frame.get(off..self.ip_end()).unwrap_or(&[])
+    }
+
+    /// Source and destination of the innermost IP/UDP (or TCP) headers, read where the
+    /// classifier found them; `None` for a record too short to hold them.
+    pub fn endpoints(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let m = &self.meta;
+        let l3 = m.l3_off as usize;
+        let (src, dst): (IpAddr, IpAddr) = if m.flags & calltap_common::flags::IPV6 != 0 {
+            let h = self.frame.get(l3..l3 + 40)?;
+            let s: [u8; 16] = h[8..24].try_into().ok()?;
+            let d: [u8; 16] = h[24..40].try_into().ok()?;
+            (Ipv6Addr::from(s).into(), Ipv6Addr::from(d).into())
+        } else {
+            let h = self.frame.get(l3..l3 + 20)?;
+            let s: [u8; 4] = h[12..16].try_into().ok()?;
+            let d: [u8; 4] = h[16..20].try_into().ok()?;
+            (Ipv4Addr::from(s).into(), Ipv4Addr::from(d).into())
+        };
+        let l4 = m.l4_off as usize;
+        let p = self.frame.get(l4..l4 + 4)?;
+        Some((
+            SocketAddr::new(src, u16::from_be_bytes([p[0], p[1]])),
+            SocketAddr::new(dst, u16::from_be_bytes([p[2], p[3]])),
+        ))
     }
 
     /// Where the innermost IP packet ends: its length field says so, not the frame, because

@@ -16,7 +16,7 @@ use super::{
     mirror_port::{AfterCapture, DropDecision},
     Attachment, CaptureError,
 };
-use crate::pipeline::MediaTable;
+use crate::classify::MediaTable;
 
 /// The XDP object built by build.rs (empty when built with `CALLTAP_SKIP_EBPF=1`).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/calltap-xdp.o"));
@@ -535,6 +535,7 @@ impl RingPositions {
             // 8-byte aligned at the start of each page and updated atomically by their owners.
             let p =
                 unsafe { self.base.cast::<u8>().add(off) }.cast::<std::sync::atomic::AtomicU64>();
+            // SAFETY: as above: inside the mapping, aligned, an atomic the kernel updates.
             unsafe { &*p }.load(std::sync::atomic::Ordering::Acquire)
         };
         let consumer = load(0);

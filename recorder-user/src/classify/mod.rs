@@ -15,7 +15,39 @@ use calltap_common::{
 };
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::pipeline::MediaTable;
+/// The table the classifier consults to steer RTP: a BPF map for XDP, a shared hash map for
+/// userspace sources. Only the signalling worker writes it; capture sources implement it
+/// for their own tables (the XDP program's BPF map).
+pub trait MediaTable: Send {
+    fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String>;
+    fn remove(&mut self, key: &MediaKey);
+    /// Treat `port` as a SIP port from now on (SIP found by content sniffing on a port that is
+    /// not configured: on TCP, only segments that start a message can be sniffed, the others
+    /// need the port).
+    fn learn_sip_port(&mut self, port: u16) -> Result<(), String>;
+    /// Stop treating a learned `port` as a SIP port (no SIP crossed it for a while). Never
+    /// called for a configured port.
+    fn forget_sip_port(&mut self, port: u16) -> Result<(), String>;
+}
+
+/// Lets the driver pick the table (BPF map or userspace map) at run time.
+impl<T: MediaTable + ?Sized> MediaTable for Box<T> {
+    fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String> {
+        (**self).insert(key, owner)
+    }
+
+    fn remove(&mut self, key: &MediaKey) {
+        (**self).remove(key)
+    }
+
+    fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
+        (**self).learn_sip_port(port)
+    }
+
+    fn forget_sip_port(&mut self, port: u16) -> Result<(), String> {
+        (**self).forget_sip_port(port)
+    }
+}
 
 /// foldhash, seeded per process: keys come from SDP, i.e. from the network.
 type Map = foldhash::HashMap<MediaKey, MediaValue>;

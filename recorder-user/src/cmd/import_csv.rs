@@ -27,12 +27,9 @@ pub struct ImportTotals {
 
 /// Imports `files` in order, printing one line per file and one per bad row.
 pub fn import_csv(cfg: &Config, files: &[PathBuf]) -> anyhow::Result<ImportTotals> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = crate::runtime::current_thread().context("starting the async runtime")?;
     let url = cfg.database_url();
-    let timeout = Duration::from_millis(cfg.db_write_timeout_ms);
+    let timeout = Duration::from_millis(cfg.database.write_timeout_ms);
     rt.block_on(async {
         let db = Db::connect(&url, timeout)
             .await

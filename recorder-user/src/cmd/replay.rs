@@ -1,265 +1,57 @@
-//! `calltap replay`: capture files through the same classifier and workers as live capture,
-//! run inline on one thread so results are deterministic.
+//! `calltap replay`: records the calls of capture files through the daemon's parts, run inline
+//! ([`crate::daemon::replay`]); CDRs go to `calls.jsonl` and the database as they do live.
 
 use std::path::PathBuf;
 
-use calltap_common::{classify::counter_for, counter, flags, COUNTERS, SIGNALLING_RING};
-use serde::Serialize;
+use anyhow::Context as _;
 
 use crate::{
-    capture::{pcap::read_file, CaptureError, Record},
-    classify::{classify_frame, SharedMediaTable, UserTables},
     config::Config,
-    pipeline::{
-        group::Group,
-        media::{MediaConfig, MediaWorker, WorkerStats},
-        signalling::{SignallingStats, SignallingWorker},
-        Control,
+    daemon::replay,
+    store::{
+        cdr::JsonlSink,
+        writer::{CdrWriter, WriterConfig},
     },
-    store::cdr::Cdr,
 };
 
-/// Totals of a replay.
-#[derive(Debug, Serialize)]
-pub struct ReplaySummary {
-    pub packets: u64,
-    pub skipped_link_types: u64,
-    pub counters: std::collections::BTreeMap<&'static str, u64>,
-    pub signalling: SignallingStats,
-    pub workers: Vec<WorkerStats>,
-    pub calls: usize,
-    /// Files that could not be read to the end, with the reason (file and byte offset).
-    pub errors: Vec<String>,
-}
-
-pub fn tracker_config(cfg: &Config) -> calltap_sip::dialog::TrackerConfig {
-    calltap_sip::dialog::TrackerConfig {
-        correlation_header: cfg.correlation_header.clone(),
-        max_call_duration_ns: cfg.max_duration_s.saturating_mul(1_000_000_000),
-        unanswered_timeout_ns: cfg.unanswered_timeout_s.saturating_mul(1_000_000_000),
-        max_calls: cfg.max_calls,
-        max_unanswered_calls: cfg.max_unanswered_calls,
-        ..calltap_sip::dialog::TrackerConfig::default()
-    }
-}
-
-pub fn media_config(cfg: &Config) -> MediaConfig {
-    MediaConfig {
-        recordings_dir: cfg.recordings_dir(),
-        path_template: cfg.path_template.clone(),
-        flush_interval_ns: cfg.flush_interval_ms.saturating_mul(1_000_000),
-        media_timeout_ns: cfg.media_timeout_s.saturating_mul(1_000_000_000),
-        max_call_secs: cfg.max_duration_s.max(1),
-        restore_grace_ns: cfg.restore_grace_s.saturating_mul(1_000_000_000),
-        spool: crate::store::spool::SpoolConfig {
-            raw_pcap_max_bytes: cfg.raw_pcap_max_mb.saturating_mul(1 << 20),
-            // Offline: the capture waits for the disk rather than lose audio.
-            backpressure: true,
-            ..crate::store::spool::SpoolConfig::with_memory_mb(
-                cfg.audio_buffer_mb / u64::from(cfg.worker_count().max(1)),
-            )
-        },
-    }
-}
-
-/// Replays `files` in order; every finished call is passed to `on_cdr`.
-pub fn replay(cfg: &Config, files: &[PathBuf], mut on_cdr: impl FnMut(&Cdr)) -> ReplaySummary {
-    let table = SharedMediaTable::default();
-    let tables = UserTables::new(cfg.xdp(), &cfg.sip_ports, table.clone());
-    let n = cfg.worker_count();
-    let mut sig = SignallingWorker::new(table, n, tracker_config(cfg), 0)
-        .with_reassembly(cfg.tcp, cfg.ipfrag);
-    sig.set_sip_ports(&cfg.sip_ports);
-    sig.set_learned_port_idle(cfg.learned_sip_port_idle_s.saturating_mul(1_000_000_000));
-    // Offline: no rules database, but `[recording] default` applies as it does live.
-    sig.set_rules(crate::pipeline::rules::LiveRules::new(
-        crate::pipeline::rules::RuleSet::default_only(cfg.recording_default),
-    ));
-    let mcfg = media_config(cfg);
-    let mut workers: Vec<MediaWorker> = (0..n).map(|i| MediaWorker::new(i, mcfg.clone())).collect();
-    // Each worker's records wait in a group until it is full or something else must happen
-    // first (a SIP record, a tick, the end): handled in capture order all the same.
-    let mut groups: Vec<Group> = (0..n).map(|_| Group::default()).collect();
-    let flush = |groups: &mut Vec<Group>, workers: &mut Vec<MediaWorker>| {
-        for (g, w) in groups.iter_mut().zip(workers.iter_mut()) {
-            if !g.is_empty() {
-                g.feed(w);
+/// Replays `files` in order, printing each CDR as a JSON line with `json`. False when a file
+/// could not be read to the end (the reasons are printed).
+pub fn replay(cfg: &Config, files: &[PathBuf], json: bool) -> anyhow::Result<bool> {
+    let data = &cfg.storage.data_dir;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("creating data dir {}", data.display()))?;
+    let mut journal =
+        JsonlSink::open(&data.join("calls.jsonl")).context("opening the CDR journal")?;
+    let writer = CdrWriter::start(WriterConfig::new(&cfg.database, &cfg.storage))?;
+    let mut failed = None;
+    let summary = replay::replay(cfg, files, |cdr| {
+        if json {
+            match serde_json::to_string(cdr) {
+                Ok(line) => println!("{line}"),
+                Err(e) => failed = Some(e.to_string()),
             }
         }
-    };
-    let mut queue: Vec<(u32, Control)> = Vec::new();
-    let mut done: Vec<Cdr> = Vec::new();
-    let mut timeouts = Vec::new();
-    let mut counters = [0u64; COUNTERS as usize];
-    let mut calls = 0usize;
-    let mut last_tick = 0u64;
-    let mut last_ts = 0u64;
-    let mut packets = 0u64;
-    let mut skipped = 0u64;
-    let mut errors = Vec::new();
-    let mut sealer = Sealer::start();
-
-    let deliver =
-        |queue: &mut Vec<(u32, Control)>, workers: &mut Vec<MediaWorker>, done: &mut Vec<Cdr>| {
-            for (w, msg) in queue.drain(..) {
-                if let Some(worker) = workers.get_mut(w as usize) {
-                    worker.control(msg, done);
-                }
-            }
-        };
-
-    for file in files {
-        let result = read_file(file, |pkt| {
-            let (v, meta) = classify_frame(pkt.frame, &tables, pkt.ts_ns, pkt.wire_len, 0);
-            counters[counter::SEEN as usize] += 1;
-            counters[counter::BYTES as usize] += pkt.wire_len as u64;
-            counters[counter_for(v.class) as usize] += 1;
-            if v.flags & flags::ENCAP != 0 {
-                counters[counter::ENCAP as usize] += 1;
-            }
-            let ts = pkt.ts_ns;
-            last_ts = last_ts.max(ts);
-            let rec = Record {
-                meta,
-                frame: pkt.frame,
-            };
-            if v.target == SIGNALLING_RING {
-                flush(&mut groups, &mut workers);
-                sig.handle(&rec, &mut queue);
-                deliver(&mut queue, &mut workers, &mut done);
-            } else if let (Some(w), Some(g)) = (
-                workers.get_mut(v.target as usize),
-                groups.get_mut(v.target as usize),
-            ) {
-                g.push(&rec.meta, rec.frame);
-                if g.is_full() {
-                    g.feed(w);
-                }
-            }
-            if last_ts.saturating_sub(last_tick) >= 1_000_000_000 {
-                flush(&mut groups, &mut workers);
-                last_tick = last_ts;
-                sig.tick(last_ts, &mut queue);
-                deliver(&mut queue, &mut workers, &mut done);
-                for w in workers.iter_mut() {
-                    w.tick(last_ts, &mut timeouts);
-                    w.reap(last_ts, &mut done);
-                }
-                for t in timeouts.drain(..) {
-                    sig.media_timeout(t, &mut queue);
-                }
-                deliver(&mut queue, &mut workers, &mut done);
-            }
-            for cdr in done.drain(..) {
-                calls += 1;
-                sealer.submit(cdr, &mut on_cdr);
-            }
-        });
-        match result {
-            Ok(s) => {
-                packets += s.packets;
-                skipped += s.skipped;
-            }
-            Err(e @ CaptureError::BadFile { .. }) | Err(e @ CaptureError::File { .. }) => {
-                errors.push(e.to_string())
-            }
-            Err(e) => errors.push(e.to_string()),
+        if let Err(e) = journal.write(cdr) {
+            failed = Some(e.to_string());
         }
+        writer.send(cdr.clone());
+    });
+    let store = writer.finish();
+    eprintln!(
+        "calltap replay: CDR store {}",
+        serde_json::to_string(&store)?
+    );
+    if let Some(e) = failed {
+        anyhow::bail!("writing CDRs: {e}");
     }
-    flush(&mut groups, &mut workers);
-    sig.finish(last_ts, "capture_end", &mut queue);
-    deliver(&mut queue, &mut workers, &mut done);
-    for w in workers.iter_mut() {
-        w.reap(u64::MAX, &mut done);
+    eprintln!(
+        "calltap replay: {} packets, {} calls; counters {}",
+        summary.packets,
+        summary.calls,
+        serde_json::to_string(&summary.counters)?
+    );
+    for e in &summary.errors {
+        eprintln!("calltap replay: error: {e}");
     }
-    for cdr in done.drain(..) {
-        calls += 1;
-        sealer.submit(cdr, &mut on_cdr);
-    }
-    sealer.finish(&mut on_cdr);
-    ReplaySummary {
-        packets,
-        skipped_link_types: skipped,
-        counters: counter::NAMES
-            .iter()
-            .zip(counters.iter())
-            .map(|(n, v)| (*n, *v))
-            .collect(),
-        signalling: sig.stats.clone(),
-        workers: workers.iter().map(|w| w.stats.clone()).collect(),
-        calls,
-        errors,
-    }
-}
-
-/// Seals finished recordings (fsync, sha256) on a thread of its own, as `calltap run`'s CDR
-/// thread does: waiting for the disk once per call would otherwise pace the whole replay. One
-/// thread, so CDRs still reach the caller in the order the calls finished.
-struct Sealer {
-    thread: Option<(
-        crossbeam_channel::Sender<Cdr>,
-        crossbeam_channel::Receiver<Cdr>,
-        std::thread::JoinHandle<()>,
-    )>,
-}
-
-impl Sealer {
-    fn start() -> Sealer {
-        let (tx, rx) = crossbeam_channel::unbounded::<Cdr>();
-        let (sealed_tx, sealed_rx) = crossbeam_channel::unbounded::<Cdr>();
-        let spawned = std::thread::Builder::new()
-            .name("seal".into())
-            .spawn(move || {
-                for mut cdr in rx {
-                    cdr.seal_recording();
-                    if sealed_tx.send(cdr).is_err() {
-                        break;
-                    }
-                }
-            });
-        match spawned {
-            Ok(h) => Sealer {
-                thread: Some((tx, sealed_rx, h)),
-            },
-            Err(e) => {
-                log::warn!("no sealing thread ({e}): recordings are sealed inline");
-                Sealer { thread: None }
-            }
-        }
-    }
-
-    /// Queues `cdr`, and passes on those sealed so far.
-    fn submit(&mut self, mut cdr: Cdr, on_cdr: &mut impl FnMut(&Cdr)) {
-        if let Some((tx, sealed, _)) = &self.thread {
-            match tx.send(cdr) {
-                Ok(()) => {
-                    for c in sealed.try_iter() {
-                        on_cdr(&c);
-                    }
-                    return;
-                }
-                // The thread is gone: in order, what it finished, then this one inline.
-                Err(e) => {
-                    cdr = e.into_inner();
-                    for c in sealed.try_iter() {
-                        on_cdr(&c);
-                    }
-                    self.thread = None;
-                }
-            }
-        }
-        cdr.seal_recording();
-        on_cdr(&cdr);
-    }
-
-    /// Waits for the rest.
-    fn finish(self, on_cdr: &mut impl FnMut(&Cdr)) {
-        if let Some((tx, sealed, handle)) = self.thread {
-            drop(tx);
-            for c in sealed.iter() {
-                on_cdr(&c);
-            }
-            let _ = handle.join();
-        }
-    }
+    Ok(summary.errors.is_empty())
 }

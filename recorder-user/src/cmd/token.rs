@@ -25,13 +25,11 @@ pub struct Created {
 
 /// Opens (and migrates) the configured database and stores a new token with `role`.
 pub fn create(cfg: &Config, role: Role, name: &str) -> Result<Created, TokenCmdError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(TokenCmdError::Runtime)?;
+    let rt = crate::runtime::current_thread().map_err(TokenCmdError::Runtime)?;
     rt.block_on(async {
         // Tolerates a daemon migrating the same fresh database at the same moment.
-        let db = crate::publish::api::connect_db(cfg).await?;
+        let timeout = std::time::Duration::from_millis(cfg.database.write_timeout_ms);
+        let db = crate::store::db::connect_migrated(cfg.database_url(), timeout).await?;
         let made = auth::create_token(&db, role, name).await;
         db.close().await;
         let (id, token) = made?;

@@ -6,54 +6,20 @@
 //! structs fed one record at a time.
 
 pub mod bounds;
+pub mod config;
 pub mod group;
 pub mod media;
 pub mod recording;
-pub mod rules;
 pub mod signalling;
 pub mod sip_ports;
 
 use std::net::SocketAddr;
 
-use calltap_common::{MediaKey, MediaValue};
+use calltap_common::MediaKey;
 use calltap_sip::{
-    dialog::{CallRef, Side},
-    sdp::{Direction, RtpMap},
+    dialog::{CallEvent, CallRef},
     NameAddr,
 };
-
-/// The table the classifier consults to steer RTP: a BPF map for XDP, a shared hash map for
-/// userspace sources. Only the signalling worker writes it.
-pub trait MediaTable: Send {
-    fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String>;
-    fn remove(&mut self, key: &MediaKey);
-    /// Treat `port` as a SIP port from now on (SIP found by content sniffing on a port that is
-    /// not configured: on TCP, only segments that start a message can be sniffed, the others
-    /// need the port).
-    fn learn_sip_port(&mut self, port: u16) -> Result<(), String>;
-    /// Stop treating a learned `port` as a SIP port (no SIP crossed it for a while). Never
-    /// called for a configured port.
-    fn forget_sip_port(&mut self, port: u16) -> Result<(), String>;
-}
-
-/// Lets the driver pick the table (BPF map or userspace map) at run time.
-impl<T: MediaTable + ?Sized> MediaTable for Box<T> {
-    fn insert(&mut self, key: MediaKey, owner: MediaValue) -> Result<(), String> {
-        (**self).insert(key, owner)
-    }
-
-    fn remove(&mut self, key: &MediaKey) {
-        (**self).remove(key)
-    }
-
-    fn learn_sip_port(&mut self, port: u16) -> Result<(), String> {
-        (**self).learn_sip_port(port)
-    }
-
-    fn forget_sip_port(&mut self, port: u16) -> Result<(), String> {
-        (**self).forget_sip_port(port)
-    }
-}
 
 /// What a media worker needs to know to start recording a call.
 #[derive(Clone, Debug)]
@@ -68,8 +34,8 @@ pub struct CallSetup {
     pub callee_ip: std::net::IpAddr,
     pub start_ns: u64,
     /// Whether (and why) the call is recorded: decided once, at call start, by the recording
-    /// rules ([`rules::LiveRules`]).
-    pub recording: rules::RecordingMode,
+    /// rules ([`crate::rules::LiveRules`]).
+    pub recording: crate::rules::RecordingMode,
 }
 
 impl CallSetup {
@@ -90,34 +56,17 @@ impl CallSetup {
     }
 }
 
-/// Signalling -> media worker.
-#[derive(Clone, Debug)]
+/// Signalling and the control plane -> media worker.
+#[derive(Debug)]
 pub enum Control {
     Start(Box<CallSetup>),
-    Media {
-        call: CallRef,
-        side: Side,
-        rtp: Option<SocketAddr>,
-        rtcp: Option<SocketAddr>,
-        codecs: Vec<RtpMap>,
-        direction: Direction,
-        ts_ns: u64,
-    },
-    Ringing {
-        call: CallRef,
-        ts_ns: u64,
-    },
-    Answered {
-        call: CallRef,
-        ts_ns: u64,
-    },
-    Dtmf {
-        call: CallRef,
-        side: Side,
-        digit: char,
-        duration_ms: Option<u32>,
-        ts_ns: u64,
-    },
+    /// What SIP said about a call since it started, as the dialog tracker said it: where a
+    /// side receives media (`Media`, its endpoints already admitted by signalling), ringing,
+    /// the answer, SIP INFO digits, in-dialog requests not acted on (`Rejected`: listed in
+    /// the CDR's `rejected_requests`). `Started` and `Ended` come as `Start` and `End`.
+    /// Boxed: a started call's event is large, and every queued message is as large as the
+    /// largest.
+    Event(Box<CallEvent>),
     End {
         call: CallRef,
         reason: String,
@@ -130,12 +79,6 @@ pub enum Control {
     Evict {
         call: CallRef,
         ts_ns: u64,
-    },
-    /// An in-dialog request signalling did not act on (it came from or went to an address off
-    /// the dialog's signalling path): listed in the CDR's `rejected_requests`.
-    Rejected {
-        call: CallRef,
-        rejection: calltap_sip::dialog::Rejection,
     },
     /// An operator's recording control (API, console), checked against the call's state by
     /// `publish::live` before it is sent; `ts_ns` is when it was asked for.
@@ -157,6 +100,18 @@ pub enum Control {
     /// classifier's table; the signalling worker hands it to the owner (rare: a call's first
     /// packets only, so the copy does not matter).
     Packet(Box<OwnedRecord>),
+    /// Attach an output to a live call (a listener, an encoder): from now on it gets the call's
+    /// placed audio (see [`media::outputs`]). Dropped when the call is gone.
+    Attach {
+        call: CallRef,
+        output: media::outputs::NewOutput,
+    },
+    /// Detach an output attached before: it is closed, and gets nothing more.
+    Detach {
+        call: CallRef,
+        id: media::outputs::OutputId,
+        ts_ns: u64,
+    },
     /// A configuration reload changed the worker's settings (path template, flush interval,
     /// timeouts): calls already open keep their files; new values apply from now on.
     Settings(Box<media::MediaConfig>),
@@ -225,4 +180,16 @@ pub fn media_key(addr: SocketAddr) -> MediaKey {
 /// Counter-based unique ids for calls: time-ordered, unique per recorder process run.
 pub fn call_uuid(start_ns: u64, call: CallRef, node: u32) -> String {
     format!("{start_ns:016x}-{node:04x}-{:012x}", call.0)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every slot of a worker's control queue is as large as the largest message: they stay
+    /// small, the large ones boxed.
+    #[test]
+    fn control_messages_stay_small() {
+        let size = std::mem::size_of::<super::Control>();
+        eprintln!("Control: {size} bytes");
+        assert!(size <= 64, "{size}");
+    }
 }

@@ -113,7 +113,7 @@ struct Held {
 
 impl RecordingGate {
     /// A gate stopped from the call's start (on-demand recording, see
-    /// [`super::rules::RuleAction::OnDemand`]): nothing is written until a `start`, and the
+    /// [`crate::rules::RuleAction::OnDemand`]): nothing is written until a `start`, and the
     /// span before it is silence.
     pub fn stopped() -> RecordingGate {
         RecordingGate {

@@ -105,10 +105,7 @@ impl HttpServer {
         let thread = thread::Builder::new()
             .name("http".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
+                let rt = match crate::runtime::current_thread() {
                     Ok(rt) => rt,
                     Err(e) => {
                         log::error!("HTTP server: no runtime: {e}");

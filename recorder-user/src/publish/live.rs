@@ -14,16 +14,20 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use calltap_sip::{dialog::CallRef, sdp::Direction};
+use calltap_sip::{
+    dialog::{CallEvent, CallRef},
+    sdp::Direction,
+};
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
 use crate::{
     pipeline::{
+        media::outputs::{AudioOutput, NewOutput, OutputId},
         recording::{RecordingAction, RecordingState, MAX_TRANSITIONS},
-        rules::RuleAction,
         CallSetup, Control, ControlSink,
     },
+    rules::RuleAction,
     store::cdr::rfc3339,
 };
 
@@ -265,6 +269,46 @@ impl LiveCalls {
         self.control_at(uuid, action, crate::clock::unix_ns())
     }
 
+    /// Attaches `output` to the call's audio (a listener, an encoder; see
+    /// [`crate::pipeline::media::outputs`]): it gets the call's placed audio from now until the
+    /// call ends or it is detached. Returns its id, for [`LiveCalls::detach`].
+    pub fn attach(
+        &self,
+        uuid: &str,
+        output: Box<dyn AudioOutput>,
+    ) -> Result<OutputId, ControlError> {
+        let new = NewOutput::new(output);
+        let id = new.id;
+        self.send_to_call(uuid, |call| Control::Attach { call, output: new })?;
+        Ok(id)
+    }
+
+    /// Detaches an output [`LiveCalls::attach`] attached: it is closed and gets nothing more.
+    pub fn detach(&self, uuid: &str, id: OutputId) -> Result<(), ControlError> {
+        let ts_ns = crate::clock::unix_ns();
+        self.send_to_call(uuid, |call| Control::Detach { call, id, ts_ns })
+    }
+
+    /// Sends the message `msg` makes for the live call `uuid` to its worker.
+    fn send_to_call(
+        &self,
+        uuid: &str,
+        msg: impl FnOnce(CallRef) -> Control,
+    ) -> Result<(), ControlError> {
+        let reg = self.lock();
+        let c = reg
+            .by_uuid
+            .get(uuid)
+            .ok_or_else(|| ControlError::NotFound(uuid.to_string()))?;
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(c.worker as usize)
+            .ok_or(ControlError::WorkerGone)?
+            .send_timeout(msg(c.call), crate::queues::CONTROL_WAIT)
+            .map_err(|_| ControlError::WorkerGone)
+    }
+
     fn control_at(
         &self,
         uuid: &str,
@@ -321,18 +365,21 @@ impl LiveCalls {
     fn note(worker: u32, msg: &Control) -> Option<Note> {
         Some(match msg {
             Control::Start(s) => Note::Start(Box::new(LiveCall::from_setup(worker, s))),
-            Control::Ringing { call, .. } => Note::Ringing(*call),
-            Control::Answered { call, ts_ns } => Note::Answered(*call, *ts_ns),
-            Control::Media {
-                call,
-                side,
-                rtp,
-                direction,
-                ..
-            } => {
-                let held = rtp.is_none() || *direction != Direction::SendRecv;
-                Note::Media(*call, side_index(*side), held)
-            }
+            Control::Event(ev) => match &**ev {
+                CallEvent::Ringing { call, .. } => Note::Ringing(*call),
+                CallEvent::Answered { call, ts_ns } => Note::Answered(*call, *ts_ns),
+                CallEvent::Media {
+                    call,
+                    side,
+                    rtp,
+                    direction,
+                    ..
+                } => {
+                    let held = rtp.is_none() || *direction != Direction::SendRecv;
+                    Note::Media(*call, side.index(), held)
+                }
+                _ => return None,
+            },
             Control::End { call, .. } => Note::End(*call),
             Control::Evict { call, ts_ns } => Note::Evict(*call, *ts_ns),
             _ => return None,
@@ -404,13 +451,6 @@ impl LiveCalls {
                 f(LiveEvent::Answered(c));
             }
         }
-    }
-}
-
-fn side_index(side: calltap_sip::dialog::Side) -> usize {
-    match side {
-        calltap_sip::dialog::Side::Caller => 0,
-        calltap_sip::dialog::Side::Callee => 1,
     }
 }
 
@@ -499,10 +539,10 @@ pub(crate) mod tests {
         }
         sink.send(
             0,
-            Control::Ringing {
+            Control::Event(Box::new(CallEvent::Ringing {
                 call: CallRef(1),
                 ts_ns: t0 + 5,
-            },
+            })),
         );
         assert_eq!(
             live.get("uuid-1").map(|c| c.state),
@@ -511,10 +551,10 @@ pub(crate) mod tests {
         for ts_ns in [t0 + 1_000_000_000, t0 + 2_000_000_000] {
             sink.send(
                 0,
-                Control::Answered {
+                Control::Event(Box::new(CallEvent::Answered {
                     call: CallRef(1),
                     ts_ns,
-                },
+                })),
             );
         }
         let c = live.get("uuid-1").expect("listed");
@@ -526,7 +566,7 @@ pub(crate) mod tests {
         );
         sink.send(
             0,
-            Control::Media {
+            Control::Event(Box::new(CallEvent::Media {
                 call: CallRef(1),
                 side: Side::Callee,
                 rtp: None,
@@ -534,7 +574,7 @@ pub(crate) mod tests {
                 codecs: vec![],
                 direction: Direction::SendRecv,
                 ts_ns: 0,
-            },
+            })),
         );
         assert_eq!(live.get("uuid-1").map(|c| c.state), Some(CallState::Held));
         // Every message went on to the inner sink.
@@ -607,10 +647,10 @@ pub(crate) mod tests {
         sink.send(0, Control::Start(Box::new(setup(3))));
         sink.send(
             0,
-            Control::Answered {
+            Control::Event(Box::new(CallEvent::Answered {
                 call: CallRef(3),
                 ts_ns: 1_700_000_001_000_000_000,
-            },
+            })),
         );
         let c = live.get("uuid-3").expect("listed");
         assert_eq!(c.state, CallState::Answered);
@@ -621,10 +661,10 @@ pub(crate) mod tests {
         sink.send(0, Control::Start(Box::new(fresh)));
         sink.send(
             0,
-            Control::Answered {
+            Control::Event(Box::new(CallEvent::Answered {
                 call: CallRef(4),
                 ts_ns: crate::clock::unix_ns(),
-            },
+            })),
         );
         assert_eq!(*heard.lock().expect("heard"), 2);
     }
@@ -655,7 +695,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rule_modes_are_listed_on_demand_starts_stopped_and_skip_refuses_control() {
-        use crate::pipeline::rules::RecordingMode;
+        use crate::rules::RecordingMode;
         let (tx, rx) = unbounded();
         let live = LiveCalls::new(vec![tx]);
         let mut sink = LiveSink::new(Vec::<(u32, Control)>::new(), live.clone());
@@ -692,5 +732,45 @@ pub(crate) mod tests {
         assert_eq!(json["recording_mode"], "skip");
         assert_eq!(json["rule_id"], 42);
         assert_eq!(json["recording"], "stopped");
+    }
+
+    /// An output attached through the registry reaches the call's worker, and so does its
+    /// detachment; an unknown call is refused.
+    #[test]
+    fn outputs_are_attached_to_and_detached_from_a_live_call_on_its_worker() {
+        struct Silent;
+        impl crate::pipeline::media::outputs::AudioOutput for Silent {
+            fn kind(&self) -> &'static str {
+                "silent"
+            }
+            fn write(
+                &mut self,
+                _: &mut crate::pipeline::media::outputs::OutputCtx<'_>,
+                _: crate::pipeline::media::outputs::Placed<'_>,
+            ) {
+            }
+        }
+        let (tx, rx) = unbounded();
+        let live = LiveCalls::new(vec![tx]);
+        start_call(&live, 5);
+        let id = live.attach("uuid-5", Box::new(Silent)).expect("attached");
+        match rx.try_recv() {
+            Ok(Control::Attach { call, output }) => {
+                assert_eq!(
+                    (call, output.id, output.output.kind()),
+                    (CallRef(5), id, "silent")
+                )
+            }
+            other => panic!("expected an Attach, got {other:?}"),
+        }
+        live.detach("uuid-5", id).expect("detached");
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Control::Detach { call: CallRef(5), id: d, .. }) if d == id
+        ));
+        assert!(matches!(
+            live.attach("nope", Box::new(Silent)),
+            Err(ControlError::NotFound(_))
+        ));
     }
 }

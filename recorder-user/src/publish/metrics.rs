@@ -705,7 +705,7 @@ impl Metrics {
             set_counter(&self.webhook_retries, s.retries);
         }
         if let Some(dir) = self.sources.spool.get() {
-            match filesystem(dir) {
+            match crate::store::retention::fs_usage(dir) {
                 Ok(fs) => {
                     for (state, v) in [("size", fs.size), ("used", fs.used), ("avail", fs.avail)] {
                         self.spool_fs
@@ -831,33 +831,6 @@ impl Metrics {
             webhooks: self.sources.webhooks.get().map(|w| w.snapshot()),
         }
     }
-}
-
-/// A filesystem's figures in bytes.
-pub struct FsUsage {
-    pub size: u64,
-    pub used: u64,
-    /// Available to unprivileged writers (what a non-root daemon can still use).
-    pub avail: u64,
-}
-
-/// statvfs(2) of the filesystem holding `path`.
-pub fn filesystem(path: &std::path::Path) -> std::io::Result<FsUsage> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
-    // SAFETY: an all-zero statvfs is a valid value for the kernel to overwrite.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and a valid out pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let frag = st.f_frsize as u64;
-    Ok(FsUsage {
-        size: st.f_blocks as u64 * frag,
-        used: (st.f_blocks as u64).saturating_sub(st.f_bfree as u64) * frag,
-        avail: st.f_bavail as u64 * frag,
-    })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! HTTP server, metrics.
 
 pub mod api;
+pub mod config;
 pub mod console;
 pub mod http;
 pub mod live;

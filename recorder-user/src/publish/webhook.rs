@@ -37,11 +37,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::live::LiveCall;
-use crate::{
-    config::{parse_http_url, HttpUrl},
-    store::cdr::Cdr,
-};
+use super::{config::WebhooksConfig, live::LiveCall};
+use crate::store::cdr::Cdr;
 
 /// Events waiting in memory between producers and the delivery thread.
 const CHANNEL: usize = 1024;
@@ -81,15 +78,70 @@ pub struct WebhookConfig {
 
 impl WebhookConfig {
     /// None when no URL is configured.
-    pub fn from_config(cfg: &crate::config::Config) -> Option<WebhookConfig> {
+    pub fn new(section: &WebhooksConfig) -> Option<WebhookConfig> {
         Some(WebhookConfig {
-            url: cfg.webhook_url.clone()?,
-            secret: cfg.webhook_secret.clone(),
-            timeout: Duration::from_millis(cfg.webhook_timeout_ms),
-            max_backoff: Duration::from_millis(cfg.webhook_max_backoff_ms),
-            ca_file: cfg.webhook_ca_file.clone(),
+            url: section.url.clone()?,
+            secret: section.secret.clone(),
+            timeout: Duration::from_millis(section.timeout_ms),
+            max_backoff: Duration::from_millis(section.max_backoff_ms),
+            ca_file: section.ca_file.clone(),
         })
     }
+}
+
+/// A webhook receiver's address: `http://` or `https://`, host, port, path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    pub tls: bool,
+    /// As written (an IPv6 address keeps its brackets).
+    pub host: String,
+    pub port: u16,
+    /// With the query, if any; `/` when the URL has none.
+    pub path: String,
+}
+
+/// Splits an `http[s]://HOST[:PORT][/PATH]` URL (ports default to 80 and 443).
+pub fn parse_http_url(url: &str) -> Option<HttpUrl> {
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://")?),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') || path.contains(char::is_whitespace) {
+        return None;
+    }
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')? + 1;
+        (&authority[..end], &authority[end..])
+    } else {
+        match authority.split_once(':') {
+            Some((h, _)) => (h, &authority[h.len()..]),
+            None => (authority, ""),
+        }
+    };
+    let port = match port.strip_prefix(':') {
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0)?,
+        None if port.is_empty() => {
+            if tls {
+                443
+            } else {
+                80
+            }
+        }
+        None => return None,
+    };
+    if host.is_empty() || host == "[]" {
+        return None;
+    }
+    Some(HttpUrl {
+        tls,
+        host: host.to_string(),
+        port,
+        path: path.to_string(),
+    })
 }
 
 /// One event as delivered.
@@ -597,10 +649,7 @@ struct Delivery {
 
 impl Delivery {
     fn run(self) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let rt = match crate::runtime::current_thread() {
             Ok(rt) => rt,
             Err(e) => {
                 // Events still reach the disk queue (the channel fills, then overflows to it).

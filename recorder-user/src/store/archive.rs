@@ -44,11 +44,11 @@ use self::{
 };
 use super::{
     cdr::Cdr,
+    config::{ArchiveSettings, DatabaseConfig, StorageConfig},
     db::Db,
     retention::{self, RetentionConfig},
     wav::sha256_file,
 };
-use crate::config::Config;
 
 /// Jobs in flight between the CDR thread and the archiver before callers spill to the queue
 /// file themselves.
@@ -112,16 +112,23 @@ pub struct ArchiveConfig {
 }
 
 impl ArchiveConfig {
-    pub fn from_config(cfg: &Config) -> ArchiveConfig {
+    /// The archiver's settings from its sections (`[archive]`, `[retention]`; the database
+    /// and the data directory are the storage's).
+    pub fn new(
+        archive: &ArchiveSettings,
+        retention: RetentionConfig,
+        database: &DatabaseConfig,
+        storage: &StorageConfig,
+    ) -> ArchiveConfig {
         ArchiveConfig {
-            target: cfg.archive_target.clone(),
-            s3: cfg.archive_s3.clone(),
-            data_dir: cfg.data_dir.clone(),
-            spool: cfg.recordings_dir(),
-            retry_interval: Duration::from_millis(cfg.archive_retry_interval_ms),
-            database_url: Some(cfg.database_url()),
-            db_timeout: Duration::from_millis(cfg.db_write_timeout_ms),
-            retention: cfg.retention,
+            target: archive.target.clone(),
+            s3: archive.s3.clone(),
+            data_dir: storage.data_dir.clone(),
+            spool: storage.recordings_dir(),
+            retry_interval: Duration::from_millis(archive.retry_interval_ms),
+            database_url: Some(database.url_in(&storage.data_dir)),
+            db_timeout: Duration::from_millis(database.write_timeout_ms),
+            retention,
         }
     }
 }
@@ -347,10 +354,7 @@ impl Archiver {
         let (tx, rx) = bounded(CHANNEL);
         let counters = Arc::new(ArchiveCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(ArchiverError::Runtime)?;
+        let rt = crate::runtime::current_thread().map_err(ArchiverError::Runtime)?;
         let target = match &cfg.target {
             TargetSpec::Spool => "spool".to_string(),
             TargetSpec::Dir(d) => d.display().to_string(),
@@ -1122,13 +1126,12 @@ pub enum Located {
 /// `s3://` location), if an archive is configured. The database may still hold the spool path
 /// of a file that has since moved (its row is updated best effort), so a spool path is mapped
 /// to the same relative path in the archive.
-pub fn locate(cfg: &Config, stored: &str) -> Option<Located> {
-    let spool = cfg.recordings_dir();
+pub fn locate(archive: &ArchiveSettings, spool: &Path, stored: &str) -> Option<Located> {
     let spool_rel = Path::new(stored)
-        .strip_prefix(&spool)
+        .strip_prefix(spool)
         .ok()
         .and_then(|r| r.to_str());
-    match &cfg.archive_target {
+    match &archive.target {
         TargetSpec::Spool => None,
         TargetSpec::Dir(root) => {
             let rel = spool_rel.or_else(|| Path::new(stored).strip_prefix(root).ok()?.to_str())?;
@@ -1147,7 +1150,7 @@ pub fn locate(cfg: &Config, stored: &str) -> Option<Located> {
             if !is_safe_rel(rel) {
                 return None;
             }
-            let store = target::s3_store(bucket, &cfg.archive_s3).ok()?;
+            let store = target::s3_store(bucket, &archive.s3).ok()?;
             Some(Located::Object {
                 store,
                 key: target::object_key(prefix, rel),

@@ -37,18 +37,20 @@ use std::{
     thread::JoinHandle,
 };
 
-use crossbeam_channel::{Receiver, Sender};
-use sha2::{Digest as _, Sha256};
-
-use calltap_media::{codec::CodecKind, quality::JitterEstimator, stream::StreamTimeline};
+use calltap_media::{codec::CodecId, quality::JitterEstimator, stream::StreamTimeline};
 use calltap_sip::{
     dialog::DialogState,
     sdp::{Direction, RtpMap},
     NameAddr,
 };
+use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
-use super::cdr::{Dtmf, RejectedRequest, RestartGap};
+use super::{
+    cdr::{Dtmf, RejectedRequest, RestartGap},
+    spool,
+};
 
 /// Subdirectory of the data dir holding the journal.
 pub const ACTIVE_DIR: &str = "active";
@@ -119,7 +121,7 @@ pub struct DirJournal {
     pub packets: u64,
     pub bytes: u64,
     pub codec: Option<String>,
-    pub kind: Option<CodecKind>,
+    pub kind: Option<CodecId>,
     pub rtcp_packets: u64,
     pub rtcp_fraction_lost: Option<f64>,
     pub rtcp_jitter_ms: Option<f64>,
@@ -190,7 +192,7 @@ pub struct CallJournal {
     /// The recording decision made at call start (rules), so a restored call is recorded, or
     /// not, as before; journals of older versions mean "record".
     #[serde(default)]
-    pub recording: crate::pipeline::rules::RecordingMode,
+    pub recording: crate::rules::RecordingMode,
     /// Operator recording control so far (start/stop/pause/resume), replayed into the restored
     /// call's gate so paused and stopped spans stay silent and on-demand calls stay as asked.
     #[serde(default)]
@@ -702,6 +704,35 @@ fn parse_journal(path: &Path, bytes: &[u8], uuid: &str) -> Result<CallJournal, C
     Ok(j)
 }
 
+/// Lays the audio a crashed run left buffered under `dir` into the recordings its journaled
+/// calls name (see [`spool::recover`]); run before the workers map their own arenas and the
+/// calls are restored. Logs what it did.
+pub fn recover_journaled(dir: &std::path::Path, calls: &[CallJournal]) -> spool::Recovered {
+    let files: std::collections::HashMap<&str, (Option<PathBuf>, Option<PathBuf>)> = calls
+        .iter()
+        .map(|j| {
+            let wav = j.wav.as_ref().map(|w| w.path.clone());
+            let raw = j
+                .raw_path
+                .clone()
+                .or_else(|| Some(j.wav_path.with_extension("rtp.pcap")))
+                .filter(|_| j.raw_pcap);
+            (j.uuid.as_str(), (wav, raw))
+        })
+        .collect();
+    let done = spool::recover(dir, &|uuid| files.get(uuid).cloned().unwrap_or_default());
+    if done != spool::Recovered::default() {
+        log::info!(
+            "recovered {} buffer(s) of audio a crashed run had not written yet ({} of calls no \
+             longer journaled dropped, {} failed)",
+            done.buffers,
+            done.orphans,
+            done.errors
+        );
+    }
+    done
+}
+
 #[cfg(test)]
 mod tests {
     use calltap_sip::dialog::{DialogFork, DialogMedia};
@@ -776,6 +807,7 @@ mod tests {
                         encoding: "PCMU".into(),
                         clock_rate: 8000,
                         channels: 1,
+                        fmtp: None,
                     }],
                     direction: Some(Direction::SendRecv),
                 },
@@ -789,7 +821,7 @@ mod tests {
                     packets: 50,
                     bytes: 8000,
                     codec: Some("PCMU".into()),
-                    kind: Some(CodecKind::Pcmu),
+                    kind: CodecId::named("PCMU"),
                     ..DirJournal::default()
                 },
                 DirJournal::default(),
@@ -822,8 +854,8 @@ mod tests {
             unsupported: vec![],
             ssrc_dirs: vec![(0xabcd, 0)],
             restart_gaps: vec![RestartGap::new(1, 2_000_000)],
-            recording: crate::pipeline::rules::RecordingMode {
-                action: crate::pipeline::rules::RuleAction::OnDemand,
+            recording: crate::rules::RecordingMode {
+                action: crate::rules::RuleAction::OnDemand,
                 rule_id: Some(7),
             },
             recording_events: vec![crate::store::cdr::RecordingEvent {

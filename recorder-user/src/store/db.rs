@@ -650,6 +650,25 @@ pub fn redact(url: &str) -> String {
 }
 
 /// The store suite, run against SQLite (a temp dir) and a real PostgreSQL cluster.
+/// Opens (and migrates) the CDR database at `url`, for the API, the rules loader and the
+/// one-shot commands. The CDR writer opens (and migrates) the same database at the same moment
+/// when the daemon starts; on a fresh SQLite file two migrators race ("table calls already
+/// exists", nothing is locked across sqlx's check-then-apply), so a failed migration is
+/// retried: by then the other side has applied it and the retry finds it done.
+pub async fn connect_migrated(url: String, write_timeout: Duration) -> Result<Db, DbError> {
+    let timeout = write_timeout.max(Duration::from_millis(2000));
+    let mut attempt = 0;
+    loop {
+        match Db::connect(&url, timeout).await {
+            Err(DbError::Migrate { .. }) if attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::{
@@ -1005,10 +1024,7 @@ pub(crate) mod tests {
             "no rotated journal in {}",
             dir.display()
         );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
+        let rt = crate::runtime::current_thread().expect("rt");
         rt.block_on(async {
             let db = Db::connect(url, T).await.expect("connect");
             let counts = db.call_counts().await.expect("counts");
@@ -1019,10 +1035,7 @@ pub(crate) mod tests {
     }
 
     fn run_suite(mut fresh: impl FnMut(&str) -> String, tmp: &Path) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
+        let rt = crate::runtime::current_thread().expect("rt");
         let case_dir = |name: &str| {
             let d = tmp.join(name);
             std::fs::create_dir_all(&d).expect("case dir");
@@ -1088,10 +1101,7 @@ pub(crate) mod tests {
             &data,
             || {
                 *locker.lock().expect("locker") = Some(std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("rt");
+                    let rt = crate::runtime::current_thread().expect("rt");
                     rt.block_on(async {
                         use sqlx::Connection as _;
                         let mut conn = sqlx::SqliteConnection::connect(&locker_url)

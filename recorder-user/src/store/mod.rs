@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod callstore;
 pub mod cdr;
+pub mod config;
 pub mod csv_journal;
 pub mod db;
 pub mod paths;

@@ -4,7 +4,7 @@
 //!
 //! Two calls never share a name by construction when the template has `{uuid}`; the file
 //! itself is created with `create_new` semantics all the same (see
-//! [`crate::store::spool`]), so a name that is taken gets a suffix instead of an overwrite.
+//! [`super::spool`]), so a name that is taken gets a suffix instead of an overwrite.
 
 use std::path::{Path, PathBuf};
 

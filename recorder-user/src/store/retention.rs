@@ -40,11 +40,12 @@ pub struct Sweep {
     pub bytes: u64,
 }
 
-/// Size and usage of the filesystem holding `path`.
+/// Size and usage of the filesystem holding `path`, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FsUsage {
     pub size: u64,
     pub used: u64,
+    /// Available to unprivileged writers (what a non-root daemon can still use).
     pub avail: u64,
 }
 
@@ -60,10 +61,12 @@ impl FsUsage {
     }
 }
 
+/// statvfs(2) of the filesystem holding `path` (the spool's alarm and watermark, the metrics).
 pub fn fs_usage(path: &Path) -> std::io::Result<FsUsage> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: an all-zero statvfs is a valid value for the kernel to overwrite.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a statvfs we own.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {

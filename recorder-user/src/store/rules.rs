@@ -1,5 +1,5 @@
 //! Recording rules in the CDR database (`recording_rules`, migrations 0001 and 0005): create,
-//! read, update, delete. Every write is validated with [`crate::pipeline::rules::validate`]
+//! read, update, delete. Every write is validated with [`crate::rules::validate`]
 //! first, so what is stored always compiles into the matcher.
 //!
 //! Column mapping (0001 named the first three): `match_from` = caller pattern, `match_to` =
@@ -7,8 +7,11 @@
 //! `match_callee_ip`, `match_domain`.
 
 use crate::{
-    pipeline::rules::{validate, Conditions, LiveRules, Rule, RuleAction, RuleError},
-    store::db::{Db, DbError},
+    rules::{validate, Conditions, LiveRules, Rule, RuleAction, RuleError},
+    store::{
+        config::DatabaseConfig,
+        db::{connect_migrated, Db, DbError},
+    },
 };
 
 /// What a client sends to create or replace a rule.
@@ -186,19 +189,19 @@ pub async fn delete(db: &Db, id: i64) -> Result<bool, DbError> {
 /// mode until the rules are in (logged once when the first attempt fails). The thread ends once
 /// they are loaded, or when `stop` is set.
 pub fn spawn_loader(
-    cfg: &crate::config::Config,
+    database: &DatabaseConfig,
+    data_dir: &std::path::Path,
     live: std::sync::Arc<LiveRules>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     use std::{sync::atomic::Ordering, time::Duration};
-    let cfg = cfg.clone();
+    let url = database.url_in(data_dir);
+    let timeout = Duration::from_millis(database.write_timeout_ms);
+    let first = Duration::from_millis(database.retry_interval_ms.max(100));
     std::thread::Builder::new()
         .name("rules-load".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match crate::runtime::current_thread() {
                 Ok(rt) => rt,
                 Err(e) => {
                     log::error!(
@@ -207,13 +210,12 @@ pub fn spawn_loader(
                     return;
                 }
             };
-            let first = Duration::from_millis(cfg.db_retry_interval_ms.max(100));
             let mut pause = first;
             let mut failures = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 let ticket = live.ticket();
                 let loaded = rt.block_on(async {
-                    let db = crate::publish::api::connect_db(&cfg).await?;
+                    let db = connect_migrated(url.clone(), timeout).await?;
                     let rules = list(&db).await;
                     db.close().await;
                     rules
@@ -346,10 +348,7 @@ mod tests {
     }
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt")
+        crate::runtime::current_thread().expect("rt")
     }
 
     #[test]
@@ -365,12 +364,12 @@ mod tests {
     fn loader_keeps_the_default_until_the_database_answers() {
         use std::sync::{atomic::AtomicBool, Arc};
 
-        use crate::pipeline::rules::RuleSet;
+        use crate::rules::RuleSet;
         let tmp = tempfile::tempdir().expect("tmp");
         let mut cfg = crate::config::Config::load_with_env(None, &[]).expect("defaults");
-        cfg.data_dir = tmp.path().to_path_buf();
-        cfg.recording_default = RuleAction::OnDemand;
-        cfg.db_retry_interval_ms = 100;
+        cfg.storage.data_dir = tmp.path().to_path_buf();
+        cfg.recording.default = RuleAction::OnDemand;
+        cfg.database.retry_interval_ms = 100;
         let url = cfg.database_url();
         rt().block_on(async {
             let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
@@ -379,21 +378,32 @@ mod tests {
                 .expect("create");
             db.close().await;
         });
-        let live = LiveRules::new(RuleSet::default_only(cfg.recording_default));
+        let live = LiveRules::new(RuleSet::default_only(cfg.recording.default));
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_loader(&cfg, live.clone(), stop.clone())
-            .expect("spawn")
-            .join()
-            .expect("loader");
+        spawn_loader(
+            &cfg.database,
+            &cfg.storage.data_dir,
+            live.clone(),
+            stop.clone(),
+        )
+        .expect("spawn")
+        .join()
+        .expect("loader");
         assert_eq!(live.get().len(), 1);
         assert_eq!(live.get().default_action(), RuleAction::OnDemand);
 
         // Nothing listens on port 1: the loader retries until stopped, the default stays.
         let mut down = cfg.clone();
-        down.database_url = Some("postgres://calltap@127.0.0.1:1/none".into());
-        down.db_write_timeout_ms = 1;
+        down.database.url = Some("postgres://calltap@127.0.0.1:1/none".into());
+        down.database.write_timeout_ms = 1;
         let live = LiveRules::new(RuleSet::default_only(RuleAction::Skip));
-        let handle = spawn_loader(&down, live.clone(), stop.clone()).expect("spawn");
+        let handle = spawn_loader(
+            &down.database,
+            &down.storage.data_dir,
+            live.clone(),
+            stop.clone(),
+        )
+        .expect("spawn");
         std::thread::sleep(Duration::from_millis(500));
         assert!(!handle.is_finished(), "the loader gave up");
         assert!(live.get().is_empty());

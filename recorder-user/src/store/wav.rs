@@ -1,7 +1,7 @@
 //! The recording file format: stereo 16-bit PCM WAV (caller left, callee right), the layout
 //! CallTap writes, checks before continuing a file after a restart, and seals when a call ends.
 //!
-//! The samples are written by the spool ([`crate::store::spool`]) at absolute positions (the
+//! The samples are written by the spool ([`super::spool`]) at absolute positions (the
 //! RTP timestamp says where), so a file is random access: late packets land where they belong
 //! and gaps stay zero, i.e. silence.
 

@@ -21,10 +21,10 @@ use serde::Serialize;
 
 use super::{
     cdr::Cdr,
+    config::{DatabaseConfig, StorageConfig},
     csv_journal::{self, CsvJournal, JournalError},
     db::{redact, stored_cdr, Db, StoredVia},
 };
-use crate::config::Config;
 
 /// CDRs queued for the writer thread before callers spill to the journal themselves.
 const QUEUE: usize = 1024;
@@ -50,12 +50,13 @@ pub struct WriterConfig {
 }
 
 impl WriterConfig {
-    pub fn from_config(cfg: &Config) -> WriterConfig {
+    /// The writer's settings from `[database]` (its journal goes in the data directory).
+    pub fn new(database: &DatabaseConfig, storage: &StorageConfig) -> WriterConfig {
         WriterConfig {
-            url: cfg.database_url(),
-            data_dir: cfg.data_dir.clone(),
-            retry_interval: Duration::from_millis(cfg.db_retry_interval_ms),
-            write_timeout: Duration::from_millis(cfg.db_write_timeout_ms),
+            url: database.url_in(&storage.data_dir),
+            data_dir: storage.data_dir.clone(),
+            retry_interval: Duration::from_millis(database.retry_interval_ms),
+            write_timeout: Duration::from_millis(database.write_timeout_ms),
         }
     }
 }
@@ -262,10 +263,7 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self, rx: Receiver<Cdr>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let rt = match crate::runtime::current_thread() {
             Ok(rt) => rt,
             Err(e) => {
                 log::error!("CDR writer: no async runtime ({e}); every CDR goes to the journal");

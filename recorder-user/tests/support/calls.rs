@@ -3,7 +3,7 @@
 
 use std::{path::Path, time::Duration};
 
-use calltap::{cmd::replay::ReplaySummary, config::Config};
+use calltap::{config::Config, daemon::replay::ReplaySummary};
 use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
     DataLink,
@@ -335,10 +335,10 @@ pub fn replay(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let mut cfg = Config::load_with_env(None, &env).expect("config");
-    cfg.data_dir = dir.join("data");
-    cfg.workers = 2;
+    cfg.storage.data_dir = dir.join("data");
+    cfg.capture.workers = 2;
     let mut cdrs = Vec::new();
-    let summary = calltap::cmd::replay::replay(&cfg, &[pcap], |cdr| {
+    let summary = calltap::daemon::replay::replay(&cfg, &[pcap], |cdr| {
         cdrs.push(serde_json::to_value(cdr).expect("cdr json"))
     });
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: frame and call builders, the corpus (the root/CI
 //! gate is `calltap_lab::root::require_root`).
-#![allow(dead_code)]
+#![allow(dead_code, reason = "shared by every test binary; each uses a part")]
 
 pub mod calls;
 pub mod frames;

@@ -4,6 +4,61 @@
 //! Both laws are expanded through 256-entry tables built at compile time, so decoding is one
 //! load per sample.
 
+use super::{Codec, Decoder, Format};
+
+/// G.711 µ-law (RFC 3551 `PCMU`, static payload type 0).
+pub const PCMU: Codec = Codec {
+    id: "Pcmu",
+    name: "PCMU",
+    static_pt: Some(0),
+    clock_rates: &[0, 8000],
+    rtp_clock: 8000,
+    impairment: NARROWBAND,
+    decoder: |_: &Format<'_>| Box::new(Ulaw),
+};
+
+/// G.711 A-law (RFC 3551 `PCMA`, static payload type 8).
+pub const PCMA: Codec = Codec {
+    id: "Pcma",
+    name: "PCMA",
+    static_pt: Some(8),
+    clock_rates: &[0, 8000],
+    rtp_clock: 8000,
+    impairment: NARROWBAND,
+    decoder: |_: &Format<'_>| Box::new(Alaw),
+};
+
+/// Ie 0 and Bpl 4.3: G.711 *without* packet-loss concealment (ITU-T G.113 Appendix I),
+/// deliberately: CallTap's recording fills lost packets with silence, so what is rated is the
+/// audio as recorded.
+pub const NARROWBAND: (f64, f64) = (0.0, 4.3);
+
+/// µ-law expansion: stateless, one table load per sample.
+struct Ulaw;
+
+impl Decoder for Ulaw {
+    fn rate(&self) -> u32 {
+        8000
+    }
+
+    fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize {
+        decode_ulaw(payload, out)
+    }
+}
+
+/// A-law expansion: stateless, one table load per sample.
+struct Alaw;
+
+impl Decoder for Alaw {
+    fn rate(&self) -> u32 {
+        8000
+    }
+
+    fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize {
+        decode_alaw(payload, out)
+    }
+}
+
 const ULAW_BIAS: i32 = 0x84;
 
 const fn ulaw_expand(code: u8) -> i16 {

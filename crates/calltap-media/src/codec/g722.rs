@@ -5,6 +5,34 @@
 //! the fixed-point blocks of the Recommendation (INVQAL/INVQBL, LOGSCL, SCALEL, the pole/zero
 //! predictor of "block 4", and the 24-tap QMF), so state evolves exactly as in an encoder.
 
+use super::{g711::NARROWBAND, Codec, Decoder, Format};
+
+/// G.722 at 64 kbit/s (RFC 3551 `G722`, static payload type 9). Its RTP clock is 8000 although
+/// it samples at 16 kHz (an error in RFC 1890 that RFC 3551 kept); 16000 is accepted too, which
+/// some endpoints wrongly advertise for the same stream. Rated on the narrowband scale like
+/// G.711 (its wideband Ie of 0 maps to the same figure).
+pub const G722: Codec = Codec {
+    id: "G722",
+    name: "G722",
+    static_pt: Some(9),
+    clock_rates: &[0, 8000, 16000],
+    rtp_clock: 8000,
+    impairment: NARROWBAND,
+    decoder: |_: &Format<'_>| Box::new(G722Decoder::new()),
+};
+
+impl Decoder for G722Decoder {
+    fn rate(&self) -> u32 {
+        16_000
+    }
+
+    /// Two samples per byte: a payload longer than half of `out` is cut to fit.
+    fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize {
+        let n = payload.len().min(out.len() / 2);
+        G722Decoder::decode(self, &payload[..n], out)
+    }
+}
+
 /// Lower-band log-scale-factor increments, indexed by quantised magnitude (table `WL`).
 const WL: [i32; 8] = [-60, -30, 58, 172, 334, 538, 1198, 3042];
 /// Maps a 4-bit lower-band code to its magnitude class for `WL` (table `RIL4`/`RL42`).

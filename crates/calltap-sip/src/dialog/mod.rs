@@ -11,13 +11,14 @@ mod tracker;
 
 use std::net::{IpAddr, SocketAddr};
 
-use serde::Serialize;
-
-use crate::sdp::{Direction, RtpMap};
-use crate::NameAddr;
-
 pub use path::{RejectReason, SignalPath, MAX_PATH_ADDRS};
+use serde::Serialize;
 pub use tracker::{DialogFork, DialogMedia, DialogState, Tracker};
+
+use crate::{
+    sdp::{Direction, RtpMap},
+    NameAddr,
+};
 
 /// Identity of one call inside a tracker (unique for the tracker's lifetime, never reused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -32,6 +33,15 @@ pub enum Side {
 }
 
 impl Side {
+    /// 0 for the caller, 1 for the callee: the recording's channel, the index of per-side
+    /// state.
+    pub fn index(self) -> usize {
+        match self {
+            Side::Caller => 0,
+            Side::Callee => 1,
+        }
+    }
+
     pub fn other(self) -> Side {
         match self {
             Side::Caller => Side::Callee,
@@ -95,7 +105,10 @@ impl std::fmt::Display for EndReason {
 ///
 /// `Started` is larger than the rest (two name-addrs), but events are transient, few (SIP
 /// rate) and destructured by value by the daemon, so boxing would only add allocations.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "transient, few (SIP rate) and destructured by value: boxing would only allocate"
+)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum CallEvent {
     /// An initial INVITE was seen. Always the first event of a call.

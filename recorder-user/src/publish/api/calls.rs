@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use axum::{
     body::Body,
-    extract::{rejection::PathRejection, rejection::QueryRejection, Path as UrlPath, Query, State},
+    extract::{
+        rejection::{PathRejection, QueryRejection},
+        Path as UrlPath, Query, State,
+    },
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -565,7 +568,11 @@ pub async fn recording(
     // after the move, best effort).
     let located = match confine(&state.inner.recordings_dir, stored) {
         Some(path) => Some(path),
-        None => match archive::locate(&state.inner.cfg, stored) {
+        None => match archive::locate(
+            &state.inner.cfg.archive,
+            &state.inner.cfg.storage.recordings_dir(),
+            stored,
+        ) {
             Some(archive::Located::File { root, path }) => confine(&root, &path.to_string_lossy()),
             Some(archive::Located::Object { store, key }) => {
                 return serve_object(store.as_ref(), &key, &headers).await;

@@ -5,6 +5,10 @@
 //!
 //! Every route but `/api/v1/openapi.json` needs a bearer token (see [`auth`]); errors all have
 //! the shape of [`errors::ApiError`].
+//!
+//! **Adding a route**: its handler in a file of this folder (one per resource), its line in
+//! [`router`] under the least role allowed, and its entry in [`openapi`] (`ROUTES` and the
+//! document); a test holds the router and the document to each other.
 
 #[macro_use]
 mod sql;
@@ -37,13 +41,32 @@ use self::{
     errors::{error_response, ApiError},
 };
 use crate::{
-    config::Config,
     publish::live::LiveCalls,
+    rules::RuleAction,
+    settings::ReloadReport,
     store::{
-        db::Db,
+        config::{ArchiveSettings, DatabaseConfig, StorageConfig},
+        db::{self, Db},
         writer::{WriterCounters, WriterSnapshot},
     },
 };
+
+/// What the API reads of the configuration (the daemon's `Config` hands it over).
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    pub storage: StorageConfig,
+    pub database: DatabaseConfig,
+    /// Where archived recordings are served from.
+    pub archive: ArchiveSettings,
+    /// `[recording] default`, shown beside the rules.
+    pub recording_default: RuleAction,
+}
+
+/// Re-reads the daemon's configuration for `POST /reload` (the daemon's reloader).
+pub trait Reload: Send + Sync {
+    /// What changed and was applied, or what is wrong with the new configuration.
+    fn reload(&self) -> Result<ReloadReport, String>;
+}
 
 /// Largest request body accepted: the API takes small JSON documents only.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -73,7 +96,7 @@ struct Inner {
     /// API starts, and answers 503, whatever the database does.
     db: tokio::sync::OnceCell<Db>,
     /// What to connect to when `db` is empty.
-    cfg: Config,
+    cfg: ApiSettings,
     data_dir: PathBuf,
     recordings_dir: PathBuf,
     started: Instant,
@@ -82,38 +105,38 @@ struct Inner {
     /// The calls in progress, once `calltap run` has its workers.
     live: std::sync::OnceLock<Arc<LiveCalls>>,
     /// Configuration reload, once `calltap run` has its threads.
-    reload: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
+    reload: std::sync::OnceLock<Arc<dyn Reload>>,
     /// Workers, rings, archive and webhook state for the status page.
     metrics: std::sync::OnceLock<Arc<crate::publish::metrics::Metrics>>,
     /// The recording rules in force, once `calltap run` has them: replaced after each change
     /// through `/rules`.
-    rules: std::sync::OnceLock<Arc<crate::pipeline::rules::LiveRules>>,
+    rules: std::sync::OnceLock<Arc<crate::rules::LiveRules>>,
 }
 
 impl ApiState {
     /// State over an open, migrated CDR database and the data directory of `cfg`; `writer`
     /// adds the CDR writer's live counters to the status page.
-    pub fn new(db: Db, cfg: &Config, writer: Option<Arc<WriterCounters>>) -> ApiState {
+    pub fn new(db: Db, cfg: &ApiSettings, writer: Option<Arc<WriterCounters>>) -> ApiState {
         Self::with_db(tokio::sync::OnceCell::new_with(Some(db)), cfg, writer)
     }
 
     /// State that connects to `cfg`'s CDR database on first use (what `calltap run` uses: it
     /// builds the state before the HTTP server's runtime exists).
-    pub fn connecting(cfg: &Config, writer: Option<Arc<WriterCounters>>) -> ApiState {
+    pub fn connecting(cfg: &ApiSettings, writer: Option<Arc<WriterCounters>>) -> ApiState {
         Self::with_db(tokio::sync::OnceCell::new(), cfg, writer)
     }
 
     fn with_db(
         db: tokio::sync::OnceCell<Db>,
-        cfg: &Config,
+        cfg: &ApiSettings,
         writer: Option<Arc<WriterCounters>>,
     ) -> ApiState {
         ApiState {
             inner: Arc::new(Inner {
                 db,
                 cfg: cfg.clone(),
-                data_dir: cfg.data_dir.clone(),
-                recordings_dir: cfg.recordings_dir(),
+                data_dir: cfg.storage.data_dir.clone(),
+                recordings_dir: cfg.storage.recordings_dir(),
                 started: Instant::now(),
                 capture: Mutex::new(None),
                 writer,
@@ -140,16 +163,16 @@ impl ApiState {
     }
 
     /// Connects the recording rules in force (see [`rules`]); set once.
-    pub fn set_rules(&self, rules: Arc<crate::pipeline::rules::LiveRules>) {
+    pub fn set_rules(&self, rules: Arc<crate::rules::LiveRules>) {
         let _ = self.inner.rules.set(rules);
     }
 
-    pub fn rules(&self) -> Option<&Arc<crate::pipeline::rules::LiveRules>> {
+    pub fn rules(&self) -> Option<&Arc<crate::rules::LiveRules>> {
         self.inner.rules.get()
     }
 
     /// `[recording] default` of the configuration the state was built with.
-    pub fn recording_default(&self) -> crate::pipeline::rules::RuleAction {
+    pub fn recording_default(&self) -> RuleAction {
         self.inner.cfg.recording_default
     }
 
@@ -158,7 +181,7 @@ impl ApiState {
         let _ = self.inner.metrics.set(metrics);
     }
 
-    pub fn set_reloader(&self, reloader: Arc<crate::reload::Reloader>) {
+    pub fn set_reloader(&self, reloader: Arc<dyn Reload>) {
         let _ = self.inner.reload.set(reloader);
     }
 
@@ -167,26 +190,12 @@ impl ApiState {
         Ok(self
             .inner
             .db
-            .get_or_try_init(|| connect_db(&self.inner.cfg))
+            .get_or_try_init(|| {
+                let cfg = &self.inner.cfg;
+                let url = cfg.database.url_in(&cfg.storage.data_dir);
+                db::connect_migrated(url, Duration::from_millis(cfg.database.write_timeout_ms))
+            })
             .await?)
-    }
-}
-
-/// Opens the CDR database for the API. The CDR writer opens (and migrates) the same database at
-/// the same moment when the daemon starts; on a fresh SQLite file two migrators race ("table
-/// calls already exists", nothing is locked across sqlx's check-then-apply), so a failed
-/// migration is retried: by then the other side has applied it and the retry finds it done.
-pub async fn connect_db(cfg: &Config) -> Result<Db, crate::store::db::DbError> {
-    let timeout = Duration::from_millis(cfg.db_write_timeout_ms.max(2000));
-    let mut attempt = 0;
-    loop {
-        match Db::connect(&cfg.database_url(), timeout).await {
-            Err(crate::store::db::DbError::Migrate { .. }) if attempt < 5 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            other => return other,
-        }
     }
 }
 
@@ -197,9 +206,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// `POST /api/v1/reload`: re-reads the configuration; what changed is applied or listed as
 /// needing a restart. An invalid file changes nothing (409 with the file, key and expectation).
-async fn reload(
-    State(state): State<ApiState>,
-) -> Result<Json<crate::reload::ReloadReport>, ApiError> {
+async fn reload(State(state): State<ApiState>) -> Result<Json<ReloadReport>, ApiError> {
     let reloader =
         state.inner.reload.get().cloned().ok_or_else(|| {
             ApiError::Conflict("this server has no configuration to reload".into())
@@ -207,7 +214,7 @@ async fn reload(
     let report = tokio::task::spawn_blocking(move || reloader.reload())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+        .map_err(ApiError::Conflict)?;
     log::info!("configuration reloaded through the API: {report}");
     Ok(Json(report))
 }
@@ -310,7 +317,7 @@ async fn status(State(state): State<ApiState>) -> Json<Status> {
         recordings_dir: s.recordings_dir.display().to_string(),
         capture,
         database: DatabaseStatus {
-            backend: match crate::store::db::Backend::of_url(&s.cfg.database_url()) {
+            backend: match db::Backend::of_url(&s.cfg.database.url_in(&s.cfg.storage.data_dir)) {
                 Some(b) => b.to_string(),
                 None => "unknown".to_string(),
             },

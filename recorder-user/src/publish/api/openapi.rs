@@ -216,7 +216,7 @@ fn schemas() -> Value {
     let int = json!({"type": "integer"});
     let s = json!({"type": "string"});
     let num = json!({"type": "number"});
-    let pattern = json!({"type": "string", "nullable": true, "minLength": 1, "maxLength": crate::pipeline::rules::MAX_PATTERN});
+    let pattern = json!({"type": "string", "nullable": true, "minLength": 1, "maxLength": crate::rules::MAX_PATTERN});
     let action = json!({"type": "string", "enum": ["record", "skip", "on_demand"], "description": "record: from the first packet; skip: no file at all; on_demand: no audio until an operator starts it"});
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -330,8 +330,8 @@ fn schemas() -> Value {
                 "caller_ip": nullable("string"), "callee_ip": nullable("string"), "ip": nullable("string"),
                 "domain": pattern}},
         "RuleRequest": {"type": "object", "required": ["name", "action"], "additionalProperties": false, "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": crate::pipeline::rules::MAX_NAME, "description": "Unique"},
-            "priority": {"type": "integer", "minimum": 0, "maximum": crate::pipeline::rules::MAX_PRIORITY, "default": super::rules::DEFAULT_PRIORITY, "description": "Lower is evaluated first"},
+            "name": {"type": "string", "minLength": 1, "maxLength": crate::rules::MAX_NAME, "description": "Unique"},
+            "priority": {"type": "integer", "minimum": 0, "maximum": crate::rules::MAX_PRIORITY, "default": super::rules::DEFAULT_PRIORITY, "description": "Lower is evaluated first"},
             "enabled": {"type": "boolean", "default": true},
             "action": action.clone(),
             "match": {"$ref": "#/components/schemas/RuleMatch"}}},

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{errors::ApiError, ApiState};
 use crate::{
-    pipeline::rules::{Conditions, Rule, RuleAction},
+    rules::{Conditions, Rule, RuleAction},
     store::rules::{self as store, RuleInput, RuleStoreError},
 };
 
@@ -203,8 +203,8 @@ mod tests {
     use super::*;
     use crate::{
         config::Config,
-        pipeline::rules::{CallFacts, LiveRules, RuleSet},
         publish::api::{auth, auth::Role, router},
+        rules::{CallFacts, LiveRules, RuleSet},
         store::db::Db,
     };
 
@@ -220,8 +220,8 @@ mod tests {
     async fn fixture() -> Fixture {
         let tmp = tempfile::tempdir().expect("tmp");
         let mut cfg = Config::load_with_env(None, &[]).expect("defaults");
-        cfg.data_dir = tmp.path().to_path_buf();
-        cfg.recording_default = RuleAction::OnDemand;
+        cfg.storage.data_dir = tmp.path().to_path_buf();
+        cfg.recording.default = RuleAction::OnDemand;
         let db = Db::connect(&cfg.database_url(), Duration::from_secs(5))
             .await
             .expect("db");
@@ -229,8 +229,8 @@ mod tests {
         for role in [Role::Admin, Role::Operator, Role::Viewer] {
             tokens.push(auth::create_token(&db, role, "t").await.expect("token").1);
         }
-        let state = ApiState::new(db, &cfg, None);
-        let live = LiveRules::new(RuleSet::default_only(cfg.recording_default));
+        let state = ApiState::new(db, &cfg.api_settings(), None);
+        let live = LiveRules::new(RuleSet::default_only(cfg.recording.default));
         state.set_rules(live.clone());
         let [admin, operator, viewer] = <[String; 3]>::try_from(tokens).expect("three");
         Fixture {

@@ -12,7 +12,10 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 
 use super::*;
-use crate::store::db::{stored_cdr, tests::sample_cdr, StoredVia};
+use crate::{
+    config::Config,
+    store::db::{stored_cdr, tests::sample_cdr, StoredVia},
+};
 
 const T: Duration = Duration::from_secs(5);
 const CALLS: u32 = 12;
@@ -47,12 +50,12 @@ async fn fixture() -> Fixture {
 async fn fixture_on(pg: Option<calltap_lab::postgres::Postgres>) -> Fixture {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut cfg = Config::load_with_env(None, &[]).expect("defaults");
-    cfg.data_dir = tmp.path().join("data");
+    cfg.storage.data_dir = tmp.path().join("data");
     if let Some(pg) = &pg {
         pg.create_database("api").expect("createdb");
-        cfg.database_url = Some(pg.url("api"));
+        cfg.database.url = Some(pg.url("api"));
     }
-    let rec_dir = cfg.recordings_dir();
+    let rec_dir = cfg.storage.recordings_dir();
     std::fs::create_dir_all(rec_dir.join("2026")).expect("recordings dir");
     let outside = tmp.path().join("secret.wav");
     std::fs::write(&outside, b"RIFF-not-yours").expect("outside file");
@@ -100,7 +103,7 @@ async fn fixture_on(pg: Option<calltap_lab::postgres::Postgres>) -> Fixture {
         token(Role::Operator).await,
         token(Role::Viewer).await,
     );
-    let state = ApiState::new(db.clone(), &cfg, None);
+    let state = ApiState::new(db.clone(), &cfg.api_settings(), None);
     let (tx, worker0) = crossbeam_channel::unbounded();
     let live = LiveCalls::new(vec![tx]);
     crate::publish::live::tests::start_call(&live, 1);
@@ -770,7 +773,7 @@ async fn status_reports_workers_rings_and_archive() {
     use crate::publish::metrics::{CaptureCounters, LiveStats, Metrics};
     let tmp = tempfile::tempdir().expect("tmp");
     let mut cfg = Config::load_with_env(None, &[]).expect("defaults");
-    cfg.data_dir = tmp.path().to_path_buf();
+    cfg.storage.data_dir = tmp.path().to_path_buf();
     let db = Db::connect(&cfg.database_url(), T).await.expect("db");
     let (_, viewer) = auth::create_token(&db, Role::Viewer, "v")
         .await
@@ -783,7 +786,7 @@ async fn status_reports_workers_rings_and_archive() {
     let archive = std::sync::Arc::new(crate::store::archive::ArchiveCounters::default());
     archive.queue_len.store(4, Ordering::Relaxed);
     m.set_archive(archive);
-    let state = ApiState::new(db, &cfg, None);
+    let state = ApiState::new(db, &cfg.api_settings(), None);
     state.set_metrics(m);
     let a = get(&router(state), "/api/v1/status", &viewer).await;
     assert_eq!(a.status, StatusCode::OK);
@@ -802,20 +805,20 @@ async fn status_reports_workers_rings_and_archive() {
 async fn lazily_connected_state_serves_and_reports_an_absent_database() {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut cfg = Config::load_with_env(None, &[]).expect("defaults");
-    cfg.data_dir = tmp.path().to_path_buf();
+    cfg.storage.data_dir = tmp.path().to_path_buf();
     let db = Db::connect(&cfg.database_url(), T).await.expect("db");
     let (_, viewer) = auth::create_token(&db, Role::Viewer, "v")
         .await
         .expect("token");
     db.close().await;
-    let app = router(ApiState::connecting(&cfg, None));
+    let app = router(ApiState::connecting(&cfg.api_settings(), None));
     let a = get(&app, "/api/v1/status", &viewer).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["database"]["reachable"], true);
 
-    cfg.database_url = Some("postgres://calltap@127.0.0.1:1/none".into());
-    cfg.db_write_timeout_ms = 1;
-    let app = router(ApiState::connecting(&cfg, None));
+    cfg.database.url = Some("postgres://calltap@127.0.0.1:1/none".into());
+    cfg.database.write_timeout_ms = 1;
+    let app = router(ApiState::connecting(&cfg.api_settings(), None));
     let a = get(&app, "/api/v1/calls", &viewer).await;
     assert_eq!(
         a.error(StatusCode::SERVICE_UNAVAILABLE),

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::*;
-use crate::store::{db::tests::sample_cdr, db::StoredVia};
+use crate::store::db::{tests::sample_cdr, StoredVia};
 
 struct Spool {
     _tmp: tempfile::TempDir,
@@ -69,10 +69,7 @@ fn wait_for(what: &str, f: impl Fn() -> bool) {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt")
+    crate::runtime::current_thread().expect("rt")
 }
 
 fn store_cdrs(s: &Spool, cdrs: &[Cdr]) {

@@ -165,6 +165,7 @@ pub struct Arena {
 // `Chunk` token (see `Chunk`), and the arena outlives the tokens (held by `Arc` in the pool and
 // the spool thread).
 unsafe impl Send for Arena {}
+// SAFETY: as above.
 unsafe impl Sync for Arena {}
 
 /// Byte offset of the first page: the arena header page, then every buffer's header, rounded

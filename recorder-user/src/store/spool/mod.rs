@@ -33,10 +33,9 @@ use std::{
     time::Duration,
 };
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-
 pub use arena::{recover, Recovered, Tag};
 pub use chunk::{Chunk, ChunkPool, CHUNK_BYTES, CHUNK_FRAMES};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 pub use window::WavWindow;
 
 /// A recording (or a raw RTP pcap) of one worker's spool: the call's reference, and which of
@@ -499,38 +498,6 @@ impl Capacity {
             open_files: files::FdBudget::get().limit() as u64,
         }
     }
-}
-
-/// Lays the audio a crashed run left buffered under `dir` into the recordings its journaled
-/// calls name (see [`arena::recover`]); run before the workers map their own arenas and the
-/// calls are restored. Logs what it did.
-pub fn recover_journaled(
-    dir: &std::path::Path,
-    calls: &[crate::store::callstore::CallJournal],
-) -> Recovered {
-    let files: std::collections::HashMap<&str, (Option<PathBuf>, Option<PathBuf>)> = calls
-        .iter()
-        .map(|j| {
-            let wav = j.wav.as_ref().map(|w| w.path.clone());
-            let raw = j
-                .raw_path
-                .clone()
-                .or_else(|| Some(j.wav_path.with_extension("rtp.pcap")))
-                .filter(|_| j.raw_pcap);
-            (j.uuid.as_str(), (wav, raw))
-        })
-        .collect();
-    let done = recover(dir, &|uuid| files.get(uuid).cloned().unwrap_or_default());
-    if done != Recovered::default() {
-        log::info!(
-            "recovered {} buffer(s) of audio a crashed run had not written yet ({} of calls no \
-             longer journaled dropped, {} failed)",
-            done.buffers,
-            done.orphans,
-            done.errors
-        );
-    }
-    done
 }
 
 /// Recordings made and read back in tests.
