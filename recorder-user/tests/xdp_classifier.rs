@@ -261,6 +261,46 @@ fn cases() -> Vec<Case> {
             Class::Sip,
             SIGNALLING_RING,
         ),
+        // An extension header's length field runs past the headers the classifier reads (the
+        // longest options header is 2,048 bytes): malformed on both sides. The program's
+        // offset mask once wrapped it back onto the header itself, so XDP read the options as
+        // a UDP header to port 5060 and delivered SIP that userspace called malformed.
+        case(
+            "ipv6 hop-by-hop header of length 255",
+            eth(
+                0x86dd,
+                &ipv6(
+                    0,
+                    v6(1),
+                    v6(2),
+                    &[
+                        &[17u8, 255, 0x13, 0xc4, 0, 16, 0, 0][..],
+                        &udp(5060, 5060, INVITE),
+                    ]
+                    .concat(),
+                ),
+            ),
+            Class::Malformed,
+            TARGET_NONE,
+        ),
+        case(
+            "ipv6 authentication header of length 255",
+            eth(
+                0x86dd,
+                &ipv6(
+                    51,
+                    v6(1),
+                    v6(2),
+                    &[
+                        &[17u8, 255, 0, 0, 0x13, 0xc4, 0x13, 0xc4][..],
+                        &udp(5060, 5060, INVITE),
+                    ]
+                    .concat(),
+                ),
+            ),
+            Class::Malformed,
+            TARGET_NONE,
+        ),
         case(
             "ipv4 first fragment",
             eth(
