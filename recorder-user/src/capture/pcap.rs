@@ -45,7 +45,7 @@ pub fn read_file(
     // replaying a 50 GB capture does not grow RSS by 50 GB of page cache mapped into us.
     let _ = map.advise(Advice::Sequential);
     let mut released = 0usize;
-    let mut release = |consumed: usize| {
+    let release = |consumed: usize| {
         const STEP: usize = 256 << 10;
         if consumed - released >= 2 * STEP {
             let upto = consumed & !(STEP - 1);
@@ -57,10 +57,28 @@ pub fn read_file(
             released = upto;
         }
     };
-    let data: &[u8] = &map;
+    read_with(&map, &display, release, &mut each)
+}
+
+/// As [`read_file`], from a capture already in memory; `name` stands for the file in errors.
+pub fn read_bytes(
+    data: &[u8],
+    name: &str,
+    mut each: impl FnMut(FilePacket<'_>),
+) -> Result<FileSummary, CaptureError> {
+    read_with(data, name, |_| {}, &mut each)
+}
+
+/// Parses `data`, calling `release` with the bytes consumed so far as the parsers move on.
+fn read_with(
+    data: &[u8],
+    display: &str,
+    mut release: impl FnMut(usize),
+    each: &mut impl FnMut(FilePacket<'_>),
+) -> Result<FileSummary, CaptureError> {
     if data.len() < 4 {
         return Err(CaptureError::BadFile {
-            path: display,
+            path: display.to_string(),
             offset: 0,
             reason: "too short to be a pcap or pcapng file".into(),
         });
@@ -69,7 +87,7 @@ pub fn read_file(
     let mut scratch = Vec::with_capacity(65536);
     let magic = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
     let bad = |rest: &[u8], e: PcapError| CaptureError::BadFile {
-        path: display.clone(),
+        path: display.to_string(),
         offset: (data.len() - rest.len()) as u64,
         reason: e.to_string(),
     };
@@ -104,7 +122,7 @@ pub fn read_file(
                         &p.data,
                         &mut scratch,
                         &mut summary,
-                        &mut each,
+                        each,
                     );
                 }
                 Block::SimplePacket(p) => {
@@ -116,7 +134,7 @@ pub fn read_file(
                         &p.data,
                         &mut scratch,
                         &mut summary,
-                        &mut each,
+                        each,
                     );
                 }
                 _ => {}
@@ -137,7 +155,7 @@ pub fn read_file(
                 &p.data,
                 &mut scratch,
                 &mut summary,
-                &mut each,
+                each,
             );
         }
     }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::sdp::{Direction, RtpMap};
 use crate::NameAddr;
 
+pub use body::{info_dtmf, sdp_body};
 pub use path::{RejectReason, SignalPath, MAX_PATH_ADDRS};
 pub use tracker::{DialogFork, DialogMedia, DialogState, Tracker};
 
