@@ -110,6 +110,7 @@ fn read_with(
                 Block::SectionHeader(_) => ifaces.clear(),
                 Block::EnhancedPacket(p) => {
                     let Some(&(linktype, unit)) = ifaces.get(p.interface_id as usize) else {
+                        summary.packets += 1;
                         summary.skipped += 1;
                         continue;
                     };
@@ -165,6 +166,7 @@ fn read_with(
 /// What a file held besides the frames handed out.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FileSummary {
+    /// Packets in the file, those skipped included.
     pub packets: u64,
     /// Frames of link types CallTap does not interpret.
     pub skipped: u64,
@@ -263,4 +265,70 @@ fn emit(
         wire_len,
         frame: scratch,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pcapng block: type, length, body (padded to 4 bytes), length.
+    fn block(kind: u32, body: &[u8]) -> Vec<u8> {
+        let mut body = body.to_vec();
+        body.resize(body.len().next_multiple_of(4), 0);
+        let len = (12 + body.len()) as u32;
+        [
+            &kind.to_le_bytes()[..],
+            &len.to_le_bytes(),
+            &body,
+            &len.to_le_bytes(),
+        ]
+        .concat()
+    }
+
+    fn section_header() -> Vec<u8> {
+        let body = [
+            &0x1A2B_3C4Du32.to_le_bytes()[..],
+            &1u16.to_le_bytes(),
+            &0u16.to_le_bytes(),
+            &(-1i64).to_le_bytes(),
+        ]
+        .concat();
+        block(0x0A0D_0D0A, &body)
+    }
+
+    fn enhanced_packet(interface: u32, frame: &[u8]) -> Vec<u8> {
+        let len = (frame.len() as u32).to_le_bytes();
+        let body = [
+            &interface.to_le_bytes()[..],
+            &0u32.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            &len,
+            &len,
+            frame,
+        ]
+        .concat();
+        block(6, &body)
+    }
+
+    /// Found by fuzzing (`pcap_reader`): a packet of an interface the file never described was
+    /// counted as skipped but not as a packet, so `skipped` could exceed `packets`.
+    #[test]
+    fn a_packet_of_an_unknown_interface_is_counted_and_skipped() {
+        let ethernet = block(1, &[1, 0, 0, 0, 0xff, 0xff, 0, 0]);
+        let frame = [0u8; 60];
+        let file = [
+            section_header(),
+            enhanced_packet(3, &frame),
+            ethernet,
+            enhanced_packet(0, &frame),
+        ]
+        .concat();
+        let mut handed = 0;
+        let summary = read_bytes(&file, "test", |p| {
+            assert_eq!(p.frame, &frame[..]);
+            handed += 1;
+        })
+        .expect("a valid file");
+        assert_eq!((summary.packets, summary.skipped, handed), (2, 1, 1));
+    }
 }
