@@ -478,7 +478,8 @@ pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, t: &T) -> Verdict 
             return m;
         };
         let doff = ((tcp[12] >> 4) as usize) * 4;
-        if doff < 20 {
+        // The options must be present too, or the payload would start past the frame's end.
+        if doff < 20 || f.load::<1>(ip.l4_off + doff - 1).is_none() {
             let mut m = Verdict::new(Class::Malformed);
             m.flags = vflags;
             return m;

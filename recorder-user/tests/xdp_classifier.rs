@@ -415,6 +415,34 @@ fn cases() -> Vec<Case> {
             Class::Malformed,
             TARGET_NONE,
         ),
+        // TCP options that run past the frame's end (found by fuzzing): malformed, not SIP with
+        // a payload offset beyond the frame.
+        case(
+            "tcp options past the frame's end",
+            eth(
+                0x0800,
+                &ipv4(6, A, B, &{
+                    let mut t = tcp(40_000, 5060, 0, &[1, 1, 1, 1]);
+                    t[12] = 0xa0;
+                    t
+                }),
+            ),
+            Class::Malformed,
+            TARGET_NONE,
+        ),
+        case(
+            "sip tcp with options",
+            eth(
+                0x0800,
+                &ipv4(6, A, B, &{
+                    let mut t = tcp(40_000, 5060, 0, &[&[1u8, 1, 1, 1][..], INVITE].concat());
+                    t[12] = 0x60;
+                    t
+                }),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
+        ),
         case(
             "tcp bad data offset",
             eth(
