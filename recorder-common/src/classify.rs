@@ -205,6 +205,19 @@ fn ipv4<F: Frame + ?Sized>(f: &F, off: usize) -> L3 {
     })
 }
 
+/// Where an IPv6 extension header of `len` bytes at `cur` ends, if that is within the headers
+/// the classifier reads. Checked before [`Frame::widen`]: the XDP program's offset mask would
+/// otherwise wrap a long header (up to 2,048 bytes) back onto the frame's start, and it would
+/// read as a transport header what userspace, reading past the end, calls malformed.
+#[inline(always)]
+fn ext_end(cur: usize, len: usize) -> Option<usize> {
+    let end = cur + len;
+    if end > MAX_HEADER_OFFSET {
+        return None;
+    }
+    Some(end)
+}
+
 #[inline(always)]
 fn ipv6<F: Frame + ?Sized>(f: &F, off: usize) -> L3 {
     let Some(h) = f.load::<8>(off) else {
@@ -227,14 +240,20 @@ fn ipv6<F: Frame + ?Sized>(f: &F, off: usize) -> L3 {
                     return L3::Malformed;
                 };
                 next = e[0];
-                cur = f.widen(cur + (e[1] as usize + 1) * 8);
+                let Some(end) = ext_end(cur, (e[1] as usize + 1) * 8) else {
+                    return L3::Malformed;
+                };
+                cur = f.widen(end);
             }
             51 => {
                 let Some(e) = f.load::<2>(cur) else {
                     return L3::Malformed;
                 };
                 next = e[0];
-                cur = f.widen(cur + (e[1] as usize + 2) * 4);
+                let Some(end) = ext_end(cur, (e[1] as usize + 2) * 4) else {
+                    return L3::Malformed;
+                };
+                cur = f.widen(end);
             }
             44 => {
                 let Some(e) = f.load::<8>(cur) else {
@@ -459,7 +478,8 @@ pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, t: &T) -> Verdict 
             return m;
         };
         let doff = ((tcp[12] >> 4) as usize) * 4;
-        if doff < 20 {
+        // The options must be present too, or the payload would start past the frame's end.
+        if doff < 20 || f.load::<1>(ip.l4_off + doff - 1).is_none() {
             let mut m = Verdict::new(Class::Malformed);
             m.flags = vflags;
             return m;

@@ -260,6 +260,46 @@ fn cases() -> Vec<Case> {
             Class::Sip,
             SIGNALLING_RING,
         ),
+        // An extension header's length field runs past the headers the classifier reads (the
+        // longest options header is 2,048 bytes): malformed on both sides. The program's
+        // offset mask once wrapped it back onto the header itself, so XDP read the options as
+        // a UDP header to port 5060 and delivered SIP that userspace called malformed.
+        case(
+            "ipv6 hop-by-hop header of length 255",
+            eth(
+                0x86dd,
+                &ipv6(
+                    0,
+                    v6(1),
+                    v6(2),
+                    &[
+                        &[17u8, 255, 0x13, 0xc4, 0, 16, 0, 0][..],
+                        &udp(5060, 5060, INVITE),
+                    ]
+                    .concat(),
+                ),
+            ),
+            Class::Malformed,
+            TARGET_NONE,
+        ),
+        case(
+            "ipv6 authentication header of length 255",
+            eth(
+                0x86dd,
+                &ipv6(
+                    51,
+                    v6(1),
+                    v6(2),
+                    &[
+                        &[17u8, 255, 0, 0, 0x13, 0xc4, 0x13, 0xc4][..],
+                        &udp(5060, 5060, INVITE),
+                    ]
+                    .concat(),
+                ),
+            ),
+            Class::Malformed,
+            TARGET_NONE,
+        ),
         case(
             "ipv4 first fragment",
             eth(
@@ -373,6 +413,34 @@ fn cases() -> Vec<Case> {
             eth(0x0800, &[0x55; 40]),
             Class::Malformed,
             TARGET_NONE,
+        ),
+        // TCP options that run past the frame's end (found by fuzzing): malformed, not SIP with
+        // a payload offset beyond the frame.
+        case(
+            "tcp options past the frame's end",
+            eth(
+                0x0800,
+                &ipv4(6, A, B, &{
+                    let mut t = tcp(40_000, 5060, 0, &[1, 1, 1, 1]);
+                    t[12] = 0xa0;
+                    t
+                }),
+            ),
+            Class::Malformed,
+            TARGET_NONE,
+        ),
+        case(
+            "sip tcp with options",
+            eth(
+                0x0800,
+                &ipv4(6, A, B, &{
+                    let mut t = tcp(40_000, 5060, 0, &[&[1u8, 1, 1, 1][..], INVITE].concat());
+                    t[12] = 0x60;
+                    t
+                }),
+            ),
+            Class::Sip,
+            SIGNALLING_RING,
         ),
         case(
             "tcp bad data offset",

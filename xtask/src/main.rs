@@ -4,6 +4,7 @@
 mod bench;
 mod deb;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -55,6 +56,17 @@ enum Command {
         /// Seconds of two-way audio per call.
         #[arg(long, default_value_t = 20)]
         seconds: u32,
+    },
+    /// Coverage-guided fuzzing (cargo-fuzz, libFuzzer): each target, or TARGET, for --seconds.
+    /// Seeds come from ../shared/corpus; corpora and crashes stay under target/. A crash or an
+    /// XDP/userspace disagreement fails the run with the input that caused it.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// One target (sip_message, sdp, sip_body, dialog_tracker, rtp_rtcp, rtp_stream,
+        /// tcp_reassembly, ip_fragments, pcap_reader, classifier, classifier_xdp); all if absent.
+        target: Option<String>,
     },
     /// Every test: setup, format and lint checks, then `cargo test --workspace` (root tests
     /// included; they fail instead of skipping when CI is set).
@@ -110,6 +122,7 @@ fn main() -> Result<()> {
         } => demo::run(pairs, calls, seconds, keep_lab),
         Command::Deb => deb::run().map(drop),
         Command::Bench { calls, seconds } => bench::run(calls, seconds),
+        Command::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Command::Test { args } => test::run(&args),
     }
 }

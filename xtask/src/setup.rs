@@ -40,6 +40,7 @@ pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     cargo_deb()?;
+    cargo_fuzz()?;
     packages()?;
     python_tools()?;
     println!("setup: ready");
@@ -184,6 +185,16 @@ fn cargo_deb() -> Result<()> {
     }
     println!("setup: installing cargo-deb (a few minutes)");
     status("cargo", &["install", "cargo-deb", "--locked"])
+}
+
+/// cargo-fuzz builds and runs the fuzz targets (`cargo xtask fuzz`) with the nightly above.
+fn cargo_fuzz() -> Result<()> {
+    if let Ok(version) = output("cargo", &["fuzz", "--version"]) {
+        println!("setup: {} present", version.trim());
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (a few minutes)");
+    status("cargo", &["install", "cargo-fuzz", "--locked"])
 }
 
 fn nightly_llvm_major() -> Result<u32> {

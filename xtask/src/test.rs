@@ -4,7 +4,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{bail, Result};
 
-use crate::setup;
+use crate::{fuzz, setup};
 
 pub fn run(extra: &[String]) -> Result<()> {
     setup::run()?;
@@ -65,7 +65,26 @@ pub fn run(extra: &[String]) -> Result<()> {
     if !status.success() {
         bail!("cargo test failed");
     }
+    fuzz_briefly()?;
     println!("xtask test: all tests passed");
+    Ok(())
+}
+
+/// Seconds each fuzz target runs in a test run: eleven targets, about two minutes in all.
+const FUZZ_SECONDS: u64 = 11;
+
+/// Every fuzz target briefly (a crash fails the run). Without cargo-fuzz or nightly: a failure
+/// under CI, a skip elsewhere.
+fn fuzz_briefly() -> Result<()> {
+    if !fuzz::available() {
+        if std::env::var_os("CI").is_some() {
+            bail!("cargo-fuzz or nightly missing (CI is set): run `cargo xtask setup`");
+        }
+        eprintln!("xtask test: SKIP fuzzing: cargo-fuzz or nightly missing (`cargo xtask setup`)");
+        return Ok(());
+    }
+    let outcomes = fuzz::fuzz(FUZZ_SECONDS, None)?;
+    fuzz::report(&outcomes);
     Ok(())
 }
 

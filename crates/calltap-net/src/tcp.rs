@@ -498,8 +498,15 @@ impl TcpReassembler {
 
     /// Recomputes the totals from the directions (after changes to many of them).
     fn recount(&mut self) {
-        self.held = self.flows.values().map(|f| f.held() + FLOW_OVERHEAD).sum();
-        self.segments = self.flows.values().map(|f| f.ooo.len()).sum();
+        (self.held, self.segments) = self.recounted();
+    }
+
+    /// `(held_bytes, held_segments)` added up from the directions: what the totals kept as
+    /// segments come and go must equal, or the bounds would be judged on wrong figures.
+    /// For tests and fuzzing; it walks every direction.
+    pub fn recounted(&self) -> (usize, usize) {
+        let held = self.flows.values().map(|f| f.held() + FLOW_OVERHEAD).sum();
+        (held, self.flows.values().map(|f| f.ooo.len()).sum())
     }
 
     /// Marks the first `n` available bytes of `flow` as used (clamped to what is available).
@@ -969,12 +976,6 @@ mod tests {
         assert_eq!(r.stats().flows_expired, 3);
     }
 
-    /// The totals as the directions add them up (what the incremental accounting must match).
-    fn recounted(r: &TcpReassembler) -> (usize, usize) {
-        let held = r.flows.values().map(|f| f.held() + FLOW_OVERHEAD).sum();
-        (held, r.flows.values().map(|f| f.ooo.len()).sum())
-    }
-
     /// SIP over TCP in 1-byte segments with a gap before each: every segment is held out of
     /// order, so what bounds the direction is the segment count and the per-segment overhead,
     /// not the (tiny) payload.
@@ -997,7 +998,7 @@ mod tests {
             f.held(),
             f.ready.len() + f.ooo.len() * (1 + SEGMENT_OVERHEAD)
         );
-        assert_eq!((r.held_bytes(), r.held_segments()), recounted(&r));
+        assert_eq!((r.held_bytes(), r.held_segments()), r.recounted());
         assert!(r.stats().gaps_skipped > 90_000, "{:?}", r.stats());
         // The hole-skipping drops each 1-byte "message" before the next hole: nothing glued.
         assert!(f.ready.len() <= 1);
@@ -1028,7 +1029,7 @@ mod tests {
                 r.push(flow(i), seg(2 + 2 * round, b"b"), u64::from(round));
                 assert!(r.held_bytes() <= cfg.max_total_bytes, "{round}");
                 assert!(r.held_segments() <= cfg.max_total_segments, "{round}");
-                assert_eq!((r.held_bytes(), r.held_segments()), recounted(&r));
+                assert_eq!((r.held_bytes(), r.held_segments()), r.recounted());
             }
             let got = r.push(honest, seg(seq, MSG1), u64::from(round));
             assert_eq!(got, MSG1, "the in-order direction loses nothing");
@@ -1127,7 +1128,7 @@ mod tests {
                     2 => r.expire(now),
                     _ => { r.push(k, seg(u32::from(seq), &data[..len]), now); }
                 }
-                prop_assert_eq!((r.held_bytes(), r.held_segments()), recounted(&r));
+                prop_assert_eq!((r.held_bytes(), r.held_segments()), r.recounted());
                 prop_assert!(r.held_segments() <= cfg.max_total_segments);
                 prop_assert!(r.held_bytes() <= cfg.max_total_bytes);
             }

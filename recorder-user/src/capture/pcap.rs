@@ -45,7 +45,7 @@ pub fn read_file(
     // replaying a 50 GB capture does not grow RSS by 50 GB of page cache mapped into us.
     let _ = map.advise(Advice::Sequential);
     let mut released = 0usize;
-    let mut release = |consumed: usize| {
+    let release = |consumed: usize| {
         const STEP: usize = 256 << 10;
         if consumed - released >= 2 * STEP {
             let upto = consumed & !(STEP - 1);
@@ -57,10 +57,28 @@ pub fn read_file(
             released = upto;
         }
     };
-    let data: &[u8] = &map;
+    read_with(&map, &display, release, &mut each)
+}
+
+/// As [`read_file`], from a capture already in memory; `name` stands for the file in errors.
+pub fn read_bytes(
+    data: &[u8],
+    name: &str,
+    mut each: impl FnMut(FilePacket<'_>),
+) -> Result<FileSummary, CaptureError> {
+    read_with(data, name, |_| {}, &mut each)
+}
+
+/// Parses `data`, calling `release` with the bytes consumed so far as the parsers move on.
+fn read_with(
+    data: &[u8],
+    display: &str,
+    mut release: impl FnMut(usize),
+    each: &mut impl FnMut(FilePacket<'_>),
+) -> Result<FileSummary, CaptureError> {
     if data.len() < 4 {
         return Err(CaptureError::BadFile {
-            path: display,
+            path: display.to_string(),
             offset: 0,
             reason: "too short to be a pcap or pcapng file".into(),
         });
@@ -69,7 +87,7 @@ pub fn read_file(
     let mut scratch = Vec::with_capacity(65536);
     let magic = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
     let bad = |rest: &[u8], e: PcapError| CaptureError::BadFile {
-        path: display.clone(),
+        path: display.to_string(),
         offset: (data.len() - rest.len()) as u64,
         reason: e.to_string(),
     };
@@ -92,6 +110,7 @@ pub fn read_file(
                 Block::SectionHeader(_) => ifaces.clear(),
                 Block::EnhancedPacket(p) => {
                     let Some(&(linktype, unit)) = ifaces.get(p.interface_id as usize) else {
+                        summary.packets += 1;
                         summary.skipped += 1;
                         continue;
                     };
@@ -104,7 +123,7 @@ pub fn read_file(
                         &p.data,
                         &mut scratch,
                         &mut summary,
-                        &mut each,
+                        each,
                     );
                 }
                 Block::SimplePacket(p) => {
@@ -116,7 +135,7 @@ pub fn read_file(
                         &p.data,
                         &mut scratch,
                         &mut summary,
-                        &mut each,
+                        each,
                     );
                 }
                 _ => {}
@@ -137,7 +156,7 @@ pub fn read_file(
                 &p.data,
                 &mut scratch,
                 &mut summary,
-                &mut each,
+                each,
             );
         }
     }
@@ -147,6 +166,7 @@ pub fn read_file(
 /// What a file held besides the frames handed out.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FileSummary {
+    /// Packets in the file, those skipped included.
     pub packets: u64,
     /// Frames of link types CallTap does not interpret.
     pub skipped: u64,
@@ -245,4 +265,70 @@ fn emit(
         wire_len,
         frame: scratch,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pcapng block: type, length, body (padded to 4 bytes), length.
+    fn block(kind: u32, body: &[u8]) -> Vec<u8> {
+        let mut body = body.to_vec();
+        body.resize(body.len().next_multiple_of(4), 0);
+        let len = (12 + body.len()) as u32;
+        [
+            &kind.to_le_bytes()[..],
+            &len.to_le_bytes(),
+            &body,
+            &len.to_le_bytes(),
+        ]
+        .concat()
+    }
+
+    fn section_header() -> Vec<u8> {
+        let body = [
+            &0x1A2B_3C4Du32.to_le_bytes()[..],
+            &1u16.to_le_bytes(),
+            &0u16.to_le_bytes(),
+            &(-1i64).to_le_bytes(),
+        ]
+        .concat();
+        block(0x0A0D_0D0A, &body)
+    }
+
+    fn enhanced_packet(interface: u32, frame: &[u8]) -> Vec<u8> {
+        let len = (frame.len() as u32).to_le_bytes();
+        let body = [
+            &interface.to_le_bytes()[..],
+            &0u32.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            &len,
+            &len,
+            frame,
+        ]
+        .concat();
+        block(6, &body)
+    }
+
+    /// Found by fuzzing (`pcap_reader`): a packet of an interface the file never described was
+    /// counted as skipped but not as a packet, so `skipped` could exceed `packets`.
+    #[test]
+    fn a_packet_of_an_unknown_interface_is_counted_and_skipped() {
+        let ethernet = block(1, &[1, 0, 0, 0, 0xff, 0xff, 0, 0]);
+        let frame = [0u8; 60];
+        let file = [
+            section_header(),
+            enhanced_packet(3, &frame),
+            ethernet,
+            enhanced_packet(0, &frame),
+        ]
+        .concat();
+        let mut handed = 0;
+        let summary = read_bytes(&file, "test", |p| {
+            assert_eq!(p.frame, &frame[..]);
+            handed += 1;
+        })
+        .expect("a valid file");
+        assert_eq!((summary.packets, summary.skipped, handed), (2, 1, 1));
+    }
 }

@@ -309,7 +309,7 @@ pub fn classify_frame(
 
 #[cfg(test)]
 mod tests {
-    use calltap_common::Class;
+    use calltap_common::{classify::TARGET_NONE, Class};
 
     use super::*;
 
@@ -399,6 +399,21 @@ mod tests {
             Class::Sip,
             "a SIP start is SIP even on a claimed media endpoint"
         );
+    }
+
+    /// Found by fuzzing (`classifier`): a TCP header whose data offset (40 bytes) runs past
+    /// the frame's end gave a payload offset beyond the frame. Such a header is malformed.
+    #[test]
+    fn tcp_options_past_the_frame_end_are_malformed() {
+        let frame = hex::decode(
+            "0000000000000000000000000800450000282d30400080064950c0a801fcc0a80103ce3601838383\
+             83bbaa51aa48aa619ab55010110bb0d60000000000000000",
+        )
+        .expect("hex");
+        let tables = UserTables::new(XdpConfig::default(), &[5060], SharedMediaTable::default());
+        let (v, meta) = classify_frame(&frame, &tables, 0, frame.len() as u32, 0);
+        assert_eq!((v.class(), v.target), (Class::Malformed, TARGET_NONE));
+        assert!(usize::from(meta.payload_off) <= frame.len());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use crate::message::{media_type, param, Message};
 
-/// The SDP carried by `msg`, if any.
-pub(crate) fn sdp_body(msg: &Message) -> Option<&[u8]> {
+/// The SDP carried by `msg`, if any: a slice of its body.
+pub fn sdp_body(msg: &Message) -> Option<&[u8]> {
     if msg.body.is_empty() {
         return None;
     }
@@ -74,7 +74,7 @@ fn multipart_sdp<'a>(body: &'a [u8], boundary: &[u8]) -> Option<&'a [u8]> {
 
 /// A digit from an INFO body: `application/dtmf-relay` (`Signal=5` / `Duration=160`) or
 /// `application/dtmf` (just the digit, sometimes in the relay format too).
-pub(crate) fn info_dtmf(msg: &Message) -> Option<(char, Option<u32>)> {
+pub fn info_dtmf(msg: &Message) -> Option<(char, Option<u32>)> {
     if !(msg.content_type_is("application/dtmf-relay") || msg.content_type_is("application/dtmf")) {
         return None;
     }

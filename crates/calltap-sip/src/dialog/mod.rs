@@ -11,6 +11,7 @@ mod tracker;
 
 use std::net::{IpAddr, SocketAddr};
 
+pub use body::{info_dtmf, sdp_body};
 pub use path::{RejectReason, SignalPath, MAX_PATH_ADDRS};
 use serde::Serialize;
 pub use tracker::{DialogFork, DialogMedia, DialogState, Tracker};
