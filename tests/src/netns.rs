@@ -77,6 +77,9 @@ impl Lab {
             && ns_run(NS_SW, &["tc", "filter", "show", "dev", "b1", "ingress"])
                 .map(|out| String::from_utf8_lossy(&out.stdout).contains("mirred"))
                 .unwrap_or(false)
+            && ns_run(NS_SW, &["tc", "qdisc", "show", "dev", MIRROR_SWITCH_IF])
+                .map(|out| String::from_utf8_lossy(&out.stdout).contains("pfifo"))
+                .unwrap_or(false)
     }
 
     /// Builds the topology; idempotent (a half-built lab is torn down and rebuilt).
@@ -157,6 +160,24 @@ impl Lab {
                 ],
             )?;
         }
+        // A veth whose peer runs an XDP program hands frames over through a ring of 256; with
+        // no queue in front (veth's default) a frame that finds it full is dropped before the
+        // recorder sees it (`ip -s link` counts it), as a mirror port's NIC never does at
+        // these rates. A queue lets the kernel hold the mirror's frames back instead.
+        ns_run(
+            NS_SW,
+            &[
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                MIRROR_SWITCH_IF,
+                "root",
+                "pfifo",
+                "limit",
+                "50000",
+            ],
+        )?;
         // Prime ARP so the first INVITE is not preceded by a resolution delay.
         let _ = ns_run(NS_UAC, &["ping", "-c1", "-W1", &uas_ip(0)]);
         Ok(())

@@ -20,8 +20,10 @@ use crate::reload::Reloader;
 pub const SIGNALLED_MARGIN_NS: u64 = 200_000;
 
 /// The longest a media worker holds a record back for the signalling thread (see
-/// [`Shutdown::signalled_upto`]); past it the worker goes on as if it had caught up.
-pub const SIGNALLED_WAIT: Duration = Duration::from_millis(5);
+/// [`Shutdown::signalled_upto`]); past it the worker goes on as if it had caught up. A SIP
+/// flood delays signalling by several milliseconds at times; the worker's ring holds far more
+/// than this, so waiting costs latency, never audio.
+pub const SIGNALLED_WAIT: Duration = Duration::from_millis(50);
 
 /// State the capture threads share: shutdown, and the order between signalling and media.
 pub struct Shutdown {

@@ -23,6 +23,10 @@ use crate::{
     store::callstore::Loaded,
 };
 
+/// Records between two moves of [`Shutdown::signalled_upto`] while the ring stays full: a
+/// media worker waits for the mark, so it must not move a whole batch at a time.
+const PROGRESS_EVERY: usize = 64;
+
 /// The media workers' control queues, as signalling sends to them.
 pub struct Senders(pub Vec<Sender<Control>>);
 
@@ -70,7 +74,19 @@ fn signalling_thread<T: MediaTable>(
                 .wrapping_add(o)
                 .saturating_sub(SIGNALLED_MARGIN_NS)
         });
-        let n = input.drain(BATCH, |rec| sig.handle(rec, &mut sink));
+        let mut handled = 0usize;
+        let n = input.drain(BATCH, |rec| {
+            sig.handle(rec, &mut sink);
+            handled += 1;
+            if clock.is_some() && handled.is_multiple_of(PROGRESS_EVERY) {
+                // A SIP flood keeps every batch full, and the mark below then never moves:
+                // the media workers would go on with calls as they were before the flood.
+                // One ring, in stamping order within the margin: everything captured before
+                // this record (less the margin) has been handled and its messages sent.
+                let mark = rec.meta.ts_ns.saturating_sub(SIGNALLED_MARGIN_NS);
+                shutdown.signalled_upto.fetch_max(mark, Ordering::AcqRel);
+            }
+        });
         while let Ok((tracker, ports)) = settings.try_recv() {
             sig.reconfigure(tracker, &ports);
         }
