@@ -2,10 +2,7 @@
 //! `recorder-user/tests/xdp_classifier.rs`, so frames built like its cases (and mutations of
 //! them) reach every branch, the media map's included.
 
-use calltap::{
-    classify::{SharedMediaTable, UserTables},
-    pipeline::MediaTable,
-};
+use calltap::classify::{MediaTable, SharedMediaTable, UserTables};
 use calltap_common::{media_flags, MediaKey, MediaValue, XdpConfig};
 
 pub const SIP_PORTS: &[u16] = &[5060, 5080];
