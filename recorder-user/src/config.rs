@@ -531,6 +531,45 @@ mod tests {
         }
     }
 
+    /// Without a password the console must stay on loopback: check-config names the key.
+    #[test]
+    fn a_console_off_loopback_needs_a_password() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        for addr in ["0.0.0.0:5023", "192.0.2.7:5023", "[::]:5023"] {
+            let err = Config::load_with_env(None, &env(&[("CALLTAP_CONSOLE_LISTEN", addr)]))
+                .expect_err("refused");
+            let text = err.to_string();
+            assert!(
+                matches!(&err, ConfigError::Value { section, key, .. } if section == "console" && key == "listen"),
+                "{text}"
+            );
+            assert!(
+                text.contains("[console] listen") && text.contains("password"),
+                "{text}"
+            );
+        }
+        for (addr, pw) in [
+            ("0.0.0.0:5023", "pw"),
+            ("[::1]:5023", ""),
+            ("127.0.0.2:1", ""),
+        ] {
+            let c = Config::load_with_env(
+                None,
+                &env(&[
+                    ("CALLTAP_CONSOLE_LISTEN", addr),
+                    ("CALLTAP_CONSOLE_PASSWORD", pw),
+                ]),
+            )
+            .expect("accepted");
+            assert_eq!(c.console.listen.as_deref(), Some(addr));
+        }
+    }
+
     #[test]
     fn http_urls_split_into_scheme_host_port_and_path() {
         let p = |u: &str| parse_http_url(u).map(|u| (u.tls, u.host, u.port, u.path));

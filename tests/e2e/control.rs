@@ -408,12 +408,18 @@ fn live_calls_recording_control_webhooks_and_console() {
     let (s, _) = control("no-such-call", &operator, "pause");
     assert_eq!(s, 404);
     // The console lists the calls and stops one (telnet option bytes mixed in, as a client
-    // in character mode sends them).
+    // in character mode sends them). Without a login it is read-only: the viewer token does
+    // not let it stop a recording, the operator token does.
     let out = console(vec![
         [&[255u8, 253, 3, 255, 251, 24][..], b"show calls\r\n"].concat(),
+        format!("login {viewer}\r\n").into_bytes(),
+        format!("record stop {stopped}\r\n").into_bytes(),
+        format!("login {operator}\r\n").into_bytes(),
         format!("record stop {stopped}\r\n").into_bytes(),
         b"quit\r\n".to_vec(),
     ]);
+    assert!(out.contains("needs the operator role"), "{out}");
+    assert!(out.contains("(operator)"), "{out}");
     assert!(out.contains("3 active call(s)"), "{out}");
     assert!(out.contains(&paused) && out.contains("paused"), "{out}");
     assert!(out.contains(

@@ -1,6 +1,9 @@
 //! The publish part: webhooks, `/metrics`, the REST API and the telnet console.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use super::{capture::Capture, control::ControlPlane, store::Store};
 use crate::{
@@ -8,7 +11,7 @@ use crate::{
     config::Config,
     publish::{
         api,
-        console::{Console, ConsoleBackend, ConsoleConfig},
+        console::{Console, ConsoleBackend, ConsoleConfig, LoginLimits, TokenCheck},
         http::{self, HttpServer},
         live::{LiveCalls, LiveEvent},
         metrics::{LiveStats, Metrics},
@@ -77,6 +80,7 @@ impl Publish {
                 .map(Webhooks::counters)
                 .unwrap_or_default(),
         );
+        let mut tokens = None;
         let http = match &cfg.api.listen {
             Some(addr) => {
                 let api = api::ApiState::connecting(&cfg.api_settings(), Some(writer.counters()));
@@ -91,7 +95,7 @@ impl Publish {
                     api.set_reloader(r.clone());
                 }
                 let app = http::track_requests(
-                    http::router(metrics.clone()).merge(api::router(api)),
+                    http::router(metrics.clone()).merge(api::router(api.clone())),
                     metrics.clone(),
                 );
                 let tls = match &cfg.api.tls {
@@ -100,6 +104,7 @@ impl Publish {
                 };
                 let scheme = if tls.is_some() { "https" } else { "http" };
                 let server = HttpServer::start_with(addr, app, tls)?;
+                tokens = Some(token_check(api, server.handle().clone()));
                 log::info!(
                     "API at {scheme}://{0}/api/v1, metrics at {scheme}://{0}/metrics",
                     server.addr
@@ -117,7 +122,11 @@ impl Publish {
             source,
             workers,
             reloader: control.reloader.clone(),
+            tokens,
         });
+        if let Some(c) = &console {
+            metrics.set_console(c.counters());
+        }
         Ok(Publish {
             metrics,
             http,
@@ -163,6 +172,27 @@ struct ConsoleParts<'a> {
     source: &'a str,
     workers: u32,
     reloader: Option<Arc<Reloader>>,
+    tokens: Option<TokenCheck>,
+}
+
+/// Bound on the console's wait for a token check (the database may be slow or away).
+const TOKEN_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The console's `login TOKEN`: the API's own check ([`api::auth::authenticate`]) run on the
+/// HTTP server's runtime, whose database connections it uses.
+fn token_check(api: api::ApiState, rt: tokio::runtime::Handle) -> TokenCheck {
+    Box::new(move |token| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (api, token) = (api.clone(), token.to_string());
+        rt.spawn(async move {
+            let _ = tx.send(api::auth::authenticate(&api, &token).await);
+        });
+        rx.recv_timeout(TOKEN_CHECK_TIMEOUT).unwrap_or_else(|_| {
+            Err(api::errors::ApiError::Unavailable(
+                "the token store did not answer in time".into(),
+            ))
+        })
+    })
 }
 
 /// The telnet console on `[console] listen`; the daemon runs on without it when the address is
@@ -177,6 +207,7 @@ fn start_console(parts: ConsoleParts<'_>) -> Option<Console> {
         source,
         workers,
         reloader,
+        tokens,
     } = parts;
     let listen = cfg.console.listen.clone()?;
     let started = Instant::now();
@@ -226,11 +257,13 @@ fn start_console(parts: ConsoleParts<'_>) -> Option<Console> {
             },
             None => "reload: this run has no configuration source to reload\n".to_string(),
         }),
+        tokens,
     };
     let cfg = ConsoleConfig {
         listen,
         password: cfg.console.password.clone(),
         idle: crate::publish::console::IDLE,
+        limits: LoginLimits::default(),
     };
     match Console::start(cfg, live_calls.clone(), backend) {
         Ok(c) => {

@@ -97,15 +97,21 @@ pub const CONSOLE: Section = Section {
             default: "127.0.0.1:5023",
             live: false,
             help: "Telnet console for troubleshooting (`telnet 127.0.0.1 5023`): show status|calls|call ID|stats,\n\
-                  record start|stop|pause|resume ID, reload, log level LEVEL, help, quit. IP:PORT; empty\n\
-                  disables it. At most 4 sessions; idle sessions close after 5 minutes. Keep it on loopback.",
+                  record start|stop|pause|resume ID, reload, log level LEVEL, login [TOKEN], whoami, help,\n\
+                  quit. IP:PORT; empty disables it. At most 4 sessions; idle sessions close after 5 minutes.\n\
+                  Commands need the API's roles: show viewer, record operator, reload and log level admin.\n\
+                  Without a password the console is read-only until `login TOKEN` (an API token, its role),\n\
+                  and check-config refuses a listen address other than loopback.",
         },
         Key {
             name: "password",
             kind: Kind::Secret,
             default: "",
             live: false,
-            help: "Password asked at login (three tries); empty: no prompt.",
+            help: "Password asked when a session starts (it grants admin; an API token may be typed instead).\n\
+                  Three failed logins close a connection; 10 from one address in a minute refuse it for a\n\
+                  minute; each failure is logged and counted in calltap_console_login_failures_total.\n\
+                  Empty: no prompt, and the console is read-only until `login TOKEN`.",
         },
     ],
 };
@@ -228,9 +234,23 @@ impl ConsoleSettings {
             "IP:PORT, e.g. 127.0.0.1:5023 (empty: no console)",
         )?;
         let (password, _) = v.get("console", "password");
-        Ok(ConsoleSettings {
-            listen,
-            password: Some(password.to_string()).filter(|s| !s.is_empty()),
-        })
+        let password = Some(password.to_string()).filter(|s| !s.is_empty());
+        // Without a password anyone who reaches the port gets a (read-only) session: only local
+        // processes may.
+        if let Some(addr) = &listen {
+            let loopback = addr
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback());
+            if !loopback && password.is_none() {
+                return Err(v.bad(
+                    "console",
+                    "listen",
+                    addr,
+                    "a loopback address (127.0.0.1:PORT or [::1]:PORT) while [console] password \
+                     is empty; set a password to listen elsewhere",
+                ));
+            }
+        }
+        Ok(ConsoleSettings { listen, password })
     }
 }

@@ -77,6 +77,9 @@ async fn scrape(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 /// A running server; dropping it stops it.
 pub struct HttpServer {
     pub addr: SocketAddr,
+    /// The server's runtime: work that needs the API's database connections (which belong to
+    /// this runtime) is spawned here from other threads (the console's token login).
+    handle: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -102,16 +105,11 @@ impl HttpServer {
         let local = listener.local_addr().map_err(bind)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let rt = crate::runtime::current_thread().map_err(HttpError::Thread)?;
+        let handle = rt.handle().clone();
         let thread = thread::Builder::new()
             .name("http".into())
             .spawn(move || {
-                let rt = match crate::runtime::current_thread() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        log::error!("HTTP server: no runtime: {e}");
-                        return;
-                    }
-                };
                 rt.block_on(async move {
                     let listener = match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => l,
@@ -144,9 +142,16 @@ impl HttpServer {
             .map_err(HttpError::Thread)?;
         Ok(HttpServer {
             addr: local,
+            handle,
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+impl HttpServer {
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
     }
 }
 

@@ -25,7 +25,7 @@ mod recording;
 
 pub use bounds::BoundsLive;
 
-use super::webhook::WebhookCounters;
+use super::{console::ConsoleCounters, webhook::WebhookCounters};
 use crate::{
     capture::{xdp::XdpCounters, InputFill},
     store::{
@@ -211,6 +211,7 @@ pub struct Metrics {
     webhook_events: IntCounterVec,
     webhook_failures: IntCounter,
     webhook_retries: IntCounter,
+    console_login_failures: IntCounter,
     recording: recording::RecordingMetrics,
     bounds: bounds::BoundMetrics,
     sources: Sources,
@@ -226,6 +227,7 @@ struct Sources {
     spool: OnceLock<PathBuf>,
     archive: OnceLock<Arc<ArchiveCounters>>,
     webhooks: OnceLock<Arc<WebhookCounters>>,
+    console: OnceLock<Arc<ConsoleCounters>>,
 }
 
 /// Sets a counter to a value read from a monotonic source.
@@ -514,6 +516,10 @@ impl Metrics {
                 "calltap_webhook_retries_total",
                 "Webhook delivery attempts that retried an earlier failure.",
             )?,
+            console_login_failures: counter(
+                "calltap_console_login_failures_total",
+                "Failed console logins (wrong password or token); each is also logged with its peer.",
+            )?,
             recording: recording::RecordingMetrics::new(&registry)?,
             bounds: bounds::BoundMetrics::register(&registry)?,
             registry,
@@ -525,6 +531,7 @@ impl Metrics {
                 spool: OnceLock::new(),
                 archive: OnceLock::new(),
                 webhooks: OnceLock::new(),
+                console: OnceLock::new(),
             },
         })
     }
@@ -547,6 +554,11 @@ impl Metrics {
     /// The webhook deliverer's counters, read at each scrape.
     pub fn set_webhooks(&self, c: Arc<WebhookCounters>) {
         let _ = self.sources.webhooks.set(c);
+    }
+
+    /// The telnet console's counters, read at each scrape.
+    pub fn set_console(&self, c: Arc<ConsoleCounters>) {
+        let _ = self.sources.console.set(c);
     }
 
     /// Counts one management HTTP request (`route` is the matched template, never a raw path).
@@ -703,6 +715,12 @@ impl Metrics {
             }
             set_counter(&self.webhook_failures, s.failures);
             set_counter(&self.webhook_retries, s.retries);
+        }
+        if let Some(c) = self.sources.console.get() {
+            set_counter(
+                &self.console_login_failures,
+                c.login_failures.load(Ordering::Relaxed),
+            );
         }
         if let Some(dir) = self.sources.spool.get() {
             match crate::store::retention::fs_usage(dir) {

@@ -115,10 +115,24 @@ pub async fn list(db: &Db) -> Result<Vec<TokenInfo>, DbError> {
 fn bearer(req: &Request) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
+/// Longest token worth looking up: anything longer than ours cannot match, so the hash and the
+/// query are spared.
+const MAX_TOKEN: usize = 128;
+
+/// Who `token` authenticates as (401 for an unknown, revoked or malformed one). The API's
+/// middleware and the console's `login TOKEN` both go through here, so a token means the same
+/// role wherever it is used.
+pub async fn authenticate(state: &ApiState, token: &str) -> Result<Caller, ApiError> {
     let token = token.trim();
-    // Anything longer than our tokens cannot match; spare the hash and the query.
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 128)
-        .then_some(token)
+    if token.is_empty() || token.len() > MAX_TOKEN {
+        return Err(ApiError::Unauthorized);
+    }
+    lookup(state.db().await?, token)
+        .await?
+        .ok_or(ApiError::Unauthorized)
 }
 
 /// Middleware: 401 without a valid token, 403 when the token's role is below `need`.
@@ -128,9 +142,7 @@ pub async fn require(
     next: Next,
 ) -> Result<Response, ApiError> {
     let token = bearer(&req).ok_or(ApiError::Unauthorized)?;
-    let caller = lookup(state.db().await?, token)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
+    let caller = authenticate(&state, token).await?;
     if caller.role < need {
         return Err(ApiError::Forbidden {
             have: caller.role.as_str(),

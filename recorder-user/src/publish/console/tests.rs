@@ -1,4 +1,5 @@
-//! The console over real TCP: telnet negotiation bytes, commands, password, limits.
+//! The console over real TCP: telnet negotiation bytes, commands, logins and roles, limits,
+//! escaping of SIP-derived text.
 
 use std::{io::Read as _, time::Instant};
 
@@ -19,22 +20,61 @@ fn console(
     idle: Duration,
 ) -> (Console, crossbeam_channel::Receiver<Control>) {
     let (live, rx) = live_with_call();
+    (
+        console_over(live, password, idle, LoginLimits::default()),
+        rx,
+    )
+}
+
+/// The token store the tests log in against: `ct_viewer`, `ct_operator`, `ct_admin`;
+/// `ct_down` stands for a database that does not answer.
+fn tokens(token: &str) -> Result<Caller, ApiError> {
+    let role = match token {
+        "ct_viewer" => Role::Viewer,
+        "ct_operator" => Role::Operator,
+        "ct_admin" => Role::Admin,
+        "ct_down" => return Err(ApiError::Unavailable("database away".into())),
+        _ => return Err(ApiError::Unauthorized),
+    };
+    Ok(Caller {
+        token_id: 1,
+        name: format!("{}-bot", role.as_str()),
+        role,
+    })
+}
+
+fn console_over(
+    live: Arc<LiveCalls>,
+    password: Option<&str>,
+    idle: Duration,
+    limits: LoginLimits,
+) -> Console {
     let backend = ConsoleBackend {
         status: Box::new(|| "status: fine\n".into()),
         stats: Box::new(|| "stats: 42 packets\n".into()),
         reload: Box::new(|| "reload: not implemented\n".into()),
+        tokens: Some(Box::new(tokens)),
     };
-    let c = Console::start(
+    Console::start(
         ConsoleConfig {
             listen: "127.0.0.1:0".into(),
             password: password.map(str::to_string),
             idle,
+            limits,
         },
         live,
         backend,
     )
-    .expect("console");
-    (c, rx)
+    .expect("console")
+}
+
+/// Limits that let a test reach them quickly.
+fn quick_limits() -> LoginLimits {
+    LoginLimits {
+        per_peer: 4,
+        delay: Duration::ZERO,
+        ..LoginLimits::default()
+    }
 }
 
 /// A raw client: reads until `want` appears (bounded in time) and returns everything read.
@@ -142,6 +182,15 @@ fn telnet_negotiation_is_refused_and_stripped_and_commands_work() {
     c.send(b"show status\r\nshow stats\r\n");
     assert!(c.until("calltap> ").contains("status: fine"));
     assert!(c.until("calltap> ").contains("stats: 42 packets"));
+    // Read-only without a login: control is refused, naming the role it needs.
+    c.send(b"record pause uuid-9\r\n");
+    let out = c.until("calltap> ");
+    assert!(out.contains("needs the operator role"), "{out}");
+    assert!(worker.try_recv().is_err());
+    c.send(b"login ct_operator\r\n");
+    assert!(c
+        .until("calltap> ")
+        .contains("logged in as token operator-bot (operator)"));
     c.send(b"record pause uuid-9\r\n");
     assert!(c.until("calltap> ").contains("recording paused"));
     assert!(matches!(worker.try_recv(), Ok(Control::Recording { .. })));
@@ -151,6 +200,11 @@ fn telnet_negotiation_is_refused_and_stripped_and_commands_work() {
         .contains("error: cannot pause a recording that is paused"));
     c.send(b"record resume nope\r\n");
     assert!(c.until("calltap> ").contains("no active call nope"));
+    c.send(b"reload\r\n");
+    assert!(c.until("calltap> ").contains("needs the admin role"));
+    c.send(b"login ct_admin\r\nwhoami\r\n");
+    c.until("calltap> ");
+    assert!(c.until("calltap> ").contains("token admin-bot (admin)"));
     c.send(b"reload\r\n");
     assert!(c.until("calltap> ").contains("reload: not implemented"));
     let before = log::max_level();
@@ -189,6 +243,9 @@ fn password_is_asked_with_echo_offered_and_wrong_ones_close() {
     c.send(b"show calls\r\n");
     assert!(c.until("calltap> ").contains("uuid-9"));
 
+    c.send(b"whoami\r\n");
+    assert!(c.until("calltap> ").contains("console password (admin)"));
+
     let mut c = Client::connect(con.addr);
     for _ in 0..3 {
         c.until("Password: ");
@@ -196,6 +253,150 @@ fn password_is_asked_with_echo_offered_and_wrong_ones_close() {
     }
     let out = c.closed();
     assert!(!out.contains("calltap> "), "{out}");
+    assert!(out.contains("too many failed logins, bye"), "{out}");
+    assert_eq!(con.counters().login_failures.load(Ordering::Relaxed), 3);
+}
+
+/// With a password, an API token typed at the prompt logs in with the token's role; a token
+/// store that cannot answer is said so and not counted as a failure.
+#[test]
+fn a_token_at_the_password_prompt_gets_its_role() {
+    let (con, worker) = console(Some("pw"), IDLE);
+    let mut c = Client::connect(con.addr);
+    c.until("Password: ");
+    c.send(b"ct_down\r\n");
+    assert!(c
+        .until("Password: ")
+        .contains("cannot check API tokens now"));
+    c.send(b"ct_viewer\r\n");
+    assert!(c.until("calltap> ").contains("(viewer)"));
+    c.send(b"show calls\r\n");
+    assert!(c.until("calltap> ").contains("uuid-9"));
+    c.send(b"record stop uuid-9\r\n");
+    assert!(c.until("calltap> ").contains("needs the operator role"));
+    // `login` asks for the password again, hidden; the password grants admin.
+    c.send(b"login\r\n");
+    c.until("Password: ");
+    c.send(b"pw\r\n");
+    assert!(c.until("calltap> ").contains("console password (admin)"));
+    c.send(b"record stop uuid-9\r\n");
+    assert!(c.until("calltap> ").contains("recording stopped"));
+    assert!(matches!(worker.try_recv(), Ok(Control::Recording { .. })));
+    assert_eq!(con.counters().login_failures.load(Ordering::Relaxed), 0);
+}
+
+/// Without a password nothing changes state before a login, and wrong tokens count against the
+/// connection (closed at the third) and the peer address (refused at the limit, even on a new
+/// connection).
+#[test]
+fn failed_logins_close_the_connection_then_refuse_the_peer() {
+    let (live, worker) = live_with_call();
+    let con = console_over(live, None, IDLE, quick_limits());
+    let mut c = Client::connect(con.addr);
+    assert!(c
+        .until("calltap> ")
+        .contains("read-only until 'login TOKEN'"));
+    c.send(b"login\r\n");
+    assert!(c.until("calltap> ").contains("usage: login TOKEN"));
+    for cmd in ["record stop uuid-9", "reload", "log level trace"] {
+        c.send(format!("{cmd}\r\n").as_bytes());
+        let out = c.until("calltap> ");
+        assert!(
+            out.contains("refused") && out.contains("anonymous (viewer)"),
+            "{out}"
+        );
+    }
+    assert!(worker.try_recv().is_err());
+    for _ in 0..2 {
+        c.send(b"login ct_wrong\r\n");
+        assert!(c.until("calltap> ").contains("login failed"));
+    }
+    c.send(b"login ct_wrong\r\n");
+    assert!(c.closed().contains("too many failed logins, bye"));
+    // The fourth failure from this address (per_peer 4) refuses it.
+    let mut c = Client::connect(con.addr);
+    c.until("calltap> ");
+    c.send(b"login ct_wrong\r\n");
+    assert!(c.closed().contains("from your address"));
+    let mut c = Client::connect(con.addr);
+    let out = c.closed();
+    assert!(
+        out.contains("too many failed logins from your address"),
+        "{out}"
+    );
+    assert!(!out.contains("calltap> "), "{out}");
+    assert_eq!(con.counters().login_failures.load(Ordering::Relaxed), 4);
+}
+
+#[test]
+fn peer_failures_block_for_a_while_and_expire() {
+    let limits = LoginLimits {
+        per_peer: 3,
+        ..LoginLimits::default()
+    };
+    let peers = PeerFailures::default();
+    let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().expect("ip"), "::1".parse().expect("ip"));
+    let t0 = Instant::now();
+    assert!(!peers.failed(a, t0, &limits));
+    assert!(!peers.failed(a, t0 + Duration::from_secs(1), &limits));
+    // A failure after the window starts the count again.
+    assert!(!peers.failed(a, t0 + Duration::from_secs(62), &limits));
+    assert!(!peers.failed(a, t0 + Duration::from_secs(63), &limits));
+    assert!(!peers.blocked(a, t0 + Duration::from_secs(63)));
+    assert!(peers.failed(a, t0 + Duration::from_secs(64), &limits));
+    assert!(peers.blocked(a, t0 + Duration::from_secs(65)));
+    assert!(!peers.blocked(b, t0 + Duration::from_secs(65)));
+    assert!(!peers.blocked(a, t0 + Duration::from_secs(125)));
+}
+
+#[test]
+fn commands_need_the_roles_of_their_api_routes() {
+    let need = |l: &str| needs(&l.split_whitespace().collect::<Vec<_>>());
+    assert_eq!(need("show calls"), Some(Role::Viewer));
+    assert_eq!(need("show call x"), Some(Role::Viewer));
+    assert_eq!(need("record pause x"), Some(Role::Operator));
+    assert_eq!(need("reload"), Some(Role::Admin));
+    assert_eq!(need("log level debug"), Some(Role::Admin));
+    for free in ["help", "quit", "whoami", "frobnicate"] {
+        assert_eq!(need(free), None, "{free}");
+    }
+}
+
+#[test]
+fn control_characters_are_escaped() {
+    assert!(matches!(
+        escape_control("Alice <sip:1000@h>"),
+        Cow::Borrowed(_)
+    ));
+    assert_eq!(escape_control("a\x1b[2Jb"), "a\\x1b[2Jb");
+    assert_eq!(escape_control("x\r\ny\tz"), "x\\r\\ny\\tz");
+    assert_eq!(escape_control("\0\x7f\u{9b}"), "\\x00\\x7f\\x9b");
+    assert_eq!(escape_control("é\u{2028}"), "é\u{2028}");
+}
+
+/// A caller's From, To and Call-ID reach the operator's terminal escaped.
+#[test]
+fn sip_text_is_printed_escaped() {
+    let (live, _rx) = live_with_call();
+    let mut s = crate::publish::live::tests::setup(7);
+    s.uuid = "uuid-7".into();
+    s.call_id = "cid-7\x1b[2J".into();
+    s.from.user = Some("ev\x1b]0;x\x07".into());
+    s.to.uri = "sip:2000\r\nX: y@h".into();
+    let mut sink = crate::publish::live::LiveSink::new(Vec::<(u32, Control)>::new(), live.clone());
+    crate::pipeline::ControlSink::send(&mut sink, 0, Control::Start(Box::new(s)));
+    let con = console_over(live, None, IDLE, LoginLimits::default());
+    let mut c = Client::connect(con.addr);
+    c.until("calltap> ");
+    c.send(b"show calls\r\nshow call uuid-7\r\n");
+    let list = c.until("calltap> ");
+    let detail = c.until("calltap> ");
+    for out in [&list, &detail] {
+        assert!(!out.contains('\x1b') && !out.contains('\x07'), "{out:?}");
+    }
+    assert!(list.contains("ev\\x1b]0;x"), "{list}");
+    assert!(detail.contains("cid-7\\x1b[2J"), "{detail}");
+    assert!(detail.contains("sip:2000\\r\\nX: y@h"), "{detail}");
 }
 
 #[test]
