@@ -37,6 +37,10 @@ pub enum FragError {
     /// Fragments disagree on where the datagram ends; the datagram is dropped.
     #[error("fragments disagree on the datagram length; datagram dropped")]
     Inconsistent,
+    /// A fragment with no data: no sender makes one, and its offset (possibly past the
+    /// datagram's end) would go unchecked; the datagram is dropped, as Linux does.
+    #[error("fragment without data; datagram dropped")]
+    Empty,
     /// Accepting the fragment would exceed the memory budget even after evicting others.
     #[error("reassembly memory limit exceeded")]
     LimitExceeded,
@@ -402,6 +406,13 @@ impl Reassembler {
     /// Fragments may arrive in any order and may repeat. A fragment that contradicts bytes
     /// already held drops the datagram and returns [`FragError::Overlap`].
     pub fn push(&mut self, frag: Fragment, now_ns: u64) -> Result<Option<Reassembled>, FragError> {
+        if frag.data.is_empty() {
+            if self.pending.contains_key(&frag.key) {
+                self.drop_key(&frag.key);
+            }
+            self.stats.dropped_overlap += 1;
+            return Err(FragError::Empty);
+        }
         let end = frag
             .offset
             .checked_add(frag.data.len())
@@ -692,6 +703,28 @@ mod tests {
         assert_eq!(r.push(b, 0), Err(FragError::Overlap));
         assert_eq!(r.pending(), 0);
         assert_eq!(r.stats().dropped_overlap, 1);
+    }
+
+    /// Found by fuzzing: an empty fragment past where the last fragment later said the
+    /// datagram ends was kept, and the datagram completed without it.
+    #[test]
+    fn v4_empty_fragment_drops_the_datagram() {
+        let whole = udp_datagram(&sip_payload(2000));
+        let mut r = Reassembler::new(ReassemblyConfig::default());
+        let a = fragment_of(&v4_frag(8, 0, true, &whole[..1200]))
+            .unwrap()
+            .unwrap();
+        let empty = fragment_of(&v4_frag(8, 35976, true, &[]))
+            .unwrap()
+            .unwrap();
+        let b = fragment_of(&v4_frag(8, 1200, false, &whole[1200..]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.push(a, 0), Ok(None));
+        assert_eq!(r.push(empty, 0), Err(FragError::Empty));
+        assert_eq!(r.pending(), 0);
+        assert_eq!(r.push(b, 0), Ok(None), "the datagram was dropped with its first part");
+        assert_eq!(r.stats().completed, 0);
     }
 
     #[test]
