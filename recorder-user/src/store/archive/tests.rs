@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::*;
-use crate::store::db::{tests::sample_cdr, StoredVia};
+use crate::store::db::{self, tests::sample_cdr, StoredVia};
 
 struct Spool {
     _tmp: tempfile::TempDir,
@@ -75,7 +75,7 @@ fn rt() -> tokio::runtime::Runtime {
 fn store_cdrs(s: &Spool, cdrs: &[Cdr]) {
     let url = format!("sqlite://{}", s.data.join("calltap.db").display());
     rt().block_on(async {
-        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        let db = db::prepare(&url, Duration::from_secs(5)).await.expect("db");
         db.insert_batch(cdrs, StoredVia::Direct, Duration::from_secs(5))
             .await
             .expect("insert");
@@ -86,7 +86,7 @@ fn store_cdrs(s: &Spool, cdrs: &[Cdr]) {
 fn db_rows(s: &Spool) -> Vec<(String, String, String)> {
     let url = format!("sqlite://{}", s.data.join("calltap.db").display());
     rt().block_on(async {
-        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        let db = db::prepare(&url, Duration::from_secs(5)).await.expect("db");
         let Db::Sqlite(pool) = &db else {
             panic!("sqlite")
         };
@@ -382,7 +382,7 @@ fn an_archive_dir_overlapping_the_data_dir_is_refused() {
 fn deletion_marks(s: &Spool) -> Vec<(String, Option<i64>, Option<String>)> {
     let url = format!("sqlite://{}", s.data.join("calltap.db").display());
     rt().block_on(async {
-        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        let db = db::prepare(&url, Duration::from_secs(5)).await.expect("db");
         let Db::Sqlite(pool) = &db else {
             panic!("sqlite")
         };
@@ -434,7 +434,7 @@ fn retention_marks_deleted_recordings_in_the_database_even_after_it_was_away() {
     let spool1 = cdrs[1].recording.as_ref().expect("rec").path.clone();
     rt().block_on(async {
         let url = format!("sqlite://{}", s.data.join("calltap.db").display());
-        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        let db = db::prepare(&url, Duration::from_secs(5)).await.expect("db");
         let n = db
             .set_recording_location(
                 &cdrs[1].uuid,
