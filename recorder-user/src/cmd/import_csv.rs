@@ -11,7 +11,7 @@ use crate::{
     config::Config,
     store::{
         csv_journal::{import_file, ImportReport},
-        db::{redact, Db, StoredVia},
+        db::{redact, StoredVia},
     },
 };
 
@@ -31,7 +31,7 @@ pub fn import_csv(cfg: &Config, files: &[PathBuf]) -> anyhow::Result<ImportTotal
     let url = cfg.database_url();
     let timeout = Duration::from_millis(cfg.database.write_timeout_ms);
     rt.block_on(async {
-        let db = Db::connect(&url, timeout)
+        let db = crate::store::db::prepare(&url, timeout)
             .await
             .with_context(|| format!("opening the CDR database {}", redact(&url)))?;
         let mut totals = ImportTotals::default();

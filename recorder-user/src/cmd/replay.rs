@@ -22,6 +22,8 @@ pub fn replay(cfg: &Config, files: &[PathBuf], json: bool) -> anyhow::Result<boo
         .with_context(|| format!("creating data dir {}", data.display()))?;
     let mut journal =
         JsonlSink::open(&data.join("calls.jsonl")).context("opening the CDR journal")?;
+    // The writer only connects; the schema is made here, once.
+    crate::daemon::store::prepare_database(cfg, None)?;
     let writer = CdrWriter::start(WriterConfig::new(&cfg.database, &cfg.storage))?;
     let mut failed = None;
     let summary = replay::replay(cfg, files, |cdr| {

@@ -19,7 +19,7 @@ use crate::{
         publish::{start_webhooks, Publish, PublishParts},
         shutdown::Shutdown,
         signalling::{Senders, Signalling, SignallingFeeds},
-        store::{Journal, Store, SPOOL_DIR},
+        store::{prepare_database, Journal, Store, SPOOL_DIR},
         summary::{write_summary, RunSummary},
         workers::{Durability, Workers},
     },
@@ -39,6 +39,8 @@ pub fn run(cfg: Config, reload: Option<ReloadSource>) -> anyhow::Result<()> {
     fs::create_dir_all(&data).with_context(|| format!("creating data dir {}", data.display()))?;
     let n = cfg.capture.worker_count();
     let shutdown = Shutdown::install()?;
+    // Before any part connects to the database: they only connect, the schema is made here.
+    prepare_database(&cfg, Some(shutdown.stop.clone()))?;
     let capacity = assess_limits(&cfg, n);
     let (capture, inputs) = Capture::start(&cfg, n, shutdown.stop.clone())?;
     let journal = Journal::open(&cfg)?;

@@ -27,9 +27,9 @@ pub struct Created {
 pub fn create(cfg: &Config, role: Role, name: &str) -> Result<Created, TokenCmdError> {
     let rt = crate::runtime::current_thread().map_err(TokenCmdError::Runtime)?;
     rt.block_on(async {
-        // Tolerates a daemon migrating the same fresh database at the same moment.
+        // `prepare` is safe beside a daemon migrating the same fresh database at once.
         let timeout = std::time::Duration::from_millis(cfg.database.write_timeout_ms);
-        let db = crate::store::db::connect_migrated(cfg.database_url(), timeout).await?;
+        let db = crate::store::db::prepare(&cfg.database_url(), timeout).await?;
         let made = auth::create_token(&db, role, name).await;
         db.close().await;
         let (id, token) = made?;

@@ -20,6 +20,7 @@
 //! (`deleted_ns`, `deleted_reason = 'retention'`), retried with backoff while the database is
 //! away, so the API can answer 410 Gone (deleted, and when) instead of 404.
 
+pub mod manifest;
 pub mod queue;
 pub mod target;
 
@@ -39,6 +40,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::Serialize;
 
 use self::{
+    manifest::{Manifest, ManifestError, MANIFEST_FILE},
     queue::{Deletion, Job, Queue, QueueError, QUEUE_FILE},
     target::{is_safe_rel, ArchiveError, Expected, S3Options, Target, TargetSpec},
 };
@@ -69,6 +71,8 @@ pub const RETENTION_REASON: &str = "retention";
 pub enum ArchiverError {
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
     #[error("starting the archiver thread: {0}")]
     Spawn(std::io::Error),
     #[error("creating the archiver's runtime: {0}")]
@@ -351,6 +355,7 @@ impl Archiver {
             source,
         })?;
         let queue = Arc::new(Mutex::new(Queue::open(&cfg.data_dir.join(QUEUE_FILE))?));
+        let manifest = Manifest::open(&cfg.data_dir.join(MANIFEST_FILE))?;
         let (tx, rx) = bounded(CHANNEL);
         let counters = Arc::new(ArchiveCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -363,6 +368,7 @@ impl Archiver {
         let worker = Worker {
             cfg: cfg.clone(),
             queue: queue.clone(),
+            manifest,
             counters: counters.clone(),
             rx,
             stop: stop.clone(),
@@ -475,6 +481,8 @@ impl Drop for Archiver {
 struct Worker {
     cfg: ArchiveConfig,
     queue: Arc<Mutex<Queue>>,
+    /// What this recorder copied into a directory archive: all retention may delete there.
+    manifest: Manifest,
     counters: Arc<ArchiveCounters>,
     rx: Receiver<Job>,
     stop: Arc<AtomicBool>,
@@ -755,6 +763,14 @@ impl Worker {
                 log::warn!("archive: marking {} finished: {e}", spool.display());
             }
             return Outcome::Archived(job.path.clone());
+        }
+        if let Target::Dir(_) = target {
+            // Recorded before the copy: a file of ours the manifest missed would never expire.
+            if let Err(e) = self.manifest.add(&job.rel) {
+                log::error!("archive: {e}; {} stays in the spool", spool.display());
+                add(&self.counters.failures_total, 1);
+                return Outcome::Later;
+            }
         }
         match target.archive(&spool, &job.rel, &actual).await {
             Ok(()) => {
@@ -1067,19 +1083,22 @@ impl Worker {
                 .await
                 .unwrap_or_default()
             }
-            Target::Dir(root) => tokio::task::spawn_blocking(move || {
-                // Only recordings: the archive root may be a share with other files on it.
-                retention::sweep_dir(
-                    &root,
-                    &rcfg,
-                    now,
-                    true,
-                    &|p, _| matches!(p.extension().and_then(|e| e.to_str()), Some("wav" | "pcap")),
-                    &|p| note(&p.to_string_lossy()),
-                )
-            })
-            .await
-            .unwrap_or_default(),
+            Target::Dir(root) => {
+                // Only what the manifest lists: the archive root may be a share where other
+                // applications keep `.wav` and `.pcap` files of their own.
+                let listed: Vec<String> = self.manifest.rels().map(str::to_string).collect();
+                let (sweep, gone) = tokio::task::spawn_blocking(move || {
+                    retention::sweep_listed(&root, &listed, &rcfg, now, &|p| {
+                        note(&p.to_string_lossy())
+                    })
+                })
+                .await
+                .unwrap_or_default();
+                if let Err(e) = self.manifest.remove(&gone) {
+                    log::error!("retention: {e}");
+                }
+                sweep
+            }
             Target::S3 { store, prefix, .. } => {
                 match retention::sweep_objects(
                     store.as_ref(),

@@ -38,6 +38,13 @@ pub enum DbError {
         backend: Backend,
         source: sqlx::migrate::MigrateError,
     },
+    /// Connected, but [`prepare`] has not (yet) migrated this database.
+    #[error("{backend} schema not migrated yet (version {found:?}, this build needs {expected})")]
+    Schema {
+        backend: Backend,
+        found: Option<i64>,
+        expected: i64,
+    },
     #[error("{backend}: {source}")]
     Query {
         backend: Backend,
@@ -374,63 +381,35 @@ macro_rules! on_pool {
 }
 
 impl Db {
-    /// Opens (creating a SQLite file and its directory if missing) and migrates the database at
-    /// `url`. `timeout` bounds connecting and, later, each wait for a pooled connection.
+    /// Connects to the database at `url`, whose schema [`prepare`] has migrated: the daemon's
+    /// parts and the API only connect, so that one migrator runs per process (two of them on a
+    /// fresh SQLite file collide: "table calls already exists"). A database missing its
+    /// schema, or part of it, is [`DbError::Schema`]: the caller retries as if it were away.
+    /// `timeout` bounds connecting and, later, each wait for a pooled connection.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Db, DbError> {
-        let bad = |reason: String| DbError::Url {
-            url: redact(url),
-            reason,
-        };
-        let backend = Backend::of_url(url)
-            .ok_or_else(|| bad("expected sqlite://PATH or postgres://...".to_string()))?;
-        let db = match backend {
-            Backend::Sqlite => {
-                let opts = SqliteConnectOptions::from_str(url)
-                    .map_err(|e| bad(e.to_string()))?
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    // A CDR that was acknowledged is on disk: compliance over speed; the writer
-                    // batches rows per transaction to keep the fsync count low.
-                    .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(timeout);
-                if let Some(dir) = opts.get_filename().parent() {
-                    if dir != Path::new("") {
-                        std::fs::create_dir_all(dir)
-                            .map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
-                    }
-                }
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(timeout)
-                    .connect_with(opts);
-                Db::Sqlite(
-                    bounded(backend, timeout, pool)
-                        .await
-                        .and_then(|r| r.map_err(|source| DbError::Connect { backend, source }))?,
-                )
+        let db = open_pool(url, timeout, false).await?;
+        let expected = migrator(db.backend()).iter().map(|m| m.version).max();
+        let found = db.schema_version(timeout).await;
+        match (found, expected) {
+            (Ok(Some(found)), Some(expected)) if found >= expected => Ok(db),
+            (Ok(_), None) => Ok(db),
+            (found, expected) => {
+                db.close().await;
+                Err(DbError::Schema {
+                    backend: db.backend(),
+                    found: found.ok().flatten(),
+                    expected: expected.unwrap_or(0),
+                })
             }
-            Backend::Postgres => {
-                let opts = PgConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(timeout)
-                    .connect_with(opts);
-                Db::Postgres(
-                    bounded(backend, timeout, pool)
-                        .await
-                        .and_then(|r| r.map_err(|source| DbError::Connect { backend, source }))?,
-                )
-            }
-        };
-        let migrated = on_pool!(&db, pool => {
-            let migrator = match backend {
-                Backend::Sqlite => &SQLITE_MIGRATIONS,
-                Backend::Postgres => &POSTGRES_MIGRATIONS,
-            };
-            bounded(backend, timeout * 5, migrator.run(pool)).await
-        });
-        migrated?.map_err(|source| DbError::Migrate { backend, source })?;
-        Ok(db)
+        }
+    }
+
+    /// The newest migration applied; `None` (or an error: no `_sqlx_migrations`) before any.
+    async fn schema_version(&self, timeout: Duration) -> Result<Option<i64>, DbError> {
+        let sql = "SELECT MAX(version) FROM _sqlx_migrations WHERE success";
+        let found = on_pool!(self, pool => bounded(self.backend(), timeout,
+            sqlx::query_scalar::<_, Option<i64>>(sql).fetch_one(pool)).await?);
+        found.map_err(self.query_err())
     }
 
     pub fn backend(&self) -> Backend {
@@ -650,23 +629,96 @@ pub fn redact(url: &str) -> String {
 }
 
 /// The store suite, run against SQLite (a temp dir) and a real PostgreSQL cluster.
-/// Opens (and migrates) the CDR database at `url`, for the API, the rules loader and the
-/// one-shot commands. The CDR writer opens (and migrates) the same database at the same moment
-/// when the daemon starts; on a fresh SQLite file two migrators race ("table calls already
-/// exists", nothing is locked across sqlx's check-then-apply), so a failed migration is
-/// retried: by then the other side has applied it and the retry finds it done.
-pub async fn connect_migrated(url: String, write_timeout: Duration) -> Result<Db, DbError> {
-    let timeout = write_timeout.max(Duration::from_millis(2000));
-    let mut attempt = 0;
-    loop {
-        match Db::connect(&url, timeout).await {
-            Err(DbError::Migrate { .. }) if attempt < 5 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            other => return other,
-        }
+/// Opens (creating a SQLite file and its directory if missing) and migrates the database at
+/// `url`: the one place the schema is created. The daemon calls it before any of its parts
+/// connect, the one-shot commands before they read or write. Safe against other processes
+/// doing the same at once (several recorders on one PostgreSQL server, `calltap token create`
+/// beside a starting daemon): PostgreSQL through sqlx's advisory lock; SQLite, which sqlx
+/// does not lock, by running the whole migration inside one `BEGIN IMMEDIATE` transaction, so
+/// a second migrator waits (busy timeout) for the first to commit and then finds nothing to do.
+pub async fn prepare(url: &str, timeout: Duration) -> Result<Db, DbError> {
+    let db = open_pool(url, timeout, true).await?;
+    let backend = db.backend();
+    let migrated = match &db {
+        Db::Sqlite(pool) => bounded(backend, timeout * 5, migrate_sqlite(pool)).await,
+        Db::Postgres(pool) => bounded(backend, timeout * 5, migrator(backend).run(pool)).await,
+    };
+    if let Err(e) = migrated.and_then(|r| r.map_err(|source| DbError::Migrate { backend, source }))
+    {
+        db.close().await;
+        return Err(e);
     }
+    Ok(db)
+}
+
+/// The SQLite migration under one write lock: sqlx's check of what is applied and its
+/// `CREATE TABLE`s would otherwise interleave with another process's (its SQLite `lock()` is a
+/// no-op). Each migration becomes a savepoint of the outer transaction.
+async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), sqlx::migrate::MigrateError> {
+    use sqlx::Connection as _;
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    SQLITE_MIGRATIONS.run(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn migrator(backend: Backend) -> &'static Migrator {
+    match backend {
+        Backend::Sqlite => &SQLITE_MIGRATIONS,
+        Backend::Postgres => &POSTGRES_MIGRATIONS,
+    }
+}
+
+/// A pool on `url`; `create` makes a missing SQLite file (and its directory), which only
+/// [`prepare`] asks for: a part that merely connects must not make an empty database.
+async fn open_pool(url: &str, timeout: Duration, create: bool) -> Result<Db, DbError> {
+    let bad = |reason: String| DbError::Url {
+        url: redact(url),
+        reason,
+    };
+    let backend = Backend::of_url(url)
+        .ok_or_else(|| bad("expected sqlite://PATH or postgres://...".into()))?;
+    let connect_err = |source| DbError::Connect { backend, source };
+    Ok(match backend {
+        Backend::Sqlite => {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| bad(e.to_string()))?
+                .create_if_missing(create)
+                .journal_mode(SqliteJournalMode::Wal)
+                // A CDR that was acknowledged is on disk: compliance over speed; the writer
+                // batches rows per transaction to keep the fsync count low.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(timeout);
+            if let Some(dir) = opts.get_filename().parent().filter(|_| create) {
+                if dir != Path::new("") {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
+                }
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(timeout)
+                .connect_with(opts);
+            Db::Sqlite(
+                bounded(backend, timeout, pool)
+                    .await?
+                    .map_err(connect_err)?,
+            )
+        }
+        Backend::Postgres => {
+            let opts = PgConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(timeout)
+                .connect_with(opts);
+            Db::Postgres(
+                bounded(backend, timeout, pool)
+                    .await?
+                    .map_err(connect_err)?,
+            )
+        }
+    })
 }
 
 #[cfg(test)]
@@ -794,7 +846,7 @@ pub(crate) mod tests {
     }
 
     async fn case_insert_is_idempotent_with_children(url: &str) {
-        let db = Db::connect(url, T).await.expect("connect");
+        let db = prepare(url, T).await.expect("connect");
         let cdrs: Vec<Cdr> = (0..4).map(sample_cdr).collect();
         let fresh = db
             .insert_batch(&rows(&cdrs), StoredVia::Direct, T)
@@ -836,13 +888,13 @@ pub(crate) mod tests {
         assert_eq!((counts.total, counts.direct, counts.journal), (4, 4, 0));
         // Reopening runs the migrations again: a no-op.
         db.close().await;
-        let db = Db::connect(url, T).await.expect("reconnect");
+        let db = prepare(url, T).await.expect("reconnect");
         assert_eq!(count(&db, "calls").await, 4);
         db.close().await;
     }
 
     async fn case_retention_marks_a_recording_deleted(url: &str) {
-        let db = Db::connect(url, T).await.expect("connect");
+        let db = prepare(url, T).await.expect("connect");
         let cdrs: Vec<Cdr> = (0..2).map(sample_cdr).collect();
         db.insert_batch(&rows(&cdrs), StoredVia::Direct, T)
             .await
@@ -901,7 +953,7 @@ pub(crate) mod tests {
     }
 
     async fn case_journal_import_twice_creates_no_duplicates(url: &str, dir: &Path) {
-        let db = Db::connect(url, T).await.expect("connect");
+        let db = prepare(url, T).await.expect("connect");
         let cdrs: Vec<Cdr> = (10..60).map(sample_cdr).collect();
         let path = write_journal(dir, &cdrs);
         let first = csv_journal::import_file(&db, &path, StoredVia::Import, T)
@@ -929,7 +981,7 @@ pub(crate) mod tests {
     }
 
     async fn case_partial_import_resumes(url: &str, dir: &Path) {
-        let db = Db::connect(url, T).await.expect("connect");
+        let db = prepare(url, T).await.expect("connect");
         let cdrs: Vec<Cdr> = (100..1300).map(sample_cdr).collect();
         let path = write_journal(dir, &cdrs);
         // An import that stopped after the first two batches (and one stray row) had committed.
@@ -951,7 +1003,7 @@ pub(crate) mod tests {
     }
 
     async fn case_bad_rows_are_reported_by_line(url: &str, dir: &Path) {
-        let db = Db::connect(url, T).await.expect("connect");
+        let db = prepare(url, T).await.expect("connect");
         let path = write_journal(dir, &[sample_cdr(1), sample_cdr(2)]);
         let mut text = std::fs::read_to_string(&path).expect("read");
         text.push_str("x,y,z,w,,,1,bye,\"{\"\"not\"\": \"\"a cdr\"\"}\"\n");
@@ -968,8 +1020,67 @@ pub(crate) mod tests {
         db.close().await;
     }
 
+    /// Four migrators (each its own pool, as separate processes have) on one fresh SQLite file,
+    /// 20 rounds: every one succeeds, none sees "already exists", the schema is whole.
+    #[test]
+    fn concurrent_prepares_on_a_fresh_sqlite_file_all_succeed() {
+        for round in 0..20 {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let url = format!("sqlite://{}", tmp.path().join("db/calltap.db").display());
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let racers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (url, barrier) = (url.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let rt = crate::runtime::current_thread().expect("rt");
+                        barrier.wait();
+                        rt.block_on(async {
+                            let db = prepare(&url, T).await?;
+                            db.close().await;
+                            Ok::<_, DbError>(())
+                        })
+                    })
+                })
+                .collect();
+            for r in racers {
+                let done = r.join().expect("racer");
+                assert!(done.is_ok(), "round {round}: {done:?}");
+            }
+            let rt = crate::runtime::current_thread().expect("rt");
+            rt.block_on(async {
+                let db = Db::connect(&url, T).await.expect("connect after prepare");
+                assert_eq!(count(&db, "calls").await, 0);
+                db.close().await;
+            });
+        }
+    }
+
+    /// Connecting never makes a database: before `prepare`, a missing file or an empty schema
+    /// is an error the caller retries.
+    #[test]
+    fn connect_does_not_create_or_migrate() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("calltap.db");
+        let url = format!("sqlite://{}", path.display());
+        let rt = crate::runtime::current_thread().expect("rt");
+        rt.block_on(async {
+            assert!(Db::connect(&url, T).await.is_err());
+            assert!(!path.exists(), "connect created the file");
+            std::fs::File::create(&path).expect("empty file");
+            match Db::connect(&url, T).await {
+                Err(DbError::Schema { found: None, .. }) => {}
+                other => panic!("expected a schema error, got {other:?}"),
+            }
+            prepare(&url, T).await.expect("prepare").close().await;
+            Db::connect(&url, T).await.expect("connect").close().await;
+        });
+    }
+
     /// The writer falls back to the journal while `outage` holds and imports it afterwards.
     fn case_writer_outage(url: &str, dir: &Path, outage: impl FnOnce(), restore: impl FnOnce()) {
+        // As the daemon does: the schema first, then the writer, which only connects.
+        let rt = crate::runtime::current_thread().expect("rt");
+        rt.block_on(async { prepare(url, T).await.expect("prepare").close().await });
         let writer = CdrWriter::start(WriterConfig {
             url: url.to_string(),
             data_dir: dir.to_path_buf(),
@@ -1026,7 +1137,7 @@ pub(crate) mod tests {
         );
         let rt = crate::runtime::current_thread().expect("rt");
         rt.block_on(async {
-            let db = Db::connect(url, T).await.expect("connect");
+            let db = prepare(url, T).await.expect("connect");
             let counts = db.call_counts().await.expect("counts");
             assert_eq!(counts.total, 20, "{counts:?}");
             assert_eq!(counts.journal, 10, "{counts:?}");

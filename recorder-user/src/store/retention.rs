@@ -2,8 +2,9 @@
 //! usage watermark by deleting the oldest archived recordings first; watches the spool's
 //! filesystem and raises an alarm when it is nearly full.
 //!
-//! Only archived files are ever candidates: everything in the archive directory (copies are
-//! renamed into place only after they are complete), objects under the archive prefix, and,
+//! Only archived files are ever candidates: in the archive directory, the files the archiver's
+//! manifest lists (`archive::manifest`: the directory may be a share with other applications'
+//! recordings in it), objects under the archive prefix, and,
 //! when no archive is configured, spool files the archiver has marked finished (read-only, see
 //! `archive`). Files of calls in progress, and finished files not archived yet, are writable
 //! and never touched.
@@ -124,12 +125,64 @@ pub fn sweep_dir(
 ) -> Sweep {
     let mut files = Vec::new();
     walk(root, eligible, &mut files);
+    sweep_candidates(root, files, cfg, now, prune_dirs, deleting).0
+}
+
+/// Like [`sweep_dir`] on a directory archive, but over the files `listed` (paths relative to
+/// `root`, from the archive's manifest) instead of whatever is under `root`: the archive may
+/// be a share where other applications keep files that look just like recordings. Returns
+/// the sweep and the listed paths now gone (deleted here, or missing), for the manifest to drop.
+pub fn sweep_listed(
+    root: &Path,
+    listed: &[String],
+    cfg: &RetentionConfig,
+    now: SystemTime,
+    deleting: &dyn Fn(&Path),
+) -> (Sweep, Vec<String>) {
+    let mut files = Vec::new();
+    let mut gone = Vec::new();
+    for rel in listed {
+        let path = root.join(rel);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => files.push(Candidate {
+                mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                path,
+                bytes: meta.len(),
+            }),
+            // Replaced by something else since: not a recording of ours any more.
+            Ok(_) => gone.push(rel.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone.push(rel.clone()),
+            // The share is away or unreadable: keep the entry for the next sweep.
+            Err(e) => log::debug!("retention: {}: {e}", path.display()),
+        }
+    }
+    let (sweep, deleted) = sweep_candidates(root, files, cfg, now, true, deleting);
+    gone.extend(
+        deleted
+            .iter()
+            .filter_map(|p| p.strip_prefix(root).ok()?.to_str().map(str::to_string)),
+    );
+    (sweep, gone)
+}
+
+/// Deletes `files` older than `cfg.archive_days`, then the oldest while the filesystem is over
+/// the watermark; returns the sweep and the paths deleted.
+fn sweep_candidates(
+    root: &Path,
+    mut files: Vec<Candidate>,
+    cfg: &RetentionConfig,
+    now: SystemTime,
+    prune_dirs: bool,
+    deleting: &dyn Fn(&Path),
+) -> (Sweep, Vec<PathBuf>) {
     files.sort_by_key(|c| c.mtime);
+    let deleted = std::cell::RefCell::new(Vec::new());
     let mut sweep = Sweep::default();
     let delete = |c: &Candidate, sweep: &mut Sweep| {
         deleting(&c.path);
         match std::fs::remove_file(&c.path) {
             Ok(()) => {
+                deleted.borrow_mut().push(c.path.clone());
                 sweep.files += 1;
                 sweep.bytes += c.bytes;
                 if let Some(dir) = c.path.parent().filter(|_| prune_dirs) {
@@ -156,7 +209,7 @@ pub fn sweep_dir(
     }
     if cfg.max_used_percent > 0 {
         let Ok(mut usage) = fs_usage(root) else {
-            return sweep;
+            return (sweep, deleted.into_inner());
         };
         let limit = f64::from(cfg.max_used_percent) / 100.0;
         for c in rest {
@@ -173,7 +226,7 @@ pub fn sweep_dir(
             }
         }
     }
-    sweep
+    (sweep, deleted.into_inner())
 }
 
 fn remove_empty_dirs(root: &Path, mut dir: &Path) {

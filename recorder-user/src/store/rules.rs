@@ -10,7 +10,7 @@ use crate::{
     rules::{validate, Conditions, LiveRules, Rule, RuleAction, RuleError},
     store::{
         config::DatabaseConfig,
-        db::{connect_migrated, Db, DbError},
+        db::{Db, DbError},
     },
 };
 
@@ -215,7 +215,7 @@ pub fn spawn_loader(
             while !stop.load(Ordering::Relaxed) {
                 let ticket = live.ticket();
                 let loaded = rt.block_on(async {
-                    let db = connect_migrated(url.clone(), timeout).await?;
+                    let db = Db::connect(&url, timeout).await?;
                     let rules = list(&db).await;
                     db.close().await;
                     rules
@@ -291,7 +291,7 @@ mod tests {
     }
 
     async fn crud(url: &str) {
-        let db = Db::connect(url, Duration::from_secs(10))
+        let db = crate::store::db::prepare(url, Duration::from_secs(10))
             .await
             .expect("connect");
         assert!(list(&db).await.expect("list").is_empty());
@@ -372,7 +372,9 @@ mod tests {
         cfg.database.retry_interval_ms = 100;
         let url = cfg.database_url();
         rt().block_on(async {
-            let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+            let db = crate::store::db::prepare(&url, Duration::from_secs(5))
+                .await
+                .expect("db");
             create(&db, &input("a", 1, RuleAction::Skip))
                 .await
                 .expect("create");

@@ -193,7 +193,9 @@ impl ApiState {
             .get_or_try_init(|| {
                 let cfg = &self.inner.cfg;
                 let url = cfg.database.url_in(&cfg.storage.data_dir);
-                db::connect_migrated(url, Duration::from_millis(cfg.database.write_timeout_ms))
+                // Only connects: the daemon (or the command serving the API) migrated it.
+                let timeout = Duration::from_millis(cfg.database.write_timeout_ms.max(2000));
+                async move { Db::connect(&url, timeout).await }
             })
             .await?)
     }

@@ -205,7 +205,7 @@ mod tests {
         config::Config,
         publish::api::{auth, auth::Role, router},
         rules::{CallFacts, LiveRules, RuleSet},
-        store::db::Db,
+        store::db,
     };
 
     struct Fixture {
@@ -222,7 +222,7 @@ mod tests {
         let mut cfg = Config::load_with_env(None, &[]).expect("defaults");
         cfg.storage.data_dir = tmp.path().to_path_buf();
         cfg.recording.default = RuleAction::OnDemand;
-        let db = Db::connect(&cfg.database_url(), Duration::from_secs(5))
+        let db = db::prepare(&cfg.database_url(), Duration::from_secs(5))
             .await
             .expect("db");
         let mut tokens = Vec::new();

@@ -60,7 +60,9 @@ async fn fixture_on(pg: Option<calltap_lab::postgres::Postgres>) -> Fixture {
     let outside = tmp.path().join("secret.wav");
     std::fs::write(&outside, b"RIFF-not-yours").expect("outside file");
     std::os::unix::fs::symlink(&outside, rec_dir.join("link.wav")).expect("symlink");
-    let db = Db::connect(&cfg.database_url(), T).await.expect("db");
+    let db = crate::store::db::prepare(&cfg.database_url(), T)
+        .await
+        .expect("db");
     let mut wav3 = Vec::new();
     let mut rows = Vec::new();
     for n in 0..CALLS {
@@ -774,7 +776,9 @@ async fn status_reports_workers_rings_and_archive() {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut cfg = Config::load_with_env(None, &[]).expect("defaults");
     cfg.storage.data_dir = tmp.path().to_path_buf();
-    let db = Db::connect(&cfg.database_url(), T).await.expect("db");
+    let db = crate::store::db::prepare(&cfg.database_url(), T)
+        .await
+        .expect("db");
     let (_, viewer) = auth::create_token(&db, Role::Viewer, "v")
         .await
         .expect("token");
@@ -806,7 +810,9 @@ async fn lazily_connected_state_serves_and_reports_an_absent_database() {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut cfg = Config::load_with_env(None, &[]).expect("defaults");
     cfg.storage.data_dir = tmp.path().to_path_buf();
-    let db = Db::connect(&cfg.database_url(), T).await.expect("db");
+    let db = crate::store::db::prepare(&cfg.database_url(), T)
+        .await
+        .expect("db");
     let (_, viewer) = auth::create_token(&db, Role::Viewer, "v")
         .await
         .expect("token");

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::*;
-use crate::store::db::{tests::sample_cdr, StoredVia};
+use crate::store::db::{self, tests::sample_cdr, StoredVia};
 
 struct Spool {
     _tmp: tempfile::TempDir,
@@ -75,7 +75,7 @@ fn rt() -> tokio::runtime::Runtime {
 fn store_cdrs(s: &Spool, cdrs: &[Cdr]) {
     let url = format!("sqlite://{}", s.data.join("calltap.db").display());
     rt().block_on(async {
-        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        let db = db::prepare(&url, Duration::from_secs(5)).await.expect("db");
         db.insert_batch(cdrs, StoredVia::Direct, Duration::from_secs(5))
             .await
             .expect("insert");
@@ -86,7 +86,7 @@ fn store_cdrs(s: &Spool, cdrs: &[Cdr]) {
 fn db_rows(s: &Spool) -> Vec<(String, String, String)> {
     let url = format!("sqlite://{}", s.data.join("calltap.db").display());
     rt().block_on(async {
-        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        let db = db::prepare(&url, Duration::from_secs(5)).await.expect("db");
         let Db::Sqlite(pool) = &db else {
             panic!("sqlite")
         };
@@ -382,7 +382,7 @@ fn an_archive_dir_overlapping_the_data_dir_is_refused() {
 fn deletion_marks(s: &Spool) -> Vec<(String, Option<i64>, Option<String>)> {
     let url = format!("sqlite://{}", s.data.join("calltap.db").display());
     rt().block_on(async {
-        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        let db = db::prepare(&url, Duration::from_secs(5)).await.expect("db");
         let Db::Sqlite(pool) = &db else {
             panic!("sqlite")
         };
@@ -399,9 +399,13 @@ fn deletion_marks(s: &Spool) -> Vec<(String, Option<i64>, Option<String>)> {
 
 /// Moves a call's finished recording from the spool into the archive (as an earlier run did)
 /// and backdates it `age_days`; returns its archive path.
+/// `cdr`'s recording moved into the archive `age_days` ago, and listed in the manifest as
+/// the archiver lists what it copies.
 fn archived(s: &Spool, cdr: &Cdr, age_days: u64) -> PathBuf {
     let r = cdr.recording.as_ref().expect("rec");
-    let dest = s.archive.join(rel_of(s, cdr));
+    let rel = rel_of(s, cdr);
+    let dest = s.archive.join(&rel);
+    in_manifest(s, &rel.to_string_lossy());
     std::fs::create_dir_all(dest.parent().expect("parent")).expect("dir");
     std::fs::rename(&r.path, &dest).expect("archive");
     let f = std::fs::File::options()
@@ -411,6 +415,79 @@ fn archived(s: &Spool, cdr: &Cdr, age_days: u64) -> PathBuf {
     f.set_modified(SystemTime::now() - Duration::from_secs(age_days * 86_400))
         .expect("mtime");
     dest
+}
+
+fn in_manifest(s: &Spool, rel: &str) {
+    Manifest::open(&s.data.join(MANIFEST_FILE))
+        .and_then(|mut m| m.add(rel))
+        .expect("manifest");
+}
+
+/// Writes `bytes` at `path` with a modification time `age_days` ago.
+fn aged(path: &Path, bytes: &[u8], age_days: u64) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    std::fs::write(path, bytes).expect("write");
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open")
+        .set_modified(SystemTime::now() - Duration::from_secs(age_days * 86_400))
+        .expect("mtime");
+}
+
+/// On a shared archive directory, retention deletes only what CallTap archived (its
+/// manifest): another application's `.wav` and `.pcap`, however old, stay.
+#[test]
+fn retention_on_a_shared_directory_deletes_only_what_calltap_archived() {
+    let s = spool();
+    let cdrs: Vec<Cdr> = (0..2).map(|n| call(&s, n, 3_000)).collect();
+    store_cdrs(&s, &cdrs);
+    let mut cfg = config(&s, TargetSpec::Dir(s.archive.clone()));
+    // Archived through the archiver itself: that is what fills the manifest.
+    let archiver = Archiver::start(cfg.clone(), None).expect("start");
+    let counters = archiver.counters();
+    for c in &cdrs {
+        archiver.submit(c);
+    }
+    wait_for("2 archived", || counters.snapshot().archived_total == 2);
+    archiver.finish();
+    let ours: Vec<PathBuf> = cdrs.iter().map(|c| s.archive.join(rel_of(&s, c))).collect();
+    for p in &ours {
+        let bytes = std::fs::read(p).expect("archived copy");
+        aged(p, &bytes, 40);
+    }
+    // Foreign files: at the root, beside ours (same directory, same extensions), and one
+    // named like a CallTap recording that CallTap never wrote.
+    let dir = ours[0].parent().expect("dir").to_path_buf();
+    let foreign = [
+        s.archive.join("other-app/voicemail.wav"),
+        s.archive.join("capture.pcap"),
+        dir.join("someone-else.wav"),
+        dir.join("call-1.rtp.pcap"),
+    ];
+    for f in &foreign {
+        aged(f, b"not calltap's", 400);
+    }
+    cfg.retention.archive_days = 30;
+    let archiver = Archiver::start(cfg, None).expect("restart");
+    let counters = archiver.counters();
+    wait_for("our 2 deleted", || {
+        counters.snapshot().retention_deleted_total == 2
+    });
+    let snap = archiver.finish();
+    assert_eq!(snap.retention_deleted_total, 2, "{snap:?}");
+    for p in &ours {
+        assert!(!p.exists(), "{} kept", p.display());
+    }
+    for f in &foreign {
+        assert!(
+            f.exists(),
+            "retention deleted a foreign file {}",
+            f.display()
+        );
+    }
+    let left = Manifest::open(&s.data.join(MANIFEST_FILE)).expect("manifest");
+    assert!(left.is_empty(), "deleted files stay listed");
 }
 
 #[test]
@@ -424,17 +501,17 @@ fn retention_marks_deleted_recordings_in_the_database_even_after_it_was_away() {
     let old1 = archived(&s, &cdrs[1], 40);
     let young = archived(&s, &cdrs[2], 1);
     let pcap0 = old0.with_extension("rtp.pcap");
-    std::fs::write(&pcap0, b"raw rtp").expect("pcap");
-    std::fs::File::options()
-        .write(true)
-        .open(&pcap0)
-        .expect("open")
-        .set_modified(SystemTime::now() - Duration::from_secs(40 * 86_400))
-        .expect("mtime");
+    in_manifest(
+        &s,
+        &rel_of(&s, &cdrs[0])
+            .with_extension("rtp.pcap")
+            .to_string_lossy(),
+    );
+    aged(&pcap0, b"raw rtp", 40);
     let spool1 = cdrs[1].recording.as_ref().expect("rec").path.clone();
     rt().block_on(async {
         let url = format!("sqlite://{}", s.data.join("calltap.db").display());
-        let db = Db::connect(&url, Duration::from_secs(5)).await.expect("db");
+        let db = db::prepare(&url, Duration::from_secs(5)).await.expect("db");
         let n = db
             .set_recording_location(
                 &cdrs[1].uuid,
