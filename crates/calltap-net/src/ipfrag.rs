@@ -714,16 +714,18 @@ mod tests {
         let a = fragment_of(&v4_frag(8, 0, true, &whole[..1200]))
             .unwrap()
             .unwrap();
-        let empty = fragment_of(&v4_frag(8, 35976, true, &[]))
-            .unwrap()
-            .unwrap();
+        let empty = fragment_of(&v4_frag(8, 35976, true, &[])).unwrap().unwrap();
         let b = fragment_of(&v4_frag(8, 1200, false, &whole[1200..]))
             .unwrap()
             .unwrap();
         assert_eq!(r.push(a, 0), Ok(None));
         assert_eq!(r.push(empty, 0), Err(FragError::Empty));
         assert_eq!(r.pending(), 0);
-        assert_eq!(r.push(b, 0), Ok(None), "the datagram was dropped with its first part");
+        assert_eq!(
+            r.push(b, 0),
+            Ok(None),
+            "the datagram was dropped with its first part"
+        );
         assert_eq!(r.stats().completed, 0);
     }
 
