@@ -60,6 +60,8 @@ fn media_thread(
     let mut group = Group::default();
     // Records captured before this need not wait for signalling (see `signalled_upto`).
     let mut signalled = 0u64;
+    // The newest capture time handled.
+    let mut read_upto = 0u64;
     let clock = input.clock_offset();
     loop {
         let open = apply(&mut worker, &mut done);
@@ -86,11 +88,17 @@ fn media_thread(
         if n > 0 {
             // One clock read per batch, not per packet.
             lag_ns = lag_ns.max(crate::clock::unix_ns().saturating_sub(newest_ts));
+            read_upto = read_upto.max(newest_ts);
         }
+        // A full batch: more is waiting in the ring.
+        let behind = n >= BATCH;
         hand_over(&mut done, &cdrs, Queue::Cdr);
         if last_tick.elapsed() >= Duration::from_millis(200) {
             last_tick = Instant::now();
-            let now = crate::clock::unix_ns();
+            // Calls end, and go quiet, in capture time: a worker that is behind its ring
+            // must not close a call whose last packets it has not read yet.
+            let wall = crate::clock::unix_ns();
+            let now = if behind { read_upto.min(wall) } else { wall };
             let rounds = worker.stats.flush_rounds;
             let started = Instant::now();
             worker.tick(now, &mut expired);
