@@ -33,6 +33,10 @@ const COALESCE: Duration = Duration::from_millis(1);
 /// does not tick 1,000 times a second).
 const IDLE_AFTER: u32 = 100;
 
+/// How full a worker's ring may get while it waits for signalling (see
+/// [`Shutdown::wait_signalled`]).
+const WAIT_UNTIL_FILL: f64 = 0.5;
+
 fn media_thread(
     mut worker: MediaWorker,
     mut input: Input,
@@ -63,6 +67,8 @@ fn media_thread(
     // The newest capture time handled.
     let mut read_upto = 0u64;
     let clock = input.clock_offset();
+    // How full the ring is, so waiting for signalling never makes it overflow.
+    let fill = clock.and_then(|_| input.fill().ok());
     loop {
         let open = apply(&mut worker, &mut done);
         let mut newest_ts = 0u64;
@@ -73,8 +79,14 @@ fn media_thread(
             }
             newest_ts = rec.meta.ts_ns;
             if let Some(offset) = clock.filter(|_| rec.meta.ts_ns > signalled) {
-                signalled =
-                    shutdown.wait_signalled(rec.meta.ts_ns, || monotonic_ns().wrapping_add(offset));
+                signalled = shutdown.wait_signalled(
+                    rec.meta.ts_ns,
+                    || monotonic_ns().wrapping_add(offset),
+                    || {
+                        apply(&mut worker, &mut done);
+                        fill.as_ref().is_none_or(|f| f.ratio() < WAIT_UNTIL_FILL)
+                    },
+                );
                 apply(&mut worker, &mut done);
             }
             if !worker.packet(rec) {

@@ -20,10 +20,10 @@ use crate::reload::Reloader;
 pub const SIGNALLED_MARGIN_NS: u64 = 200_000;
 
 /// The longest a media worker holds a record back for the signalling thread (see
-/// [`Shutdown::signalled_upto`]); past it the worker goes on as if it had caught up. A SIP
-/// flood delays signalling by several milliseconds at times; the worker's ring holds far more
-/// than this, so waiting costs latency, never audio.
-pub const SIGNALLED_WAIT: Duration = Duration::from_millis(50);
+/// [`Shutdown::signalled_upto`]); past it, or once its ring is half full, the worker goes on
+/// as if it had caught up. A SIP flood on a busy machine puts signalling tens of
+/// milliseconds behind at times; while the ring has room, waiting costs latency, never audio.
+pub const SIGNALLED_WAIT: Duration = Duration::from_secs(1);
 
 /// State the capture threads share: shutdown, and the order between signalling and media.
 pub struct Shutdown {
@@ -71,15 +71,22 @@ impl Shutdown {
     }
 
     /// Waits (bounded) until signalling has handled everything captured before `ts`; returns
-    /// the capture time up to which records need not wait again.
-    pub fn wait_signalled(&self, ts: u64, now: impl Fn() -> u64) -> u64 {
+    /// the capture time up to which records need not wait again. `between` runs between looks:
+    /// the worker applies the control messages that came meanwhile (signalling may be waiting
+    /// for room in its queue) and says whether its input can hold more (false ends the wait).
+    pub fn wait_signalled(
+        &self,
+        ts: u64,
+        now: impl Fn() -> u64,
+        mut between: impl FnMut() -> bool,
+    ) -> u64 {
         let started = Instant::now();
         loop {
             let upto = self.signalled_upto.load(Ordering::Acquire);
             if upto >= ts {
                 return upto;
             }
-            if started.elapsed() >= SIGNALLED_WAIT {
+            if started.elapsed() >= SIGNALLED_WAIT || !between() {
                 // Signalling is behind (a SIP storm) or stuck: do not stall the audio on it;
                 // what was captured until now goes on without waiting.
                 return now();
@@ -138,7 +145,7 @@ mod tests {
     fn a_record_waits_until_signalling_has_caught_up_with_it() {
         let s = shared();
         s.signalled_upto.store(1_000, Ordering::Release);
-        assert_eq!(s.wait_signalled(900, || unreachable!()), 1_000);
+        assert_eq!(s.wait_signalled(900, || unreachable!(), || true), 1_000);
         let moved = {
             let s = s.clone();
             thread::spawn(move || {
@@ -146,7 +153,7 @@ mod tests {
                 s.signalled_upto.fetch_max(2_000, Ordering::AcqRel);
             })
         };
-        assert_eq!(s.wait_signalled(1_500, || 0), 2_000);
+        assert_eq!(s.wait_signalled(1_500, || 0, || true), 2_000);
         moved.join().unwrap();
     }
 
@@ -156,8 +163,19 @@ mod tests {
     fn a_stuck_signalling_thread_does_not_stall_the_audio() {
         let s = shared();
         let started = Instant::now();
-        assert_eq!(s.wait_signalled(5_000, || 7_000), 7_000);
+        assert_eq!(s.wait_signalled(5_000, || 7_000, || true), 7_000);
         assert!(started.elapsed() >= SIGNALLED_WAIT);
         assert!(started.elapsed() < SIGNALLED_WAIT * 20);
+    }
+
+    /// Nor past the point where the worker's ring could overflow: audio is never dropped to
+    /// keep the order.
+    #[test]
+    fn a_filling_ring_ends_the_wait() {
+        let s = shared();
+        let room = std::sync::atomic::AtomicU32::new(3);
+        let left = || room.fetch_sub(1, Ordering::AcqRel) > 1;
+        assert_eq!(s.wait_signalled(5_000, || 7_000, left), 7_000);
+        assert_eq!(room.load(Ordering::Acquire), 0);
     }
 }
