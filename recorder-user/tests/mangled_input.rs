@@ -104,6 +104,11 @@ fn corrupted_captures_are_counted_and_skipped() {
             let _ = std::fs::remove_file(out);
         }
     }
+    eprintln!(
+        "CHECKED {} mangled captures ({} corpus files x 10 rounds)",
+        files.len() * 10,
+        files.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
