@@ -1,9 +1,11 @@
 //! Public captures through `calltap replay`: every call tshark sees is recorded, and every G.711
 //! RTP packet's audio, decoded independently (tshark extracts the payload, sox decodes it with
 //! the standard tables), appears bit-exactly in the right channel of the call's WAV, at the
-//! position its RTP timestamp gives.
-
-mod support;
+//! position its RTP timestamp gives. Each test names every RTP direction tshark finds in its
+//! capture: the ones that must be verified (with their packet counts, from the corpus
+//! MANIFEST's tshark counts), and the ones that carry no call's audio, with the reason. A
+//! direction that is missing, unnamed or not verified fails the test, and each verified one
+//! prints a `VERIFIED` line.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -12,10 +14,7 @@ use std::{
 };
 
 use calltap::{config::Config, daemon::replay::replay, store::cdr::Cdr};
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok()
-}
+use calltap_lab::corpus::corpus_with_tools;
 
 fn tshark_fields(file: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
     let mut cmd = Command::new("tshark");
@@ -53,14 +52,19 @@ fn sox_decode(payload: &[u8], alaw: bool) -> Vec<i16> {
     );
     std::fs::write(&inp, payload).expect("write");
     let enc = if alaw { "a-law" } else { "u-law" };
-    let st = Command::new("sox")
+    let out = Command::new("sox")
         .args(["-t", "raw", "-e", enc, "-r", "8000", "-b", "8", "-c", "1"])
         .arg(&inp)
         .args(["-t", "raw", "-e", "signed", "-b", "16", "-L"])
         .arg(&outp)
-        .status()
+        .output()
         .expect("run sox");
-    assert!(st.success());
+    assert!(
+        out.status.success(),
+        "sox failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bytes = std::fs::read(&outp).expect("read");
     let _ = (std::fs::remove_file(inp), std::fs::remove_file(outp));
     bytes
@@ -137,17 +141,30 @@ struct Packet {
     payload: Vec<u8>,
 }
 
-fn check_file(name: &str) -> usize {
-    let Some(corpus) = support::corpus() else {
-        return 0;
+/// One RTP direction of a capture, as tshark names it: `src:port -> dst:port`.
+struct Direction {
+    dir: &'static str,
+    /// G.711 packets tshark finds in it.
+    packets: usize,
+}
+
+/// A direction carrying no call's audio, and why.
+struct NoCall {
+    dir: &'static str,
+    why: &'static str,
+}
+
+const fn dir(dir: &'static str, packets: usize) -> Direction {
+    Direction { dir, packets }
+}
+
+/// Replays `name` and checks its calls, then every G.711 direction tshark finds: each in
+/// `want` must appear sample-exact in a call's channel (every packet, at the position its RTP
+/// timestamp gives), each in `no_call` must match no call's SDP, and there must be no other.
+fn check_file(name: &str, want: &[Direction], no_call: &[NoCall]) {
+    let Some(corpus) = corpus_with_tools(name, &["tshark", "sox"]) else {
+        return;
     };
-    if !have("tshark") || !have("sox") {
-        if std::env::var_os("CI").is_some() {
-            panic!("tshark and sox are needed (cargo xtask setup installs them)");
-        }
-        eprintln!("SKIP: tshark/sox missing");
-        return 0;
-    }
     let file = corpus.join(name);
     let (cdrs, dir) = replay_file(&file, name);
 
@@ -204,25 +221,42 @@ fn check_file(name: &str) -> usize {
     );
     let mut streams: BTreeMap<(String, String, String, u8), Vec<Packet>> = BTreeMap::new();
     for r in rows {
-        if r.len() < 10 {
-            continue;
-        }
+        assert_eq!(r.len(), 10, "{name}: tshark row {r:?}");
         let key = (
             format!("{}:{}", r[0], r[1]),
             format!("{}:{}", r[2], r[3]),
             r[4].clone(),
-            r[5].parse().unwrap_or(0),
+            r[5].parse().expect("rtp.p_type"),
         );
-        let at_ns = (r[9].parse::<f64>().unwrap_or(0.0) * 1e9) as u64;
+        let at_ns = (r[9].parse::<f64>().expect("frame.time_epoch") * 1e9) as u64;
         streams.entry(key).or_default().push(Packet {
             at_ns,
-            seq: r[6].parse().unwrap_or(0),
-            ts: r[7].parse().unwrap_or(0),
+            seq: r[6].parse().expect("rtp.seq"),
+            ts: r[7].parse().expect("rtp.timestamp"),
             payload: hex_bytes(&r[8]),
         });
     }
-    let mut verified = 0;
+    // The directions tshark finds are exactly the ones the test names.
+    let found: BTreeMap<String, usize> = streams.iter().fold(BTreeMap::new(), |mut m, (k, p)| {
+        *m.entry(format!("{} -> {}", k.0, k.1)).or_default() += p.len();
+        m
+    });
+    let named: BTreeMap<String, usize> = want
+        .iter()
+        .map(|w| (w.dir.to_owned(), w.packets))
+        .chain(
+            no_call
+                .iter()
+                .map(|n| (n.dir.to_owned(), found.get(n.dir).copied().unwrap_or(0))),
+        )
+        .collect();
+    assert_eq!(
+        found, named,
+        "{name}: G.711 directions (packets) tshark finds vs the ones this test names"
+    );
+    let mut verified: Vec<String> = Vec::new();
     for ((src, dst, ssrc, pt), packets) in &streams {
+        let direction = format!("{src} -> {dst}");
         // Which call and which channel: by the SDP endpoints of each call; calls that reuse
         // an endpoint one after another are told apart by time (the call that was up when the
         // stream started).
@@ -242,25 +276,38 @@ fn check_file(name: &str) -> usize {
                 candidates.push((id.clone(), 0));
             }
         }
+        if let Some(n) = no_call.iter().find(|n| n.dir == direction) {
+            assert!(
+                candidates.is_empty(),
+                "{name}: {direction} is named as no call's audio ({}) but matches {candidates:?}",
+                n.why
+            );
+            eprintln!(
+                "{name}: {direction} ssrc {ssrc}: {} packets, no call's audio: {}",
+                packets.len(),
+                n.why
+            );
+            continue;
+        }
         // One host named in both sides' SDP (a media relay captured on both legs), or one
         // endpoint claimed by two calls (a B2BUA's legs): SDP cannot say which channel is right,
         // so any candidate may hold the stream, but one must, sample-exact.
         let ambiguous = candidates.len() > 1;
-        if candidates.is_empty() {
-            eprintln!("{name}: stream {src}->{dst} {ssrc} matches no SDP; not checked");
-            continue;
-        }
+        assert!(
+            !candidates.is_empty(),
+            "{name}: {direction} ssrc {ssrc} matches no call's SDP"
+        );
         let decoded: Vec<Vec<i16>> = packets
             .iter()
             .map(|p| sox_decode(&p.payload, *pt == 8))
             .collect();
         // Anchor: the first packet whose audio is not constant, found in the channel.
-        let Some(anchor) = decoded
+        let anchor = decoded
             .iter()
             .position(|d| d.len() >= 80 && d.iter().any(|s| *s != d[0]))
-        else {
-            continue;
-        };
+            .unwrap_or_else(|| {
+                panic!("{name}: {direction} ssrc {ssrc}: no packet with varying audio to anchor")
+            });
         let needle = &decoded[anchor];
         let mut placed = None;
         for (call_id, channel) in &candidates {
@@ -291,11 +338,13 @@ fn check_file(name: &str) -> usize {
         }
         let Some((call_id, channel, chan, at)) = placed else {
             panic!(
-                "{name} {ssrc}: packet seq {} found in no candidate channel {candidates:?}",
+                "{name}: {direction} ssrc {ssrc}: packet seq {} found in no candidate channel \
+                 {candidates:?}",
                 packets[anchor].seq
             );
         };
         let base_ts = packets[anchor].ts;
+        let mut samples = 0;
         for (p, d) in packets.iter().zip(&decoded) {
             let off = p.ts.wrapping_sub(base_ts) as i32 as i64;
             let pos = at as i64 + off;
@@ -312,91 +361,172 @@ fn check_file(name: &str) -> usize {
                 p.seq,
                 p.ts
             );
+            samples += d.len();
         }
-        verified += packets.len();
+        eprintln!(
+            "VERIFIED {name}: {direction} ssrc {ssrc} PT {pt}: {} packets, {samples} samples \
+             equal sox's decode in call {call_id} channel {channel}",
+            packets.len()
+        );
+        verified.push(direction);
     }
-    assert!(
-        streams.is_empty() || verified > 0,
-        "{name}: {} G.711 streams, none verified",
-        streams.len()
-    );
+    verified.sort();
+    let mut expected: Vec<String> = want.iter().map(|w| w.dir.to_owned()).collect();
+    expected.sort();
+    assert_eq!(verified, expected, "{name}: directions verified vs named");
     let _ = std::fs::remove_dir_all(dir);
-    verified
 }
 
+/// Two calls one after the other, one-way media each (sendonly): PCMU, then PCMA.
 #[test]
 fn g711_one_way_calls_pcmu_and_pcma() {
-    let n = check_file("sip-rtp-g711.pcap");
-    assert!(n == 0 || n >= 839, "verified {n} packets");
+    check_file(
+        "sip-rtp-g711.pcap",
+        &[
+            dir("10.0.2.15:27942 -> 10.0.2.20:6000", 425),
+            dir("10.0.2.15:28102 -> 10.0.2.20:6000", 414),
+        ],
+        &[],
+    );
 }
 
+/// PCMA both ways; RFC 2833 events (PT 96) inside the callee's stream are not audio.
 #[test]
 fn pcma_with_rfc2833_dtmf() {
-    check_file("SIP_DTMF2.cap");
+    check_file(
+        "SIP_DTMF2.cap",
+        &[
+            dir("192.168.105.110:4374 -> 192.168.105.172:4376", 665),
+            dir("192.168.105.172:4376 -> 192.168.105.110:4376", 631),
+        ],
+        &[],
+    );
 }
 
+/// 183 early media, PCMA both ways.
 #[test]
 fn early_media_183_both_ways() {
-    check_file("nb6-telephone.pcap");
+    check_file(
+        "nb6-telephone.pcap",
+        &[
+            dir("10.251.23.139:35560 -> 109.3.79.137:44344", 248),
+            dir("109.3.79.137:44344 -> 10.251.23.139:35560", 261),
+        ],
+        &[],
+    );
 }
 
+/// Two INVITE dialogs and RTCP; the second call is never answered in the capture.
 #[test]
 fn rtcp_and_two_dialogs() {
-    check_file("heplify-rtp_rtcp_sip_ipv4_udp.pcap");
+    check_file(
+        "heplify-rtp_rtcp_sip_ipv4_udp.pcap",
+        &[
+            dir("200.57.7.196:40376 -> 200.57.7.204:8000", 891),
+            dir("200.57.7.204:8000 -> 200.57.7.196:40376", 548),
+        ],
+        &[NoCall {
+            dir: "200.57.7.202:30000 -> 200.57.7.196:40362",
+            why: "6 packets to a port no SDP names (the second call offers 40360), sent before \
+                  that call's INVITE",
+        }],
+    );
 }
 
+/// PCMA with comfort noise (PT 13 is not audio) and RTCP.
 #[test]
 fn pcma_with_comfort_noise_and_rtcp() {
-    check_file("sipnab_rtp-protocol.pcap");
+    check_file(
+        "sipnab_rtp-protocol.pcap",
+        &[
+            dir("10.33.6.100:6020 -> 10.33.6.101:6040", 39),
+            dir("10.33.6.101:6040 -> 10.33.6.100:6020", 196),
+        ],
+        &[],
+    );
 }
 
+/// A B2BUA's two legs, re-INVITEd so media flows directly between the phones.
 #[test]
 fn b2bua_two_legs_with_reinvites() {
-    check_file("sipnab_b2bua-asterisk.pcapng");
+    check_file(
+        "sipnab_b2bua-asterisk.pcapng",
+        &[
+            dir("172.16.98.1:8000 -> 172.16.98.145:8000", 1),
+            dir("172.16.98.145:8000 -> 172.16.98.1:8000", 355),
+        ],
+        &[],
+    );
 }
 
+/// SIP over TCP; PCMA with comfort noise both ways.
 #[test]
 fn sip_over_tcp_with_pcma() {
-    check_file("heplify-sip_ipv4_tcp.pcap");
+    check_file(
+        "heplify-sip_ipv4_tcp.pcap",
+        &[
+            dir("10.33.6.100:6000 -> 10.33.6.101:6050", 20),
+            dir("10.33.6.101:6050 -> 10.33.6.100:6000", 40),
+        ],
+        &[],
+    );
 }
 
 /// G.722 (16 kHz wideband): the whole stream decoded by ffmpeg's G.722 decoder (independent of
 /// CallTap's) must appear sample-exact in the caller's channel of a 16 kHz recording.
 #[test]
 fn g722_wideband_matches_ffmpeg() {
-    let Some(corpus) = support::corpus() else {
+    let Some(corpus) = corpus_with_tools("g722_wideband_matches_ffmpeg", &["tshark", "ffmpeg"])
+    else {
         return;
     };
-    if !have("tshark") || Command::new("ffmpeg").arg("-version").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tshark and ffmpeg are needed (cargo xtask setup installs them)"
-        );
-        eprintln!("SKIP: tshark/ffmpeg missing");
-        return;
-    }
     let file = corpus.join("sip-rtp-g722.pcap");
     let (cdrs, dir) = replay_file(&file, "g722");
     assert_eq!(cdrs.len(), 1);
     let cdr = &cdrs[0];
     assert!(cdr.codecs.iter().any(|c| c == "G722"), "{:?}", cdr.codecs);
-    let rows = tshark_fields(&file, "rtp && rtp.p_type == 9", &["rtp.seq", "rtp.payload"]);
+    // One direction, the caller's (the call is one-way): 425 packets.
+    let rows = tshark_fields(
+        &file,
+        "rtp && rtp.p_type == 9",
+        &[
+            "ip.src",
+            "udp.srcport",
+            "ip.dst",
+            "udp.dstport",
+            "rtp.payload",
+        ],
+    );
+    let directions: BTreeMap<String, usize> = rows.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(format!("{}:{} -> {}:{}", r[0], r[1], r[2], r[3]))
+            .or_default() += 1;
+        m
+    });
+    assert_eq!(
+        directions,
+        BTreeMap::from([("10.0.2.15:17472 -> 10.0.2.20:6000".to_owned(), 425)]),
+        "G.722 directions tshark finds"
+    );
     let mut payload = Vec::new();
     for r in &rows {
-        payload.extend(hex_bytes(&r[1]));
+        payload.extend(hex_bytes(&r[4]));
     }
-    assert_eq!(rows.len(), 425);
     let raw_in = dir.join("stream.g722");
     let raw_out = dir.join("stream.s16");
     std::fs::write(&raw_in, &payload).expect("write g722");
-    let st = Command::new("ffmpeg")
+    let out = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "g722", "-i"])
         .arg(&raw_in)
         .args(["-f", "s16le", "-ac", "1", "-ar", "16000"])
         .arg(&raw_out)
-        .status()
+        .output()
         .expect("run ffmpeg");
-    assert!(st.success());
+    assert!(
+        out.status.success(),
+        "ffmpeg failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let reference: Vec<i16> = std::fs::read(&raw_out)
         .expect("ffmpeg output")
         .chunks_exact(2)
@@ -416,13 +546,18 @@ fn g722_wideband_matches_ffmpeg() {
     );
     let samples: Vec<i16> = wav.samples::<i16>().map(|s| s.expect("sample")).collect();
     // The stream goes 10.0.2.15 -> 10.0.2.20: find which channel carries it.
-    let found = (0..2).any(|ch| {
+    let found = (0..2).find(|&ch| {
         let chan: Vec<i16> = samples.iter().skip(ch).step_by(2).copied().collect();
         chan.windows(reference.len()).any(|w| w == &reference[..])
     });
-    assert!(
-        found,
-        "ffmpeg's decode of the G.722 stream is not in the recording sample-exact"
+    let Some(channel) = found else {
+        panic!("ffmpeg's decode of the G.722 stream is not in the recording sample-exact");
+    };
+    eprintln!(
+        "VERIFIED sip-rtp-g722.pcap: 10.0.2.15:17472 -> 10.0.2.20:6000 PT 9: {} packets, {} \
+         samples equal ffmpeg's decode in channel {channel}",
+        rows.len(),
+        reference.len()
     );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -3,13 +3,13 @@
 //! the calls CallTap records. Calls in codecs CallTap does not decode are still recorded, with
 //! their RTP kept in a pcap beside the recording and the codec named in the CDR.
 
-mod support;
-
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
 };
+
+use calltap_lab::corpus::{corpus, corpus_with_tools};
 
 use calltap::{
     config::Config,
@@ -35,6 +35,12 @@ fn tshark_calls(file: &Path, decode_as: &[&str]) -> BTreeSet<String> {
         ])
         .output()
         .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark -r {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.is_empty())
@@ -133,17 +139,9 @@ const EXPECT: &[Expect] = &[
 
 #[test]
 fn every_call_tshark_finds_is_recorded() {
-    let Some(corpus) = support::corpus() else {
+    let Some(corpus) = corpus_with_tools("every_call_tshark_finds_is_recorded", &["tshark"]) else {
         return;
     };
-    if Command::new("tshark").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tshark missing (cargo xtask setup installs it)"
-        );
-        eprintln!("SKIP: tshark missing");
-        return;
-    }
     for ex in EXPECT {
         let file = corpus.join(ex.file);
         let (cdrs, summary, dir) = run(&file);
@@ -223,13 +221,19 @@ fn every_call_tshark_finds_is_recorded() {
                 raw.display()
             );
         }
+        eprintln!(
+            "CHECKED {}: {} calls, the Call-IDs tshark finds; {} unsupported codecs kept raw",
+            ex.file,
+            got.len(),
+            ex.unsupported.len()
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }
 
 #[test]
 fn erspan_frames_are_unwrapped() {
-    let Some(corpus) = support::corpus() else {
+    let Some(corpus) = corpus("erspan_frames_are_unwrapped") else {
         return;
     };
     let (cdrs, summary, dir) = run(&corpus.join("heplify-erspan_sip_ipv4_udp.pcapng"));
@@ -244,7 +248,7 @@ fn erspan_frames_are_unwrapped() {
 
 #[test]
 fn sip_only_calls_at_volume_become_no_audio() {
-    let Some(corpus) = support::corpus() else {
+    let Some(corpus) = corpus("sip_only_calls_at_volume_become_no_audio") else {
         return;
     };
     let (cdrs, summary, dir) = run(&corpus.join("sipnab_sipp-branch-scenario.pcapng"));
@@ -266,7 +270,7 @@ fn sip_only_calls_at_volume_become_no_audio() {
 
 #[test]
 fn unreadable_formats_fail_with_file_and_offset() {
-    let Some(corpus) = support::corpus() else {
+    let Some(corpus) = corpus("unreadable_formats_fail_with_file_and_offset") else {
         return;
     };
     // A Microsoft NetMon capture: not pcap, not pcapng.

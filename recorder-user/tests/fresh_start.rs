@@ -2,7 +2,7 @@
 //! created and migrated once, before the CDR writer, the rules loader and the API connect, so
 //! the log never shows a migration collision ("table calls already exists") and the schema is
 //! whole. The real binary, capturing with AF_PACKET on loopback (no XDP, no lab namespace); it
-//! needs CAP_NET_RAW, so it is skipped when not run as root.
+//! needs CAP_NET_RAW, so it is skipped when not run as root (and fails under CI).
 
 use std::{
     io::{Read as _, Write as _},
@@ -61,9 +61,8 @@ fn stop(child: &mut Child) {
 
 #[test]
 fn first_start_migrates_once_without_a_collision() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: AF_PACKET capture needs root (CAP_NET_RAW)");
+    // AF_PACKET capture needs CAP_NET_RAW; under CI a missing root fails.
+    if !calltap_lab::root::require_root("first_start_migrates_once_without_a_collision") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tmp");

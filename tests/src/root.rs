@@ -1,5 +1,11 @@
 //! The root/CI gate every privileged test goes through.
 
+/// True under CI (`CI` set): there a test whose root, tool or oracle is missing fails instead
+/// of skipping, since a skip would pass a test that checked nothing.
+pub fn under_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
 /// True when running as root. Without root a test skips with a message, except under CI (`CI`
 /// set), where a skip would hide a broken build: there it fails.
 pub fn require_root(test: &str) -> bool {
@@ -7,7 +13,7 @@ pub fn require_root(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    if std::env::var_os("CI").is_some() {
+    if under_ci() {
         panic!("{test}: needs root (BPF/XDP/netns) and CI is set: run the tests as root");
     }
     eprintln!("SKIP {test}: needs root (BPF/XDP/netns); run `sudo -E cargo xtask test`");
@@ -22,7 +28,7 @@ pub fn require_tool(test: &str, tool: &str) -> bool {
     if found {
         return true;
     }
-    if std::env::var_os("CI").is_some() {
+    if under_ci() {
         panic!("{test}: `{tool}` is not installed; `cargo xtask setup` installs it");
     }
     eprintln!("SKIP {test}: `{tool}` is not installed; run `cargo xtask setup`");

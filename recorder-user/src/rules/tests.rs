@@ -249,14 +249,11 @@ fn conditions_are_anded_and_sides_are_respected() {
 /// starts leave CDRs with no recording and no file at all; `record` records them.
 #[test]
 fn skip_and_unstarted_on_demand_calls_leave_no_file() {
-    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
-    if !corpus.join("MANIFEST.md").exists() {
-        eprintln!(
-            "SKIP: public capture corpus not found at {}",
-            corpus.display()
-        );
+    let Some(corpus) =
+        calltap_lab::corpus::corpus("skip_and_unstarted_on_demand_calls_leave_no_file")
+    else {
         return;
-    }
+    };
     let files = [
         corpus.join("sip-rtp-g711.pcap"),
         corpus.join("sip-rtp-g726.pcap"),

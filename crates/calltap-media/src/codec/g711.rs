@@ -192,23 +192,23 @@ mod tests {
         assert_eq!(out, [8, -8, 8]);
     }
 
-    /// Compares all 256 codes with ffmpeg's expansion when ffmpeg is installed.
+    /// Compares all 256 codes with ffmpeg's expansion (ffmpeg is the independent reference:
+    /// missing under CI, or failing, fails the test).
     #[test]
     fn matches_ffmpeg() {
+        if !crate::codec::test_util::require_ffmpeg("g711::matches_ffmpeg") {
+            return;
+        }
         for (fmt, f) in [
             ("mulaw", ulaw_to_linear as fn(u8) -> i16),
             ("alaw", alaw_to_linear),
         ] {
-            let Some(pcm) =
-                crate::codec::test_util::ffmpeg_decode(fmt, &(0..=255u8).collect::<Vec<_>>())
-            else {
-                eprintln!("ffmpeg not available: skipping G.711 cross-check");
-                return;
-            };
-            assert_eq!(pcm.len(), 256);
+            let pcm = crate::codec::test_util::ffmpeg_decode(fmt, &(0..=255u8).collect::<Vec<_>>());
+            assert_eq!(pcm.len(), 256, "{fmt}: one sample per code");
             for (code, &v) in pcm.iter().enumerate() {
                 assert_eq!(f(code as u8), v, "{fmt} code {code:#04x}");
             }
+            eprintln!("G.711 {fmt}: all 256 codes equal ffmpeg's");
         }
     }
 }

@@ -225,74 +225,84 @@ impl Payload {
 
 #[cfg(test)]
 pub(crate) mod test_util {
-    //! Cross-checks against an installed ffmpeg; tests skip them when it is absent.
+    //! Cross-checks against ffmpeg, an independent implementation. Without ffmpeg a check skips
+    //! with a message, except under CI (`CI` set), where it fails; a failing ffmpeg run always
+    //! fails the test, with ffmpeg's stderr.
     use std::{
         io::Write,
         process::{Command, Stdio},
     };
 
+    /// True when ffmpeg is installed; outside CI prints a SKIP message when it is not.
+    ///
+    /// # Panics
+    /// Under CI when ffmpeg is not installed.
+    pub fn require_ffmpeg(test: &str) -> bool {
+        calltap_lab::root::require_tool(test, "ffmpeg")
+    }
+
+    /// Runs ffmpeg with `args`, `input` on its stdin, and returns its stdout.
+    ///
+    /// # Panics
+    /// When ffmpeg cannot be started or fails (the message holds its stderr).
+    fn ffmpeg(args: &[&str], input: Vec<u8>) -> Vec<u8> {
+        let mut child = Command::new("ffmpeg")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting ffmpeg {args:?}: {e}"));
+        let mut stdin = child.stdin.take().expect("ffmpeg stdin is piped");
+        let writer = std::thread::spawn(move || stdin.write_all(&input));
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("waiting for ffmpeg {args:?}: {e}"));
+        let written = writer.join().expect("stdin writer thread");
+        assert!(
+            out.status.success(),
+            "ffmpeg {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        written.unwrap_or_else(|e| panic!("writing to ffmpeg {args:?}: {e}"));
+        out.stdout
+    }
+
     /// Decodes `data` (raw stream in ffmpeg input format `fmt`) to 16-bit mono PCM.
-    pub fn ffmpeg_decode(fmt: &str, data: &[u8]) -> Option<Vec<i16>> {
+    pub fn ffmpeg_decode(fmt: &str, data: &[u8]) -> Vec<i16> {
         let mut args = vec!["-hide_banner", "-loglevel", "error", "-f", fmt];
         if fmt != "g722" {
             args.extend(["-ar", "8000", "-ac", "1"]);
         }
         args.extend(["-i", "pipe:0", "-f", "s16le", "-ac", "1", "pipe:1"]);
-        let mut child = Command::new("ffmpeg")
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let mut stdin = child.stdin.take()?;
-        let input = data.to_vec();
-        let writer = std::thread::spawn(move || stdin.write_all(&input));
-        let out = child.wait_with_output().ok()?;
-        writer.join().ok()?.ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        Some(
-            out.stdout
-                .chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]))
-                .collect(),
-        )
+        ffmpeg(&args, data.to_vec())
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect()
     }
 
     /// Encodes 16 kHz mono PCM to G.722 with ffmpeg.
-    pub fn ffmpeg_encode_g722(pcm: &[i16]) -> Option<Vec<u8>> {
-        let mut child = Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-f",
-                "s16le",
-                "-ar",
-                "16000",
-                "-ac",
-                "1",
-                "-i",
-                "pipe:0",
-                "-c:a",
-                "g722",
-                "-f",
-                "g722",
-                "pipe:1",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let mut stdin = child.stdin.take()?;
-        let input: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
-        let writer = std::thread::spawn(move || stdin.write_all(&input));
-        let out = child.wait_with_output().ok()?;
-        writer.join().ok()?.ok()?;
-        out.status.success().then_some(out.stdout)
+    pub fn ffmpeg_encode_g722(pcm: &[i16]) -> Vec<u8> {
+        let args = [
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "s16le",
+            "-ar",
+            "16000",
+            "-ac",
+            "1",
+            "-i",
+            "pipe:0",
+            "-c:a",
+            "g722",
+            "-f",
+            "g722",
+            "pipe:1",
+        ];
+        ffmpeg(&args, pcm.iter().flat_map(|s| s.to_le_bytes()).collect())
     }
 }
 
