@@ -726,3 +726,38 @@ impl Drop for Reaped {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_change_the_sdp_and_the_invite_only() {
+        let plain = uac_xml(Scenario::Basic, 1000);
+        assert!(plain.contains("RTP/AVP 0 101\na=rtpmap:0 PCMU/8000"));
+        assert!(!plain.contains("X-Pad"));
+        let v = Variant {
+            codec: Codec::G722,
+            transport: Transport::Tcp,
+            invite_padding: 4000,
+        };
+        let uac = uac_xml_with(Scenario::Basic, 1000, &v);
+        let uas = uas_xml_with(Scenario::Basic, 1000, &v);
+        for x in [&uac, &uas] {
+            assert!(x.contains("RTP/AVP 9 101\na=rtpmap:9 G722/8000"), "{x}");
+            assert!(!x.contains("PCMU"));
+        }
+        // The padding goes into the first INVITE, nowhere else, and pushes it past the MTU.
+        let invite = uac.split("]]></send>").next().expect("INVITE");
+        assert!(invite.starts_with("<?xml") && invite.contains("INVITE sip:"));
+        let pads = invite.matches("X-Pad-").count();
+        assert!(
+            invite.len() > 4000 && pads >= 19,
+            "{pads} pads, {} bytes",
+            invite.len()
+        );
+        assert_eq!(uac.matches("X-Pad-").count(), pads);
+        assert!(!uas.contains("X-Pad"));
+        assert_eq!(Transport::Tcp.sipp(), "t1");
+    }
+}
