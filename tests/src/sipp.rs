@@ -20,8 +20,8 @@ use crate::{
     load::check_channel,
     netns::{ns_command, uas_ip, NS_UAC, NS_UAS, UAC_IP},
     rtp_pcap::{
-        dtmf_packets, tone_packets, tone_payloads, ulaw_decode, write_rtp_pcap, ToneSpec,
-        SAMPLES_PER_PACKET,
+        dtmf_packets, impair, tone_packets, tone_payloads, ulaw_decode, write_rtp_pcap, RtpOut,
+        ToneSpec, SAMPLES_PER_PACKET,
     },
 };
 
@@ -94,6 +94,26 @@ pub struct Variant {
     /// Bytes of `X-Pad-N` headers added to the initial INVITE: over the link MTU (1500) a UDP
     /// INVITE leaves the caller's kernel as IP fragments.
     pub invite_padding: usize,
+    /// PCMU only: both sides play [`impaired_packets`] (2 % loss, +-5 ms jitter) instead of
+    /// the whole tone.
+    pub impaired: bool,
+}
+
+/// What the impaired variant takes away: per mille of packets lost, and the send-time jitter.
+pub const IMPAIRED_LOSS_PER_MILLE: u32 = 20;
+pub const IMPAIRED_JITTER_MS: u64 = 5;
+
+/// The caller's and the callee's tone as the impaired variant sends them (see
+/// [`crate::rtp_pcap::impair`]; a different loss pattern each way).
+pub fn impaired_packets(packets: usize) -> [Vec<RtpOut>; 2] {
+    [(caller_tone(packets), 15), (callee_tone(packets), 16)].map(|(spec, seed)| {
+        impair(
+            &tone_packets(&spec, 0),
+            IMPAIRED_LOSS_PER_MILLE,
+            IMPAIRED_JITTER_MS,
+            seed,
+        )
+    })
 }
 
 fn sdp(direction: &str, codec: Codec) -> String {
@@ -505,6 +525,9 @@ pub fn place_variants(
         if v.codec != Codec::Pcmu && !matches!(plan.scenario, Scenario::Basic | Scenario::NoBye) {
             bail!("{:?} calls are PCMU only, not {:?}", plan.scenario, v.codec);
         }
+        if v.impaired && (v.codec != Codec::Pcmu || plan.scenario != Scenario::Basic) {
+            bail!("impaired calls are plain PCMU calls");
+        }
     }
     let mut codecs: Vec<Codec> = pairs
         .iter()
@@ -513,6 +536,9 @@ pub fn place_variants(
         .collect();
     codecs.sort();
     codecs.dedup();
+    let [caller_lossy, callee_lossy] = impaired_packets(packets);
+    write_rtp_pcap(&dir.join("caller-impaired.pcap"), &caller_lossy)?;
+    write_rtp_pcap(&dir.join("callee-impaired.pcap"), &callee_lossy)?;
     for codec in codecs {
         let [caller, callee] = reference_tones(codec, packets, &dir.join("ffmpeg"))?;
         write_rtp_pcap(
@@ -559,6 +585,7 @@ pub fn place_variants(
         let uas = dir.join(format!("uas{i}.xml"));
         std::fs::write(&uas, uas_xml_with(plan.scenario, audio_ms, v))?;
         let callee_pcap = match v.codec {
+            Codec::Pcmu if v.impaired => "callee-impaired.pcap".to_owned(),
             Codec::Pcmu => "callee.pcap".to_owned(),
             c => format!("callee-{}.pcap", c.name()),
         };
@@ -607,6 +634,7 @@ pub fn place_variants(
         let uac = dir.join(format!("uac{i}.xml"));
         std::fs::write(&uac, uac_xml_with(plan.scenario, audio_ms, v))?;
         let caller_pcap = match (v.codec, plan.scenario) {
+            (Codec::Pcmu, _) if v.impaired => "caller-impaired.pcap".to_owned(),
             (Codec::Pcmu, Scenario::Dtmf) => "caller-dtmf.pcap".to_owned(),
             (Codec::Pcmu, _) => "caller.pcap".to_owned(),
             (c, _) => format!("caller-{}.pcap", c.name()),
@@ -744,6 +772,7 @@ mod tests {
             codec: Codec::G722,
             transport: Transport::Tcp,
             invite_padding: 4000,
+            impaired: false,
         };
         let uac = uac_xml_with(Scenario::Basic, 1000, &v);
         let uas = uas_xml_with(Scenario::Basic, 1000, &v);
