@@ -237,6 +237,24 @@ fn pcma_and_g722_calls_match_ffmpeg_and_tshark() {
         tshark::count(&run.pcap, "udp.port == 5060").expect("tshark"),
         "SIP packets: XDP counter vs tshark"
     );
+    // The wire carried what the SDP offered: tshark, following each call's SDP, decodes every
+    // packet of a pair as RTP of the pair's payload type.
+    for (i, (plan, v)) in pairs.iter().enumerate() {
+        let a = pair_addrs(i as u8);
+        let of_pair = format!("ip.addr == {} && !(udp.port == 5060)", a.uas_ip);
+        let typed = tshark::count(
+            &run.pcap,
+            &format!("{of_pair} && rtp.p_type == {}", v.codec.pt()),
+        )
+        .expect("tshark");
+        assert_eq!(
+            typed,
+            2 * u64::from(plan.calls) * packets as u64,
+            "pair {i}: RTP of PT {} ({:?})",
+            v.codec.pt(),
+            v.codec
+        );
+    }
     check_recordings(&run, &pairs, packets);
 }
 
