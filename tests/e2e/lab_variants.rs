@@ -1,7 +1,7 @@
 //! What the plain lab calls do not cover, live through the SPAN lab with XDP: calls in PCMA and
 //! G.722, SIP over TCP, INVITEs fragmented by the caller's kernel, and stream quality under
-//! loss and jitter. tshark on the switch side of the mirror link is the witness for
-//! SIP and RTP; the audio is checked sample for sample against a reference decode (ffmpeg for
+//! loss and jitter. Each test starts one daemon for its batch of calls. tshark on the switch
+//! side of the mirror link is the witness for SIP and RTP; the audio is checked sample for sample against a reference decode (ffmpeg for
 //! PCMA and G.722, decoding the very payload bytes sipp sent; see `calltap_lab::codec_ref`).
 
 use std::{

@@ -1,5 +1,6 @@
 //! RTP audio that sipp plays into calls (`play_pcap_audio`): a pcap of G.711 mu-law packets
-//! carrying a known tone, so a test can check every sample CallTap wrote.
+//! carrying a known tone, so a test can check every sample CallTap wrote (other codecs'
+//! payloads come from [`crate::codec_ref`]), optionally with loss and jitter ([`impair`]).
 
 use std::{fs::File, path::Path, time::Duration};
 

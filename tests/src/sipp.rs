@@ -4,7 +4,8 @@
 //! sipp 3.6 sends every call of one instance from the same media port, so calls of one
 //! instance run one after another; concurrency comes from several instance pairs at once, each
 //! with its own addresses and ports and its own scenario (plain call, DTMF, hold/resume,
-//! CANCEL, busy, no BYE).
+//! CANCEL, busy, no BYE). A pair may also differ by [`Variant`]: codec (PCMU, PCMA, G.722),
+//! SIP over TCP, an INVITE padded past the MTU, or audio sent with loss and jitter.
 
 use std::{
     path::Path,
