@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod attack;
+pub mod codec_ref;
 pub mod corpus;
 pub mod daemon;
 pub mod files;

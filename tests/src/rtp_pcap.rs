@@ -1,5 +1,6 @@
 //! RTP audio that sipp plays into calls (`play_pcap_audio`): a pcap of G.711 mu-law packets
-//! carrying a known tone, so a test can check every sample CallTap wrote.
+//! carrying a known tone, so a test can check every sample CallTap wrote (other codecs'
+//! payloads come from [`crate::codec_ref`]), optionally with loss and jitter ([`impair`]).
 
 use std::{fs::File, path::Path, time::Duration};
 
@@ -40,7 +41,7 @@ pub fn tone_payloads(spec: &ToneSpec) -> Vec<Vec<u8>> {
 }
 
 /// One RTP packet to put in a capture for sipp.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RtpOut {
     pub at_ms: u64,
     pub pt: u8,
@@ -64,6 +65,34 @@ pub fn tone_packets(spec: &ToneSpec, at_ms: u64) -> Vec<RtpOut> {
             ts: spec.first_ts.wrapping_add((p * SAMPLES_PER_PACKET) as u32),
             ssrc: spec.ssrc,
             payload,
+        })
+        .collect()
+}
+
+/// A network's loss and jitter, made by the sender: drops about `loss_per_mille` of the
+/// packets (never the first or the last, so the stream's extent, and with it the expected
+/// count, stays that of the whole) and moves each send time by up to `jitter_ms` either way
+/// (less than half the 20 ms spacing, so nothing is reordered). Deterministic for a `seed`:
+/// the test knows exactly what it took away. Used where the kernel has no `sch_netem`.
+pub fn impair(packets: &[RtpOut], loss_per_mille: u32, jitter_ms: u64, seed: u64) -> Vec<RtpOut> {
+    // xorshift64*: any fixed sequence will do, it only has to be the same every run.
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let last = packets.len().saturating_sub(1);
+    packets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let r = next();
+            let dropped = i != 0 && i != last && (r % 1000) < u64::from(loss_per_mille);
+            let shift = (r >> 32) % (2 * jitter_ms + 1);
+            let at_ms = (p.at_ms + shift).saturating_sub(jitter_ms);
+            (!dropped).then(|| RtpOut { at_ms, ..p.clone() })
         })
         .collect()
 }
@@ -202,6 +231,34 @@ pub fn ulaw_decode(byte: u8) -> i16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impair_drops_and_shifts_as_asked_and_keeps_the_ends() {
+        let spec = ToneSpec {
+            freq_hz: 440.0,
+            amplitude: 8000.0,
+            packets: 1000,
+            ssrc: 1,
+            first_seq: 0,
+            first_ts: 0,
+        };
+        let sent = tone_packets(&spec, 100);
+        let got = impair(&sent, 20, 5, 7);
+        assert_eq!(got, impair(&sent, 20, 5, 7), "deterministic");
+        let lost = sent.len() - got.len();
+        assert!((8..=35).contains(&lost), "{lost} of 1000 dropped at 2 %");
+        assert_eq!(got[0].seq, 0);
+        assert_eq!(got.last().map(|p| p.seq), Some(999));
+        let mut moved = 0;
+        for p in &got {
+            let due = 100 + 20 * u64::from(p.seq);
+            assert!(p.at_ms.abs_diff(due) <= 5, "seq {} at {}", p.seq, p.at_ms);
+            moved += usize::from(p.at_ms != due);
+        }
+        assert!(moved > got.len() / 2, "only {moved} moved");
+        assert!(got.windows(2).all(|w| w[0].at_ms < w[1].at_ms), "reordered");
+        assert_eq!(impair(&sent, 0, 0, 7), sent);
+    }
 
     #[test]
     fn ulaw_round_trip_is_close_and_known_values_hold() {

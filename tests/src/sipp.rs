@@ -4,7 +4,8 @@
 //! sipp 3.6 sends every call of one instance from the same media port, so calls of one
 //! instance run one after another; concurrency comes from several instance pairs at once, each
 //! with its own addresses and ports and its own scenario (plain call, DTMF, hold/resume,
-//! CANCEL, busy, no BYE).
+//! CANCEL, busy, no BYE). A pair may also differ by [`Variant`]: codec (PCMU, PCMA, G.722),
+//! SIP over TCP, an INVITE padded past the MTU, or audio sent with loss and jitter.
 
 use std::{
     path::Path,
@@ -15,12 +16,13 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
+    codec_ref::{coded_tone, Codec, CodedTone},
     files::read_wav,
     load::check_channel,
     netns::{ns_command, uas_ip, NS_UAC, NS_UAS, UAC_IP},
     rtp_pcap::{
-        dtmf_packets, tone_packets, tone_payloads, ulaw_decode, write_rtp_pcap, ToneSpec,
-        SAMPLES_PER_PACKET,
+        dtmf_packets, impair, tone_packets, tone_payloads, ulaw_decode, write_rtp_pcap, RtpOut,
+        ToneSpec, SAMPLES_PER_PACKET,
     },
 };
 
@@ -64,14 +66,85 @@ impl Scenario {
     }
 }
 
-fn sdp(direction: &str) -> String {
+/// How a pair's SIP travels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// One UDP socket per sipp instance (`-t u1`).
+    #[default]
+    Udp,
+    /// One TCP connection per sipp pair, carrying all its calls one after another (`-t t1`).
+    Tcp,
+}
+
+impl Transport {
+    /// sipp's `-t` mode.
+    fn sipp(self) -> &'static str {
+        match self {
+            Transport::Udp => "u1",
+            Transport::Tcp => "t1",
+        }
+    }
+}
+
+/// What sets one pair's calls apart besides their [`Scenario`]: codec, transport and the size
+/// of the INVITE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Variant {
+    pub codec: Codec,
+    pub transport: Transport,
+    /// Bytes of `X-Pad-N` headers added to the initial INVITE: over the link MTU (1500) a UDP
+    /// INVITE leaves the caller's kernel as IP fragments.
+    pub invite_padding: usize,
+    /// PCMU only: both sides play [`impaired_packets`] (2 % loss, +-5 ms jitter) instead of
+    /// the whole tone.
+    pub impaired: bool,
+}
+
+/// What the impaired variant takes away: per mille of packets lost, and the send-time jitter.
+pub const IMPAIRED_LOSS_PER_MILLE: u32 = 20;
+pub const IMPAIRED_JITTER_MS: u64 = 5;
+
+/// The caller's and the callee's tone as the impaired variant sends them (see
+/// [`crate::rtp_pcap::impair`]; a different loss pattern each way).
+pub fn impaired_packets(packets: usize) -> [Vec<RtpOut>; 2] {
+    [(caller_tone(packets), 15), (callee_tone(packets), 16)].map(|(spec, seed)| {
+        impair(
+            &tone_packets(&spec, 0),
+            IMPAIRED_LOSS_PER_MILLE,
+            IMPAIRED_JITTER_MS,
+            seed,
+        )
+    })
+}
+
+fn sdp(direction: &str, codec: Codec) -> String {
+    let (pt, name) = (codec.pt(), codec.name());
     format!(
-        "v=0\no=lab 53655765 2353687637 IN IP[local_ip_type] [local_ip]\ns=-\nc=IN IP[media_ip_type] [media_ip]\nt=0 0\nm=audio [media_port] RTP/AVP 0 101\na=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16\na={direction}\n"
+        "v=0\no=lab 53655765 2353687637 IN IP[local_ip_type] [local_ip]\ns=-\nc=IN IP[media_ip_type] [media_ip]\nt=0 0\nm=audio [media_port] RTP/AVP {pt} 101\na=rtpmap:{pt} {name}/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16\na={direction}\n"
     )
+}
+
+/// `X-Pad-N` header lines of about `bytes` in all (200-byte values, as long Record-Route or
+/// P-headers of carriers are).
+fn padding_headers(bytes: usize) -> String {
+    (0..bytes.div_ceil(212))
+        .map(|i| format!("X-Pad-{i:02}: {}\n", "p".repeat(200)))
+        .collect()
 }
 
 /// A request from the caller inside the dialog (or the initial INVITE when `cseq == 1`).
 fn uac_request(method: &str, cseq: u32, body: Option<&str>, retrans: bool) -> String {
+    uac_request_padded(method, cseq, body, retrans, "")
+}
+
+/// [`uac_request`] with `extra` header lines (each ending in a newline) before the body.
+fn uac_request_padded(
+    method: &str,
+    cseq: u32,
+    body: Option<&str>,
+    retrans: bool,
+    extra: &str,
+) -> String {
     let to_tag = if method == "INVITE" && cseq == 1 || method == "CANCEL" {
         ""
     } else {
@@ -98,7 +171,7 @@ CSeq: {cseq} {method}
 Contact: <sip:caller@[local_ip]:[local_port]>
 Max-Forwards: 70
 X-CID: lab-[call_id]
-{ctype}Content-Length: [len]
+{extra}{ctype}Content-Length: [len]
 
 {body}
 ]]></send>
@@ -161,7 +234,19 @@ fn wrap(name: &str, body: &str) -> String {
 
 /// The caller's scenario; `audio_ms` is how long its audio file plays.
 pub fn uac_xml(s: Scenario, audio_ms: u64) -> String {
-    let mut x = uac_request("INVITE", 1, Some(&sdp("sendrecv")), true);
+    uac_xml_with(s, audio_ms, &Variant::default())
+}
+
+/// [`uac_xml`] offering `v.codec`, its INVITE padded by `v.invite_padding` bytes.
+pub fn uac_xml_with(s: Scenario, audio_ms: u64, v: &Variant) -> String {
+    let sdp = |direction: &str| sdp(direction, v.codec);
+    let mut x = uac_request_padded(
+        "INVITE",
+        1,
+        Some(&sdp("sendrecv")),
+        true,
+        &padding_headers(v.invite_padding),
+    );
     x += "  <recv response=\"100\" optional=\"true\"/>\n";
     match s {
         Scenario::Cancel => {
@@ -206,12 +291,22 @@ pub fn uac_xml(s: Scenario, audio_ms: u64) -> String {
     }
     x += &uac_request("BYE", cseq, None, true);
     x += "  <recv response=\"200\" crlf=\"true\"/>\n";
-    x += &pause(200);
+    // Over TCP the callee's sipp closes the connection once its last call is done: a caller
+    // still pausing then would count its last call as failed.
+    if v.transport == Transport::Udp {
+        x += &pause(200);
+    }
     wrap("lab-uac", &x)
 }
 
 /// The callee's scenario.
 pub fn uas_xml(s: Scenario, audio_ms: u64) -> String {
+    uas_xml_with(s, audio_ms, &Variant::default())
+}
+
+/// [`uas_xml`] answering with `v.codec`.
+pub fn uas_xml_with(s: Scenario, audio_ms: u64, v: &Variant) -> String {
+    let sdp = |direction: &str| sdp(direction, v.codec);
     let mut x = "  <recv request=\"INVITE\" crlf=\"true\"/>\n".to_owned();
     match s {
         Scenario::Busy => {
@@ -308,20 +403,47 @@ pub fn tone_pcm(spec: &ToneSpec) -> Vec<i16> {
 /// holding, sample for sample, the caller's tone on the left channel and the callee's on the
 /// right, each as one contiguous run with nothing but silence around it.
 pub fn check_tone_recording(path: &Path, packets: usize) -> Result<()> {
+    check_coded_recording(
+        path,
+        8000,
+        &tone_pcm(&caller_tone(packets)),
+        &tone_pcm(&callee_tone(packets)),
+    )
+}
+
+/// Checks a recording against what each side sent, as decoded by a reference decoder: a
+/// stereo 16-bit WAV at `rate` holding `caller` on the left channel and `callee` on the right,
+/// sample for sample, each as one contiguous run with nothing but silence around it.
+pub fn check_coded_recording(path: &Path, rate: u32, caller: &[i16], callee: &[i16]) -> Result<()> {
     let (spec, samples) = read_wav(path)?;
     let format = (spec.channels, spec.sample_rate, spec.bits_per_sample);
-    if format != (2, 8000, 16) {
+    if format != (2, rate, 16) {
         bail!("{}: (channels, rate, bits) {format:?}", path.display());
     }
-    for (first, tone, what) in [
-        (0, caller_tone(packets), "caller/left"),
-        (1, callee_tone(packets), "callee/right"),
-    ] {
+    for (first, pcm, what) in [(0, caller, "caller/left"), (1, callee, "callee/right")] {
         let channel: Vec<i16> = samples.iter().skip(first).step_by(2).copied().collect();
-        check_channel(&channel, &tone_pcm(&tone))
-            .with_context(|| format!("{}: {what}", path.display()))?;
+        check_channel(&channel, pcm).with_context(|| format!("{}: {what}", path.display()))?;
     }
     Ok(())
+}
+
+/// The audio both sides of a plain call in `codec` send ([`caller_tone`], [`callee_tone`]),
+/// with its reference decode (see [`crate::codec_ref`]); ffmpeg's files go to `scratch`.
+pub fn reference_tones(codec: Codec, packets: usize, scratch: &Path) -> Result<[CodedTone; 2]> {
+    Ok([
+        coded_tone(
+            codec,
+            &caller_tone(packets),
+            scratch,
+            &format!("caller-{}", codec.name()),
+        )?,
+        coded_tone(
+            codec,
+            &callee_tone(packets),
+            scratch,
+            &format!("callee-{}", codec.name()),
+        )?,
+    ])
 }
 
 /// A batch of plain lab calls.
@@ -388,7 +510,47 @@ pub fn place_calls(dir: &Path, plan: &CallPlan) -> Result<CallReport> {
 /// Runs every pair at once (pair `i` uses [`pair_addrs`]`(i)`) and waits for all to finish.
 /// `packets` is the audio length per direction (20 ms packets).
 pub fn place_pairs(dir: &Path, pairs: &[PairPlan], packets: usize) -> Result<CallReport> {
+    let pairs: Vec<(PairPlan, Variant)> = pairs.iter().map(|p| (*p, Variant::default())).collect();
+    place_variants(dir, &pairs, packets)
+}
+
+/// [`place_pairs`] where each pair has its own [`Variant`]. A pair in another codec than PCMU
+/// plays [`reference_tones`] and runs [`Scenario::Basic`] or [`Scenario::NoBye`] only.
+pub fn place_variants(
+    dir: &Path,
+    pairs: &[(PairPlan, Variant)],
+    packets: usize,
+) -> Result<CallReport> {
     std::fs::create_dir_all(dir)?;
+    for (plan, v) in pairs {
+        if v.codec != Codec::Pcmu && !matches!(plan.scenario, Scenario::Basic | Scenario::NoBye) {
+            bail!("{:?} calls are PCMU only, not {:?}", plan.scenario, v.codec);
+        }
+        if v.impaired && (v.codec != Codec::Pcmu || plan.scenario != Scenario::Basic) {
+            bail!("impaired calls are plain PCMU calls");
+        }
+    }
+    let mut codecs: Vec<Codec> = pairs
+        .iter()
+        .map(|(_, v)| v.codec)
+        .filter(|c| *c != Codec::Pcmu)
+        .collect();
+    codecs.sort();
+    codecs.dedup();
+    let [caller_lossy, callee_lossy] = impaired_packets(packets);
+    write_rtp_pcap(&dir.join("caller-impaired.pcap"), &caller_lossy)?;
+    write_rtp_pcap(&dir.join("callee-impaired.pcap"), &callee_lossy)?;
+    for codec in codecs {
+        let [caller, callee] = reference_tones(codec, packets, &dir.join("ffmpeg"))?;
+        write_rtp_pcap(
+            &dir.join(format!("caller-{}.pcap", codec.name())),
+            &caller.packets(&caller_tone(packets), 0),
+        )?;
+        write_rtp_pcap(
+            &dir.join(format!("callee-{}.pcap", codec.name())),
+            &callee.packets(&callee_tone(packets), 0),
+        )?;
+    }
     let audio_ms = packets as u64 * 20;
     let callee = callee_tone(packets);
     let caller = caller_tone(packets);
@@ -418,15 +580,22 @@ pub fn place_pairs(dir: &Path, pairs: &[PairPlan], packets: usize) -> Result<Cal
 
     let mut servers = Vec::new();
     let mut clients = Vec::new();
-    for (i, plan) in pairs.iter().enumerate() {
+    for (i, (plan, v)) in pairs.iter().enumerate() {
         let i = i as u8;
         let a = pair_addrs(i);
         let uas = dir.join(format!("uas{i}.xml"));
-        std::fs::write(&uas, uas_xml(plan.scenario, audio_ms))?;
+        std::fs::write(&uas, uas_xml_with(plan.scenario, audio_ms, v))?;
+        let callee_pcap = match v.codec {
+            Codec::Pcmu if v.impaired => "callee-impaired.pcap".to_owned(),
+            Codec::Pcmu => "callee.pcap".to_owned(),
+            c => format!("callee-{}.pcap", c.name()),
+        };
         let child = ns_command(
             NS_UAS,
             &[
                 "sipp",
+                "-t",
+                v.transport.sipp(),
                 "-sf",
                 path_str(&uas)?,
                 "-i",
@@ -439,7 +608,7 @@ pub fn place_pairs(dir: &Path, pairs: &[PairPlan], packets: usize) -> Result<Cal
                 &a.uas_media_port.to_string(),
                 "-key",
                 "callee_pcap",
-                path_str(&dir.join("callee.pcap"))?,
+                path_str(&dir.join(&callee_pcap))?,
                 "-key",
                 "callee_pcap2",
                 path_str(&dir.join("callee2.pcap"))?,
@@ -460,15 +629,16 @@ pub fn place_pairs(dir: &Path, pairs: &[PairPlan], packets: usize) -> Result<Cal
         servers.push(Reaped(child));
     }
     std::thread::sleep(Duration::from_millis(300));
-    for (i, plan) in pairs.iter().enumerate() {
+    for (i, (plan, v)) in pairs.iter().enumerate() {
         let i = i as u8;
         let a = pair_addrs(i);
         let uac = dir.join(format!("uac{i}.xml"));
-        std::fs::write(&uac, uac_xml(plan.scenario, audio_ms))?;
-        let caller_pcap = if plan.scenario == Scenario::Dtmf {
-            "caller-dtmf.pcap"
-        } else {
-            "caller.pcap"
+        std::fs::write(&uac, uac_xml_with(plan.scenario, audio_ms, v))?;
+        let caller_pcap = match (v.codec, plan.scenario) {
+            (Codec::Pcmu, _) if v.impaired => "caller-impaired.pcap".to_owned(),
+            (Codec::Pcmu, Scenario::Dtmf) => "caller-dtmf.pcap".to_owned(),
+            (Codec::Pcmu, _) => "caller.pcap".to_owned(),
+            (c, _) => format!("caller-{}.pcap", c.name()),
         };
         let target = format!("{}:5060", a.uas_ip);
         let child = ns_command(
@@ -476,6 +646,8 @@ pub fn place_pairs(dir: &Path, pairs: &[PairPlan], packets: usize) -> Result<Cal
             &[
                 "sipp",
                 &target,
+                "-t",
+                v.transport.sipp(),
                 "-sf",
                 path_str(&uac)?,
                 "-i",
@@ -488,7 +660,7 @@ pub fn place_pairs(dir: &Path, pairs: &[PairPlan], packets: usize) -> Result<Cal
                 &a.uac_media_port.to_string(),
                 "-key",
                 "caller_pcap",
-                path_str(&dir.join(caller_pcap))?,
+                path_str(&dir.join(&caller_pcap))?,
                 "-key",
                 "caller_pcap2",
                 path_str(&dir.join("caller2.pcap"))?,
@@ -518,7 +690,7 @@ pub fn place_pairs(dir: &Path, pairs: &[PairPlan], packets: usize) -> Result<Cal
     // Bounded: the longest pair's calls plus generous slack, then give up.
     let longest = pairs
         .iter()
-        .map(|p| u64::from(p.calls) * (2 * audio_ms + HOLD_MS + 3000))
+        .map(|(p, _)| u64::from(p.calls) * (2 * audio_ms + HOLD_MS + 3000))
         .max()
         .unwrap_or(0);
     let budget = Duration::from_millis(longest + 30_000);
@@ -585,5 +757,41 @@ impl Drop for Reaped {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_change_the_sdp_and_the_invite_only() {
+        let plain = uac_xml(Scenario::Basic, 1000);
+        assert!(plain.contains("RTP/AVP 0 101\na=rtpmap:0 PCMU/8000"));
+        assert!(!plain.contains("X-Pad"));
+        let v = Variant {
+            codec: Codec::G722,
+            transport: Transport::Tcp,
+            invite_padding: 4000,
+            impaired: false,
+        };
+        let uac = uac_xml_with(Scenario::Basic, 1000, &v);
+        let uas = uas_xml_with(Scenario::Basic, 1000, &v);
+        for x in [&uac, &uas] {
+            assert!(x.contains("RTP/AVP 9 101\na=rtpmap:9 G722/8000"), "{x}");
+            assert!(!x.contains("PCMU"));
+        }
+        // The padding goes into the first INVITE, nowhere else, and pushes it past the MTU.
+        let invite = uac.split("]]></send>").next().expect("INVITE");
+        assert!(invite.starts_with("<?xml") && invite.contains("INVITE sip:"));
+        let pads = invite.matches("X-Pad-").count();
+        assert!(
+            invite.len() > 4000 && pads >= 19,
+            "{pads} pads, {} bytes",
+            invite.len()
+        );
+        assert_eq!(uac.matches("X-Pad-").count(), pads);
+        assert!(!uas.contains("X-Pad"));
+        assert_eq!(Transport::Tcp.sipp(), "t1");
     }
 }
