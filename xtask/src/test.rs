@@ -3,7 +3,7 @@
 mod summary;
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Write},
     path::Path,
     process::{Command, ExitStatus},
 };
@@ -76,7 +76,7 @@ pub fn run(extra: &[String]) -> Result<()> {
         .env("CALLTAP_BIN", target.join("debug/calltap"))
         .env("CALLTAP_RELEASE_BIN", target.join("release/calltap"));
     println!("xtask test: cargo {}", args.join(" "));
-    let (status, suites) = tee_and_count(command)?;
+    let (status, suites) = tee_and_count(command, &mut std::io::stdout())?;
     if setup::is_root() {
         // The tests share one lab and leave it up for each other; the run ends clean.
         if let Err(e) = calltap_lab::Lab::down() {
@@ -131,7 +131,10 @@ fn fuzz_briefly() -> Result<()> {
 
 /// Runs `cargo test`, its stdout and stderr through one pipe (so cargo's `Running` lines and the
 /// binaries' results stay in order), each line echoed to the terminal as it comes and counted.
-fn tee_and_count(mut command: Command) -> Result<(ExitStatus, Vec<summary::Suite>)> {
+fn tee_and_count(
+    mut command: Command,
+    out: &mut impl Write,
+) -> Result<(ExitStatus, Vec<summary::Suite>)> {
     let (reader, writer) = std::io::pipe().context("pipe for cargo test's output")?;
     command
         .stdout(writer.try_clone().context("pipe for cargo test's output")?)
@@ -140,7 +143,6 @@ fn tee_and_count(mut command: Command) -> Result<(ExitStatus, Vec<summary::Suite
     // The command still holds the pipe's write ends: drop them so the read ends at cargo's exit.
     drop(command);
     let mut parser = summary::Parser::new();
-    let mut out = std::io::stdout();
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
     loop {
@@ -172,4 +174,37 @@ fn cargo(root: &Path, args: &[&str], what: &str) -> Result<()> {
         bail!("{what} failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cargo prints `Running` on stderr and the binaries print their results on stdout: through
+    /// the one pipe each result lands in its own suite, and the exit status comes through.
+    #[test]
+    fn tee_keeps_stderr_and_stdout_in_order() {
+        let result = "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out";
+        let script = format!(
+            "for s in a b c; do \
+               echo \"     Running e2e/$s.rs (target/debug/deps/$s-0f)\" >&2; \
+               echo '{result}'; \
+             done; exit 3"
+        );
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &script]);
+        let mut echoed = Vec::new();
+        let (status, suites) = tee_and_count(sh, &mut echoed).expect("sh");
+        assert_eq!(String::from_utf8_lossy(&echoed).lines().count(), 6);
+        assert_eq!(status.code(), Some(3));
+        let seen: Vec<_> = suites.iter().map(|s| (s.name.as_str(), s.passed)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("a (e2e/a.rs)", 1),
+                ("b (e2e/b.rs)", 1),
+                ("c (e2e/c.rs)", 1)
+            ]
+        );
+    }
 }
