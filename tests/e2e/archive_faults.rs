@@ -29,8 +29,9 @@ use calltap_lab::{
 };
 use serde_json::Value;
 
-/// The daemon's management server (for /metrics), on the recorder namespace's loopback.
-const API: &str = "127.0.0.1:18094";
+/// The daemon's management server (its default address, on the recorder namespace's
+/// loopback): recordings through the API, the archiver's counters on /metrics.
+const API: &str = "127.0.0.1:8080";
 
 const PLAN: CallPlan = CallPlan {
     pairs: 3,
@@ -153,7 +154,7 @@ fn archived_rows(data: &Path, prefix: &str) -> u64 {
 }
 
 /// Downloads the recording of the first CDR through the API (curl inside the recorder
-/// namespace, where the daemon serves 127.0.0.1:8080), whole and as one `Range`, and checks it
+/// namespace, where the daemon serves [`API`]), whole and as one `Range`, and checks it
 /// against the CDR: the archived recording is still served after it left the spool.
 fn api_serves_archived_recording(data: &Path, cdr: &Value, dir: &Path) {
     let bin = calltap_lab::daemon::calltap_bin();
@@ -169,7 +170,7 @@ fn api_serves_archived_recording(data: &Path, cdr: &Value, dir: &Path) {
     .expect("calltap token create");
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let url = format!(
-        "http://127.0.0.1:8080/api/v1/calls/{}/recording",
+        "http://{API}/api/v1/calls/{}/recording",
         cdr["uuid"].as_str().expect("uuid")
     );
     let fetch = |range: Option<&str>, name: &str| -> (String, Vec<u8>) {
@@ -273,8 +274,6 @@ fn archive_dir_read_only_mid_run_every_recording_archived_once() {
     let env = [
         ("CALLTAP_ARCHIVE_TARGET", target.as_str()),
         ("CALLTAP_ARCHIVE_RETRY_INTERVAL_MS", "200"),
-        // /metrics: the archiver's queue and failure counters show its passes.
-        ("CALLTAP_API_LISTEN", API),
     ];
     let daemon = Daemon::start(&dir.join("live"), &["--workers", "2"], &env).expect("calltap");
     let data = daemon.data_dir.clone();
