@@ -530,6 +530,37 @@ test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; fini
         assert_eq!(suites[1].verdict(&[]), Verdict::Unfinished);
     }
 
+    /// Captured from calltap's unit test binary run with `--show-output` and no telnet on PATH.
+    const TELNET_MISSING: &str =
+        "     Running unittests src/lib.rs (/work/main/target/debug/deps/calltap-7eab34447cf620a0)
+
+running 1 test
+test publish::console::tests::the_real_telnet_client_logs_in_and_runs_commands ... ok
+
+successes:
+
+---- publish::console::tests::the_real_telnet_client_logs_in_and_runs_commands stdout ----
+SKIP: telnet not installed (apt install telnet)
+
+
+successes:
+    publish::console::tests::the_real_telnet_client_logs_in_and_runs_commands
+
+test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 169 filtered out; finished in 0.00s
+";
+
+    #[test]
+    fn a_selected_test_that_skipped_leaves_its_suite_with_nothing_run() {
+        let suites = parse(TELNET_MISSING);
+        let s = &suites[0];
+        assert_eq!(s.name, "calltap (src/lib.rs)");
+        assert_eq!(
+            (s.passed, s.skipped, s.filtered_out, s.ran()),
+            (1, 1, 169, 0)
+        );
+        assert_eq!(s.verdict(&[]), Verdict::RanNothing);
+    }
+
     #[test]
     fn skip_lines_are_recognised_only_at_the_start() {
         assert!(is_skip("SKIP api_lists_calls: needs root"));
