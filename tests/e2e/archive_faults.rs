@@ -19,6 +19,7 @@ use std::{
 };
 
 use calltap_lab::{
+    api::{metric, metrics},
     daemon::Daemon,
     files::work_dir,
     netns::{ns_command, ns_run, run, NS_REC},
@@ -27,6 +28,10 @@ use calltap_lab::{
     Lab,
 };
 use serde_json::Value;
+
+/// The daemon's management server (its default address, on the recorder namespace's
+/// loopback): recordings through the API, the archiver's counters on /metrics.
+const API: &str = "127.0.0.1:8080";
 
 const PLAN: CallPlan = CallPlan {
     pairs: 3,
@@ -149,7 +154,7 @@ fn archived_rows(data: &Path, prefix: &str) -> u64 {
 }
 
 /// Downloads the recording of the first CDR through the API (curl inside the recorder
-/// namespace, where the daemon serves 127.0.0.1:8080), whole and as one `Range`, and checks it
+/// namespace, where the daemon serves [`API`]), whole and as one `Range`, and checks it
 /// against the CDR: the archived recording is still served after it left the spool.
 fn api_serves_archived_recording(data: &Path, cdr: &Value, dir: &Path) {
     let bin = calltap_lab::daemon::calltap_bin();
@@ -165,7 +170,7 @@ fn api_serves_archived_recording(data: &Path, cdr: &Value, dir: &Path) {
     .expect("calltap token create");
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let url = format!(
-        "http://127.0.0.1:8080/api/v1/calls/{}/recording",
+        "http://{API}/api/v1/calls/{}/recording",
         cdr["uuid"].as_str().expect("uuid")
     );
     let fetch = |range: Option<&str>, name: &str| -> (String, Vec<u8>) {
@@ -287,14 +292,29 @@ fn archive_dir_read_only_mid_run_every_recording_archived_once() {
     nas.remount("ro");
     calls(&dir, 2);
     let two = recordings(&cdrs_at_least(&daemon, 2 * per_batch), &spool);
-    // Give the archiver time to try (and fail): the files stay in the spool, verified intact.
-    std::thread::sleep(Duration::from_secs(3));
-    let held = files_under(&spool);
     let waiting: BTreeMap<_, _> = two
         .iter()
         .filter(|(rel, _)| !first.contains_key(*rel))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // The archiver tries (and fails) with every one of them queued: its queue holds them all,
+    // then its failure count rises past where it stood, a pass over them ran. The files stay
+    // in the spool, verified intact.
+    let archive_metric = |name: &str, labels: &[(&str, &str)]| {
+        metrics(NS_REC, API)
+            .ok()
+            .map(|text| metric(&text, name, labels))
+    };
+    let failures_before = wait_until("the outage's recordings queued for the archive", 30, || {
+        let unarchived = archive_metric("calltap_archive_queue_files", &[("state", "unarchived")])?;
+        (unarchived == waiting.len() as f64)
+            .then(|| archive_metric("calltap_archive_failures_total", &[]))
+            .flatten()
+    });
+    wait_until("an archive attempt failing with them queued", 30, || {
+        (archive_metric("calltap_archive_failures_total", &[])? > failures_before).then_some(())
+    });
+    let held = files_under(&spool);
     assert_eq!(held, waiting, "the outage's recordings wait in the spool");
     assert_eq!(
         files_under(&root),

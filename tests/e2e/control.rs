@@ -197,6 +197,37 @@ fn serve(stream: TcpStream, got: &Received) {
         .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
 }
 
+/// Returns once the receiver has served every connection made before this call: it serves
+/// them one at a time in accept order and records an event before answering, so the answer to
+/// a marker event posted now proves every earlier one recorded. The marker is taken out of
+/// `got` again.
+fn flush_receiver(got: &Received) {
+    const MARKER: &str = "flush-marker";
+    let body = json!({"id": MARKER, "type": "test.marker", "data": {}}).to_string();
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
+    mac.update(body.as_bytes());
+    let req = format!(
+        "POST /hooks HTTP/1.1\r\nHost: {HOOKS}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nX-CallTap-Signature: sha256={}\r\n\r\n{body}",
+        body.len(),
+        hex::encode(mac.finalize().into_bytes())
+    );
+    let answer = in_rec(move || {
+        let mut c = TcpStream::connect(HOOKS).expect("connect receiver");
+        c.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        c.write_all(req.as_bytes()).expect("post marker");
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).expect("marker answered");
+        answer
+    });
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let mut got = got.lock().expect("got");
+    let before = got.len();
+    got.retain(|(e, _)| e["id"] != MARKER);
+    assert_eq!(before - got.len(), 1, "the marker recorded once");
+}
+
 /// A telnet-style session with the console: raw TCP, telnet option bytes included.
 fn console(inputs: Vec<Vec<u8>>) -> String {
     in_rec(move || {
@@ -620,10 +651,23 @@ fn live_calls_recording_control_webhooks_and_console() {
     wait_for("18 webhook events", Duration::from_secs(30), || {
         (got.lock().expect("got").len() >= 18).then_some(())
     });
-    // A moment for any duplicate to show up.
-    thread::sleep(Duration::from_secs(2));
+    // Every event the restarted daemon holds is delivered (its queue is empty, replayed ones
+    // included): a duplicate would have been one of them.
+    let hooks = wait_for(
+        "the restarted daemon's webhook queue empty",
+        Duration::from_secs(30),
+        || {
+            let (status, v) = api("GET", "/status", &viewer, None);
+            assert_eq!(status, 200, "{v}");
+            (v["webhooks"]["pending"] == 0).then(|| v["webhooks"].clone())
+        },
+    );
+    eprintln!("webhooks after the restart: {hooks}");
+    // Stopped, it sends nothing more (its stop drains the queue while the receiver listens);
+    // the marker then proves the receiver has served everything it sent.
     let status = daemon2.stop();
     assert!(status.success(), "restarted calltap exit {status}");
+    flush_receiver(&got);
     drop(receiver);
 
     let got = got.lock().expect("got").clone();

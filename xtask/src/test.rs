@@ -1,10 +1,23 @@
 //! `cargo xtask test`: the one command CI (`.ci/run`) and developers run.
 
-use std::{path::Path, process::Command};
+mod summary;
 
-use anyhow::{bail, Result};
+use std::{
+    io::{BufRead as _, BufReader, Write},
+    path::Path,
+    process::{Command, ExitStatus},
+};
+
+use anyhow::{bail, Context as _, Result};
 
 use crate::{fuzz, setup};
+
+/// Suites allowed to run nothing under CI, with the reason, by the name the table shows
+/// (`<binary> (<source>)` or `doc-tests <crate>`). Binaries that hold no tests at all (a main.rs
+/// tested through its library, a crate without doc examples) need no entry: libtest reports
+/// them as 0 tests, 0 filtered out, and only an integration test target is expected to have
+/// some. Everything else must run at least one test that does its work.
+const ALLOWED_EMPTY: &[(&str, &str)] = &[];
 
 pub fn run(extra: &[String]) -> Result<()> {
     setup::run()?;
@@ -50,20 +63,48 @@ pub fn run(extra: &[String]) -> Result<()> {
     )?;
     let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
     args.extend(extra.iter().cloned());
-    let status = Command::new("cargo")
+    // Passing tests' output (their SKIP lines) comes after each binary's run, under the test's
+    // name, for the summary to count.
+    if !args.iter().any(|a| a == "--") {
+        args.push("--".to_owned());
+    }
+    args.push("--show-output".to_owned());
+    let mut command = Command::new("cargo");
+    command
         .current_dir(&root)
         .args(&args)
         .env("CALLTAP_BIN", target.join("debug/calltap"))
-        .env("CALLTAP_RELEASE_BIN", target.join("release/calltap"))
-        .status()?;
+        .env("CALLTAP_RELEASE_BIN", target.join("release/calltap"));
+    println!("xtask test: cargo {}", args.join(" "));
+    let (status, suites) = tee_and_count(command, &mut std::io::stdout())?;
     if setup::is_root() {
         // The tests share one lab and leave it up for each other; the run ends clean.
         if let Err(e) = calltap_lab::Lab::down() {
             eprintln!("xtask test: lab down: {e:#}");
         }
     }
+    println!("\nxtask test: tests per suite (SKIP: passed after printing a SKIP message)");
+    print!("{}", summary::table(&suites, ALLOWED_EMPTY));
     if !status.success() {
         bail!("cargo test failed");
+    }
+    let empty: Vec<&str> = suites
+        .iter()
+        .filter(|s| s.verdict(ALLOWED_EMPTY).is_empty_failure())
+        .map(|s| s.name.as_str())
+        .collect();
+    if !empty.is_empty() {
+        if std::env::var_os("CI").is_some() {
+            bail!(
+                "suites that must run ran nothing (CI is set): {} \
+                 (no tests, or every test ignored or skipped; see the SKIP lines above)",
+                empty.join(", ")
+            );
+        }
+        eprintln!(
+            "xtask test: these suites ran nothing (a failure under CI): {}",
+            empty.join(", ")
+        );
     }
     fuzz_briefly()?;
     println!("xtask test: all tests passed");
@@ -88,6 +129,40 @@ fn fuzz_briefly() -> Result<()> {
     Ok(())
 }
 
+/// Runs `cargo test`, its stdout and stderr through one pipe (so cargo's `Running` lines and the
+/// binaries' results stay in order), each line echoed to the terminal as it comes and counted.
+fn tee_and_count(
+    mut command: Command,
+    out: &mut impl Write,
+) -> Result<(ExitStatus, Vec<summary::Suite>)> {
+    let (reader, writer) = std::io::pipe().context("pipe for cargo test's output")?;
+    command
+        .stdout(writer.try_clone().context("pipe for cargo test's output")?)
+        .stderr(writer);
+    let mut child = command.spawn().context("running cargo test")?;
+    // The command still holds the pipe's write ends: drop them so the read ends at cargo's exit.
+    drop(command);
+    let mut parser = summary::Parser::new();
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader
+            .read_until(b'\n', &mut line)
+            .context("reading cargo test's output")?
+            == 0
+        {
+            break;
+        }
+        // A closed terminal must not stop the run: the counts still decide.
+        let _ = out.write_all(&line).and_then(|()| out.flush());
+        let text = String::from_utf8_lossy(&line);
+        parser.line(text.trim_end_matches(['\n', '\r']));
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    Ok((status, parser.finish()))
+}
+
 fn cargo(root: &Path, args: &[&str], what: &str) -> Result<()> {
     println!("xtask test: cargo {}", args.join(" "));
     if !Command::new("cargo")
@@ -99,4 +174,37 @@ fn cargo(root: &Path, args: &[&str], what: &str) -> Result<()> {
         bail!("{what} failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cargo prints `Running` on stderr and the binaries print their results on stdout: through
+    /// the one pipe each result lands in its own suite, and the exit status comes through.
+    #[test]
+    fn tee_keeps_stderr_and_stdout_in_order() {
+        let result = "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out";
+        let script = format!(
+            "for s in a b c; do \
+               echo \"     Running e2e/$s.rs (target/debug/deps/$s-0f)\" >&2; \
+               echo '{result}'; \
+             done; exit 3"
+        );
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &script]);
+        let mut echoed = Vec::new();
+        let (status, suites) = tee_and_count(sh, &mut echoed).expect("sh");
+        assert_eq!(String::from_utf8_lossy(&echoed).lines().count(), 6);
+        assert_eq!(status.code(), Some(3));
+        let seen: Vec<_> = suites.iter().map(|s| (s.name.as_str(), s.passed)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("a (e2e/a.rs)", 1),
+                ("b (e2e/b.rs)", 1),
+                ("c (e2e/c.rs)", 1)
+            ]
+        );
+    }
 }

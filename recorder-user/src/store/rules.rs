@@ -193,12 +193,14 @@ pub fn spawn_loader(
     data_dir: &std::path::Path,
     live: std::sync::Arc<LiveRules>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> std::io::Result<RulesLoader> {
     use std::{sync::atomic::Ordering, time::Duration};
     let url = database.url_in(data_dir);
     let timeout = Duration::from_millis(database.write_timeout_ms);
     let first = Duration::from_millis(database.retry_interval_ms.max(100));
-    std::thread::Builder::new()
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let failed_attempts = failed.clone();
+    let thread = std::thread::Builder::new()
         .name("rules-load".into())
         .spawn(move || {
             let rt = match crate::runtime::current_thread() {
@@ -246,6 +248,7 @@ pub fn spawn_loader(
                             );
                         }
                         failures += 1;
+                        failed.store(failures, Ordering::Release);
                     }
                 }
                 // Sleep in small steps so a stop is noticed quickly.
@@ -255,7 +258,18 @@ pub fn spawn_loader(
                 }
                 pause = (pause * 2).min(first * 8);
             }
-        })
+        })?;
+    Ok(RulesLoader {
+        thread,
+        failed_attempts,
+    })
+}
+
+/// The rules loader's thread and how often it has failed so far: a test sees it retry
+/// instead of guessing from the time that passed.
+pub struct RulesLoader {
+    pub thread: std::thread::JoinHandle<()>,
+    pub failed_attempts: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 fn stored(id: i64, input: &RuleInput) -> Rule {
@@ -389,6 +403,7 @@ mod tests {
             stop.clone(),
         )
         .expect("spawn")
+        .thread
         .join()
         .expect("loader");
         assert_eq!(live.get().len(), 1);
@@ -399,16 +414,30 @@ mod tests {
         down.database.url = Some("postgres://calltap@127.0.0.1:1/none".into());
         down.database.write_timeout_ms = 1;
         let live = LiveRules::new(RuleSet::default_only(RuleAction::Skip));
-        let handle = spawn_loader(
+        let loader = spawn_loader(
             &down.database,
             &down.storage.data_dir,
             live.clone(),
             stop.clone(),
         )
         .expect("spawn");
-        std::thread::sleep(Duration::from_millis(500));
-        assert!(!handle.is_finished(), "the loader gave up");
+        // Retrying: a third attempt failed after the first two (and their back-off).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while loader
+            .failed_attempts
+            .load(std::sync::atomic::Ordering::Acquire)
+            < 3
+        {
+            assert!(!loader.thread.is_finished(), "the loader gave up");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the loader stopped retrying"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!loader.thread.is_finished(), "the loader gave up");
         assert!(live.get().is_empty());
+        let handle = loader.thread;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !handle.is_finished() {
