@@ -1,7 +1,8 @@
 //! The REST API, versioned under `/api/v1`: status, call search and CDR detail, recording
-//! download, API tokens. [`router`] gives routes that the HTTP server (`publish::http`) mounts
-//! beside `/metrics`; it reads only the database, the recordings directory and atomics that the
-//! capture threads publish, so nothing here can slow or stop capture.
+//! download, API tokens, the audit log ([`audit`]). [`router`] gives routes that the HTTP
+//! server (`publish::http`) mounts beside `/metrics`; it reads only the database, the
+//! recordings directory and atomics that the capture threads publish (and writes audit rows),
+//! so nothing here can slow or stop capture.
 //!
 //! Every route but `/api/v1/openapi.json` needs a bearer token (see [`auth`]); errors all have
 //! the shape of [`errors::ApiError`].
