@@ -105,7 +105,27 @@ enum TokenAction {
         /// Who or what the token is for (shown in `GET /api/v1/tokens`).
         #[arg(long, default_value = "")]
         name: String,
+        /// Refuse the token after this long: a number and m, h, d or w (e.g. 30d). Default:
+        /// never expires.
+        #[arg(long, value_parser = parse_expires_in)]
+        expires_in: Option<std::time::Duration>,
     },
+    /// List tokens: id, role, created, expires, revoked, state, name (never the token).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Revoke a token by id; it is refused from its next request on.
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        /// The token's id (`calltap token list`).
+        id: i64,
+    },
+}
+
+fn parse_expires_in(s: &str) -> Result<std::time::Duration, String> {
+    calltap::publish::api::auth::parse_expires_in(s).map_err(|e| e.to_string())
 }
 
 fn load(common: &Common) -> anyhow::Result<Config> {
@@ -207,7 +227,35 @@ fn real_main() -> anyhow::Result<ExitCode> {
             })
         }
         Command::Token {
-            action: TokenAction::Create { common, role, name },
+            action: TokenAction::List { common },
+        } => {
+            let cfg = load(&common)?;
+            let tokens = token::list(&cfg)?;
+            print!(
+                "{}",
+                token::render_list(&tokens, calltap::clock::unix_ns_i64())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            action: TokenAction::Revoke { common, id },
+        } => {
+            let cfg = load(&common)?;
+            if token::revoke(&cfg, id)? {
+                eprintln!("calltap: token {id} revoked");
+            } else {
+                eprintln!("calltap: token {id} was revoked already");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            action:
+                TokenAction::Create {
+                    common,
+                    role,
+                    name,
+                    expires_in,
+                },
         } => {
             let cfg = load(&common)?;
             let role = match role {
@@ -215,9 +263,16 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 TokenRole::Operator => calltap::publish::api::auth::Role::Operator,
                 TokenRole::Admin => calltap::publish::api::auth::Role::Admin,
             };
-            let made = token::create(&cfg, role, &name)?;
+            let made = token::create(&cfg, role, &name, expires_in)?;
+            let expiry = match made.expires_ns {
+                Some(ns) => format!(
+                    ", expires {}",
+                    calltap::store::cdr::rfc3339(u64::try_from(ns).unwrap_or(0))
+                ),
+                None => String::new(),
+            };
             eprintln!(
-                "calltap: created {} token {} (id {}); it is not shown again",
+                "calltap: created {} token {} (id {}{expiry}); it is not shown again",
                 role.as_str(),
                 if name.is_empty() { "(no name)" } else { &name },
                 made.id

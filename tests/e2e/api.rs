@@ -1,6 +1,8 @@
 //! The REST API of a running `calltap run` with live sipp calls in the SPAN lab (issue #5):
 //! search by party finds the calls, a recording downloads with a Range request (the bytes are
-//! the file's), a wrong token gets 401 and a viewer token on an admin route gets 403.
+//! the file's), a wrong token gets 401 and a viewer token on an admin route gets 403; the
+//! downloads are in the audit log with the client's address, and `calltap token revoke` beside
+//! the running daemon refuses the token on its next request.
 //!
 //! The daemon runs in the recorder namespace; the test talks to it from inside that namespace.
 
@@ -49,6 +51,23 @@ fn create_token(data_dir: &Path, role: &str) -> String {
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(token.starts_with("ct_"), "{token}");
     token
+}
+
+/// `calltap token ARGS --data-dir DIR`; returns stdout.
+fn token_cmd(data_dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(calltap_bin())
+        .arg("token")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("calltap token");
+    assert!(
+        out.status.success(),
+        "token {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 struct Answer {
@@ -250,5 +269,49 @@ fn search_download_and_auth_against_a_running_daemon() {
 
     let status = get("/status", &viewer, None).json();
     assert_eq!(status["database"]["reachable"], true, "{status}");
+    assert_eq!(status["audit_write_failures"], 0, "{status}");
+
+    // The audit log has the two served ranges of the call (not the 416), with the client's address
+    // as the daemon's HTTP server saw it.
+    let audit = get("/audit", &admin, None);
+    assert_eq!(
+        audit.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&audit.body)
+    );
+    let entries = audit.json()["entries"]
+        .as_array()
+        .cloned()
+        .expect("entries");
+    let downloads: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "download" && e["call_uuid"] == uuid.as_str())
+        .collect();
+    assert_eq!(downloads.len(), 2, "{entries:?}");
+    for e in &downloads {
+        assert_eq!(e["actor"], "e2e");
+        assert!(
+            e["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("127.0.0.1:")),
+            "{e}"
+        );
+    }
+
+    // `calltap token list` beside the running daemon, then `token revoke`: the viewer is
+    // refused on its very next request.
+    let list = token_cmd(&data, &["list"]);
+    let viewer_id = list
+        .lines()
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&"viewer"))
+        .map(|f| f[0].to_string())
+        .unwrap_or_else(|| panic!("no viewer in:\n{list}"));
+    assert!(!list.contains(&viewer) && !list.contains(&admin), "{list}");
+    assert_eq!(get("/status", &viewer, None).status, 200);
+    token_cmd(&data, &["revoke", &viewer_id]);
+    assert_eq!(get("/status", &viewer, None).status, 401);
+    assert!(token_cmd(&data, &["list"]).contains("\trevoked\t"));
     daemon.stop().expect("clean stop");
 }

@@ -4,7 +4,8 @@
 //! Phase 1, receiver up: three concurrent calls are listed as active; one is paused for about
 //! 2 s and resumed through the API (its WAV is silence exactly over the paused span, the
 //! tones elsewhere), one is stopped from the telnet console (its WAV ends there), the CDRs list
-//! the events, and the webhook receiver gets started/answered/ended once per call, signed.
+//! the events, and the webhook receiver gets started/answered/ended once per call, signed; the
+//! audit log has the API's and the console's accepted actions, with the client's address.
 //! Phase 2: the receiver refuses connections while two more calls run, calltap is stopped with
 //! SIGTERM and started again on the same data directory, the receiver comes back, one more call
 //! runs: every call's three events arrive exactly once.
@@ -85,7 +86,15 @@ fn env() -> Vec<(String, String)> {
 /// `calltap token create` against the daemon's data dir; returns the token.
 fn create_token(data_dir: &Path, role: &str) -> String {
     let out = std::process::Command::new(calltap_bin())
-        .args(["token", "create", "--role", role, "--data-dir"])
+        .args([
+            "token",
+            "create",
+            "--role",
+            role,
+            "--name",
+            "e2e",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .output()
         .expect("calltap token create");
@@ -394,6 +403,7 @@ fn live_calls_recording_control_webhooks_and_console() {
     let daemon = Daemon::start(&data, &[], &vars).expect("calltap");
     let operator = create_token(&data, "operator");
     let viewer = create_token(&data, "viewer");
+    let admin = create_token(&data, "admin");
 
     // Phase 1: three concurrent calls of 8 s of audio each way.
     let calls = calls_in_background(
@@ -470,6 +480,38 @@ fn live_calls_recording_control_webhooks_and_console() {
         "{v}"
     );
     assert_eq!(calls.join().expect("sipp thread"), 0, "sipp failed calls");
+
+    // The audit log: the API's pause and resume, and the console's stop (written on the
+    // daemon's HTTP runtime after the console answered, so waited for), each with the operator
+    // token and the client's address; the refused attempts left nothing.
+    let audit = wait_for("three audit rows", Duration::from_secs(10), || {
+        let (s, v) = api("GET", "/audit", &admin, None);
+        assert_eq!(s, 200, "{v}");
+        let e = v["entries"].as_array().cloned().unwrap_or_default();
+        (e.len() >= 3).then_some(e)
+    });
+    let rows: BTreeSet<(String, String)> = audit
+        .iter()
+        .map(|e| {
+            assert_eq!(e["actor"], "e2e", "{e}");
+            assert!(
+                e["peer"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("127.0.0.1:")),
+                "{e}"
+            );
+            (
+                e["action"].as_str().unwrap_or_default().to_string(),
+                e["call_uuid"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> =
+        [("pause", &paused), ("stop", &stopped), ("resume", &paused)]
+            .iter()
+            .map(|(a, u)| (a.to_string(), u.to_string()))
+            .collect();
+    assert_eq!((rows, audit.len()), (want, 3), "{audit:?}");
 
     let cdrs = wait_for("three CDRs", Duration::from_secs(30), || {
         let c = daemon.cdrs().unwrap_or_default();

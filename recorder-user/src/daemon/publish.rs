@@ -11,7 +11,7 @@ use crate::{
     config::Config,
     publish::{
         api,
-        console::{Console, ConsoleBackend, ConsoleConfig, LoginLimits, TokenCheck},
+        console::{AuditHook, Console, ConsoleBackend, ConsoleConfig, LoginLimits, TokenCheck},
         http::{self, HttpServer},
         live::{LiveCalls, LiveEvent},
         metrics::{LiveStats, Metrics},
@@ -81,6 +81,7 @@ impl Publish {
                 .unwrap_or_default(),
         );
         let mut tokens = None;
+        let mut audit = None;
         let http = match &cfg.api.listen {
             Some(addr) => {
                 let api = api::ApiState::connecting(&cfg.api_settings(), Some(writer.counters()));
@@ -104,7 +105,8 @@ impl Publish {
                 };
                 let scheme = if tls.is_some() { "https" } else { "http" };
                 let server = HttpServer::start_with(addr, app, tls)?;
-                tokens = Some(token_check(api, server.handle().clone()));
+                tokens = Some(token_check(api.clone(), server.handle().clone()));
+                audit = Some(audit_hook(api, server.handle().clone()));
                 log::info!(
                     "API at {scheme}://{0}/api/v1, metrics at {scheme}://{0}/metrics",
                     server.addr
@@ -123,6 +125,7 @@ impl Publish {
             workers,
             reloader: control.reloader.clone(),
             tokens,
+            audit,
         });
         if let Some(c) = &console {
             metrics.set_console(c.counters());
@@ -173,6 +176,7 @@ struct ConsoleParts<'a> {
     workers: u32,
     reloader: Option<Arc<Reloader>>,
     tokens: Option<TokenCheck>,
+    audit: Option<AuditHook>,
 }
 
 /// Bound on the console's wait for a token check (the database may be slow or away).
@@ -195,6 +199,18 @@ fn token_check(api: api::ApiState, rt: tokio::runtime::Handle) -> TokenCheck {
     })
 }
 
+/// The console's audit rows, written on the HTTP server's runtime (whose database connections
+/// they use) by [`api::audit::record`], bounded, a failure logged and counted there. The
+/// console does not wait: its `record` command has taken effect already.
+fn audit_hook(api: api::ApiState, rt: tokio::runtime::Handle) -> AuditHook {
+    Box::new(move |entry| {
+        let api = api.clone();
+        rt.spawn(async move {
+            api::audit::record(&api, entry).await;
+        });
+    })
+}
+
 /// The telnet console on `[console] listen`; the daemon runs on without it when the address is
 /// taken (it is a troubleshooting aid, not worth refusing to record over).
 fn start_console(parts: ConsoleParts<'_>) -> Option<Console> {
@@ -208,6 +224,7 @@ fn start_console(parts: ConsoleParts<'_>) -> Option<Console> {
         workers,
         reloader,
         tokens,
+        audit,
     } = parts;
     let listen = cfg.console.listen.clone()?;
     let started = Instant::now();
@@ -258,6 +275,7 @@ fn start_console(parts: ConsoleParts<'_>) -> Option<Console> {
             None => "reload: this run has no configuration source to reload\n".to_string(),
         }),
         tokens,
+        audit,
     };
     let cfg = ConsoleConfig {
         listen,

@@ -35,6 +35,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     api::{
+        audit::{Actor, Entry as AuditEntry},
         auth::{Caller, Role},
         errors::ApiError,
     },
@@ -65,6 +66,11 @@ const OPT_ECHO: u8 = 1;
 /// `ApiError::Unauthorized` for an unknown or revoked one.
 pub type TokenCheck = Box<dyn Fn(&str) -> Result<Caller, ApiError> + Send + Sync>;
 
+/// Writes a console recording action to the API's audit log ([`crate::publish::api::audit`]).
+/// Must not block the session: the daemon's hook hands the row to the HTTP server's runtime,
+/// which writes it bounded and logs and counts a failure.
+pub type AuditHook = Box<dyn Fn(AuditEntry) + Send + Sync>;
+
 /// What the console shows that only the daemon knows: each returns text to print.
 pub struct ConsoleBackend {
     pub status: Box<dyn Fn() -> String + Send + Sync>,
@@ -72,6 +78,9 @@ pub struct ConsoleBackend {
     pub reload: Box<dyn Fn() -> String + Send + Sync>,
     /// `login TOKEN`; None when the daemon serves no API (then only the password logs in).
     pub tokens: Option<TokenCheck>,
+    /// The audit log of `record` commands; None when the daemon serves no API (the action is
+    /// then only in the daemon's log).
+    pub audit: Option<AuditHook>,
 }
 
 /// Console settings.
@@ -390,6 +399,8 @@ struct Session<'a> {
     role: Role,
     /// Who it is, for `whoami` and the log: anonymous, the console password, or a token's name.
     who: String,
+    /// Who it is for the audit log; None until a login.
+    actor: Option<Actor>,
     /// Failed logins on this connection.
     failures: u32,
     telnet: Telnet,
@@ -422,6 +433,7 @@ impl<'a> Session<'a> {
             ctx,
             role: Role::Viewer,
             who: "anonymous".to_string(),
+            actor: None,
             failures: 0,
             telnet: Telnet::default(),
             buf: Vec::with_capacity(MAX_LINE),
@@ -592,7 +604,7 @@ impl<'a> Session<'a> {
     /// One login attempt with `secret` (the console password or an API token).
     fn try_login(&mut self, secret: &str) -> io::Result<Attempt> {
         match self.check(secret) {
-            Ok((role, who)) => {
+            Ok((role, who, actor)) => {
                 log::info!(
                     "console: {} logged in as {who} ({})",
                     self.peer,
@@ -601,6 +613,7 @@ impl<'a> Session<'a> {
                 self.write(&format!("logged in as {who} ({})\n", role.as_str()))?;
                 self.role = role;
                 self.who = who;
+                self.actor = Some(actor);
                 Ok(Attempt::In)
             }
             Err(e @ LoginError::Unavailable(_)) => {
@@ -612,19 +625,23 @@ impl<'a> Session<'a> {
     }
 
     /// The role `secret` grants: the console password admin, an API token its own role.
-    fn check(&self, secret: &str) -> Result<(Role, String), LoginError> {
+    fn check(&self, secret: &str) -> Result<(Role, String, Actor), LoginError> {
         if let Some(want) = &self.ctx.password_sha {
             let got: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
             // Digests compared whole: the time taken does not depend on where they differ.
             if got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0 {
-                return Ok((Role::Admin, "console password".to_string()));
+                return Ok((Role::Admin, "console password".to_string(), Actor::Console));
             }
         }
         let Some(tokens) = &self.ctx.backend.tokens else {
             return Err(LoginError::Wrong);
         };
         match tokens(secret) {
-            Ok(c) => Ok((c.role, format!("token {}", escape_control(&c.name)))),
+            Ok(c) => Ok((
+                c.role,
+                format!("token {}", escape_control(&c.name)),
+                Actor::from(&c),
+            )),
             Err(ApiError::Unauthorized) => Err(LoginError::Wrong),
             Err(e) => Err(LoginError::Unavailable(e.to_string())),
         }
@@ -701,6 +718,17 @@ impl<'a> Session<'a> {
                                 self.peer,
                                 self.who
                             );
+                            if let (Some(audit), Some(actor)) =
+                                (&ctx.backend.audit, self.actor.clone())
+                            {
+                                audit(AuditEntry {
+                                    actor,
+                                    action: a.as_str(),
+                                    call_uuid: c.uuid.clone(),
+                                    call_id: Some(c.call_id.clone()),
+                                    peer: Some(self.peer.to_string()),
+                                });
+                            }
                             format!("call {}: recording {}\n", c.uuid, c.recording.as_str())
                         }
                         Err(e) => format!("error: {e}\n"),

@@ -36,6 +36,29 @@ pub enum HttpError {
     Tls(#[from] super::tls::TlsError),
 }
 
+/// The client's address, as handlers see it (`ConnectInfo<PeerAddr>`; absent when the router is
+/// driven without a socket, as in tests). A type of ours because axum only knows how to take
+/// it from its own `TcpListener`, not from the TLS listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
 /// The routes the management server always offers; the caller may merge more (the REST API).
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
@@ -123,6 +146,7 @@ impl HttpServer {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     };
+                    let app = app.into_make_service_with_connect_info::<PeerAddr>();
                     let served = match tls {
                         Some(config) => match TlsListener::new(listener, config) {
                             Ok(l) => axum::serve(l, app).with_graceful_shutdown(stopped).await,

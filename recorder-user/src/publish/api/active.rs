@@ -9,11 +9,11 @@ use axum::{
         Path as UrlPath, State,
     },
     http::StatusCode,
-    Json,
+    Extension, Json,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{errors::ApiError, ApiState};
+use super::{audit, auth::Caller, errors::ApiError, ApiState};
 use crate::{
     pipeline::recording::RecordingAction,
     publish::live::{ControlError, LiveCall},
@@ -51,9 +51,11 @@ impl From<ControlError> for ApiError {
 
 /// `POST /api/v1/calls/{uuid}/recording` with `{"action": "start|stop|pause|resume"}`: the
 /// call as it is afterwards. CallTap records every call, so `start` resumes a recording that was
-/// stopped or paused.
+/// stopped or paused. An accepted action is written to the audit log ([`audit`]).
 pub async fn control(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    peer: Option<Extension<axum::extract::ConnectInfo<crate::publish::http::PeerAddr>>>,
     uuid: Result<UrlPath<String>, PathRejection>,
     body: Result<Json<ControlRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<LiveCall>), ApiError> {
@@ -69,11 +71,25 @@ pub async fn control(
         .live()
         .ok_or_else(|| ApiError::NotFound(format!("no active call {uuid}")))?;
     let call = live.control(&uuid, action)?;
+    let peer = super::peer_of(peer);
     log::info!(
-        "recording {} of call {} ({}) by API",
+        "recording {} of call {} ({}) by API (token {} from {})",
         action.as_str(),
         call.call_id,
-        call.uuid
+        call.uuid,
+        caller.token_id,
+        peer.as_deref().unwrap_or("-")
     );
+    audit::record(
+        &state,
+        audit::Entry {
+            actor: audit::Actor::from(&caller),
+            action: action.as_str(),
+            call_uuid: call.uuid.clone(),
+            call_id: Some(call.call_id.clone()),
+            peer,
+        },
+    )
+    .await;
     Ok((StatusCode::OK, Json(call)))
 }

@@ -15,12 +15,12 @@ use axum::{
     },
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
-use super::{errors::ApiError, sql::Arg, ApiState};
+use super::{audit, auth::Caller, errors::ApiError, sql::Arg, ApiState};
 use crate::store::{archive, cdr::rfc3339, db::Db};
 
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -532,15 +532,26 @@ pub fn parse_range(h: Option<&str>, len: u64) -> RangeReq {
     }
 }
 
-/// `GET /api/v1/calls/{uuid}/recording`: the WAV, whole or one byte range.
+/// `GET /api/v1/calls/{uuid}/recording`: the WAV, whole or one byte range. Each answer that
+/// serves audio (200 or 206: a player fetching ranges leaves one row per range) is written to
+/// the audit log first ([`audit`]: bounded, and served even if the row cannot be written).
 pub async fn recording(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    peer: Option<Extension<axum::extract::ConnectInfo<crate::publish::http::PeerAddr>>>,
     uuid: Result<UrlPath<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let UrlPath(uuid) = uuid?;
     let db = state.db().await?;
     let call = find_call(db, &uuid).await?;
+    let audit_entry = audit::Entry {
+        actor: audit::Actor::from(&caller),
+        action: "download",
+        call_uuid: call.uuid.clone(),
+        call_id: Some(call.call_id.clone()),
+        peer: super::peer_of(peer),
+    };
     // Deleted on purpose: say so (and when), not 404 as if there never was a recording.
     let args = [Arg::S(uuid.clone())];
     let deletion = fetch!(
@@ -575,7 +586,9 @@ pub async fn recording(
         ) {
             Some(archive::Located::File { root, path }) => confine(&root, &path.to_string_lossy()),
             Some(archive::Located::Object { store, key }) => {
-                return serve_object(store.as_ref(), &key, &headers).await;
+                let served = serve_object(store.as_ref(), &key, &headers).await?;
+                audit::record(&state, audit_entry).await;
+                return Ok(served);
             }
             None => None,
         },
@@ -600,6 +613,7 @@ pub async fn recording(
     file.seek(std::io::SeekFrom::Start(start))
         .await
         .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
+    audit::record(&state, audit_entry).await;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)));
     Ok(ranged_response(
         status,

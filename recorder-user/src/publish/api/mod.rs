@@ -1,7 +1,8 @@
 //! The REST API, versioned under `/api/v1`: status, call search and CDR detail, recording
-//! download, API tokens. [`router`] gives routes that the HTTP server (`publish::http`) mounts
-//! beside `/metrics`; it reads only the database, the recordings directory and atomics that the
-//! capture threads publish, so nothing here can slow or stop capture.
+//! download, API tokens, the audit log ([`audit`]). [`router`] gives routes that the HTTP
+//! server (`publish::http`) mounts beside `/metrics`; it reads only the database, the
+//! recordings directory and atomics that the capture threads publish (and writes audit rows),
+//! so nothing here can slow or stop capture.
 //!
 //! Every route but `/api/v1/openapi.json` needs a bearer token (see [`auth`]); errors all have
 //! the shape of [`errors::ApiError`].
@@ -13,6 +14,7 @@
 #[macro_use]
 mod sql;
 pub mod active;
+pub mod audit;
 pub mod auth;
 pub mod calls;
 pub mod errors;
@@ -30,8 +32,8 @@ use axum::{
     http::StatusCode,
     middleware::from_fn_with_state,
     response::{IntoResponse, Response},
-    routing::{get, post, put},
-    Json, Router,
+    routing::{delete, get, post, put},
+    Extension, Json, Router,
 };
 use serde::{Deserialize, Serialize};
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
@@ -111,6 +113,8 @@ struct Inner {
     /// The recording rules in force, once `calltap run` has them: replaced after each change
     /// through `/rules`.
     rules: std::sync::OnceLock<Arc<crate::rules::LiveRules>>,
+    /// Audit rows that could not be written ([`audit::record`]).
+    audit_failures: std::sync::atomic::AtomicU64,
 }
 
 impl ApiState {
@@ -144,6 +148,7 @@ impl ApiState {
                 reload: std::sync::OnceLock::new(),
                 metrics: std::sync::OnceLock::new(),
                 rules: std::sync::OnceLock::new(),
+                audit_failures: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -179,6 +184,13 @@ impl ApiState {
     /// Adds workers, rings, archive and webhooks to `GET /status`.
     pub fn set_metrics(&self, metrics: Arc<crate::publish::metrics::Metrics>) {
         let _ = self.inner.metrics.set(metrics);
+    }
+
+    /// Audit rows not written so far (timeouts, database errors): each one was logged instead.
+    pub fn audit_failures(&self) -> u64 {
+        self.inner
+            .audit_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn set_reloader(&self, reloader: Arc<dyn Reload>) {
@@ -243,6 +255,8 @@ pub fn router(state: ApiState) -> Router {
         ));
     let admin = Router::new()
         .route("/tokens", get(tokens_list).post(tokens_create))
+        .route("/tokens/{id}", delete(tokens_revoke))
+        .route("/audit", get(audit::list))
         .route("/reload", post(reload))
         .route("/rules", post(rules::create))
         .route("/rules/{id}", put(rules::update).delete(rules::delete))
@@ -298,6 +312,8 @@ struct Status {
     capture: Option<CaptureInfo>,
     database: DatabaseStatus,
     cdr_store: Option<WriterSnapshot>,
+    /// Audit rows that could not be written (each was logged instead).
+    audit_write_failures: u64,
     /// Workers, rings, archive queue, webhooks (when `calltap run` serves the API).
     #[serde(flatten)]
     health: Option<crate::publish::metrics::Health>,
@@ -326,6 +342,7 @@ async fn status(State(state): State<ApiState>) -> Json<Status> {
             reachable,
         },
         cdr_store: s.writer.as_ref().map(|w| w.snapshot()),
+        audit_write_failures: state.audit_failures(),
         health: s.metrics.get().map(|m| m.health()),
     })
 }
@@ -342,16 +359,74 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     })
 }
 
+/// RFC 3339 of a stored nanosecond time.
+fn time_of(ns: i64) -> String {
+    crate::store::cdr::rfc3339(u64::try_from(ns).unwrap_or(0))
+}
+
+/// A token as the API lists it: the stored row with its times also in RFC 3339.
+#[derive(Serialize)]
+struct TokenView {
+    #[serde(flatten)]
+    info: auth::TokenInfo,
+    created: String,
+    expires: Option<String>,
+    revoked: Option<String>,
+    /// Whether it authenticates now (neither revoked nor expired).
+    active: bool,
+}
+
 #[derive(Serialize)]
 struct TokenList {
-    tokens: Vec<auth::TokenInfo>,
+    tokens: Vec<TokenView>,
 }
 
 /// `GET /api/v1/tokens` (admin)
 async fn tokens_list(State(state): State<ApiState>) -> Result<Json<TokenList>, ApiError> {
-    Ok(Json(TokenList {
-        tokens: auth::list(state.db().await?).await?,
-    }))
+    let now = crate::clock::unix_ns_i64();
+    let tokens = auth::list(state.db().await?)
+        .await?
+        .into_iter()
+        .map(|info| TokenView {
+            created: time_of(info.created_ns),
+            expires: info.expires_ns.map(time_of),
+            revoked: info.revoked_ns.map(time_of),
+            active: info.revoked_ns.is_none() && info.expires_ns.is_none_or(|e| e > now),
+            info,
+        })
+        .collect();
+    Ok(Json(TokenList { tokens }))
+}
+
+/// `DELETE /api/v1/tokens/{id}` (admin): 204, also for a token revoked before (the first
+/// revocation time is kept); 404 for an unknown id. The token is refused from its next request
+/// on (nothing caches tokens, see [`auth`]).
+async fn tokens_revoke(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<auth::Caller>,
+    id: Result<axum::extract::Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let axum::extract::Path(id) = id?;
+    match auth::revoke(state.db().await?, id).await? {
+        None => Err(ApiError::NotFound(format!("no token {id}"))),
+        Some(now) => {
+            if now {
+                log::info!(
+                    "API token {id} revoked by API (token {} {:?})",
+                    caller.token_id,
+                    caller.name
+                );
+            }
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
+}
+
+/// The client's `ip:port`, when the server was started with connect info.
+fn peer_of(
+    info: Option<Extension<axum::extract::ConnectInfo<crate::publish::http::PeerAddr>>>,
+) -> Option<String> {
+    info.map(|Extension(axum::extract::ConnectInfo(p))| p.0.to_string())
 }
 
 #[derive(Deserialize)]
@@ -360,6 +435,9 @@ struct TokenRequest {
     role: String,
     #[serde(default)]
     name: String,
+    /// Lifetime, as `calltap token create --expires-in` takes it (`30d`); none: never expires.
+    #[serde(default)]
+    expires_in: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -368,6 +446,8 @@ struct TokenCreated {
     role: &'static str,
     name: String,
     token: String,
+    /// RFC 3339; null: never expires.
+    expires: Option<String>,
 }
 
 /// `POST /api/v1/tokens` (admin)
@@ -385,7 +465,15 @@ async fn tokens_create(
     if req.name.len() > 200 {
         return Err(ApiError::BadRequest("name: at most 200 bytes".into()));
     }
-    let (id, token) = auth::create_token(state.db().await?, role, &req.name)
+    let expires_ns = match &req.expires_in {
+        Some(span) => {
+            let span =
+                auth::parse_expires_in(span).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            Some(auth::expires_at(crate::clock::unix_ns_i64(), span))
+        }
+        None => None,
+    };
+    let (id, token) = auth::create_token_expiring(state.db().await?, role, &req.name, expires_ns)
         .await
         .map_err(|e| match e {
             auth::TokenError::Db(e) => ApiError::Database(e),
@@ -398,6 +486,7 @@ async fn tokens_create(
             role: role.as_str(),
             name: req.name,
             token,
+            expires: expires_ns.map(time_of),
         }),
     )
         .into_response())

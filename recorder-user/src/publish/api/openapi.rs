@@ -6,7 +6,10 @@
 
 use serde_json::{json, Value};
 
-use super::calls::{DEFAULT_LIMIT, MAX_LIMIT};
+use super::{
+    audit,
+    calls::{DEFAULT_LIMIT, MAX_LIMIT},
+};
 
 /// (method, path under /api/v1, least role or "public") for every route the router serves.
 pub const ROUTES: &[(&str, &str, &str)] = &[
@@ -19,6 +22,8 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/calls/{uuid}/recording", "operator"),
     ("get", "/tokens", "admin"),
     ("post", "/tokens", "admin"),
+    ("delete", "/tokens/{id}", "admin"),
+    ("get", "/audit", "admin"),
     ("post", "/reload", "admin"),
     ("get", "/rules", "viewer"),
     ("post", "/rules", "admin"),
@@ -135,6 +140,28 @@ pub fn document() -> Value {
         ),
         json!({"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TokenRequest"}}}}}),
     );
+    let token_revoke = with(
+        op(
+            "Revoke a token: it is refused (401) from its next request on. Revoking a revoked token again is a no-op (204; the first revocation time is kept)",
+            "admin",
+            json!({"204": {"description": "Revoked"}}),
+            &["400", "401", "403", "404", "503"],
+        ),
+        json!({"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "format": "int64"}}]}),
+    );
+    let audit_list = with(
+        op(
+            "The audit log, newest first: recording downloads (one row per served answer, so one per range a player fetches) and recording control (API and console), with who (token id and name, or console for the console password), the call, the time and the client address. A download is served even if its row cannot be written (counted as audit_write_failures in /status, and logged)",
+            "admin",
+            json_ok("200", "AuditPage"),
+            &["400", "401", "403", "503"],
+        ),
+        json!({"parameters": [
+            q("limit", json!({"type": "integer", "minimum": 1, "maximum": audit::MAX_LIMIT, "default": audit::DEFAULT_LIMIT}), "Page size"),
+            q("offset", json!({"type": "integer", "minimum": 0, "maximum": audit::MAX_OFFSET, "default": 0}), "Entries to skip (newest first); further back, narrow with since"),
+            q("since", json!({"type": "string", "format": "date-time"}), "Only entries at or after this time (RFC 3339)"),
+        ]}),
+    );
     let rule_body = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RuleRequest"}}}});
     let id_param = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "format": "int64"}});
     let rules_create = with(
@@ -204,6 +231,8 @@ pub fn document() -> Value {
                 "get": op("List API tokens (never the tokens themselves)", "admin", json_ok("200", "TokenList"), &["401", "403", "503"]),
                 "post": token_create,
             },
+            "/tokens/{id}": {"delete": token_revoke},
+            "/audit": {"get": audit_list},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -286,6 +315,7 @@ fn schemas() -> Value {
             "database": {"type": "object", "properties": {
                 "backend": s, "reachable": {"type": "boolean"}}},
             "cdr_store": {"type": "object", "nullable": true, "description": "CDR writer counters (mode: starting, database or csv)"},
+            "audit_write_failures": {"type": "integer", "description": "Audit rows that could not be written (database error or no answer within 2 s) since start; each was logged instead"},
             "workers": {"type": "array", "description": "Media workers: records taken, calls owned, input ring fill (0-1), processing lag", "items": {"type": "object", "properties": {
                 "worker": int, "records": int, "active_calls": int, "ring_fill": nullable("number"), "lag_ms": num}}},
             "signalling_ring_fill": nullable("number"),
@@ -316,13 +346,29 @@ fn schemas() -> Value {
             "calls": {"type": "array", "items": {"$ref": "#/components/schemas/ActiveCall"}}}},
         "RecordingControl": {"type": "object", "required": ["action"], "additionalProperties": false, "properties": {
             "action": {"type": "string", "enum": ["start", "stop", "pause", "resume"]}}},
-        "Token": {"type": "object", "properties": {
-            "id": int, "name": s, "role": s, "created_ns": int, "revoked_ns": nullable("integer")}},
+        "Token": {"type": "object", "required": ["id", "name", "role", "created", "created_ns", "active"], "properties": {
+            "id": int, "name": s, "role": s,
+            "created": {"type": "string", "format": "date-time"}, "created_ns": int,
+            "expires": {"type": "string", "format": "date-time", "nullable": true, "description": "Refused from then on; null: never expires"},
+            "expires_ns": nullable("integer"),
+            "revoked": {"type": "string", "format": "date-time", "nullable": true},
+            "revoked_ns": nullable("integer"),
+            "active": {"type": "boolean", "description": "Neither revoked nor expired"}}},
+        "AuditEntry": {"type": "object", "required": ["id", "at", "actor", "action", "call_uuid"], "properties": {
+            "id": int, "at": {"type": "string", "format": "date-time"},
+            "token_id": {"type": "integer", "nullable": true, "description": "The API token; null for the console password"},
+            "actor": {"type": "string", "description": "The token's name at the time, or console"},
+            "action": {"type": "string", "enum": ["download", "start", "stop", "pause", "resume"]},
+            "call_uuid": s, "call_id": nullable("string"),
+            "peer": {"type": "string", "nullable": true, "description": "Client ip:port"}}},
+        "AuditPage": {"type": "object", "required": ["entries"], "properties": {
+            "entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}}},
         "TokenList": {"type": "object", "required": ["tokens"], "properties": {
             "tokens": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}}}},
         "TokenRequest": {"type": "object", "required": ["role"], "additionalProperties": false, "properties": {
             "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
-            "name": {"type": "string", "maxLength": 200}}},
+            "name": {"type": "string", "maxLength": 200},
+            "expires_in": {"type": "string", "pattern": "^[0-9]+[mhdw]$", "description": "Lifetime: a number and m (minutes), h, d or w (weeks), at most 3650 days, e.g. 30d. Absent: never expires"}}},
         "RuleMatch": {"type": "object", "additionalProperties": false,
             "description": "Conditions, all optional and ANDed. Number patterns and domain are globs over the whole value, case-insensitive: * any run, ? one character (a prefix is 1234*). caller/callee: SIP From/To user part; party: either. IPs: an address or CIDR (v4 or v6); ip: either party. domain: host of From or To.",
             "properties": {
@@ -342,7 +388,8 @@ fn schemas() -> Value {
         "RuleList": {"type": "object", "required": ["rules", "default"], "properties": {
             "rules": {"type": "array", "items": {"$ref": "#/components/schemas/Rule"}},
             "default": action}},
-        "TokenCreated": {"type": "object", "required": ["id", "role", "token"], "properties": {
-            "id": int, "role": s, "name": s, "token": s}},
+        "TokenCreated": {"type": "object", "required": ["id", "role", "token", "expires"], "properties": {
+            "id": int, "role": s, "name": s, "token": s,
+            "expires": {"type": "string", "format": "date-time", "nullable": true}}},
     })
 }

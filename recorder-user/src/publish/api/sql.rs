@@ -5,6 +5,10 @@
 pub enum Arg {
     I(i64),
     S(String),
+    /// A nullable integer: typed, since PostgreSQL refuses a NULL bound as the wrong type.
+    OI(Option<i64>),
+    /// A nullable text.
+    OS(Option<String>),
 }
 
 /// Runs `$sql` with `$args` (an iterator of `&Arg`) on whichever pool `$db` holds, maps rows to
@@ -20,6 +24,8 @@ macro_rules! fetch {
                     q = match a {
                         $crate::publish::api::sql::Arg::I(v) => q.bind(*v),
                         $crate::publish::api::sql::Arg::S(v) => q.bind(v.clone()),
+                        $crate::publish::api::sql::Arg::OI(v) => q.bind(*v),
+                        $crate::publish::api::sql::Arg::OS(v) => q.bind(v.clone()),
                     };
                 }
                 q.$how($pool).await

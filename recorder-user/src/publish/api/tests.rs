@@ -223,6 +223,7 @@ async fn search_detail_download_and_tokens_on_postgres() {
     }
     let pg = calltap_lab::postgres::Postgres::start().expect("postgres");
     let f = fixture_on(Some(pg)).await;
+    audit_case(&f).await;
     let d = get(&f.app, &format!("/api/v1/calls/{}", uuid(3)), &f.viewer).await;
     assert_eq!(d.status, StatusCode::OK);
     assert_eq!(d.json()["streams"].as_array().map(Vec::len), Some(2));
@@ -912,4 +913,321 @@ async fn active_calls_and_recording_control() {
     )
     .await;
     assert_eq!(a.status, StatusCode::OK);
+}
+
+async fn send(app: &Router, method: Method, uri: &str, token: &str, body: &str) -> Answer {
+    call(
+        app,
+        method,
+        uri,
+        Some(token),
+        &[("content-type", "application/json")],
+        Body::from(body.to_string()),
+    )
+    .await
+}
+
+/// Only admins list and revoke tokens; a revoked token and an expired one are refused (401)
+/// on their very next request, since nothing caches tokens.
+#[tokio::test]
+async fn revoked_and_expired_tokens_are_refused_at_once() {
+    let f = fixture().await;
+    for t in [&f.viewer, &f.operator] {
+        let a = get(&f.app, "/api/v1/tokens", t).await;
+        assert_eq!(a.error(StatusCode::FORBIDDEN), "forbidden");
+        let a = send(&f.app, Method::DELETE, "/api/v1/tokens/1", t, "").await;
+        assert_eq!(a.error(StatusCode::FORBIDDEN), "forbidden");
+    }
+    let bad = send(
+        &f.app,
+        Method::POST,
+        "/api/v1/tokens",
+        &f.admin,
+        r#"{"role":"viewer","expires_in":"soon"}"#,
+    )
+    .await;
+    assert_eq!(bad.error(StatusCode::BAD_REQUEST), "bad_request");
+    assert!(bad.json()["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("\"soon\"")));
+    let made = send(
+        &f.app,
+        Method::POST,
+        "/api/v1/tokens",
+        &f.admin,
+        r#"{"role":"viewer","name":"temp","expires_in":"1h"}"#,
+    )
+    .await;
+    assert_eq!(made.status, StatusCode::CREATED);
+    let made = made.json();
+    let (id, temp) = (
+        made["id"].as_i64().expect("id"),
+        made["token"].as_str().expect("token").to_string(),
+    );
+    assert!(made["expires"].as_str().is_some_and(|e| e.ends_with('Z')));
+    assert_eq!(
+        get(&f.app, "/api/v1/status", &temp).await.status,
+        StatusCode::OK
+    );
+    let listed = |list: Value| {
+        list["tokens"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["id"] == id).cloned())
+            .expect("listed")
+    };
+    let list = get(&f.app, "/api/v1/tokens", &f.admin).await.json();
+    assert!(!list.to_string().contains(&temp), "token leaked: {list}");
+    let t = listed(list);
+    assert_eq!(
+        (&t["name"], &t["active"]),
+        (&Value::from("temp"), &Value::from(true))
+    );
+    assert!(t["expires"].is_string() && t["revoked"].is_null(), "{t}");
+
+    let uri = format!("/api/v1/tokens/{id}");
+    assert_eq!(
+        send(&f.app, Method::DELETE, &uri, &f.admin, "")
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let a = get(&f.app, "/api/v1/status", &temp).await;
+    assert_eq!(a.error(StatusCode::UNAUTHORIZED), "unauthorized");
+    let t = listed(get(&f.app, "/api/v1/tokens", &f.admin).await.json());
+    assert_eq!(t["active"], false);
+    assert!(t["revoked"].is_string(), "{t}");
+    // Again: still 204 (idempotent); unknown: 404; not a number: 400.
+    assert_eq!(
+        send(&f.app, Method::DELETE, &uri, &f.admin, "")
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let a = send(&f.app, Method::DELETE, "/api/v1/tokens/99999", &f.admin, "").await;
+    assert_eq!(a.error(StatusCode::NOT_FOUND), "not_found");
+    let a = send(&f.app, Method::DELETE, "/api/v1/tokens/abc", &f.admin, "").await;
+    assert_eq!(a.error(StatusCode::BAD_REQUEST), "bad_request");
+
+    // Expiry: the operator's token works, then its expiry passes in the database (as time
+    // would), and the next request is refused.
+    let a = send(
+        &f.app,
+        Method::POST,
+        "/api/v1/calls/uuid-1/recording",
+        &f.operator,
+        r#"{"action":"pause"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let caller = auth::lookup(&f.db, &f.operator)
+        .await
+        .expect("lookup")
+        .expect("live");
+    let args = [
+        sql::Arg::I(crate::clock::unix_ns_i64() - 1),
+        sql::Arg::I(caller.token_id),
+    ];
+    fetch!(
+        &f.db,
+        (i64,),
+        "UPDATE api_tokens SET expires_ns = $1 WHERE id = $2 RETURNING id",
+        &args,
+        fetch_one
+    )
+    .expect("expire");
+    let a = send(
+        &f.app,
+        Method::POST,
+        "/api/v1/calls/uuid-1/recording",
+        &f.operator,
+        r#"{"action":"resume"}"#,
+    )
+    .await;
+    assert_eq!(a.error(StatusCode::UNAUTHORIZED), "unauthorized");
+    let t = listed_by(&f, caller.token_id).await;
+    assert_eq!(t["active"], false);
+    assert!(t["expires"].is_string() && t["revoked"].is_null(), "{t}");
+    // A token created already past its expiry never works.
+    let (_, old) =
+        auth::create_token_expiring(&f.db, Role::Admin, "old", Some(crate::clock::unix_ns_i64()))
+            .await
+            .expect("token");
+    let a = get(&f.app, "/api/v1/tokens", &old).await;
+    assert_eq!(a.error(StatusCode::UNAUTHORIZED), "unauthorized");
+}
+
+async fn listed_by(f: &Fixture, id: i64) -> Value {
+    let list = get(&f.app, "/api/v1/tokens", &f.admin).await.json();
+    list["tokens"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["id"] == id).cloned())
+        .expect("listed")
+}
+
+/// A served download and an accepted pause each leave one audit row (who, what, which call);
+/// a refused download leaves none. Newest first, bounded paging, admin only.
+#[tokio::test]
+async fn downloads_and_recording_control_are_audited() {
+    let f = fixture().await;
+    audit_case(&f).await;
+}
+
+async fn audit_case(f: &Fixture) {
+    let wav = get(
+        &f.app,
+        &format!("/api/v1/calls/{}/recording", uuid(3)),
+        &f.viewer,
+    )
+    .await;
+    assert_eq!(wav.body, f.wav3);
+    let a = send(
+        &f.app,
+        Method::POST,
+        "/api/v1/calls/uuid-1/recording",
+        &f.operator,
+        r#"{"action":"pause"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    // Refused: outside the recordings dir (404), and a second pause (409).
+    let a = get(
+        &f.app,
+        &format!("/api/v1/calls/{}/recording", uuid(9)),
+        &f.viewer,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = send(
+        &f.app,
+        Method::POST,
+        "/api/v1/calls/uuid-1/recording",
+        &f.operator,
+        r#"{"action":"pause"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    for t in [&f.viewer, &f.operator] {
+        let a = get(&f.app, "/api/v1/audit", t).await;
+        assert_eq!(a.error(StatusCode::FORBIDDEN), "forbidden");
+    }
+    let a = get(&f.app, "/api/v1/audit", &f.admin).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let entries = a.json()["entries"].as_array().cloned().expect("entries");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let (pause, download) = (&entries[0], &entries[1]);
+    let viewer = auth::lookup(&f.db, &f.viewer)
+        .await
+        .expect("db")
+        .expect("v");
+    let operator = auth::lookup(&f.db, &f.operator)
+        .await
+        .expect("db")
+        .expect("o");
+    assert_eq!(download["action"], "download");
+    assert_eq!(download["token_id"], viewer.token_id);
+    assert_eq!(download["actor"], "test");
+    assert_eq!(download["call_uuid"], uuid(3));
+    assert_eq!(download["call_id"], sample_cdr(3).call_id);
+    assert!(download["at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    // Driven without a socket: no peer (the real server's is tested beside).
+    assert!(download["peer"].is_null());
+    assert_eq!(pause["action"], "pause");
+    assert_eq!(pause["token_id"], operator.token_id);
+    assert_eq!(pause["call_uuid"], "uuid-1");
+    assert!(pause["id"].as_i64() > download["id"].as_i64());
+
+    let page = |q: &str| {
+        let (app, admin, uri) = (f.app.clone(), f.admin.clone(), format!("/api/v1/audit?{q}"));
+        async move { get(&app, &uri, &admin).await }
+    };
+    let one = page("limit=1").await.json();
+    assert_eq!(one["entries"].as_array().map(Vec::len), Some(1));
+    assert_eq!(one["entries"][0]["action"], "pause");
+    let next = page("limit=1&offset=1").await.json();
+    assert_eq!(next["entries"][0]["action"], "download");
+    let later = page("since=2200-01-01T00:00:00Z").await.json();
+    assert_eq!(later["entries"], serde_json::json!([]));
+    let all = page("since=2000-01-01T00:00:00Z").await.json();
+    assert_eq!(all["entries"].as_array().map(Vec::len), Some(2));
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "offset=100001",
+        "since=yesterday",
+        "x=1",
+        "limit=-1",
+    ] {
+        let a = page(bad).await;
+        assert_eq!(a.error(StatusCode::BAD_REQUEST), "bad_request", "{bad}");
+    }
+}
+
+/// The audit row carries the client's address when the router is served with connect info,
+/// as the HTTP server does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_row_has_the_peer_address() {
+    let f = fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = f
+        .app
+        .clone()
+        .into_make_service_with_connect_info::<crate::publish::http::PeerAddr>();
+    let server = tokio::spawn(axum::serve(listener, app).into_future());
+    // A plain HTTP/1.1 exchange over a real socket.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET /api/v1/calls/{}/recording HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Connection: close\r\n\r\n",
+        uuid(3),
+        f.viewer
+    );
+    conn.write_all(req.as_bytes()).await.expect("send");
+    let mut resp = Vec::new();
+    tokio::time::timeout(T, conn.read_to_end(&mut resp))
+        .await
+        .expect("in time")
+        .expect("read");
+    server.abort();
+    assert!(
+        resp.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&resp[..resp.len().min(200)])
+    );
+    assert!(resp.ends_with(&f.wav3));
+    let a = get(&f.app, "/api/v1/audit", &f.admin).await.json();
+    let peer = a["entries"][0]["peer"].as_str().expect("peer").to_string();
+    assert!(peer.starts_with("127.0.0.1:"), "{peer}");
+    assert_ne!(
+        peer,
+        addr.to_string(),
+        "the server's address, not the client's"
+    );
+}
+
+/// A download whose audit row cannot be written is still served; the failure is counted on
+/// the status page (and logged).
+#[tokio::test]
+async fn a_download_is_served_when_the_audit_row_cannot_be_written() {
+    let f = fixture().await;
+    match &f.db {
+        Db::Sqlite(p) => sqlx::query("DROP TABLE audit").execute(p).await.map(|_| ()),
+        Db::Postgres(p) => sqlx::query("DROP TABLE audit").execute(p).await.map(|_| ()),
+    }
+    .expect("drop audit");
+    let status = get(&f.app, "/api/v1/status", &f.viewer).await.json();
+    assert_eq!(status["audit_write_failures"], 0);
+    let wav = get(
+        &f.app,
+        &format!("/api/v1/calls/{}/recording", uuid(3)),
+        &f.viewer,
+    )
+    .await;
+    assert_eq!(wav.status, StatusCode::OK);
+    assert_eq!(wav.body, f.wav3);
+    let status = get(&f.app, "/api/v1/status", &f.viewer).await.json();
+    assert_eq!(status["audit_write_failures"], 1);
 }

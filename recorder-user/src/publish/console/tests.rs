@@ -49,11 +49,22 @@ fn console_over(
     idle: Duration,
     limits: LoginLimits,
 ) -> Console {
+    console_with(live, password, idle, limits, None)
+}
+
+fn console_with(
+    live: Arc<LiveCalls>,
+    password: Option<&str>,
+    idle: Duration,
+    limits: LoginLimits,
+    audit: Option<AuditHook>,
+) -> Console {
     let backend = ConsoleBackend {
         status: Box::new(|| "status: fine\n".into()),
         stats: Box::new(|| "stats: 42 packets\n".into()),
         reload: Box::new(|| "reload: not implemented\n".into()),
         tokens: Some(Box::new(tokens)),
+        audit,
     };
     Console::start(
         ConsoleConfig {
@@ -501,4 +512,52 @@ fn the_real_telnet_client_logs_in_and_runs_commands() {
         )),
         "no pause sent"
     );
+}
+
+/// Each accepted `record` command is handed to the audit hook with who did it (the token's id
+/// and name, or the console password), the call and the peer; a refused one is not.
+#[test]
+fn record_commands_are_audited_with_who_and_peer() {
+    let (live, worker) = live_with_call();
+    let (tx, audited) = unbounded();
+    let hook: AuditHook = Box::new(move |e| {
+        let _ = tx.send(e);
+    });
+    let con = console_with(live, Some("pw"), IDLE, LoginLimits::default(), Some(hook));
+    let mut c = Client::connect(con.addr);
+    c.until("Password: ");
+    c.send(b"ct_operator\r\n");
+    assert!(c.until("calltap> ").contains("(operator)"));
+    c.send(b"record pause uuid-9\r\n");
+    assert!(c.until("calltap> ").contains("recording paused"));
+    let e = audited
+        .recv_timeout(Duration::from_secs(5))
+        .expect("audited");
+    assert_eq!(
+        e.actor,
+        Actor::Token {
+            id: 1,
+            name: "operator-bot".into()
+        }
+    );
+    assert_eq!((e.action, e.call_uuid.as_str()), ("pause", "uuid-9"));
+    assert_eq!(e.call_id.as_deref(), Some("cid-9"));
+    let peer = e.peer.expect("peer");
+    assert!(peer.starts_with("127.0.0.1:"), "{peer}");
+    // Refused (already paused): nothing to audit.
+    c.send(b"record pause uuid-9\r\n");
+    assert!(c.until("calltap> ").contains("error:"));
+    c.send(b"login\r\n");
+    c.until("Password: ");
+    c.send(b"pw\r\n");
+    assert!(c.until("calltap> ").contains("console password (admin)"));
+    c.send(b"record resume uuid-9\r\n");
+    assert!(c.until("calltap> ").contains("recording recording"));
+    let e = audited
+        .recv_timeout(Duration::from_secs(5))
+        .expect("audited");
+    assert_eq!((e.actor, e.action), (Actor::Console, "resume"));
+    // Exactly the two accepted actions, both sent to the worker.
+    assert!(audited.try_recv().is_err());
+    assert_eq!(worker.try_iter().count(), 2);
 }
