@@ -561,3 +561,103 @@ fn g722_wideband_matches_ffmpeg() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// L16 calls at 8 kHz and 16 kHz stereo and 48 kHz mono are recorded sample-exact: ffmpeg
+/// reads each stream's payload bytes (`s16be`, the channels the SDP names) and the recording
+/// holds them, a stereo stream as the mean of its channels rounded down (the decoder's
+/// documented mix-down). The 11,025 Hz call is no rate a recording has: raw RTP, and the CDR
+/// names the codec as unsupported.
+#[test]
+fn l16_at_the_recording_rates_matches_ffmpeg() {
+    let test = "l16_at_the_recording_rates_matches_ffmpeg";
+    let Some(corpus) = corpus_with_tools(test, &["tshark", "ffmpeg"]) else {
+        return;
+    };
+    let file = corpus.join("sip-rtp-l16.pcap");
+    let (cdrs, dir) = replay_file(&file, "l16");
+    assert_eq!(cdrs.len(), 4, "four L16 calls");
+    // (caller's RTP source port, rate, channels, packets), from the SDP and tshark's counts.
+    let streams = [
+        (26628u16, 8000u32, 2usize, 425usize),
+        (24082, 16000, 2, 425),
+        (31026, 48000, 1, 425),
+    ];
+    for (port, rate, channels, packets) in streams {
+        let rows = tshark_fields(
+            &file,
+            &format!("rtp && udp.srcport == {port} && rtp.p_type == 99"),
+            &["rtp.payload"],
+        );
+        assert_eq!(rows.len(), packets, "L16/{rate}: packets tshark finds");
+        let payload: Vec<u8> = rows.iter().flat_map(|r| hex_bytes(&r[0])).collect();
+        let raw_in = dir.join(format!("l16-{port}.raw"));
+        let raw_out = dir.join(format!("l16-{port}.s16"));
+        std::fs::write(&raw_in, &payload).expect("write payload");
+        let out = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-f", "s16be", "-ar"])
+            .arg(rate.to_string())
+            .arg("-ac")
+            .arg(channels.to_string())
+            .arg("-i")
+            .arg(&raw_in)
+            .args(["-f", "s16le"])
+            .arg(&raw_out)
+            .output()
+            .expect("run ffmpeg");
+        assert!(
+            out.status.success(),
+            "ffmpeg failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let decoded: Vec<i32> = std::fs::read(&raw_out)
+            .expect("ffmpeg output")
+            .chunks_exact(2)
+            .map(|c| i32::from(i16::from_le_bytes([c[0], c[1]])))
+            .collect();
+        let reference: Vec<i16> = decoded
+            .chunks_exact(channels)
+            .map(|f| f.iter().sum::<i32>().div_euclid(channels as i32) as i16)
+            .collect();
+        assert_eq!(reference.len(), payload.len() / (2 * channels));
+        let cdr = cdrs
+            .iter()
+            .find(|c| {
+                c.recording.as_ref().is_some_and(|r| {
+                    hound::WavReader::open(&r.path).is_ok_and(|w| w.spec().sample_rate == rate)
+                })
+            })
+            .unwrap_or_else(|| panic!("no recording at {rate} Hz"));
+        assert!(cdr.codecs.iter().any(|c| c == "L16"), "{:?}", cdr.codecs);
+        let rec = cdr.recording.as_ref().expect("recording");
+        let mut wav = hound::WavReader::open(&rec.path).expect("wav");
+        let samples: Vec<i16> = wav.samples::<i16>().map(|s| s.expect("sample")).collect();
+        let found = (0..2).find(|&ch| {
+            let chan: Vec<i16> = samples.iter().skip(ch).step_by(2).copied().collect();
+            chan.windows(reference.len()).any(|w| w == &reference[..])
+        });
+        let Some(channel) = found else {
+            panic!(
+                "L16/{rate}: ffmpeg's reading of the stream is not in the recording sample-exact"
+            );
+        };
+        eprintln!(
+            "VERIFIED sip-rtp-l16.pcap: port {port} L16/{rate}/{channels}: {packets} packets, {} \
+             samples equal ffmpeg's in channel {channel}",
+            reference.len()
+        );
+    }
+    let unsupported: Vec<&Cdr> = cdrs
+        .iter()
+        .filter(|c| c.unsupported_codecs.iter().any(|u| u.contains("L16")))
+        .collect();
+    assert_eq!(
+        unsupported.len(),
+        1,
+        "the 11,025 Hz call keeps raw RTP: {:?}",
+        cdrs.iter()
+            .map(|c| &c.unsupported_codecs)
+            .collect::<Vec<_>>()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -104,6 +104,7 @@ macro_rules! registry {
 registry! {
     g711: PCMU, PCMA;
     g722: G722;
+    l16: L16;
 }
 
 pub mod dtmf;
