@@ -11,6 +11,7 @@ use std::{
 };
 
 use calltap_lab::{
+    api::metric,
     daemon::Daemon,
     files::work_dir,
     netns::{ns_command, ns_run, NS_REC},
@@ -125,7 +126,7 @@ impl Drop for Prometheus {
 
 /// Sum of every sample of `name` (any labels) in a text exposition.
 fn sum_of(text: &str, name: &str) -> f64 {
-    calltap_lab::api::metric(text, name, &[])
+    metric(text, name, &[])
 }
 
 /// Every (dashboard, panel title, expr) in dashboards/, with Grafana's variables made concrete.
@@ -244,6 +245,7 @@ fn prometheus_scrapes_calltap_and_every_dashboard_query_returns_data() {
             "{name} is zero or missing:\n{text}"
         );
     }
+    check_against_cdrs(&text, &daemon.cdrs().expect("calls.jsonl"), 6);
     assert!(
         text.contains("calltap_capture_info{mode=\"") && text.contains("source=\"xdp\"}"),
         "no XDP capture info:\n{text}"
@@ -297,4 +299,107 @@ fn prometheus_scrapes_calltap_and_every_dashboard_query_returns_data() {
 
     drop(prom);
     daemon.stop().expect("calltap stops cleanly");
+}
+
+/// The call metrics hold what the CDRs hold: one call each, their end reasons, answers,
+/// recording bytes, per-direction stream observations and packets; the capture saw at least
+/// every packet the calls counted.
+fn check_against_cdrs(text: &str, cdrs: &[Value], calls: usize) {
+    assert_eq!(cdrs.len(), calls, "CDRs in calls.jsonl");
+    let n = calls as f64;
+    let mut problems = Vec::new();
+    let mut same = |what: &str, metric: f64, cdr: f64| {
+        if metric != cdr {
+            problems.push(format!("{what}: metrics {metric}, CDRs {cdr}"));
+        }
+    };
+    same(
+        "calls started",
+        sum_of(text, "calltap_calls_started_total"),
+        n,
+    );
+    same("calls ended", sum_of(text, "calltap_calls_ended_total"), n);
+    same(
+        "CDR rows written",
+        sum_of(text, "calltap_cdr_rows_written_total"),
+        n,
+    );
+    let answered = cdrs.iter().filter(|c| !c["answer_ns"].is_null()).count();
+    same(
+        "calls answered",
+        sum_of(text, "calltap_calls_answered_total"),
+        answered as f64,
+    );
+    let bye_caller = cdrs
+        .iter()
+        .filter(|c| c["end_reason"] == "bye_caller")
+        .count();
+    same(
+        "ended by the caller's BYE",
+        metric(
+            text,
+            "calltap_calls_ended_total",
+            &[("reason", "bye_caller")],
+        ),
+        bye_caller as f64,
+    );
+    let bytes: u64 = cdrs
+        .iter()
+        .map(|c| c["recording"]["bytes"].as_u64().unwrap_or(0))
+        .sum();
+    same(
+        "recording bytes",
+        sum_of(text, "calltap_recording_bytes_total"),
+        bytes as f64,
+    );
+    let streams = |pred: &dyn Fn(&Value) -> bool| -> f64 {
+        cdrs.iter()
+            .flat_map(|c| c["streams"].as_array().cloned().unwrap_or_default())
+            .filter(|s| pred(s))
+            .count() as f64
+    };
+    let heard = |s: &Value| s["packets"].as_u64().unwrap_or(0) > 0;
+    same(
+        "directions with jitter observed",
+        sum_of(text, "calltap_stream_jitter_seconds_count"),
+        streams(&heard),
+    );
+    same(
+        "directions with loss observed",
+        sum_of(text, "calltap_stream_loss_ratio_count"),
+        streams(&|s| s["packets"].as_u64().unwrap_or(0) + s["lost"].as_u64().unwrap_or(0) > 0),
+    );
+    same(
+        "directions that lost nothing (loss histogram's 0 bucket)",
+        metric(text, "calltap_stream_loss_ratio_bucket", &[("le", "0")]),
+        streams(&|s| s["lost"].as_u64() == Some(0) && s["packets"].as_u64().unwrap_or(0) > 0),
+    );
+    let rtp: u64 = cdrs
+        .iter()
+        .map(|c| {
+            c["packets"]["caller"].as_u64().unwrap_or(0)
+                + c["packets"]["callee"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    let name = "calltap_capture_classified_packets_total";
+    let all_cpus = metric(text, name, &[("class", "rtp"), ("cpu", "all")]);
+    let classified = if all_cpus > 0.0 {
+        all_cpus
+    } else {
+        metric(text, name, &[("class", "rtp")])
+    };
+    if classified < rtp as f64 {
+        problems.push(format!(
+            "the capture classified {classified} RTP packets, the CDRs count {rtp}"
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "metrics and CDRs disagree:\n{}\n{text}",
+        problems.join("\n")
+    );
+    eprintln!(
+        "metrics_dashboards: {calls} calls, {answered} answered, {bytes} recording bytes, {rtp} RTP \
+         packets: metrics equal the CDRs"
+    );
 }
