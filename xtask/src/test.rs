@@ -61,7 +61,12 @@ pub fn run(extra: &[String]) -> Result<()> {
         &["build", "--release", "-p", "calltap", "--bin", "calltap"],
         "building calltap (release)",
     )?;
-    let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
+    // Every suite runs even after one fails: the table below then shows all of them.
+    let mut args = vec![
+        "test".to_owned(),
+        "--workspace".to_owned(),
+        "--no-fail-fast".to_owned(),
+    ];
     args.extend(extra.iter().cloned());
     // Passing tests' output (their SKIP lines) comes after each binary's run, under the test's
     // name, for the summary to count.
