@@ -661,3 +661,111 @@ fn l16_at_the_recording_rates_matches_ffmpeg() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// GSM 06.10 (static PT 3, one 33-byte frame per packet): the whole stream decoded by ffmpeg's
+/// GSM decoder (independent of CallTap's) must appear sample-exact in the callee's channel of
+/// the 8 kHz recording.
+#[test]
+fn gsm_full_rate_matches_ffmpeg() {
+    let Some(corpus) = corpus_with_tools("gsm_full_rate_matches_ffmpeg", &["tshark", "ffmpeg"])
+    else {
+        return;
+    };
+    let file = corpus.join("sip-rtp-gsm.pcap");
+    let (cdrs, dir) = replay_file(&file, "gsm");
+    assert_eq!(cdrs.len(), 1);
+    let cdr = &cdrs[0];
+    assert!(cdr.codecs.iter().any(|c| c == "GSM"), "{:?}", cdr.codecs);
+    assert!(
+        cdr.unsupported_codecs.is_empty(),
+        "{:?}",
+        cdr.unsupported_codecs
+    );
+    // One direction, the callee's (10.0.2.20 sends the INVITE, 10.0.2.15 answers sendonly):
+    // 425 packets.
+    let rows = tshark_fields(
+        &file,
+        "rtp && rtp.p_type == 3",
+        &[
+            "ip.src",
+            "udp.srcport",
+            "ip.dst",
+            "udp.dstport",
+            "rtp.payload",
+        ],
+    );
+    let directions: BTreeMap<String, usize> = rows.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(format!("{}:{} -> {}:{}", r[0], r[1], r[2], r[3]))
+            .or_default() += 1;
+        m
+    });
+    assert_eq!(
+        directions,
+        BTreeMap::from([("10.0.2.15:18924 -> 10.0.2.20:6000".to_owned(), 425)]),
+        "GSM directions tshark finds"
+    );
+    let mut payload = Vec::new();
+    for r in &rows {
+        let p = hex_bytes(&r[4]);
+        assert_eq!(p.len(), 33, "one GSM frame per packet");
+        assert_eq!(p[0] >> 4, 0xd, "GSM signature");
+        payload.extend(p);
+    }
+    let raw_in = dir.join("stream.gsm");
+    let raw_out = dir.join("stream.s16");
+    std::fs::write(&raw_in, &payload).expect("write gsm");
+    let out = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "gsm", "-i"])
+        .arg(&raw_in)
+        .args(["-f", "s16le", "-ac", "1", "-ar", "8000"])
+        .arg(&raw_out)
+        .output()
+        .expect("run ffmpeg");
+    assert!(
+        out.status.success(),
+        "ffmpeg failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference: Vec<i16> = std::fs::read(&raw_out)
+        .expect("ffmpeg output")
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    assert_eq!(
+        reference.len(),
+        rows.len() * 160,
+        "GSM: 160 samples per frame"
+    );
+    assert!(
+        reference.iter().any(|&s| s.unsigned_abs() > 1000),
+        "the stream carries audio, not silence"
+    );
+    let rec = cdr.recording.as_ref().expect("recording");
+    let mut wav = hound::WavReader::open(&rec.path).expect("wav");
+    assert_eq!(
+        wav.spec().sample_rate,
+        8000,
+        "GSM calls are recorded at 8 kHz"
+    );
+    let samples: Vec<i16> = wav.samples::<i16>().map(|s| s.expect("sample")).collect();
+    let channel = |ch: usize| -> Vec<i16> { samples.iter().skip(ch).step_by(2).copied().collect() };
+    // The callee's audio is the right channel; the caller sent nothing: silence on the left.
+    assert!(
+        channel(1)
+            .windows(reference.len())
+            .any(|w| w == &reference[..]),
+        "ffmpeg's decode of the GSM stream is not in the callee's channel sample-exact"
+    );
+    assert!(
+        channel(0).iter().all(|&s| s == 0),
+        "the caller sent no audio"
+    );
+    eprintln!(
+        "VERIFIED sip-rtp-gsm.pcap: 10.0.2.15:18924 -> 10.0.2.20:6000 PT 3: {} packets, {} \
+         samples equal ffmpeg's decode in the callee's channel",
+        rows.len(),
+        reference.len()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -118,7 +118,7 @@ const EXPECT: &[Expect] = &[
     e("sip-rtp-g722.pcap"),
     u("sip-rtp-g726.pcap", &["G726-32"]),
     u("sip-rtp-g729a.pcap", &["G729"]),
-    u("sip-rtp-gsm.pcap", &["GSM"]),
+    e("sip-rtp-gsm.pcap"),
     u("sip-rtp-ilbc.pcap", &["ILBC"]),
     u("sip-rtp-l16.pcap", &["L16"]),
     u("sip-rtp-lpc.pcap", &["LPC"]),

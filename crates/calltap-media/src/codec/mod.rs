@@ -104,6 +104,7 @@ macro_rules! registry {
 registry! {
     g711: PCMU, PCMA;
     g722: G722;
+    gsm: GSM;
     l16: L16;
 }
 
@@ -246,7 +247,7 @@ pub(crate) mod test_util {
     ///
     /// # Panics
     /// When ffmpeg cannot be started or fails (the message holds its stderr).
-    fn ffmpeg(args: &[&str], input: Vec<u8>) -> Vec<u8> {
+    pub fn ffmpeg(args: &[&str], input: Vec<u8>) -> Vec<u8> {
         let mut child = Command::new("ffmpeg")
             .args(args)
             .stdin(Stdio::piped())
