@@ -116,7 +116,7 @@ const EXPECT: &[Expect] = &[
     e("ndpi_rtcp_multiple_pkts.pcap"),
     e("sip-rtp-g711.pcap"),
     e("sip-rtp-g722.pcap"),
-    u("sip-rtp-g726.pcap", &["G726-32"]),
+    e("sip-rtp-g726.pcap"),
     u("sip-rtp-g729a.pcap", &["G729"]),
     e("sip-rtp-gsm.pcap"),
     u("sip-rtp-ilbc.pcap", &["ILBC"]),

@@ -104,6 +104,7 @@ macro_rules! registry {
 registry! {
     g711: PCMU, PCMA;
     g722: G722;
+    g726: G726_16, G726_24, G726_32, G726_40, AAL2_G726_16, AAL2_G726_24, AAL2_G726_32, AAL2_G726_40;
     gsm: GSM;
     l16: L16;
 }
