@@ -245,7 +245,7 @@ fn conditions_are_anded_and_sides_are_respected() {
 }
 
 /// The media worker's side, through the replay pipeline over public captures (a G.711 call,
-/// and a G.726 one whose RTP would be kept raw): `skip` and an `on_demand` call nobody
+/// and a G.729 one whose RTP would be kept raw): `skip` and an `on_demand` call nobody
 /// starts leave CDRs with no recording and no file at all; `record` records them.
 #[test]
 fn skip_and_unstarted_on_demand_calls_leave_no_file() {
@@ -256,7 +256,7 @@ fn skip_and_unstarted_on_demand_calls_leave_no_file() {
     };
     let files = [
         corpus.join("sip-rtp-g711.pcap"),
-        corpus.join("sip-rtp-g726.pcap"),
+        corpus.join("sip-rtp-g729a.pcap"),
     ];
     for mode in [RuleAction::Skip, RuleAction::OnDemand, RuleAction::Record] {
         let tmp = tempfile::tempdir().expect("tmp");
@@ -290,7 +290,7 @@ fn skip_and_unstarted_on_demand_calls_leave_no_file() {
             .count();
         assert!(audio >= 2, "{mode:?}: the calls' media was followed");
         if mode == RuleAction::Record {
-            // Every recorded call has its WAV (and raw RTP pcap for G.726), nothing else.
+            // Every recorded call has its WAV (and raw RTP pcap for G.729), nothing else.
             assert!(recorded > audio, "{mode:?}: {recorded} files in the CDRs");
             assert_eq!(files_left, recorded, "{mode:?}");
         } else {

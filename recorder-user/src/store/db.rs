@@ -637,7 +637,7 @@ pub fn redact(url: &str) -> String {
 /// does not lock, by running the whole migration inside one `BEGIN IMMEDIATE` transaction, so
 /// a second migrator waits (busy timeout) for the first to commit and then finds nothing to do.
 pub async fn prepare(url: &str, timeout: Duration) -> Result<Db, DbError> {
-    let db = open_pool(url, timeout, true).await?;
+    let db = open_creating(url, timeout).await?;
     let backend = db.backend();
     let migrated = match &db {
         Db::Sqlite(pool) => bounded(backend, timeout * 5, migrate_sqlite(pool)).await,
@@ -649,6 +649,26 @@ pub async fn prepare(url: &str, timeout: Duration) -> Result<Db, DbError> {
         return Err(e);
     }
     Ok(db)
+}
+
+/// [`open_pool`] creating what is missing. Another process creating or migrating the same
+/// fresh SQLite file at that moment holds locks that switching it to WAL does not wait for
+/// (SQLite answers "database is locked" at once there): tried again until `timeout`.
+async fn open_creating(url: &str, timeout: Duration) -> Result<Db, DbError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match open_pool(url, timeout, true).await {
+            Err(DbError::Connect {
+                backend: Backend::Sqlite,
+                source: sqlx::Error::Database(e),
+            }) if matches!(e.code().as_deref(), Some("5" | "6"))
+                && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The SQLite migration under one write lock: sqlx's check of what is applied and its
