@@ -514,24 +514,12 @@ fn g722_wideband_matches_ffmpeg() {
     let raw_in = dir.join("stream.g722");
     let raw_out = dir.join("stream.s16");
     std::fs::write(&raw_in, &payload).expect("write g722");
-    let out = Command::new("ffmpeg")
+    run(Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "g722", "-i"])
         .arg(&raw_in)
         .args(["-f", "s16le", "-ac", "1", "-ar", "16000"])
-        .arg(&raw_out)
-        .output()
-        .expect("run ffmpeg");
-    assert!(
-        out.status.success(),
-        "ffmpeg failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reference: Vec<i16> = std::fs::read(&raw_out)
-        .expect("ffmpeg output")
-        .chunks_exact(2)
-        .map(|c| i16::from_le_bytes([c[0], c[1]]))
-        .collect();
+        .arg(&raw_out));
+    let reference = s16le(&std::fs::read(&raw_out).expect("ffmpeg output"));
     assert_eq!(
         reference.len(),
         payload.len() * 2,
@@ -546,10 +534,7 @@ fn g722_wideband_matches_ffmpeg() {
     );
     let samples: Vec<i16> = wav.samples::<i16>().map(|s| s.expect("sample")).collect();
     // The stream goes 10.0.2.15 -> 10.0.2.20: find which channel carries it.
-    let found = (0..2).find(|&ch| {
-        let chan: Vec<i16> = samples.iter().skip(ch).step_by(2).copied().collect();
-        chan.windows(reference.len()).any(|w| w == &reference[..])
-    });
+    let found = channel_holding(&samples, &reference);
     let Some(channel) = found else {
         panic!("ffmpeg's decode of the G.722 stream is not in the recording sample-exact");
     };
@@ -593,7 +578,7 @@ fn l16_at_the_recording_rates_matches_ffmpeg() {
         let raw_in = dir.join(format!("l16-{port}.raw"));
         let raw_out = dir.join(format!("l16-{port}.s16"));
         std::fs::write(&raw_in, &payload).expect("write payload");
-        let out = Command::new("ffmpeg")
+        run(Command::new("ffmpeg")
             .args(["-loglevel", "error", "-y", "-f", "s16be", "-ar"])
             .arg(rate.to_string())
             .arg("-ac")
@@ -601,19 +586,10 @@ fn l16_at_the_recording_rates_matches_ffmpeg() {
             .arg("-i")
             .arg(&raw_in)
             .args(["-f", "s16le"])
-            .arg(&raw_out)
-            .output()
-            .expect("run ffmpeg");
-        assert!(
-            out.status.success(),
-            "ffmpeg failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let decoded: Vec<i32> = std::fs::read(&raw_out)
-            .expect("ffmpeg output")
-            .chunks_exact(2)
-            .map(|c| i32::from(i16::from_le_bytes([c[0], c[1]])))
+            .arg(&raw_out));
+        let decoded: Vec<i32> = s16le(&std::fs::read(&raw_out).expect("ffmpeg output"))
+            .into_iter()
+            .map(i32::from)
             .collect();
         let reference: Vec<i16> = decoded
             .chunks_exact(channels)
@@ -632,10 +608,7 @@ fn l16_at_the_recording_rates_matches_ffmpeg() {
         let rec = cdr.recording.as_ref().expect("recording");
         let mut wav = hound::WavReader::open(&rec.path).expect("wav");
         let samples: Vec<i16> = wav.samples::<i16>().map(|s| s.expect("sample")).collect();
-        let found = (0..2).find(|&ch| {
-            let chan: Vec<i16> = samples.iter().skip(ch).step_by(2).copied().collect();
-            chan.windows(reference.len()).any(|w| w == &reference[..])
-        });
+        let found = channel_holding(&samples, &reference);
         let Some(channel) = found else {
             panic!(
                 "L16/{rate}: ffmpeg's reading of the stream is not in the recording sample-exact"
@@ -714,24 +687,12 @@ fn gsm_full_rate_matches_ffmpeg() {
     let raw_in = dir.join("stream.gsm");
     let raw_out = dir.join("stream.s16");
     std::fs::write(&raw_in, &payload).expect("write gsm");
-    let out = Command::new("ffmpeg")
+    run(Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "gsm", "-i"])
         .arg(&raw_in)
         .args(["-f", "s16le", "-ac", "1", "-ar", "8000"])
-        .arg(&raw_out)
-        .output()
-        .expect("run ffmpeg");
-    assert!(
-        out.status.success(),
-        "ffmpeg failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reference: Vec<i16> = std::fs::read(&raw_out)
-        .expect("ffmpeg output")
-        .chunks_exact(2)
-        .map(|c| i16::from_le_bytes([c[0], c[1]]))
-        .collect();
+        .arg(&raw_out));
+    let reference = s16le(&std::fs::read(&raw_out).expect("ffmpeg output"));
     assert_eq!(
         reference.len(),
         rows.len() * 160,
